@@ -1,1 +1,21 @@
-//! placeholder
+//! The damocles array engine: member devices, the on-disk format, the chunk map and its
+//! allocator, RAID profiles, and volume reads and writes (also degraded).
+
+mod array;
+pub mod chunkmap;
+pub mod error;
+pub mod format;
+mod io;
+pub mod member;
+pub mod metadata;
+pub mod probe;
+pub mod profile;
+mod stripe_lock;
+
+pub use array::{
+    read_superblock, Array, AssembleOptions, CreateOptions, Dev, Health, MemberHealth,
+    MemberStatus, Status, DEFAULT_STRIPE_UNIT,
+};
+pub use error::{Error, Result};
+pub use member::{FileMember, MemMember, MemberDevice, OpenMode};
+pub use profile::{Level, Profile};

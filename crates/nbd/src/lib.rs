@@ -1,1 +1,117 @@
-//! placeholder
+//! NBD (Network Block Device) server for damocles.
+//!
+//! Serves one export backed by a blocking [`BlockDevice`] using the fixed
+//! newstyle handshake and the transmission phase as described in the NBD
+//! protocol specification (`doc/proto.md` of NetworkBlockDevice/nbd).
+//!
+//! Supported: options `EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO`,
+//! `STRUCTURED_REPLY`, `LIST_META_CONTEXT` / `SET_META_CONTEXT`
+//! (`base:allocation`); commands `READ`, `WRITE`, `DISC`, `FLUSH`, `TRIM`,
+//! `CACHE` (no-op), `WRITE_ZEROES`, `BLOCK_STATUS`.
+//!
+//! Not supported (answered with `NBD_REP_ERR_UNSUP`): `STARTTLS` (the server
+//! runs in NOTLS mode) and `EXTENDED_HEADERS` (64-bit headers). Fast zero is
+//! not advertised. Oldstyle negotiation is never offered; non-fixed newstyle
+//! clients may only use `NBD_OPT_EXPORT_NAME`.
+
+mod device;
+mod handshake;
+mod server;
+mod transmission;
+pub mod wire;
+
+use std::time::Duration;
+
+pub use device::{BlockDevice, Extent, MemDevice};
+pub use handshake::{ExportInfo, Negotiated, Negotiator, OptionOutcome};
+pub use server::{serve, serve_connection, serve_connection_with_shutdown, Listener};
+pub use wire::NbdErrno;
+
+/// Server-wide settings for one export.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Canonical export name; the empty name also selects this export.
+    pub export_name: String,
+    /// Human-readable description (NBD_INFO_DESCRIPTION, NBD_OPT_LIST).
+    pub description: String,
+    /// Force the export read-only (it is also read-only if the device says so).
+    pub read_only: bool,
+    /// Maximum payload of a single READ/WRITE, advertised via NBD_INFO_BLOCK_SIZE.
+    pub max_request: u32,
+    /// Per-connection bound on requests being processed or awaiting their reply.
+    pub max_inflight_requests: usize,
+    /// Per-connection bound on READ/WRITE payload bytes held in memory.
+    pub max_inflight_bytes: usize,
+    /// Connections beyond this are closed right after accept.
+    pub max_connections: usize,
+    /// Time a client may spend in option haggling.
+    pub handshake_timeout: Duration,
+    /// Options with more data than this are skipped and refused.
+    pub max_option_len: u32,
+    /// After shutdown is signalled, how long [`serve`] waits for connections
+    /// to drain before dropping them.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            export_name: String::new(),
+            description: String::new(),
+            read_only: false,
+            max_request: 32 << 20,
+            max_inflight_requests: 64,
+            max_inflight_bytes: 64 << 20,
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(30),
+            max_option_len: 64 << 10,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn new(export_name: impl Into<String>) -> Self {
+        ServerConfig {
+            export_name: export_name.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), NbdError> {
+        let bad = |m: &str| Err(NbdError::Config(m.to_owned()));
+        if wire::parse_string(self.export_name.as_bytes()).is_err() {
+            return bad("export name must be a valid NBD string");
+        }
+        if self.description.len() > wire::MAX_STRING_LEN {
+            return bad("description too long");
+        }
+        if self.max_request < 4096 {
+            return bad("max_request must be at least 4096");
+        }
+        if self.max_inflight_bytes < self.max_request as usize {
+            return bad("max_inflight_bytes must be >= max_request");
+        }
+        if self.max_inflight_requests == 0 || self.max_connections == 0 {
+            return bad("limits must be nonzero");
+        }
+        Ok(())
+    }
+}
+
+/// Errors that end a connection (or the server).
+#[derive(Debug, thiserror::Error)]
+pub enum NbdError {
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] wire::WireError),
+    #[error("client sent unsupported handshake flags {0:#x}")]
+    ClientFlags(u32),
+    #[error("handshake ended: {0}")]
+    Handshake(&'static str),
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    #[error("invalid server configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,707 @@
+//! An assembled array: its members, metadata, and the metadata commit.
+
+use crate::chunkmap::{Allocator, Chunk, ChunkMap, MemberSpace, Template};
+use crate::error::{Error, Result};
+use crate::format::{self, Superblock, SB_BLOCK, SB_OFFSETS, SLOT_HEADER_LEN};
+use crate::member::MemberDevice;
+use crate::metadata::{ArrayMeta, MemberInfo, MemberState, MAX_NAME};
+use crate::probe;
+use crate::profile::{Level, Profile};
+use crate::stripe_lock::StripeLocks;
+use damocles_parity::Parity;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub type Dev = Arc<dyn MemberDevice>;
+
+/// Members usable for I/O, by member index; `None` is missing, stale or faulty.
+pub(crate) type MemberSet = Arc<Vec<Option<Dev>>>;
+
+pub const DEFAULT_STRIPE_UNIT: u64 = 64 << 10;
+const MIN_CHUNK: u64 = 4 << 20;
+const MAX_CHUNK: u64 = 1 << 30;
+
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    pub level: Level,
+    /// Copies for raid1/raid10 (default 2).
+    pub copies: Option<usize>,
+    pub stripe_unit: u64,
+    pub name: String,
+    pub force: bool,
+    /// Virtual bytes per chunk; chosen from the member sizes when `None`.
+    pub chunk_size: Option<u64>,
+}
+
+impl CreateOptions {
+    pub fn new(level: Level) -> Self {
+        CreateOptions {
+            level,
+            copies: None,
+            stripe_unit: DEFAULT_STRIPE_UNIT,
+            name: String::new(),
+            force: false,
+            chunk_size: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AssembleOptions {
+    pub read_only: bool,
+}
+
+/// A member as found at assemble time.
+pub(crate) struct MemberSlot {
+    pub dev: Option<Dev>,
+    /// Newest metadata generation this member holds.
+    pub generation: Option<u64>,
+}
+
+pub(crate) struct MetaState {
+    pub meta: ArrayMeta,
+    pub generation: u64,
+}
+
+pub struct Array {
+    pub(crate) uuid: [u8; 16],
+    pub(crate) read_only: bool,
+    pub(crate) sb_layout: Superblock,
+    pub(crate) slots: Vec<MemberSlot>,
+    pub(crate) state: Mutex<MetaState>,
+    pub(crate) chunks: RwLock<Vec<Option<Arc<Chunk>>>>,
+    pub(crate) chunk_size: u64,
+    pub(crate) avail: RwLock<MemberSet>,
+    pub(crate) locks: StripeLocks,
+    pub(crate) parity: Parity,
+    pub(crate) missing_recorded: AtomicBool,
+    pub(crate) notes: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Ok,
+    Degraded,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberHealth {
+    Ok,
+    Missing,
+    Stale,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberStatus {
+    pub index: usize,
+    pub device: Option<String>,
+    pub uuid: String,
+    pub size: u64,
+    pub state: MemberHealth,
+    pub generation: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub uuid: String,
+    pub level: Level,
+    pub copies: usize,
+    pub stripe_unit: u64,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunks_total: usize,
+    pub chunks_allocated: usize,
+    pub tolerance: usize,
+    pub generation: u64,
+    pub health: Health,
+    pub members: Vec<MemberStatus>,
+    pub notes: Vec<String>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn io_err(op: &'static str, dev: &dyn MemberDevice, offset: u64, e: std::io::Error) -> Error {
+    Error::Io {
+        op,
+        member: dev.name().to_string(),
+        offset,
+        source: e,
+    }
+}
+
+pub(crate) fn read(dev: &dyn MemberDevice, buf: &mut [u8], off: u64) -> Result<()> {
+    dev.read_at(buf, off).map_err(|e| io_err("read", dev, off, e))
+}
+
+pub(crate) fn write(dev: &dyn MemberDevice, buf: &[u8], off: u64) -> Result<()> {
+    dev.write_at(buf, off).map_err(|e| io_err("write", dev, off, e))
+}
+
+pub(crate) fn flush(dev: &dyn MemberDevice) -> Result<()> {
+    dev.flush().map_err(|e| io_err("flush", dev, 0, e))
+}
+
+/// Chunk size for members of these sizes: about a thousand chunks of raw space, a power of
+/// two between 4 MiB and 1 GiB.
+fn pick_chunk_size(sizes: &[u64]) -> u64 {
+    let raw: u64 = sizes.iter().sum();
+    let target = (raw / 1024).max(1);
+    let pow = 1u64 << (63 - target.leading_zeros());
+    pow.clamp(MIN_CHUNK, MAX_CHUNK)
+}
+
+/// Metadata slot size: room for the member table and a chunk map four times the size the
+/// members need now (growth), up to 64 MiB.
+fn pick_slot_size(sizes: &[u64], chunk_size: u64) -> u64 {
+    let raw: u64 = sizes.iter().sum();
+    let chunks = 4 * raw / chunk_size + 16;
+    let need = 4096 + 256 * 64 + chunks * (32 + 16 * 16);
+    need.next_power_of_two()
+        .clamp(format::MIN_SLOT_SIZE, format::MAX_SLOT_SIZE)
+}
+
+/// Reads both superblock copies; the newest valid one wins.
+pub fn read_superblock(dev: &dyn MemberDevice) -> Result<Superblock> {
+    let name = dev.name();
+    if dev.size() < 2 * SB_BLOCK {
+        return Err(Error::format(name, "too small to hold a damocles superblock"));
+    }
+    let mut errors = Vec::new();
+    let mut best: Option<Superblock> = None;
+    let mut found_magic = false;
+    for off in SB_OFFSETS {
+        let mut block = vec![0u8; SB_BLOCK as usize];
+        read(dev, &mut block, off)?;
+        match Superblock::decode(name, &block) {
+            Ok(Some(sb)) => {
+                found_magic = true;
+                if best.as_ref().is_none_or(|b| sb.sb_generation > b.sb_generation) {
+                    best = Some(sb);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                found_magic = true;
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if let Some(sb) = best {
+        return Ok(sb);
+    }
+    if found_magic {
+        return Err(Error::format(
+            name,
+            format!("both superblock copies are damaged ({})", errors.join("; ")),
+        ));
+    }
+    let mut head = vec![0u8; probe::PROBE_LEN.min(dev.size() as usize)];
+    read(dev, &mut head, 0)?;
+    let what = probe::describe_content(&head).unwrap_or_else(|| "it is empty".into());
+    Err(Error::format(
+        name,
+        format!("not a damocles member: no superblock found ({what})"),
+    ))
+}
+
+/// Reads the newest valid metadata slot of one member.
+fn read_best_slot(dev: &dyn MemberDevice, sb: &Superblock) -> (Option<(u64, ArrayMeta)>, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut best: Option<(u64, ArrayMeta)> = None;
+    for (i, off) in sb.slot_offsets().into_iter().enumerate() {
+        let mut hdr = vec![0u8; 4096];
+        if let Err(e) = read(dev, &mut hdr, off) {
+            notes.push(format!("{}: metadata slot {i}: {e}", dev.name()));
+            continue;
+        }
+        let h = match format::decode_slot_header(&hdr, &sb.array_uuid, sb.slot_size) {
+            Ok(h) => h,
+            Err(why) => {
+                // A never-used slot (all zeros) is normal right after create.
+                if hdr.iter().any(|&b| b != 0) {
+                    notes.push(format!("{}: metadata slot {i} ignored: {why}", dev.name()));
+                }
+                continue;
+            }
+        };
+        let mut payload = vec![0u8; h.payload_len as usize];
+        if let Err(e) = read(dev, &mut payload, off + SLOT_HEADER_LEN as u64) {
+            notes.push(format!("{}: metadata slot {i}: {e}", dev.name()));
+            continue;
+        }
+        if format::crc32c(&payload) != h.payload_crc {
+            notes.push(format!(
+                "{}: metadata slot {i} (generation {}) ignored: checksum mismatch (torn write?)",
+                dev.name(),
+                h.generation
+            ));
+            continue;
+        }
+        match ArrayMeta::decode(dev.name(), &payload, sb.data_offset) {
+            Ok(m) => {
+                if best.as_ref().is_none_or(|(g, _)| h.generation > *g) {
+                    best = Some((h.generation, m));
+                }
+            }
+            Err(e) => notes.push(format!("metadata slot {i} ignored: {e}")),
+        }
+    }
+    (best, notes)
+}
+
+impl Array {
+    /// Creates a new array on `devs`, then assembles it.
+    pub fn create(devs: Vec<Dev>, opts: &CreateOptions) -> Result<Array> {
+        let level = opts.level;
+        let copies = opts.copies.unwrap_or(level.default_copies());
+        let n = devs.len();
+        if opts.copies.is_some() && !matches!(level, Level::Raid1 | Level::Raid10) {
+            return Err(Error::Invalid(format!("--copies only applies to raid1 and raid10, not {level}")));
+        }
+        if n < level.min_members(copies) {
+            return Err(Error::Invalid(format!(
+                "{level}{} needs at least {} members, got {n}",
+                if copies > 1 { format!(" with {copies} copies") } else { String::new() },
+                level.min_members(copies)
+            )));
+        }
+        if n > u16::MAX as usize {
+            return Err(Error::Invalid("too many members".into()));
+        }
+        let template = Template {
+            level,
+            copies,
+            stripe_unit: opts.stripe_unit,
+        };
+        Profile {
+            level,
+            width: level.min_width(copies),
+            copies,
+            stripe_unit: opts.stripe_unit,
+        }
+        .validate()?;
+        if opts.name.len() > MAX_NAME || opts.name.contains('\0') {
+            return Err(Error::Invalid(format!("array name must be at most {MAX_NAME} bytes")));
+        }
+        // Look at every member before writing to any of them.
+        for d in &devs {
+            let mut head = vec![0u8; probe::PROBE_LEN.min(d.size() as usize)];
+            read(d.as_ref(), &mut head, 0)?;
+            if let Some(found) = probe::describe_content(&head) {
+                if !opts.force {
+                    return Err(Error::NotEmpty {
+                        member: d.name().to_string(),
+                        found,
+                    });
+                }
+            }
+        }
+        let sizes: Vec<u64> = devs.iter().map(|d| d.size()).collect();
+        let chunk_size = match opts.chunk_size {
+            Some(c) if !c.is_power_of_two() || c < opts.stripe_unit => {
+                return Err(Error::Invalid(format!("chunk size {c} must be a power of two ≥ the stripe unit")))
+            }
+            Some(c) => c,
+            None => pick_chunk_size(&sizes),
+        };
+        let slot_size = pick_slot_size(&sizes, chunk_size);
+        let (slot_offset, data_offset) = format::member_layout(slot_size);
+        for d in &devs {
+            if d.size() < data_offset + 4 * opts.stripe_unit {
+                return Err(Error::Invalid(format!(
+                    "{} is too small: {} bytes, a member needs more than {} bytes of metadata area",
+                    d.name(),
+                    d.size(),
+                    data_offset
+                )));
+            }
+        }
+        let array_uuid = *uuid::Uuid::new_v4().as_bytes();
+        let created = now();
+        let members: Vec<MemberInfo> = devs
+            .iter()
+            .map(|d| MemberInfo {
+                uuid: *uuid::Uuid::new_v4().as_bytes(),
+                size: d.size() / 4096 * 4096,
+                state: MemberState::Active,
+            })
+            .collect();
+        let spaces = member_spaces(&members, data_offset);
+        let ids: Vec<u16> = (0..n as u16).collect();
+        let empty = ChunkMap::new(chunk_size, 0);
+        let cap = (u32::MAX as usize).min(((slot_size as usize) - 4096 - n * 64) / (32 + 16 * n));
+        let count = Allocator::new(&spaces, &empty).count_fitting(&template, chunk_size, &ids, cap);
+        if count == 0 {
+            return Err(Error::NoSpace(format!(
+                "the members are too small for even one {} chunk of {} bytes",
+                level, chunk_size
+            )));
+        }
+        let meta = ArrayMeta {
+            name: opts.name.clone(),
+            template,
+            created,
+            members,
+            map: ChunkMap::new(chunk_size, count),
+        };
+        let payload = meta.encode();
+        let slot = format::encode_slot(array_uuid, 1, 1, &payload);
+        let zero_hdr = vec![0u8; 4096];
+        for (i, d) in devs.iter().enumerate() {
+            let sb = Superblock {
+                array_uuid,
+                member_uuid: meta.members[i].uuid,
+                member_index: i as u32,
+                member_size: d.size(),
+                slot_offset,
+                slot_size,
+                data_offset,
+                created,
+                sb_generation: 1,
+            };
+            let [s0, s1] = sb.slot_offsets();
+            write(d.as_ref(), &zero_hdr, s0)?;
+            write(d.as_ref(), &slot, s1)?;
+            flush(d.as_ref())?;
+            let block = sb.encode();
+            for off in SB_OFFSETS {
+                write(d.as_ref(), &block, off)?;
+                flush(d.as_ref())?;
+            }
+        }
+        Array::assemble(devs, AssembleOptions::default())
+    }
+
+    /// Assembles an array from the members given; missing members make it degraded.
+    pub fn assemble(devs: Vec<Dev>, opts: AssembleOptions) -> Result<Array> {
+        if devs.is_empty() {
+            return Err(Error::Members("no members given".into()));
+        }
+        let mut sbs = Vec::with_capacity(devs.len());
+        for d in &devs {
+            sbs.push(read_superblock(d.as_ref())?);
+        }
+        let uuid = sbs[0].array_uuid;
+        for (d, sb) in devs.iter().zip(&sbs).skip(1) {
+            if sb.array_uuid != uuid {
+                return Err(Error::Members(format!(
+                    "{} belongs to array {}, but {} belongs to array {}",
+                    d.name(),
+                    uuid::Uuid::from_bytes(sb.array_uuid),
+                    devs[0].name(),
+                    uuid::Uuid::from_bytes(uuid)
+                )));
+            }
+        }
+        for i in 0..devs.len() {
+            for j in 0..i {
+                if sbs[i].member_uuid == sbs[j].member_uuid {
+                    return Err(Error::Members(format!(
+                        "{} and {} are the same member (given twice?)",
+                        devs[j].name(),
+                        devs[i].name()
+                    )));
+                }
+            }
+            let (a, b) = (&sbs[i], &sbs[0]);
+            if (a.slot_offset, a.slot_size, a.data_offset) != (b.slot_offset, b.slot_size, b.data_offset) {
+                return Err(Error::format(devs[i].name(), "superblock layout differs from the other members"));
+            }
+        }
+        let mut notes = Vec::new();
+        let mut found = Vec::new();
+        for (d, sb) in devs.iter().zip(&sbs) {
+            let (best, n) = read_best_slot(d.as_ref(), sb);
+            notes.extend(n);
+            found.push(best);
+        }
+        let Some(newest) = found.iter().flatten().map(|(g, _)| *g).max() else {
+            return Err(Error::Members(
+                "no member holds valid array metadata (all metadata slots are damaged)".into(),
+            ));
+        };
+        let meta = found
+            .iter()
+            .flatten()
+            .find(|(g, _)| *g == newest)
+            .map(|(_, m)| m.clone())
+            .expect("newest exists");
+        let mut slots: Vec<MemberSlot> = meta
+            .members
+            .iter()
+            .map(|_| MemberSlot {
+                dev: None,
+                generation: None,
+            })
+            .collect();
+        for ((d, sb), f) in devs.iter().zip(&sbs).zip(&found) {
+            let idx = sb.member_index as usize;
+            if meta.members.get(idx).is_none_or(|m| m.uuid != sb.member_uuid) {
+                return Err(Error::Members(format!(
+                    "{} is not a member of array {} (was it removed or replaced?)",
+                    d.name(),
+                    uuid::Uuid::from_bytes(uuid)
+                )));
+            }
+            slots[idx].dev = Some(d.clone());
+            slots[idx].generation = f.as_ref().map(|(g, _)| *g);
+            if d.size() / 4096 * 4096 < meta.members[idx].size {
+                return Err(Error::Members(format!(
+                    "{} is smaller ({} bytes) than the array recorded ({} bytes)",
+                    d.name(),
+                    d.size(),
+                    meta.members[idx].size
+                )));
+            }
+        }
+        let avail: Vec<Option<Dev>> = slots
+            .iter()
+            .zip(&meta.members)
+            .map(|(s, m)| match m.state {
+                MemberState::Active => s.dev.clone(),
+                MemberState::Faulty => None,
+            })
+            .collect();
+        for (s, m) in slots.iter().zip(&meta.members) {
+            if let (Some(d), MemberState::Faulty) = (&s.dev, m.state) {
+                notes.push(format!(
+                    "{} is stale (generation {}, array is at {newest}): it missed writes and is not used",
+                    d.name(),
+                    s.generation.map_or("none".into(), |g| g.to_string())
+                ));
+            }
+        }
+        let chunk_size = meta.map.chunk_size;
+        let array = Array {
+            uuid,
+            read_only: opts.read_only,
+            sb_layout: sbs[0].clone(),
+            slots,
+            chunks: RwLock::new(meta.map.chunks.clone()),
+            chunk_size,
+            state: Mutex::new(MetaState {
+                meta,
+                generation: newest,
+            }),
+            avail: RwLock::new(Arc::new(avail)),
+            locks: StripeLocks::default(),
+            parity: Parity::best(),
+            missing_recorded: AtomicBool::new(false),
+            notes,
+        };
+        Ok(array)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.chunk_size * self.chunks.read().len() as u64
+    }
+
+    pub fn uuid(&self) -> uuid::Uuid {
+        uuid::Uuid::from_bytes(self.uuid)
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub(crate) fn members(&self) -> MemberSet {
+        self.avail.read().clone()
+    }
+
+    /// Writes `meta` as the next generation to every usable member, then flushes them.
+    /// Only after this returns is the new metadata in force.
+    pub(crate) fn commit(&self, st: &mut MetaState, meta: ArrayMeta) -> Result<()> {
+        let generation = st.generation + 1;
+        let slot = (generation % 2) as usize;
+        let payload = meta.encode();
+        if (payload.len() + SLOT_HEADER_LEN) as u64 > self.sb_layout.slot_size {
+            return Err(Error::NoSpace(format!(
+                "array metadata ({} bytes) no longer fits its {}-byte slot",
+                payload.len(),
+                self.sb_layout.slot_size
+            )));
+        }
+        let bytes = format::encode_slot(self.uuid, generation, slot as u32, &payload);
+        let off = self.sb_layout.slot_offsets()[slot];
+        let members = self.members();
+        for d in members.iter().flatten() {
+            write(d.as_ref(), &bytes, off)?;
+        }
+        for d in members.iter().flatten() {
+            flush(d.as_ref())?;
+        }
+        st.meta = meta;
+        st.generation = generation;
+        Ok(())
+    }
+
+    /// Before the first write while members are missing, records them as faulty, so that
+    /// when they come back they are known to be stale.
+    pub(crate) fn record_missing(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if self.missing_recorded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut st = self.state.lock();
+        if self.missing_recorded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let members = self.members();
+        let mut meta = st.meta.clone();
+        let mut changed = false;
+        for (i, m) in meta.members.iter_mut().enumerate() {
+            if m.state == MemberState::Active && members[i].is_none() {
+                m.state = MemberState::Faulty;
+                changed = true;
+            }
+        }
+        if changed {
+            if members.iter().all(Option::is_none) {
+                return Err(Error::Unavailable("no member is available".into()));
+            }
+            tracing::warn!("recording missing members as faulty before the first degraded write");
+            self.commit(&mut st, meta)?;
+        }
+        self.missing_recorded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The chunk at `idx`, allocating (and zeroing) it first if it was never written.
+    pub(crate) fn chunk_for_write(&self, idx: usize) -> Result<Arc<Chunk>> {
+        if let Some(c) = &self.chunks.read()[idx] {
+            return Ok(c.clone());
+        }
+        let mut st = self.state.lock();
+        if let Some(c) = &self.chunks.read()[idx] {
+            return Ok(c.clone());
+        }
+        let members = self.members();
+        let spaces = member_spaces(&st.meta.members, self.sb_layout.data_offset);
+        let mut alloc = Allocator::new(&spaces, &st.meta.map);
+        let all: Vec<u16> = (0..members.len() as u16).collect();
+        // Always the same greedy step over all members that `create` used to size the array,
+        // so the advertised capacity stays reachable; while degraded, a new chunk is born
+        // degraded (its slice on the missing member is written by a later rebuild).
+        let chunk = alloc
+            .allocate(&st.meta.template, self.chunk_size, &all)
+            .ok_or_else(|| Error::NoSpace(format!("no room on the members for chunk {idx}")))?;
+        for s in &chunk.slices {
+            if let Some(d) = &members[s.member as usize] {
+                d.write_zeroes(s.offset, chunk.slice_len)
+                    .map_err(|e| io_err("zero", d.as_ref(), s.offset, e))?;
+            }
+        }
+        for s in &chunk.slices {
+            if let Some(d) = &members[s.member as usize] {
+                flush(d.as_ref())?;
+            }
+        }
+        let chunk = Arc::new(chunk);
+        let mut meta = st.meta.clone();
+        meta.map.chunks[idx] = Some(chunk.clone());
+        self.commit(&mut st, meta)?;
+        self.chunks.write()[idx] = Some(chunk.clone());
+        Ok(chunk)
+    }
+
+    /// Whether a chunk can still serve every block (within its tolerance of missing slices).
+    fn chunk_intact(c: &Chunk, members: &[Option<Dev>]) -> bool {
+        let gone = |pos: usize| members[c.slices[pos].member as usize].is_none();
+        let p = &c.profile;
+        match p.level {
+            Level::Raid5 | Level::Raid6 => (0..p.width).filter(|&i| gone(i)).count() <= p.tolerance(),
+            _ => (0..p.data_count()).all(|i| p.data_positions(0, i).any(|pos| !gone(pos))),
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        let members = self.members();
+        let st = self.state.lock();
+        let t = st.meta.template;
+        let avail = members.iter().filter(|m| m.is_some()).count();
+        let lost = st
+            .meta
+            .map
+            .allocated()
+            .any(|(_, c)| !Self::chunk_intact(c, &members));
+        if lost || avail < t.level.min_width(t.copies) {
+            Health::Failed
+        } else if avail < members.len() {
+            Health::Degraded
+        } else {
+            Health::Ok
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let health = self.health();
+        let st = self.state.lock();
+        let m = &st.meta;
+        let t = m.template;
+        let members = m
+            .members
+            .iter()
+            .zip(&self.slots)
+            .enumerate()
+            .map(|(index, (info, slot))| MemberStatus {
+                index,
+                device: slot.dev.as_ref().map(|d| d.name().to_string()),
+                uuid: uuid::Uuid::from_bytes(info.uuid).to_string(),
+                size: info.size,
+                state: match (&slot.dev, info.state) {
+                    (None, _) => MemberHealth::Missing,
+                    (Some(_), MemberState::Faulty) => MemberHealth::Stale,
+                    (Some(_), MemberState::Active) => MemberHealth::Ok,
+                },
+                generation: slot.generation,
+            })
+            .collect();
+        let tolerance = Profile {
+            level: t.level,
+            width: t.level.min_width(t.copies),
+            copies: t.copies,
+            stripe_unit: t.stripe_unit,
+        }
+        .tolerance();
+        Status {
+            name: m.name.clone(),
+            uuid: self.uuid().to_string(),
+            level: t.level,
+            copies: t.copies,
+            stripe_unit: t.stripe_unit,
+            size: self.size(),
+            chunk_size: self.chunk_size,
+            chunks_total: m.map.chunks.len(),
+            chunks_allocated: m.map.allocated().count(),
+            tolerance,
+            generation: st.generation,
+            health,
+            members,
+            notes: self.notes.clone(),
+        }
+    }
+}
+
+pub(crate) fn member_spaces(members: &[MemberInfo], data_offset: u64) -> Vec<MemberSpace> {
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| MemberSpace {
+            member: i as u16,
+            start: data_offset,
+            end: m.size.max(data_offset),
+        })
+        .collect()
+}

@@ -1,0 +1,360 @@
+//! On-disk format v1: superblocks and metadata slots. Byte offsets are documented in
+//! `docs/format.md`; every structure is little-endian, fixed-size and CRC-32C checked.
+
+use crate::error::{Error, Result};
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const SB_MAGIC: [u8; 8] = *b"DAMOCLSB";
+pub const SLOT_MAGIC: [u8; 8] = *b"DAMOCLMD";
+/// Each superblock copy owns one 4 KiB block.
+pub const SB_BLOCK: u64 = 4096;
+/// The two superblock copies: a torn write can damage at most one.
+pub const SB_OFFSETS: [u64; 2] = [0, SB_BLOCK];
+/// Metadata slot 0 starts here; slot 1 follows it.
+pub const SLOT_AREA_OFFSET: u64 = 1 << 20;
+pub const MIN_SLOT_SIZE: u64 = 1 << 20;
+pub const MAX_SLOT_SIZE: u64 = 64 << 20;
+
+pub fn crc32c(data: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+}
+
+/// Superblock: who this member is and where the metadata slots are. Written at create.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
+#[repr(C)]
+pub struct SuperblockRaw {
+    pub magic: [u8; 8],
+    pub version: U32,
+    pub sb_len: U32,
+    pub array_uuid: [u8; 16],
+    pub member_uuid: [u8; 16],
+    pub member_index: U32,
+    pub flags: U32,
+    pub member_size: U64,
+    pub slot_offset: U64,
+    pub slot_size: U64,
+    pub data_offset: U64,
+    pub created: U64,
+    pub sb_generation: U64,
+    pub reserved: [u8; 148],
+    pub crc: U32,
+}
+
+/// Header at the start of each metadata slot; the payload follows it.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
+#[repr(C)]
+pub struct SlotHeaderRaw {
+    pub magic: [u8; 8],
+    pub version: U32,
+    pub header_len: U32,
+    pub array_uuid: [u8; 16],
+    pub generation: U64,
+    pub payload_len: U64,
+    pub payload_crc: U32,
+    pub slot: U32,
+    pub reserved: [u8; 68],
+    pub crc: U32,
+}
+
+/// First payload record: the array as a whole.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
+#[repr(C)]
+pub struct ArrayRaw {
+    pub name: [u8; 64],
+    pub level: u8,
+    pub copies: u8,
+    pub reserved0: [u8; 2],
+    pub stripe_unit: U32,
+    pub chunk_size: U64,
+    pub chunk_count: U32,
+    pub member_count: U32,
+    pub allocated_count: U32,
+    pub flags: U32,
+    pub created: U64,
+    pub reserved: [u8; 24],
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
+#[repr(C)]
+pub struct MemberRaw {
+    pub uuid: [u8; 16],
+    pub size: U64,
+    pub state: u8,
+    pub reserved0: [u8; 7],
+    pub reserved: [u8; 32],
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
+#[repr(C)]
+pub struct ChunkRaw {
+    pub index: U32,
+    pub level: u8,
+    pub width: u8,
+    pub copies: u8,
+    pub flags: u8,
+    pub stripe_unit: U32,
+    pub reserved0: U32,
+    pub slice_len: U64,
+    pub reserved: U64,
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
+#[repr(C)]
+pub struct SliceRaw {
+    pub member: U16,
+    pub reserved: [u8; 6],
+    pub offset: U64,
+}
+
+const _: () = {
+    assert!(size_of::<SuperblockRaw>() == 256);
+    assert!(size_of::<SlotHeaderRaw>() == 128);
+    assert!(size_of::<ArrayRaw>() == 128);
+    assert!(size_of::<MemberRaw>() == 64);
+    assert!(size_of::<ChunkRaw>() == 32);
+    assert!(size_of::<SliceRaw>() == 16);
+};
+
+/// A decoded, checked superblock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    pub array_uuid: [u8; 16],
+    pub member_uuid: [u8; 16],
+    pub member_index: u32,
+    pub member_size: u64,
+    pub slot_offset: u64,
+    pub slot_size: u64,
+    pub data_offset: u64,
+    pub created: u64,
+    pub sb_generation: u64,
+}
+
+impl Superblock {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut raw = SuperblockRaw::new_zeroed();
+        raw.magic = SB_MAGIC;
+        raw.version.set(FORMAT_VERSION);
+        raw.sb_len.set(size_of::<SuperblockRaw>() as u32);
+        raw.array_uuid = self.array_uuid;
+        raw.member_uuid = self.member_uuid;
+        raw.member_index.set(self.member_index);
+        raw.member_size.set(self.member_size);
+        raw.slot_offset.set(self.slot_offset);
+        raw.slot_size.set(self.slot_size);
+        raw.data_offset.set(self.data_offset);
+        raw.created.set(self.created);
+        raw.sb_generation.set(self.sb_generation);
+        let crc = crc32c(&raw.as_bytes()[..size_of::<SuperblockRaw>() - 4]);
+        raw.crc.set(crc);
+        let mut block = vec![0u8; SB_BLOCK as usize];
+        block[..size_of::<SuperblockRaw>()].copy_from_slice(raw.as_bytes());
+        block
+    }
+
+    /// Decodes one superblock copy. `Ok(None)` means "no damocles magic here".
+    pub fn decode(member: &str, block: &[u8]) -> Result<Option<Superblock>> {
+        let Ok((raw, _)) = SuperblockRaw::read_from_prefix(block) else {
+            return Err(Error::format(member, "superblock block is too short"));
+        };
+        if raw.magic != SB_MAGIC {
+            return Ok(None);
+        }
+        if raw.version.get() != FORMAT_VERSION {
+            return Err(Error::format(
+                member,
+                format!(
+                    "superblock format version {} is not supported (this damocles reads version {})",
+                    raw.version.get(),
+                    FORMAT_VERSION
+                ),
+            ));
+        }
+        let crc = crc32c(&raw.as_bytes()[..size_of::<SuperblockRaw>() - 4]);
+        if crc != raw.crc.get() || raw.sb_len.get() as usize != size_of::<SuperblockRaw>() {
+            return Err(Error::format(member, "superblock checksum mismatch"));
+        }
+        let sb = Superblock {
+            array_uuid: raw.array_uuid,
+            member_uuid: raw.member_uuid,
+            member_index: raw.member_index.get(),
+            member_size: raw.member_size.get(),
+            slot_offset: raw.slot_offset.get(),
+            slot_size: raw.slot_size.get(),
+            data_offset: raw.data_offset.get(),
+            created: raw.created.get(),
+            sb_generation: raw.sb_generation.get(),
+        };
+        sb.check(member)?;
+        Ok(Some(sb))
+    }
+
+    fn check(&self, member: &str) -> Result<()> {
+        let slots_end = self
+            .slot_size
+            .checked_mul(2)
+            .and_then(|s| s.checked_add(self.slot_offset));
+        let ok = self.slot_offset >= 2 * SB_BLOCK
+            && (MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&self.slot_size)
+            && slots_end.is_some_and(|e| e <= self.data_offset)
+            && self.data_offset <= self.member_size
+            && self.data_offset % 4096 == 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::format(member, "superblock has an impossible layout"))
+        }
+    }
+
+    pub fn slot_offsets(&self) -> [u64; 2] {
+        [self.slot_offset, self.slot_offset + self.slot_size]
+    }
+}
+
+/// Where metadata slots and data go on a member of `size` bytes in an array whose largest
+/// chunk map may need `slot_size` bytes.
+pub fn member_layout(slot_size: u64) -> (u64, u64) {
+    let data_offset = SLOT_AREA_OFFSET + 2 * slot_size;
+    (SLOT_AREA_OFFSET, data_offset)
+}
+
+/// Encodes a slot: header then payload.
+pub fn encode_slot(array_uuid: [u8; 16], generation: u64, slot: u32, payload: &[u8]) -> Vec<u8> {
+    let mut hdr = SlotHeaderRaw::new_zeroed();
+    hdr.magic = SLOT_MAGIC;
+    hdr.version.set(FORMAT_VERSION);
+    hdr.header_len.set(size_of::<SlotHeaderRaw>() as u32);
+    hdr.array_uuid = array_uuid;
+    hdr.generation.set(generation);
+    hdr.payload_len.set(payload.len() as u64);
+    hdr.payload_crc.set(crc32c(payload));
+    hdr.slot.set(slot);
+    let crc = crc32c(&hdr.as_bytes()[..size_of::<SlotHeaderRaw>() - 4]);
+    hdr.crc.set(crc);
+    let mut out = Vec::with_capacity(size_of::<SlotHeaderRaw>() + payload.len());
+    out.extend_from_slice(hdr.as_bytes());
+    out.extend_from_slice(payload);
+    // Round up to 4 KiB so the write is whole sectors.
+    out.resize(out.len().next_multiple_of(4096), 0);
+    out
+}
+
+/// A slot header that checked out: its generation and payload length.
+pub struct SlotHeader {
+    pub generation: u64,
+    pub payload_len: u64,
+    pub payload_crc: u32,
+}
+
+/// Decodes a slot header. `Err` explains why the slot is not usable.
+pub fn decode_slot_header(
+    bytes: &[u8],
+    array_uuid: &[u8; 16],
+    slot_size: u64,
+) -> std::result::Result<SlotHeader, String> {
+    let (hdr, _) = SlotHeaderRaw::read_from_prefix(bytes).map_err(|_| "short slot".to_string())?;
+    if hdr.magic != SLOT_MAGIC {
+        return Err("no metadata magic".into());
+    }
+    let crc = crc32c(&hdr.as_bytes()[..size_of::<SlotHeaderRaw>() - 4]);
+    if crc != hdr.crc.get() {
+        return Err("metadata header checksum mismatch".into());
+    }
+    if hdr.version.get() != FORMAT_VERSION {
+        return Err(format!(
+            "metadata format version {} not supported",
+            hdr.version.get()
+        ));
+    }
+    if &hdr.array_uuid != array_uuid {
+        return Err("metadata belongs to another array".into());
+    }
+    let payload_len = hdr.payload_len.get();
+    if payload_len > slot_size - size_of::<SlotHeaderRaw>() as u64 {
+        return Err("metadata payload larger than its slot".into());
+    }
+    Ok(SlotHeader {
+        generation: hdr.generation.get(),
+        payload_len,
+        payload_crc: hdr.payload_crc.get(),
+    })
+}
+
+pub const SLOT_HEADER_LEN: usize = size_of::<SlotHeaderRaw>();
+
+/// A cursor over payload bytes that never panics on short input.
+pub struct Reader<'a> {
+    member: &'a str,
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(member: &'a str, bytes: &'a [u8]) -> Self {
+        Reader { member, bytes }
+    }
+
+    pub fn take<T: FromBytes + KnownLayout + Immutable + Unaligned + Clone + 'a>(&mut self) -> Result<T> {
+        match T::ref_from_prefix(self.bytes) {
+            Ok((v, rest)) => {
+                self.bytes = rest;
+                Ok(v.clone())
+            }
+            Err(_) => Err(Error::format(self.member, "metadata payload is truncated")),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sb() -> Superblock {
+        Superblock {
+            array_uuid: [1; 16],
+            member_uuid: [2; 16],
+            member_index: 3,
+            member_size: 64 << 20,
+            slot_offset: SLOT_AREA_OFFSET,
+            slot_size: MIN_SLOT_SIZE,
+            data_offset: SLOT_AREA_OFFSET + 2 * MIN_SLOT_SIZE,
+            created: 1,
+            sb_generation: 1,
+        }
+    }
+
+    #[test]
+    fn superblock_round_trips() {
+        let b = sb().encode();
+        assert_eq!(b.len(), 4096);
+        assert_eq!(&b[..8], b"DAMOCLSB");
+        assert_eq!(Superblock::decode("m", &b).unwrap(), Some(sb()));
+    }
+
+    #[test]
+    fn superblock_rejects_damage() {
+        let good = sb().encode();
+        for i in 8..256 {
+            let mut b = good.clone();
+            b[i] ^= 0x40;
+            assert!(Superblock::decode("m", &b).is_err(), "flip at byte {i} accepted");
+        }
+        assert_eq!(Superblock::decode("m", &[0u8; 4096]).unwrap(), None);
+        assert!(Superblock::decode("m", &good[..10]).is_err());
+    }
+
+    #[test]
+    fn slot_header_checks() {
+        let s = encode_slot([1; 16], 7, 1, b"hello");
+        let h = decode_slot_header(&s, &[1; 16], MIN_SLOT_SIZE).unwrap();
+        assert_eq!((h.generation, h.payload_len), (7, 5));
+        assert!(decode_slot_header(&s, &[2; 16], MIN_SLOT_SIZE).is_err());
+        let mut bad = s.clone();
+        bad[40] ^= 1;
+        assert!(decode_slot_header(&bad, &[1; 16], MIN_SLOT_SIZE).is_err());
+    }
+}

@@ -1,0 +1,431 @@
+//! Volume reads and writes: split by chunk, then by stripe row; mirrors copy, parity levels
+//! read-modify-write or reconstruct-write per row, and degraded reads rebuild from parity.
+
+use crate::array::{flush, read, write, Array, Dev};
+use crate::chunkmap::Chunk;
+use crate::error::{Error, Result};
+use crate::profile::{Level, Profile};
+use damocles_parity::gf;
+
+/// One data block's part of a stripe-row write: block index, column in the block, bytes.
+struct Seg<'a> {
+    i: usize,
+    col: u64,
+    data: &'a [u8],
+}
+
+fn unavailable(idx: usize, what: &str) -> Error {
+    Error::Unavailable(format!(
+        "chunk {idx}: {what}: too many members are missing for this data"
+    ))
+}
+
+impl Array {
+    fn check_range(&self, offset: u64, len: usize) -> Result<()> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.size() => Ok(()),
+            _ => Err(Error::Invalid(format!(
+                "I/O at {offset}+{len} is beyond the end of the array ({} bytes)",
+                self.size()
+            ))),
+        }
+    }
+
+    /// Splits `[offset, offset+len)` at chunk boundaries: (chunk index, offset in chunk,
+    /// position in the request, length).
+    fn pieces(&self, offset: u64, len: usize) -> impl Iterator<Item = (usize, u64, usize, usize)> {
+        let c = self.chunk_size;
+        let mut pos = 0usize;
+        std::iter::from_fn(move || {
+            if pos >= len {
+                return None;
+            }
+            let off = offset + pos as u64;
+            let co = off % c;
+            let n = ((c - co) as usize).min(len - pos);
+            let item = ((off / c) as usize, co, pos, n);
+            pos += n;
+            Some(item)
+        })
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        for (idx, co, pos, n) in self.pieces(offset, buf.len()) {
+            let chunk = self.chunks.read()[idx].clone();
+            let dst = &mut buf[pos..pos + n];
+            match chunk {
+                None => dst.fill(0),
+                Some(c) => self.read_chunk(idx, &c, co, dst)?,
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        self.record_missing()?;
+        for (idx, co, pos, n) in self.pieces(offset, buf.len()) {
+            let chunk = self.chunk_for_write(idx)?;
+            self.write_chunk(idx, &chunk, co, &buf[pos..pos + n])?;
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable on every usable member.
+    pub fn flush(&self) -> Result<()> {
+        for d in self.members().iter().flatten() {
+            flush(d.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Whether `[offset, offset+len)` lies in chunks never written (reads as zeros).
+    pub fn is_unallocated(&self, offset: u64, len: u64) -> bool {
+        let chunks = self.chunks.read();
+        let c = self.chunk_size;
+        let end = (offset + len).min(self.size());
+        (offset / c..end.div_ceil(c)).all(|i| chunks[i as usize].is_none())
+    }
+
+    /// Calls `f(row, segments)` for each stripe row that `[co, co+len)` touches.
+    fn for_rows<'a>(
+        p: &Profile,
+        co: u64,
+        data_len: usize,
+        mut f: impl FnMut(u64, Vec<(usize, u64, std::ops::Range<usize>)>) -> Result<()>,
+    ) -> Result<()> {
+        let su = p.stripe_unit;
+        let rb = p.row_bytes();
+        let mut pos = 0usize;
+        while pos < data_len {
+            let off = co + pos as u64;
+            let row = off / rb;
+            let mut ro = off % rb;
+            let mut segs = Vec::new();
+            while pos < data_len && ro < rb {
+                let i = (ro / su) as usize;
+                let col = ro % su;
+                let n = ((su - col) as usize).min(data_len - pos);
+                segs.push((i, col, pos..pos + n));
+                pos += n;
+                ro += n as u64;
+            }
+            f(row, segs)?;
+        }
+        Ok(())
+    }
+
+    fn dev<'m>(members: &'m [Option<Dev>], c: &Chunk, pos: usize) -> Option<&'m Dev> {
+        members[c.slices[pos].member as usize].as_ref()
+    }
+
+    fn read_chunk(&self, idx: usize, c: &Chunk, co: u64, buf: &mut [u8]) -> Result<()> {
+        let members = self.members();
+        let p = c.profile;
+        let su = p.stripe_unit;
+        Self::for_rows(&p, co, buf.len(), |row, segs| {
+            for (i, col, range) in segs {
+                let dst = &mut buf[range];
+                let at = row * su + col;
+                match p.level {
+                    Level::Raid5 | Level::Raid6 => {
+                        let pos = p.data_positions(row, i).start;
+                        match Self::dev(&members, c, pos) {
+                            Some(d) => read(d.as_ref(), dst, c.slices[pos].offset + at)?,
+                            None => {
+                                let _g = self.locks.lock(idx as u32, row);
+                                let mut blocks = self.read_subrow(&members, c, row, col, dst.len())?;
+                                self.reconstruct(idx, &p, &mut blocks)?;
+                                dst.copy_from_slice(blocks.data[i].as_ref().expect("rebuilt"));
+                            }
+                        }
+                    }
+                    _ => {
+                        // Mirrors: start at a different copy per row to spread reads.
+                        let copies = p.data_positions(row, i);
+                        let n = copies.len();
+                        let first = (row as usize) % n;
+                        let pos = (0..n)
+                            .map(|k| copies.start + (first + k) % n)
+                            .find(|&pos| Self::dev(&members, c, pos).is_some())
+                            .ok_or_else(|| unavailable(idx, "every copy is missing"))?;
+                        let d = Self::dev(&members, c, pos).expect("found");
+                        read(d.as_ref(), dst, c.slices[pos].offset + at)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn write_chunk(&self, idx: usize, c: &Chunk, co: u64, buf: &[u8]) -> Result<()> {
+        let members = self.members();
+        let p = c.profile;
+        let su = p.stripe_unit;
+        Self::for_rows(&p, co, buf.len(), |row, segs| match p.level {
+            Level::Raid5 | Level::Raid6 => {
+                let segs: Vec<Seg> = segs
+                    .into_iter()
+                    .map(|(i, col, r)| Seg { i, col, data: &buf[r] })
+                    .collect();
+                let _g = self.locks.lock(idx as u32, row);
+                self.write_row(idx, &members, c, row, &segs)
+            }
+            _ => {
+                // Mirrors lock the row so concurrent writers leave every copy the same.
+                let _g = (p.copies > 1).then(|| self.locks.lock(idx as u32, row));
+                for (i, col, range) in segs {
+                    let mut wrote = false;
+                    for pos in p.data_positions(row, i) {
+                        if let Some(d) = Self::dev(&members, c, pos) {
+                            write(d.as_ref(), &buf[range.clone()], c.slices[pos].offset + row * su + col)?;
+                            wrote = true;
+                        }
+                    }
+                    if !wrote {
+                        return Err(unavailable(idx, "every copy is missing"));
+                    }
+                }
+                Ok(())
+            }
+        })
+    }
+
+    /// Reads columns `[col, col+len)` of every available slice of a parity row.
+    fn read_subrow(
+        &self,
+        members: &[Option<Dev>],
+        c: &Chunk,
+        row: u64,
+        col: u64,
+        len: usize,
+    ) -> Result<SubRow> {
+        let p = &c.profile;
+        let at = row * p.stripe_unit + col;
+        let get = |pos: usize| -> Result<Option<Vec<u8>>> {
+            match Self::dev(members, c, pos) {
+                None => Ok(None),
+                Some(d) => {
+                    let mut b = vec![0u8; len];
+                    read(d.as_ref(), &mut b, c.slices[pos].offset + at)?;
+                    Ok(Some(b))
+                }
+            }
+        };
+        let mut data = Vec::with_capacity(p.data_count());
+        for i in 0..p.data_count() {
+            data.push(get(p.data_positions(row, i).start)?);
+        }
+        let pbuf = get(p.parity_position(row))?;
+        let qbuf = if p.level == Level::Raid6 {
+            get(p.q_position(row))?
+        } else {
+            None
+        };
+        Ok(SubRow { data, p: pbuf, q: qbuf })
+    }
+
+    /// Fills in missing data blocks of a sub-row from parity.
+    fn reconstruct(&self, idx: usize, p: &Profile, b: &mut SubRow) -> Result<()> {
+        let missing: Vec<usize> = (0..p.data_count()).filter(|&i| b.data[i].is_none()).collect();
+        let len = b.len();
+        match (missing.as_slice(), &b.p, &b.q) {
+            ([], _, _) => {}
+            ([x], Some(pp), _) => {
+                let mut srcs: Vec<&[u8]> = b.data.iter().flatten().map(|v| v.as_slice()).collect();
+                srcs.push(pp);
+                let mut out = vec![0u8; len];
+                self.parity.gen_p(&srcs, &mut out);
+                b.data[*x] = Some(out);
+            }
+            ([x], None, Some(q)) => {
+                let mut out = vec![0u8; len];
+                let views: Vec<Option<&[u8]>> = b.data.iter().map(|d| d.as_deref()).collect();
+                self.parity.recover_data_with_q(&views, q, &mut out);
+                b.data[*x] = Some(out);
+            }
+            ([x, y], Some(pp), Some(q)) => {
+                let (mut ox, mut oy) = (vec![0u8; len], vec![0u8; len]);
+                let views: Vec<Option<&[u8]>> = b.data.iter().map(|d| d.as_deref()).collect();
+                self.parity.recover_two_data(&views, pp, q, &mut ox, &mut oy);
+                b.data[*x] = Some(ox);
+                b.data[*y] = Some(oy);
+            }
+            _ => return Err(unavailable(idx, "cannot reconstruct a stripe")),
+        }
+        Ok(())
+    }
+
+    /// Writes part of one raid5/raid6 stripe row. The caller holds the row lock.
+    fn write_row(
+        &self,
+        idx: usize,
+        members: &[Option<Dev>],
+        c: &Chunk,
+        row: u64,
+        segs: &[Seg],
+    ) -> Result<()> {
+        let p = &c.profile;
+        let d = p.data_count();
+        let lo = segs.iter().map(|s| s.col).min().expect("non-empty row");
+        let hi = segs.iter().map(|s| s.col + s.data.len() as u64).max().expect("non-empty");
+        let len = (hi - lo) as usize;
+        let at = row * p.stripe_unit + lo;
+        let dpos = |i: usize| p.data_positions(row, i).start;
+        let ppos = p.parity_position(row);
+        let qpos = (p.level == Level::Raid6).then(|| p.q_position(row));
+        let covers = |s: &Seg| s.col == lo && s.data.len() == len;
+        let data_missing = (0..d).any(|i| Self::dev(members, c, dpos(i)).is_none());
+        let parity_present = Self::dev(members, c, ppos).is_some()
+            || qpos.is_some_and(|q| Self::dev(members, c, q).is_some());
+
+        let write_segs = || -> Result<()> {
+            for s in segs {
+                if let Some(dev) = Self::dev(members, c, dpos(s.i)) {
+                    write(dev.as_ref(), s.data, c.slices[dpos(s.i)].offset + row * p.stripe_unit + s.col)?;
+                }
+            }
+            Ok(())
+        };
+        let write_parity = |pb: &[u8], qb: Option<&[u8]>| -> Result<()> {
+            if let Some(dev) = Self::dev(members, c, ppos) {
+                write(dev.as_ref(), pb, c.slices[ppos].offset + at)?;
+            }
+            if let (Some(qp), Some(qb)) = (qpos, qb) {
+                if let Some(dev) = Self::dev(members, c, qp) {
+                    write(dev.as_ref(), qb, c.slices[qp].offset + at)?;
+                }
+            }
+            Ok(())
+        };
+
+        if !parity_present && !data_missing {
+            return write_segs();
+        }
+        let full = segs.len() == d && segs.iter().all(covers);
+        if !full && !data_missing {
+            let partial = segs.iter().filter(|s| !covers(s)).count();
+            let n_par = 1 + qpos.is_some() as usize;
+            if segs.len() + n_par < (d - segs.len()) + partial {
+                return self.rmw_row(members, c, row, lo, len, segs, write_segs, write_parity);
+            }
+        }
+        // Reconstruct-write: build the whole new sub-row, then parity from scratch.
+        let mut rowbuf = if full {
+            SubRow {
+                data: vec![None; d],
+                p: None,
+                q: None,
+            }
+        } else {
+            let mut b = self.read_subrow(members, c, row, lo, len)?;
+            if data_missing {
+                self.reconstruct(idx, p, &mut b)?;
+            }
+            b
+        };
+        for s in segs {
+            let blk = rowbuf.data[s.i].get_or_insert_with(|| vec![0u8; len]);
+            let o = (s.col - lo) as usize;
+            blk[o..o + s.data.len()].copy_from_slice(s.data);
+        }
+        let views: Vec<&[u8]> = rowbuf.data.iter().map(|b| b.as_deref().expect("complete")).collect();
+        let mut pb = vec![0u8; len];
+        let mut qb = qpos.map(|_| vec![0u8; len]);
+        match &mut qb {
+            Some(q) => self.parity.gen_pq(&views, &mut pb, q),
+            None => self.parity.gen_p(&views, &mut pb),
+        }
+        write_segs()?;
+        write_parity(&pb, qb.as_deref())
+    }
+
+    /// Read-modify-write: parity ^= old ^ new for each written block.
+    #[allow(clippy::too_many_arguments)]
+    fn rmw_row(
+        &self,
+        members: &[Option<Dev>],
+        c: &Chunk,
+        row: u64,
+        lo: u64,
+        len: usize,
+        segs: &[Seg],
+        write_segs: impl Fn() -> Result<()>,
+        write_parity: impl Fn(&[u8], Option<&[u8]>) -> Result<()>,
+    ) -> Result<()> {
+        let p = &c.profile;
+        let at = row * p.stripe_unit + lo;
+        let read_pos = |pos: usize| -> Result<Option<Vec<u8>>> {
+            match Self::dev(members, c, pos) {
+                None => Ok(None),
+                Some(d) => {
+                    let mut b = vec![0u8; len];
+                    read(d.as_ref(), &mut b, c.slices[pos].offset + at)?;
+                    Ok(Some(b))
+                }
+            }
+        };
+        let mut pb = read_pos(p.parity_position(row))?;
+        let mut qb = if p.level == Level::Raid6 {
+            read_pos(p.q_position(row))?
+        } else {
+            None
+        };
+        for s in segs {
+            // delta = old ^ new over the written bytes only.
+            let o = (s.col - lo) as usize;
+            let mut delta = vec![0u8; s.data.len()];
+            let pos = p.data_positions(row, s.i).start;
+            let d = Self::dev(members, c, pos).expect("rmw needs all data present");
+            read(d.as_ref(), &mut delta, c.slices[pos].offset + row * p.stripe_unit + s.col)?;
+            self.parity.xor_into(&mut delta, s.data);
+            if let Some(pb) = &mut pb {
+                self.parity.xor_into(&mut pb[o..o + delta.len()], &delta);
+            }
+            if let Some(qb) = &mut qb {
+                self.parity
+                    .mul_xor_into(&mut qb[o..o + delta.len()], &delta, gf::exp2(s.i));
+            }
+        }
+        write_segs()?;
+        let zeros;
+        let pref = match &pb {
+            Some(b) => b.as_slice(),
+            None => {
+                zeros = Vec::new();
+                &zeros
+            }
+        };
+        if pb.is_some() {
+            write_parity(pref, qb.as_deref())
+        } else if let (Some(qb), Some(qp)) = (&qb, (p.level == Level::Raid6).then(|| p.q_position(row))) {
+            match Self::dev(members, c, qp) {
+                Some(dev) => write(dev.as_ref(), qb, c.slices[qp].offset + at),
+                None => Ok(()),
+            }
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Columns of one parity row: data blocks (None = missing), P and Q.
+struct SubRow {
+    data: Vec<Option<Vec<u8>>>,
+    p: Option<Vec<u8>>,
+    q: Option<Vec<u8>>,
+}
+
+impl SubRow {
+    fn len(&self) -> usize {
+        self.data
+            .iter()
+            .flatten()
+            .chain(self.p.iter())
+            .chain(self.q.iter())
+            .map(|b| b.len())
+            .next()
+            .unwrap_or(0)
+    }
+}

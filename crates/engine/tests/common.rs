@@ -1,0 +1,121 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use damocles_engine::{Array, AssembleOptions, CreateOptions, Dev, Level, MemMember};
+use std::sync::Arc;
+
+pub const MIB: u64 = 1 << 20;
+
+pub struct Rig {
+    pub members: Vec<Arc<MemMember>>,
+}
+
+impl Rig {
+    pub fn new(n: usize, size: u64) -> Rig {
+        Rig {
+            members: (0..n)
+                .map(|i| Arc::new(MemMember::new(format!("m{i}"), size)))
+                .collect(),
+        }
+    }
+
+    pub fn sized(sizes: &[u64]) -> Rig {
+        Rig {
+            members: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Arc::new(MemMember::new(format!("m{i}"), *s)))
+                .collect(),
+        }
+    }
+
+    /// All members except those in `skip`.
+    pub fn devs(&self, skip: &[usize]) -> Vec<Dev> {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skip.contains(i))
+            .map(|(_, m)| m.clone() as Dev)
+            .collect()
+    }
+
+    pub fn create(&self, level: Level, copies: Option<usize>, su: u64, chunk: u64) -> Array {
+        let mut o = CreateOptions::new(level);
+        o.copies = copies;
+        o.stripe_unit = su;
+        o.chunk_size = Some(chunk);
+        o.name = "test".into();
+        Array::create(self.devs(&[]), &o).expect("create")
+    }
+
+    pub fn assemble(&self, skip: &[usize]) -> Array {
+        Array::assemble(self.devs(skip), AssembleOptions::default()).expect("assemble")
+    }
+}
+
+/// Deterministic bytes for write number `n`.
+pub fn pattern(n: u64, len: usize) -> Vec<u8> {
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Reads the whole array in pieces and compares with the model.
+pub fn assert_matches(a: &Array, model: &[u8], what: &str) {
+    assert_eq!(a.size() as usize, model.len());
+    let piece = 3 * MIB as usize + 4096 * 3 + 17;
+    let mut buf = vec![0u8; piece];
+    let mut off = 0usize;
+    while off < model.len() {
+        let n = piece.min(model.len() - off);
+        a.read_at(&mut buf[..n], off as u64)
+            .unwrap_or_else(|e| panic!("{what}: read at {off}: {e}"));
+        if buf[..n] != model[off..off + n] {
+            let bad = (0..n).find(|&i| buf[i] != model[off + i]).unwrap();
+            panic!("{what}: mismatch at byte {}", off + bad);
+        }
+        off += n;
+    }
+}
+
+/// Every subset of `0..n` with at most `k` elements (including the empty one).
+pub fn subsets(n: usize, k: usize) -> Vec<Vec<usize>> {
+    let mut out = vec![vec![]];
+    for size in 1..=k {
+        let mut idx: Vec<usize> = (0..size).collect();
+        loop {
+            out.push(idx.clone());
+            let mut i = size;
+            loop {
+                if i == 0 {
+                    return_if_done(&mut out);
+                    break;
+                }
+                i -= 1;
+                if idx[i] < n - size + i {
+                    idx[i] += 1;
+                    for j in i + 1..size {
+                        idx[j] = idx[j - 1] + 1;
+                    }
+                    break;
+                }
+                if i == 0 {
+                    idx.clear();
+                    break;
+                }
+            }
+            if idx.is_empty() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn return_if_done(_: &mut [Vec<usize>]) {}

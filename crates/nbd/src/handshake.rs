@@ -1,0 +1,481 @@
+//! Fixed newstyle handshake: a sans-I/O option state machine plus a small
+//! async driver that feeds it from a stream.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::wire::{self, *};
+use crate::{NbdError, ServerConfig};
+
+/// Export properties the handshake advertises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportInfo {
+    pub size: u64,
+    pub read_only: bool,
+    pub preferred_block_size: u32,
+}
+
+/// Result of a successful handshake: what transmission may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    pub size: u64,
+    pub transmission_flags: u16,
+    pub read_only: bool,
+    pub structured: bool,
+    /// Context id of `base:allocation`, if selected.
+    pub base_allocation: Option<u32>,
+}
+
+/// What the driver should do after writing the bytes produced for an option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptionOutcome {
+    /// Keep haggling.
+    Continue,
+    /// Client sent NBD_OPT_ABORT; close after writing the ACK.
+    Abort,
+    /// Enter transmission after writing the reply.
+    Transmission(Negotiated),
+    /// Hard disconnect (nothing sensible can be sent).
+    Disconnect(&'static str),
+}
+
+/// Id we hand out for `base:allocation` in SET_META_CONTEXT.
+const BASE_ALLOCATION_ID: u32 = 1;
+
+/// The option-haggling state of one connection.
+#[derive(Debug)]
+pub struct Negotiator {
+    export_name: String,
+    description: String,
+    max_request: u32,
+    export: ExportInfo,
+    fixed: bool,
+    no_zeroes: bool,
+    structured: bool,
+    base_allocation: bool,
+}
+
+impl Negotiator {
+    pub fn new(cfg: &ServerConfig, export: ExportInfo) -> Self {
+        Negotiator {
+            export_name: cfg.export_name.clone(),
+            description: cfg.description.clone(),
+            max_request: cfg.max_request,
+            export: ExportInfo {
+                read_only: export.read_only || cfg.read_only,
+                ..export
+            },
+            fixed: false,
+            no_zeroes: false,
+            structured: false,
+            base_allocation: false,
+        }
+    }
+
+    pub fn greeting(&self) -> [u8; 18] {
+        wire::encode_greeting()
+    }
+
+    /// The 32-bit client flags; unknown bits require dropping the connection.
+    pub fn client_flags(&mut self, flags: u32) -> Result<(), NbdError> {
+        if flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
+            return Err(NbdError::ClientFlags(flags));
+        }
+        self.fixed = flags & FLAG_C_FIXED_NEWSTYLE != 0;
+        self.no_zeroes = flags & FLAG_C_NO_ZEROES != 0;
+        Ok(())
+    }
+
+    /// Whether option replies may be sent (client is fixed newstyle).
+    pub fn is_fixed(&self) -> bool {
+        self.fixed
+    }
+
+    pub fn transmission_flags(&self) -> u16 {
+        let mut f = FLAG_HAS_FLAGS
+            | FLAG_SEND_FLUSH
+            | FLAG_SEND_FUA
+            | FLAG_CAN_MULTI_CONN
+            | FLAG_SEND_CACHE;
+        if self.export.read_only {
+            f |= FLAG_READ_ONLY;
+        } else {
+            f |= FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES;
+        }
+        if self.structured {
+            f |= FLAG_SEND_DF;
+        }
+        f
+    }
+
+    fn negotiated(&self) -> Negotiated {
+        Negotiated {
+            size: self.export.size,
+            transmission_flags: self.transmission_flags(),
+            read_only: self.export.read_only,
+            structured: self.structured,
+            base_allocation: (self.structured && self.base_allocation)
+                .then_some(BASE_ALLOCATION_ID),
+        }
+    }
+
+    fn is_our_export(&self, name: &str) -> bool {
+        name.is_empty() || name == self.export_name
+    }
+
+    /// Reply for an option whose data exceeded the server's limit (already skipped).
+    pub fn oversized_option(&mut self, option: u32, out: &mut Vec<u8>) -> OptionOutcome {
+        if !self.fixed || option == OPT_EXPORT_NAME {
+            return OptionOutcome::Disconnect("oversized option");
+        }
+        if option == OPT_SET_META_CONTEXT {
+            self.base_allocation = false;
+        }
+        err_reply(out, option, REP_ERR_TOO_BIG, "option data too large");
+        OptionOutcome::Continue
+    }
+
+    /// Process one option; replies are appended to `out`.
+    pub fn handle_option(
+        &mut self,
+        option: u32,
+        data: &[u8],
+        shutting_down: bool,
+        out: &mut Vec<u8>,
+    ) -> OptionOutcome {
+        if option == OPT_EXPORT_NAME {
+            return self.export_name_option(data, shutting_down, out);
+        }
+        if !self.fixed {
+            // Old newstyle clients cannot parse option replies.
+            return OptionOutcome::Disconnect("non-fixed newstyle client sent an option");
+        }
+        if option == OPT_ABORT {
+            encode_option_reply(out, option, REP_ACK, &[]);
+            return OptionOutcome::Abort;
+        }
+        if shutting_down {
+            err_reply(out, option, REP_ERR_SHUTDOWN, "server shutting down");
+            return OptionOutcome::Continue;
+        }
+        match option {
+            OPT_LIST => {
+                if !data.is_empty() {
+                    err_reply(out, option, REP_ERR_INVALID, "LIST takes no data");
+                } else {
+                    let mut d = Vec::new();
+                    d.extend_from_slice(&(self.export_name.len() as u32).to_be_bytes());
+                    d.extend_from_slice(self.export_name.as_bytes());
+                    d.extend_from_slice(self.description.as_bytes());
+                    encode_option_reply(out, option, REP_SERVER, &d);
+                    encode_option_reply(out, option, REP_ACK, &[]);
+                }
+                OptionOutcome::Continue
+            }
+            OPT_STRUCTURED_REPLY => {
+                if !data.is_empty() {
+                    err_reply(out, option, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data");
+                } else {
+                    self.structured = true;
+                    encode_option_reply(out, option, REP_ACK, &[]);
+                }
+                OptionOutcome::Continue
+            }
+            OPT_INFO | OPT_GO => self.info_or_go(option, data, out),
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => self.meta_context(option, data, out),
+            // STARTTLS (NOTLS mode), EXTENDED_HEADERS and anything unknown.
+            _ => {
+                err_reply(out, option, REP_ERR_UNSUP, "option not supported");
+                OptionOutcome::Continue
+            }
+        }
+    }
+
+    fn export_name_option(
+        &mut self,
+        data: &[u8],
+        shutting_down: bool,
+        out: &mut Vec<u8>,
+    ) -> OptionOutcome {
+        if shutting_down {
+            return OptionOutcome::Disconnect("server shutting down");
+        }
+        match wire::parse_string(data) {
+            Ok(name) if self.is_our_export(&name) => {}
+            // EXPORT_NAME cannot carry an error, so the spec mandates a disconnect.
+            _ => return OptionOutcome::Disconnect("unknown export"),
+        }
+        out.extend_from_slice(&self.export.size.to_be_bytes());
+        out.extend_from_slice(&self.transmission_flags().to_be_bytes());
+        if !self.no_zeroes {
+            out.extend_from_slice(&[0u8; 124]);
+        }
+        OptionOutcome::Transmission(self.negotiated())
+    }
+
+    fn info_or_go(&mut self, option: u32, data: &[u8], out: &mut Vec<u8>) -> OptionOutcome {
+        let req = match wire::parse_export_request(data) {
+            Ok(r) => r,
+            Err(_) => {
+                err_reply(out, option, REP_ERR_INVALID, "malformed INFO/GO request");
+                return OptionOutcome::Continue;
+            }
+        };
+        if !self.is_our_export(&req.name) {
+            err_reply(out, option, REP_ERR_UNKNOWN, "unknown export");
+            return OptionOutcome::Continue;
+        }
+        let mut d = Vec::with_capacity(16);
+        d.extend_from_slice(&INFO_EXPORT.to_be_bytes());
+        d.extend_from_slice(&self.export.size.to_be_bytes());
+        d.extend_from_slice(&self.transmission_flags().to_be_bytes());
+        encode_option_reply(out, option, REP_INFO, &d);
+        if req.info_requests.contains(&INFO_NAME) {
+            let mut d = INFO_NAME.to_be_bytes().to_vec();
+            d.extend_from_slice(self.export_name.as_bytes());
+            encode_option_reply(out, option, REP_INFO, &d);
+        }
+        if req.info_requests.contains(&INFO_DESCRIPTION) && !self.description.is_empty() {
+            let mut d = INFO_DESCRIPTION.to_be_bytes().to_vec();
+            d.extend_from_slice(self.description.as_bytes());
+            encode_option_reply(out, option, REP_INFO, &d);
+        }
+        // Always sent: harmless for clients that did not ask, and our limits are
+        // the spec defaults (min 1) so no client is refused for not asking.
+        let (min, pref, max) = self.block_sizes();
+        let mut d = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+        d.extend_from_slice(&min.to_be_bytes());
+        d.extend_from_slice(&pref.to_be_bytes());
+        d.extend_from_slice(&max.to_be_bytes());
+        encode_option_reply(out, option, REP_INFO, &d);
+        encode_option_reply(out, option, REP_ACK, &[]);
+        if option == OPT_GO {
+            OptionOutcome::Transmission(self.negotiated())
+        } else {
+            OptionOutcome::Continue
+        }
+    }
+
+    /// (minimum, preferred, maximum payload) per the spec's constraints.
+    pub fn block_sizes(&self) -> (u32, u32, u32) {
+        let max = self.max_request;
+        let mut pref = self.export.preferred_block_size;
+        if !pref.is_power_of_two() {
+            pref = pref.checked_next_power_of_two().unwrap_or(4096);
+        }
+        pref = pref.clamp(512, max.max(512));
+        if pref > max {
+            pref = 512;
+        }
+        (1, pref, max)
+    }
+
+    fn meta_context(&mut self, option: u32, data: &[u8], out: &mut Vec<u8>) -> OptionOutcome {
+        let set = option == OPT_SET_META_CONTEXT;
+        if set {
+            // SET replaces the selection even when it fails.
+            self.base_allocation = false;
+        }
+        if !self.structured {
+            err_reply(out, option, REP_ERR_INVALID, "structured replies not negotiated");
+            return OptionOutcome::Continue;
+        }
+        let req = match wire::parse_meta_context_request(data) {
+            Ok(r) => r,
+            Err(_) => {
+                err_reply(out, option, REP_ERR_INVALID, "malformed meta context request");
+                return OptionOutcome::Continue;
+            }
+        };
+        if !self.is_our_export(&req.export) {
+            err_reply(out, option, REP_ERR_UNKNOWN, "unknown export");
+            return OptionOutcome::Continue;
+        }
+        let mut matched = !set && req.queries.is_empty();
+        for q in &req.queries {
+            let Some((ns, leaf)) = q.split_once(':') else {
+                err_reply(out, option, REP_ERR_INVALID, "query lacks a namespace");
+                return OptionOutcome::Continue;
+            };
+            // Unknown namespaces and leaves must be ignored; "base:" is a wildcard
+            // only for LIST.
+            if ns == "base" && (leaf == "allocation" || (!set && leaf.is_empty())) {
+                matched = true;
+            }
+        }
+        if matched {
+            let id = if set { BASE_ALLOCATION_ID } else { 0 };
+            let mut d = id.to_be_bytes().to_vec();
+            d.extend_from_slice(BASE_ALLOCATION.as_bytes());
+            encode_option_reply(out, option, REP_META_CONTEXT, &d);
+            if set {
+                self.base_allocation = true;
+            }
+        }
+        encode_option_reply(out, option, REP_ACK, &[]);
+        OptionOutcome::Continue
+    }
+}
+
+fn err_reply(out: &mut Vec<u8>, option: u32, rep: u32, msg: &str) {
+    encode_option_reply(out, option, rep, msg.as_bytes());
+}
+
+/// Run the handshake on `stream`. `Ok(None)` means the client ended it
+/// cleanly (ABORT or EOF between options).
+pub(crate) async fn negotiate<S>(
+    stream: &mut S,
+    cfg: &ServerConfig,
+    export: ExportInfo,
+    shutting_down: impl Fn() -> bool,
+) -> Result<Option<Negotiated>, NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut neg = Negotiator::new(cfg, export);
+    stream.write_all(&neg.greeting()).await?;
+    stream.flush().await?;
+    let flags = stream.read_u32().await?;
+    neg.client_flags(flags)?;
+
+    let mut out = Vec::new();
+    loop {
+        let mut hdr = [0u8; OPTION_HEADER_LEN];
+        if !read_exact_or_eof(stream, &mut hdr).await? {
+            return Ok(None);
+        }
+        let h = wire::parse_option_header(&hdr)?;
+        out.clear();
+        let outcome = if h.len > cfg.max_option_len {
+            let mut skip = (&mut *stream).take(u64::from(h.len));
+            let skipped = tokio::io::copy(&mut skip, &mut tokio::io::sink()).await?;
+            if skipped != u64::from(h.len) {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            neg.oversized_option(h.option, &mut out)
+        } else {
+            let mut data = vec![0u8; h.len as usize];
+            stream.read_exact(&mut data).await?;
+            neg.handle_option(h.option, &data, shutting_down(), &mut out)
+        };
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+        match outcome {
+            OptionOutcome::Continue => {}
+            OptionOutcome::Abort => return Ok(None),
+            OptionOutcome::Transmission(n) => return Ok(Some(n)),
+            OptionOutcome::Disconnect(why) => return Err(NbdError::Handshake(why)),
+        }
+    }
+}
+
+/// Fill `buf`; `Ok(false)` on EOF before the first byte.
+pub(crate) async fn read_exact_or_eof<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> std::io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = r.read(&mut buf[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(false);
+            }
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn neg(fixed: bool) -> Negotiator {
+        let mut n = Negotiator::new(
+            &ServerConfig::new("exp"),
+            ExportInfo {
+                size: 1 << 20,
+                read_only: false,
+                preferred_block_size: 4096,
+            },
+        );
+        n.client_flags(if fixed { FLAG_C_FIXED_NEWSTYLE } else { 0 })
+            .unwrap();
+        n
+    }
+
+    fn reply_types(out: &[u8]) -> Vec<u32> {
+        let mut v = Vec::new();
+        let mut p = 0;
+        while p < out.len() {
+            v.push(u32::from_be_bytes(out[p + 12..p + 16].try_into().unwrap()));
+            let len = u32::from_be_bytes(out[p + 16..p + 20].try_into().unwrap()) as usize;
+            p += 20 + len;
+        }
+        v
+    }
+
+    #[test]
+    fn rejects_unknown_client_flags() {
+        let mut n = neg(true);
+        assert!(n.client_flags(1 << 5).is_err());
+    }
+
+    #[test]
+    fn non_fixed_client_only_export_name() {
+        let mut n = neg(false);
+        let mut out = Vec::new();
+        assert!(matches!(
+            n.handle_option(OPT_LIST, &[], false, &mut out),
+            OptionOutcome::Disconnect(_)
+        ));
+        assert!(out.is_empty());
+        let r = n.handle_option(OPT_EXPORT_NAME, b"exp", false, &mut out);
+        assert!(matches!(r, OptionOutcome::Transmission(_)));
+        assert_eq!(out.len(), 8 + 2 + 124);
+    }
+
+    #[test]
+    fn meta_requires_structured_and_set_clears() {
+        let mut n = neg(true);
+        let mut q = Vec::new();
+        q.extend_from_slice(&0u32.to_be_bytes());
+        q.extend_from_slice(&1u32.to_be_bytes());
+        q.extend_from_slice(&15u32.to_be_bytes());
+        q.extend_from_slice(b"base:allocation");
+        let mut out = Vec::new();
+        n.handle_option(OPT_SET_META_CONTEXT, &q, false, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ERR_INVALID]);
+        out.clear();
+        n.handle_option(OPT_STRUCTURED_REPLY, &[], false, &mut out);
+        n.handle_option(OPT_SET_META_CONTEXT, &q, false, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ACK, REP_META_CONTEXT, REP_ACK]);
+        assert_eq!(n.negotiated().base_allocation, Some(BASE_ALLOCATION_ID));
+        out.clear();
+        // A malformed SET still clears the selection.
+        n.handle_option(OPT_SET_META_CONTEXT, &q[..5], false, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ERR_INVALID]);
+        assert_eq!(n.negotiated().base_allocation, None);
+    }
+
+    #[test]
+    fn shutdown_errors_options_but_acks_abort() {
+        let mut n = neg(true);
+        let mut out = Vec::new();
+        n.handle_option(OPT_LIST, &[], true, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ERR_SHUTDOWN]);
+        out.clear();
+        assert_eq!(
+            n.handle_option(OPT_ABORT, &[], true, &mut out),
+            OptionOutcome::Abort
+        );
+        assert_eq!(reply_types(&out), vec![REP_ACK]);
+    }
+
+    #[test]
+    fn block_sizes_sane() {
+        let n = neg(true);
+        assert_eq!(n.block_sizes(), (1, 4096, 32 << 20));
+    }
+}

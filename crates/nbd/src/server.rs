@@ -1,0 +1,219 @@
+//! Connection entry points, listeners and graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::device::BlockDevice;
+use crate::handshake::{negotiate, ExportInfo};
+use crate::transmission::Transmission;
+use crate::{NbdError, ServerConfig};
+
+/// A socket to accept NBD clients on.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+enum Accepted {
+    Tcp(TcpStream, SocketAddr),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    pub async fn bind_tcp(addr: impl ToSocketAddrs) -> io::Result<Self> {
+        Ok(Listener::Tcp(TcpListener::bind(addr).await?))
+    }
+
+    /// Bind a Unix socket. An existing file at `path` is an error; the caller
+    /// owns the path and removes it when done.
+    #[cfg(unix)]
+    pub fn bind_unix(path: impl AsRef<std::path::Path>) -> io::Result<Self> {
+        Ok(Listener::Unix(tokio::net::UnixListener::bind(path)?))
+    }
+
+    /// The bound TCP address (useful after binding port 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            #[cfg(unix)]
+            Listener::Unix(_) => None,
+        }
+    }
+
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, a) = l.accept().await?;
+                // Replies are small and latency-bound.
+                s.set_nodelay(true)?;
+                Ok(Accepted::Tcp(s, a))
+            }
+            #[cfg(unix)]
+            Listener::Unix(l) => Ok(Accepted::Unix(l.accept().await?.0)),
+        }
+    }
+}
+
+/// Resolves once `true` has been sent on the channel. A dropped sender means
+/// shutdown never happens.
+pub(crate) async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Serve one client connection until it disconnects.
+pub async fn serve_connection<S>(
+    stream: S,
+    dev: Arc<dyn BlockDevice>,
+    cfg: Arc<ServerConfig>,
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (_keep, rx) = watch::channel(false);
+    serve_connection_with_shutdown(stream, dev, cfg, rx).await
+}
+
+/// Serve one client connection; once `true` is sent on `shutdown` the
+/// connection stops reading requests, answers those already received, and
+/// closes (a connection still in the handshake is closed at once).
+pub async fn serve_connection_with_shutdown<S>(
+    mut stream: S,
+    dev: Arc<dyn BlockDevice>,
+    cfg: Arc<ServerConfig>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    cfg.validate()?;
+    let export = ExportInfo {
+        size: dev.size(),
+        read_only: dev.read_only(),
+        preferred_block_size: dev.preferred_block_size(),
+    };
+    let flag = shutdown.clone();
+    let neg = tokio::select! {
+        r = tokio::time::timeout(
+            cfg.handshake_timeout,
+            negotiate(&mut stream, &cfg, export, || *flag.borrow()),
+        ) => r.map_err(|_| NbdError::HandshakeTimeout)??,
+        _ = wait_shutdown(shutdown.clone()) => return Ok(()),
+    };
+    let Some(neg) = neg else {
+        return Ok(());
+    };
+    tracing::debug!(?neg, "entering transmission");
+    let (r, w) = tokio::io::split(stream);
+    Transmission { dev, cfg, neg }
+        .run(r, w, wait_shutdown(shutdown))
+        .await
+}
+
+/// Accept clients on all `listeners` until `true` is sent on `shutdown`.
+/// Then stop accepting, let connections answer their in-flight requests
+/// (up to `cfg.shutdown_grace`), flush the device and return.
+pub async fn serve(
+    listeners: Vec<Listener>,
+    dev: Arc<dyn BlockDevice>,
+    cfg: Arc<ServerConfig>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NbdError> {
+    cfg.validate()?;
+    let (tx, mut rx) = mpsc::channel::<io::Result<Accepted>>(8);
+    let mut acceptors = JoinSet::new();
+    for l in listeners {
+        let tx = tx.clone();
+        acceptors.spawn(async move {
+            loop {
+                let r = l.accept().await;
+                let failed = r.is_err();
+                if tx.send(r).await.is_err() {
+                    return;
+                }
+                if failed {
+                    // e.g. EMFILE: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let mut conns = JoinSet::new();
+    let stop = wait_shutdown(shutdown.clone());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(done) = conns.join_next(), if !conns.is_empty() => log_conn_end(done),
+            acc = rx.recv() => {
+                let Some(acc) = acc else { break };
+                let acc = match acc {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                if conns.len() >= cfg.max_connections {
+                    tracing::warn!("connection limit reached; refusing client");
+                    continue;
+                }
+                let (dev, cfg, sd) = (dev.clone(), cfg.clone(), shutdown.clone());
+                match acc {
+                    Accepted::Tcp(s, addr) => {
+                        tracing::debug!(%addr, "client connected");
+                        conns.spawn(serve_connection_with_shutdown(s, dev, cfg, sd));
+                    }
+                    #[cfg(unix)]
+                    Accepted::Unix(s) => {
+                        tracing::debug!("unix client connected");
+                        conns.spawn(serve_connection_with_shutdown(s, dev, cfg, sd));
+                    }
+                }
+            }
+        }
+    }
+    acceptors.abort_all();
+    drop(rx);
+
+    let drain = async {
+        while let Some(done) = conns.join_next().await {
+            log_conn_end(done);
+        }
+    };
+    if tokio::time::timeout(cfg.shutdown_grace, drain).await.is_err() {
+        tracing::warn!("connections did not drain in time; dropping them");
+        conns.shutdown().await;
+    }
+    let d = dev.clone();
+    tokio::task::spawn_blocking(move || d.flush())
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))??;
+    Ok(())
+}
+
+fn log_conn_end(done: Result<Result<(), NbdError>, tokio::task::JoinError>) {
+    match done {
+        Ok(Ok(())) => tracing::debug!("client disconnected"),
+        Ok(Err(e)) => tracing::info!(error = %e, "connection ended with error"),
+        Err(e) => tracing::warn!(error = %e, "connection task failed"),
+    }
+}
