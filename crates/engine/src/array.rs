@@ -626,19 +626,21 @@ impl Array {
         }
     }
 
+    /// Failed: some data written is beyond the redundancy left (or, for an empty array, more
+    /// members are gone than the level tolerates). Degraded: a member is missing or stale.
     pub fn health(&self) -> Health {
         let members = self.members();
         let st = self.state.lock();
-        let t = st.meta.template;
-        let avail = members.iter().filter(|m| m.is_some()).count();
-        let lost = st
-            .meta
-            .map
-            .allocated()
-            .any(|(_, c)| !Self::chunk_intact(c, &members));
-        if lost || avail < t.level.min_width(t.copies) {
+        let unavailable = members.iter().filter(|m| m.is_none()).count();
+        let mut allocated = st.meta.map.allocated().peekable();
+        let lost = if allocated.peek().is_none() {
+            unavailable > template_tolerance(&st.meta.template)
+        } else {
+            allocated.any(|(_, c)| !Self::chunk_intact(c, &members))
+        };
+        if lost {
             Health::Failed
-        } else if avail < members.len() {
+        } else if unavailable > 0 {
             Health::Degraded
         } else {
             Health::Ok
@@ -668,13 +670,7 @@ impl Array {
                 generation: slot.generation,
             })
             .collect();
-        let tolerance = Profile {
-            level: t.level,
-            width: t.level.min_width(t.copies),
-            copies: t.copies,
-            stripe_unit: t.stripe_unit,
-        }
-        .tolerance();
+        let tolerance = template_tolerance(&t);
         Status {
             name: m.name.clone(),
             uuid: self.uuid().to_string(),
@@ -704,4 +700,24 @@ pub(crate) fn member_spaces(members: &[MemberInfo], data_offset: u64) -> Vec<Mem
             end: m.size.max(data_offset),
         })
         .collect()
+}
+
+impl std::fmt::Debug for Array {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Array")
+            .field("uuid", &self.uuid())
+            .field("size", &self.size())
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+fn template_tolerance(t: &Template) -> usize {
+    Profile {
+        level: t.level,
+        width: t.level.min_width(t.copies),
+        copies: t.copies,
+        stripe_unit: t.stripe_unit,
+    }
+    .tolerance()
 }

@@ -22,12 +22,14 @@ pub struct BenchRow {
 pub const OPS: [&str; 4] = ["gen_p", "gen_pq", "recover_two_data", "recover_data_with_q"];
 
 /// Default stripe shapes: (data blocks, block length).
-pub const SHAPES: [(usize, usize); 5] = [
+/// (8, 256 KiB) is the shape `snapraid -T` uses.
+pub const SHAPES: [(usize, usize); 6] = [
     (4, 64 << 10),
     (8, 64 << 10),
     (10, 64 << 10),
     (4, 4 << 10),
     (8, 4 << 10),
+    (8, 256 << 10),
 ];
 
 /// Every available ISA × [`SHAPES`] × [`OPS`], each measured for at least

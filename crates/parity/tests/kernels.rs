@@ -346,7 +346,15 @@ fn xor_into_length_mismatch() {
 /// Independent oracle: rusty_erasure's (ISA-L-identical) RAID-6 P+Q.
 #[test]
 fn matches_rusty_erasure_pq() {
-    for &(n, len) in &[(2usize, 0usize), (2, 1), (3, 33), (4, 4096), (8, 1000), (17, 777), (32, 65)] {
+    for &(n, len) in &[
+        (2usize, 0usize),
+        (2, 1),
+        (3, 33),
+        (4, 4096),
+        (8, 1000),
+        (17, 777),
+        (32, 65),
+    ] {
         let b = Bufs::new(n, len, 0xdead ^ (n * len) as u64);
         let data = b.all();
         let mut ep = vec![0u8; len];

@@ -11,6 +11,8 @@ pub(crate) struct Gfni;
 
 /// `gf::affine_matrix(2)`, checked by a unit test.
 const MUL2_MATRIX: i64 = 0x8001_8284_8810_2040_u64 as i64;
+/// `gf::affine_matrix(4)`, checked by a unit test.
+const MUL4_MATRIX: i64 = 0x4080_41c2_c488_1020_u64 as i64;
 
 // SAFETY: every method only uses AVX-512F/BW and GFNI intrinsics; the trait
 // contract makes the caller guarantee their support.
@@ -68,6 +70,16 @@ unsafe impl Vector for Gfni {
     }
 
     #[inline(always)]
+    unsafe fn horner2(a: __m512i, hi: __m512i, lo: __m512i) -> __m512i {
+        // SAFETY: AVX-512F + GFNI guaranteed by the trait contract.
+        unsafe {
+            let a4 = _mm512_gf2p8affine_epi64_epi8::<0>(a, _mm512_set1_epi64(MUL4_MATRIX));
+            let h2 = _mm512_gf2p8affine_epi64_epi8::<0>(hi, _mm512_set1_epi64(MUL2_MATRIX));
+            _mm512_ternarylogic_epi32::<0x96>(a4, h2, lo)
+        }
+    }
+
+    #[inline(always)]
     unsafe fn prep(c: u8) -> __m512i {
         // SAFETY: AVX-512F guaranteed by the trait contract.
         unsafe { _mm512_set1_epi64(gf::affine_matrix(c) as i64) }
@@ -87,5 +99,6 @@ mod tests {
     #[test]
     fn mul2_matrix() {
         assert_eq!(super::MUL2_MATRIX as u64, crate::gf::affine_matrix(2));
+        assert_eq!(super::MUL4_MATRIX as u64, crate::gf::affine_matrix(4));
     }
 }

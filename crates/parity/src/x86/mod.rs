@@ -45,6 +45,11 @@ pub(crate) unsafe trait Vector {
         // SAFETY: forwarded trait contract.
         unsafe { Self::xor(Self::mul2(a), b) }
     }
+    /// Two Horner steps: (g·a ^ hi)·g ^ lo.
+    unsafe fn horner2(a: Self::V, hi: Self::V, lo: Self::V) -> Self::V {
+        // SAFETY: forwarded trait contract.
+        unsafe { Self::mul2_xor(Self::mul2_xor(a, hi), lo) }
+    }
     unsafe fn prep(c: u8) -> Self::C;
     /// c·a
     unsafe fn mulc(a: Self::V, c: Self::C) -> Self::V;
@@ -134,8 +139,24 @@ unsafe fn accum<
                 q[u] = v;
             }
         }
-        for i in (0..top).rev() {
-            match data.ptr(i) {
+        // Blocks top-1 .. 0, two at a time where both are present.
+        let mut i = top;
+        while i > 0 {
+            if i >= 2 {
+                if let (Some(hi), Some(lo)) = (data.ptr(i - 1), data.ptr(i - 2)) {
+                    for u in 0..U {
+                        let vh = ld::<K, PART>(hi.add(off + u * K::W), n);
+                        let vl = ld::<K, PART>(lo.add(off + u * K::W), n);
+                        if WANT_P {
+                            p[u] = K::xor3(p[u], vh, vl);
+                        }
+                        q[u] = K::horner2(q[u], vh, vl);
+                    }
+                    i -= 2;
+                    continue;
+                }
+            }
+            match data.ptr(i - 1) {
                 Some(ptr) => {
                     for u in 0..U {
                         let v = ld::<K, PART>(ptr.add(off + u * K::W), n);
@@ -151,6 +172,7 @@ unsafe fn accum<
                     }
                 }
             }
+            i -= 1;
         }
         (p, q)
     }

@@ -86,36 +86,18 @@ pub fn assert_matches(a: &Array, model: &[u8], what: &str) {
 
 /// Every subset of `0..n` with at most `k` elements (including the empty one).
 pub fn subsets(n: usize, k: usize) -> Vec<Vec<usize>> {
-    let mut out = vec![vec![]];
-    for size in 1..=k {
-        let mut idx: Vec<usize> = (0..size).collect();
-        loop {
-            out.push(idx.clone());
-            let mut i = size;
-            loop {
-                if i == 0 {
-                    return_if_done(&mut out);
-                    break;
-                }
-                i -= 1;
-                if idx[i] < n - size + i {
-                    idx[i] += 1;
-                    for j in i + 1..size {
-                        idx[j] = idx[j - 1] + 1;
-                    }
-                    break;
-                }
-                if i == 0 {
-                    idx.clear();
-                    break;
-                }
-            }
-            if idx.is_empty() {
-                break;
-            }
+    fn grow(start: usize, n: usize, k: usize, cur: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        out.push(cur.clone());
+        if cur.len() == k {
+            return;
+        }
+        for i in start..n {
+            cur.push(i);
+            grow(i + 1, n, k, cur, out);
+            cur.pop();
         }
     }
+    let mut out = Vec::new();
+    grow(0, n, k, &mut Vec::new(), &mut out);
     out
 }
-
-fn return_if_done(_: &mut [Vec<usize>]) {}

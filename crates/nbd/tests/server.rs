@@ -1,0 +1,89 @@
+//! Listener helper over TCP and Unix sockets, and graceful shutdown.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use damocles_nbd::wire::*;
+use damocles_nbd::{serve, serve_connection_with_shutdown, Listener, MemDevice, ServerConfig};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::watch;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_unix_with_graceful_shutdown() {
+    let dir = std::env::temp_dir().join(format!("damocles-nbd-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("nbd.sock");
+    let _ = std::fs::remove_file(&sock);
+
+    let mut d = TestDevice::new(MIB);
+    d.slow_offset = Some(4096);
+    d.delay = Duration::from_millis(400);
+    let dev = Arc::new(d);
+    let tcp = Listener::bind_tcp("127.0.0.1:0").await.unwrap();
+    let addr = tcp.tcp_addr().unwrap();
+    let unix = Listener::bind_unix(&sock).unwrap();
+    let (tx, rx) = watch::channel(false);
+    let server = tokio::spawn(serve(vec![tcp, unix], dev.clone(), Arc::new(ServerConfig::new("d")), rx));
+
+    let mut a = Client::new(Box::new(TcpStream::connect(addr).await.unwrap()));
+    a.negotiate("d", true, true).await;
+    let mut b = Client::new(Box::new(UnixStream::connect(&sock).await.unwrap()));
+    b.negotiate("", false, false).await;
+    assert_eq!(b.write(0, b"unix").await, 0);
+    assert_eq!(a.read(0, 4).await.data, b"unix");
+
+    // A slow write is in flight when shutdown is requested: it must still be answered.
+    a.send_req(CMD_WRITE, 0, 55, 4096, 4, b"slow").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let flushes_before = dev.flushes.load(Ordering::SeqCst);
+    tx.send(true).unwrap();
+    let r = a.recv().await.unwrap();
+    assert_eq!((r.cookie, r.error), (55, 0));
+    assert!(a.closed().await);
+    assert!(b.closed().await);
+    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    // serve() flushes the device after draining.
+    assert!(dev.flushes.load(Ordering::SeqCst) > flushes_before);
+    assert!(dev.durable.lock().unwrap().iter().any(|(_, d)| d == b"slow"));
+    // No longer accepting.
+    assert!(TcpStream::connect(addr).await.is_err());
+    let _ = std::fs::remove_file(&sock);
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_handshake() {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let (tx, rx) = watch::channel(false);
+    let h = tokio::spawn(serve_connection_with_shutdown(
+        b,
+        Arc::new(MemDevice::new(MIB)),
+        Arc::new(ServerConfig::new("d")),
+        rx,
+    ));
+    let mut c = Client::new(Box::new(a));
+    c.greeting().await;
+    tx.send(true).unwrap();
+    assert!(c.closed().await);
+    h.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit() {
+    let tcp = Listener::bind_tcp("127.0.0.1:0").await.unwrap();
+    let addr = tcp.tcp_addr().unwrap();
+    let mut cfg = ServerConfig::new("d");
+    cfg.max_connections = 1;
+    let (tx, rx) = watch::channel(false);
+    let server = tokio::spawn(serve(vec![tcp], Arc::new(MemDevice::new(MIB)), Arc::new(cfg), rx));
+    let mut a = Client::new(Box::new(TcpStream::connect(addr).await.unwrap()));
+    a.negotiate("d", false, false).await;
+    let mut b = Client::new(Box::new(TcpStream::connect(addr).await.unwrap()));
+    assert!(b.closed().await);
+    assert_eq!(a.write(0, b"x").await, 0);
+    tx.send(true).unwrap();
+    server.await.unwrap().unwrap();
+}
