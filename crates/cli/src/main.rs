@@ -1,1 +1,57 @@
-fn main() {}
+//! The `damocles` command line.
+
+mod cmd;
+mod members;
+mod units;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// damocles: plain disks or files become one redundant virtual disk (RAID 0/1/5/6/10).
+///
+/// Members are block devices or regular files. Commands that take MEMBER... assemble the
+/// array from the members given; leave out a member that is missing and the array runs
+/// degraded, within what its level tolerates.
+#[derive(Parser)]
+#[command(name = "damocles", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Create(cmd::create::Args),
+    Status(cmd::status::Args),
+    Read(cmd::rawio::ReadArgs),
+    Write(cmd::rawio::WriteArgs),
+    #[command(subcommand)]
+    Bench(cmd::bench::Bench),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DAMOCLES_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Create(a) => cmd::create::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Read(a) => cmd::rawio::read(a),
+        Command::Write(a) => cmd::rawio::write(a),
+        Command::Bench(b) => cmd::bench::run(b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost context and its causes.
+            eprintln!("damocles: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

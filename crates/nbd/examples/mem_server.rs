@@ -23,6 +23,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = tx.send(true);
     });
     eprintln!("serving {mib} MiB export 'mem' on {addr}");
-    serve(listeners, Arc::new(MemDevice::new(mib << 20)), Arc::new(cfg), rx).await?;
+    serve(
+        listeners,
+        Arc::new(MemDevice::new(mib << 20)),
+        Arc::new(cfg),
+        rx,
+    )
+    .await?;
     Ok(())
 }

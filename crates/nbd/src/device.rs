@@ -236,7 +236,7 @@ impl BlockDevice for MemDevice {
         };
         let mut pos = offset;
         let first = offset / MEM_BLOCK;
-        let last = (end + MEM_BLOCK - 1) / MEM_BLOCK;
+        let last = end.div_ceil(MEM_BLOCK);
         for (&idx, _) in map.range(first..last) {
             let bstart = (idx * MEM_BLOCK).max(pos);
             let bend = ((idx + 1) * MEM_BLOCK).min(end);

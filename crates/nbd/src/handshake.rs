@@ -173,7 +173,12 @@ impl Negotiator {
             }
             OPT_STRUCTURED_REPLY => {
                 if !data.is_empty() {
-                    err_reply(out, option, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data");
+                    err_reply(
+                        out,
+                        option,
+                        REP_ERR_INVALID,
+                        "STRUCTURED_REPLY takes no data",
+                    );
                 } else {
                     self.structured = true;
                     encode_option_reply(out, option, REP_ACK, &[]);
@@ -276,13 +281,23 @@ impl Negotiator {
             self.base_allocation = false;
         }
         if !self.structured {
-            err_reply(out, option, REP_ERR_INVALID, "structured replies not negotiated");
+            err_reply(
+                out,
+                option,
+                REP_ERR_INVALID,
+                "structured replies not negotiated",
+            );
             return OptionOutcome::Continue;
         }
         let req = match wire::parse_meta_context_request(data) {
             Ok(r) => r,
             Err(_) => {
-                err_reply(out, option, REP_ERR_INVALID, "malformed meta context request");
+                err_reply(
+                    out,
+                    option,
+                    REP_ERR_INVALID,
+                    "malformed meta context request",
+                );
                 return OptionOutcome::Continue;
             }
         };

@@ -199,7 +199,10 @@ pub async fn serve(
             log_conn_end(done);
         }
     };
-    if tokio::time::timeout(cfg.shutdown_grace, drain).await.is_err() {
+    if tokio::time::timeout(cfg.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("connections did not drain in time; dropping them");
         conns.shutdown().await;
     }

@@ -28,14 +28,34 @@ struct Reply {
 /// A validated request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
-    Read { offset: u64, len: u32 },
-    Write { offset: u64, len: u32, fua: bool },
+    Read {
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        offset: u64,
+        len: u32,
+        fua: bool,
+    },
     Disc,
     Flush,
-    Trim { offset: u64, len: u32, fua: bool },
+    Trim {
+        offset: u64,
+        len: u32,
+        fua: bool,
+    },
     Cache,
-    WriteZeroes { offset: u64, len: u32, may_trim: bool, fua: bool },
-    BlockStatus { offset: u64, len: u32, req_one: bool },
+    WriteZeroes {
+        offset: u64,
+        len: u32,
+        may_trim: bool,
+        fua: bool,
+    },
+    BlockStatus {
+        offset: u64,
+        len: u32,
+        req_one: bool,
+    },
 }
 
 type Reject = (NbdErrno, &'static str);
@@ -90,9 +110,7 @@ pub(crate) fn validate(h: &RequestHeader, n: &Negotiated, max_request: u32) -> R
         CMD_BLOCK_STATUS if n.base_allocation.is_none() => {
             return Err((NbdErrno::Inval, "no metadata context negotiated"))
         }
-        CMD_BLOCK_STATUS if len == 0 => {
-            return Err((NbdErrno::Inval, "zero-length block status"))
-        }
+        CMD_BLOCK_STATUS if len == 0 => return Err((NbdErrno::Inval, "zero-length block status")),
         _ => {}
     }
     if !in_bounds {
@@ -124,7 +142,14 @@ pub(crate) fn validate(h: &RequestHeader, n: &Negotiated, max_request: u32) -> R
 }
 
 /// Encode an error reply in the negotiated style.
-fn error_reply(out: &mut Vec<u8>, n: &Negotiated, cookie: u64, err: NbdErrno, msg: &str, offset: Option<u64>) {
+fn error_reply(
+    out: &mut Vec<u8>,
+    n: &Negotiated,
+    cookie: u64,
+    err: NbdErrno,
+    msg: &str,
+    offset: Option<u64>,
+) {
     if n.structured {
         wire::encode_error_chunk(out, cookie, err, msg, offset, true);
     } else {
@@ -139,7 +164,13 @@ fn ok_reply(cookie: u64) -> Vec<u8> {
 }
 
 /// Encode a base:allocation chunk from device extents, clipped to the request.
-pub(crate) fn block_status_reply(cookie: u64, ctx: u32, len: u32, req_one: bool, exts: &[Extent]) -> Vec<u8> {
+pub(crate) fn block_status_reply(
+    cookie: u64,
+    ctx: u32,
+    len: u32,
+    req_one: bool,
+    exts: &[Extent],
+) -> Vec<u8> {
     let want = u64::from(len);
     let mut descs: Vec<(u32, u32)> = Vec::new();
     let mut total = 0u64;
@@ -192,7 +223,13 @@ fn guarded<T>(f: impl FnOnce() -> std::io::Result<T>) -> Result<T, NbdErrno> {
 }
 
 /// Blocking work for one request; returns the encoded reply.
-fn execute(dev: &dyn BlockDevice, n: &Negotiated, cookie: u64, op: Op, payload: Vec<u8>) -> Vec<u8> {
+fn execute(
+    dev: &dyn BlockDevice,
+    n: &Negotiated,
+    cookie: u64,
+    op: Op,
+    payload: Vec<u8>,
+) -> Vec<u8> {
     let fail = |e: NbdErrno, offset: Option<u64>| {
         let mut v = Vec::new();
         error_reply(&mut v, n, cookie, e, "device error", offset);
@@ -258,13 +295,20 @@ fn execute(dev: &dyn BlockDevice, n: &Negotiated, cookie: u64, op: Op, payload: 
                 Err(e) => fail(e, None),
             }
         }
-        Op::WriteZeroes { offset, len, may_trim, fua } => {
-            match guarded(|| dev.write_zeroes(offset, u64::from(len), may_trim, fua)) {
-                Ok(()) => ok_reply(cookie),
-                Err(e) => fail(e, None),
-            }
-        }
-        Op::BlockStatus { offset, len, req_one } => {
+        Op::WriteZeroes {
+            offset,
+            len,
+            may_trim,
+            fua,
+        } => match guarded(|| dev.write_zeroes(offset, u64::from(len), may_trim, fua)) {
+            Ok(()) => ok_reply(cookie),
+            Err(e) => fail(e, None),
+        },
+        Op::BlockStatus {
+            offset,
+            len,
+            req_one,
+        } => {
             let ctx = n.base_allocation.unwrap_or(0);
             match guarded(|| dev.block_status(offset, u64::from(len))) {
                 Ok(exts) => block_status_reply(cookie, ctx, len, req_one, &exts),
@@ -284,7 +328,12 @@ pub(crate) struct Transmission {
 impl Transmission {
     /// Serve requests until DISC, EOF, a protocol error, a socket error or
     /// `shutdown` resolves; in-flight requests are always answered first.
-    pub async fn run<R, W>(self, reader: R, writer: W, shutdown: impl Future<Output = ()>) -> Result<(), NbdError>
+    pub async fn run<R, W>(
+        self,
+        reader: R,
+        writer: W,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), NbdError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -335,7 +384,11 @@ impl Transmission {
             let mut byte_permit = None;
             match op {
                 Ok(Op::Write { len, .. }) => {
-                    let p = bytes.clone().acquire_many_owned(len).await.expect("never closed");
+                    let p = bytes
+                        .clone()
+                        .acquire_many_owned(len)
+                        .await
+                        .expect("never closed");
                     byte_permit = Some(p);
                     payload = vec![0u8; len as usize];
                     reader.read_exact(&mut payload).await?;
@@ -348,7 +401,11 @@ impl Transmission {
                     }
                 }
                 Ok(Op::Read { len, .. }) => {
-                    let p = bytes.clone().acquire_many_owned(len).await.expect("never closed");
+                    let p = bytes
+                        .clone()
+                        .acquire_many_owned(len)
+                        .await
+                        .expect("never closed");
                     byte_permit = Some(p);
                 }
                 _ => {}
@@ -361,7 +418,13 @@ impl Transmission {
                 }
                 Ok(op) => op,
                 Err((e, msg)) => {
-                    tracing::debug!(cookie = h.cookie, cmd = h.command, ?e, msg, "request refused");
+                    tracing::debug!(
+                        cookie = h.cookie,
+                        cmd = h.command,
+                        ?e,
+                        msg,
+                        "request refused"
+                    );
                     let mut v = Vec::new();
                     error_reply(&mut v, &self.neg, h.cookie, e, msg, None);
                     send(&tx, v, slot, byte_permit);
@@ -393,7 +456,10 @@ fn send(
     });
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::UnboundedReceiver<Reply>) -> Result<(), NbdError> {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut rx: mpsc::UnboundedReceiver<Reply>,
+) -> Result<(), NbdError> {
     let mut w = BufWriter::with_capacity(64 << 10, writer);
     while let Some(reply) = rx.recv().await {
         w.write_all(&reply.buf).await?;
@@ -445,7 +511,10 @@ mod tests {
         assert_eq!(v(req(CMD_READ, 0, u64::MAX, 2)), Err(NbdErrno::Inval));
         assert_eq!(v(req(CMD_READ, 0, 0, max + 1)), Err(NbdErrno::Inval));
         assert_eq!(v(req(CMD_WRITE, 0, 1 << 20, 1)), Err(NbdErrno::NoSpc));
-        assert_eq!(v(req(CMD_WRITE_ZEROES, 0, 1 << 20, 1)), Err(NbdErrno::NoSpc));
+        assert_eq!(
+            v(req(CMD_WRITE_ZEROES, 0, 1 << 20, 1)),
+            Err(NbdErrno::NoSpc)
+        );
         assert_eq!(v(req(CMD_TRIM, 0, 1 << 20, 1)), Err(NbdErrno::Inval));
         assert_eq!(v(req(CMD_FLUSH, 0, 1, 0)), Err(NbdErrno::Inval));
         assert_eq!(v(req(CMD_BLOCK_STATUS, 0, 0, 1)), Err(NbdErrno::Inval));
@@ -478,7 +547,13 @@ mod tests {
             hole,
             zero: hole,
         };
-        let r = block_status_reply(9, 1, 1000, false, &[e(0, true), e(600, false), e(600, false), e(5000, true)]);
+        let r = block_status_reply(
+            9,
+            1,
+            1000,
+            false,
+            &[e(0, true), e(600, false), e(600, false), e(5000, true)],
+        );
         // header + ctx + one merged descriptor of 1000 bytes
         assert_eq!(r.len(), 20 + 4 + 8);
         assert_eq!(&r[24..28], &1000u32.to_be_bytes());

@@ -487,10 +487,7 @@ mod tests {
             NbdErrno::from_io(&io::Error::from(io::ErrorKind::PermissionDenied)),
             NbdErrno::Perm
         );
-        assert_eq!(
-            NbdErrno::from_io(&io::Error::other("x")),
-            NbdErrno::Io
-        );
+        assert_eq!(NbdErrno::from_io(&io::Error::other("x")), NbdErrno::Io);
     }
 
     #[test]

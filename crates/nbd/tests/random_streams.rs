@@ -10,7 +10,9 @@ use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn handshake_prefix(structured: bool) -> Vec<u8> {
-    let mut v = (FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes().to_vec();
+    let mut v = (FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)
+        .to_be_bytes()
+        .to_vec();
     let mut opt = |o: u32, d: &[u8]| {
         v.extend_from_slice(&IHAVEOPT.to_be_bytes());
         v.extend_from_slice(&o.to_be_bytes());
@@ -31,14 +33,21 @@ fn handshake_prefix(structured: bool) -> Vec<u8> {
 
 /// Run the server against `input` and return what it sent back.
 fn run(input: Vec<u8>) -> Vec<u8> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let (client, server) = tokio::io::duplex(1 << 16);
         let mut cfg = ServerConfig::new("");
         cfg.max_request = 1 << 16;
         cfg.max_inflight_bytes = 1 << 17;
         cfg.handshake_timeout = Duration::from_secs(5);
-        let srv = tokio::spawn(serve_connection(server, Arc::new(MemDevice::new(1 << 20)), Arc::new(cfg)));
+        let srv = tokio::spawn(serve_connection(
+            server,
+            Arc::new(MemDevice::new(1 << 20)),
+            Arc::new(cfg),
+        ));
         let (mut r, mut w) = tokio::io::split(client);
         let reader = tokio::spawn(async move {
             let mut out = Vec::new();
@@ -52,20 +61,41 @@ fn run(input: Vec<u8>) -> Vec<u8> {
         let joined = res.expect("server did not terminate");
         assert!(joined.is_ok(), "server task panicked: {joined:?}");
         drop(w);
-        tokio::time::timeout(Duration::from_secs(5), reader).await.expect("reader hung").unwrap()
+        tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("reader hung")
+            .unwrap()
     })
 }
 
 fn request() -> impl Strategy<Value = Vec<u8>> {
     (
         0u16..10,
-        prop_oneof![Just(0u16), Just(CMD_FLAG_FUA), Just(CMD_FLAG_NO_HOLE), Just(CMD_FLAG_DF), Just(CMD_FLAG_REQ_ONE), any::<u16>()],
+        prop_oneof![
+            Just(0u16),
+            Just(CMD_FLAG_FUA),
+            Just(CMD_FLAG_NO_HOLE),
+            Just(CMD_FLAG_DF),
+            Just(CMD_FLAG_REQ_ONE),
+            any::<u16>()
+        ],
         prop_oneof![Just(0u64), 0u64..(1 << 20) + 10, any::<u64>()],
-        prop_oneof![Just(0u32), 0u32..5000, (1u32 << 20) - 10..(1 << 20) + 10, any::<u32>()],
+        prop_oneof![
+            Just(0u32),
+            0u32..5000,
+            (1u32 << 20) - 10..(1 << 20) + 10,
+            any::<u32>()
+        ],
         any::<u64>(),
     )
         .prop_map(|(cmd, flags, offset, len, cookie)| {
-            let h = RequestHeader { flags, command: cmd, cookie, offset, len };
+            let h = RequestHeader {
+                flags,
+                command: cmd,
+                cookie,
+                offset,
+                len,
+            };
             let mut v = encode_request_header(&h).to_vec();
             if cmd == CMD_WRITE && len <= 8192 {
                 v.resize(v.len() + len as usize, 0xa5);

@@ -7,7 +7,10 @@ use damocles_nbd::{serve, BlockDevice, Listener, MemDevice, ServerConfig};
 use tokio::sync::watch;
 
 fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,17 +39,27 @@ async fn nbdinfo_and_nbdcopy() {
 
     let uri2 = uri.clone();
     let (info, copy_in, copy_out) = tokio::task::spawn_blocking(move || {
-        let info = Command::new("nbdinfo").args(["--json", &uri2]).output().unwrap();
+        let info = Command::new("nbdinfo")
+            .args(["--json", &uri2])
+            .output()
+            .unwrap();
         let copy_in = Command::new("nbdcopy")
             .args(["--connections=2", src.to_str().unwrap(), &uri2])
             .output()
             .unwrap();
-        let copy_out = Command::new("nbdcopy").args([&uri2, dst.to_str().unwrap()]).output().unwrap();
+        let copy_out = Command::new("nbdcopy")
+            .args([&uri2, dst.to_str().unwrap()])
+            .output()
+            .unwrap();
         (info, copy_in, copy_out)
     })
     .await
     .unwrap();
-    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
     let json = String::from_utf8_lossy(&info.stdout);
     for needle in [
         "\"export-size\": 8388608",
@@ -59,8 +72,16 @@ async fn nbdinfo_and_nbdcopy() {
     ] {
         assert!(json.contains(needle), "missing {needle} in {json}");
     }
-    assert!(copy_in.status.success(), "{}", String::from_utf8_lossy(&copy_in.stderr));
-    assert!(copy_out.status.success(), "{}", String::from_utf8_lossy(&copy_out.stderr));
+    assert!(
+        copy_in.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy_in.stderr)
+    );
+    assert!(
+        copy_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy_out.stderr)
+    );
     let back = std::fs::read(dir.join("dst.img")).unwrap();
     assert!(back == img, "round trip through nbdcopy differs");
     // nbdcopy skips zero regions of a sparse source, leaving holes on our side.

@@ -27,7 +27,12 @@ async fn tcp_and_unix_with_graceful_shutdown() {
     let addr = tcp.tcp_addr().unwrap();
     let unix = Listener::bind_unix(&sock).unwrap();
     let (tx, rx) = watch::channel(false);
-    let server = tokio::spawn(serve(vec![tcp, unix], dev.clone(), Arc::new(ServerConfig::new("d")), rx));
+    let server = tokio::spawn(serve(
+        vec![tcp, unix],
+        dev.clone(),
+        Arc::new(ServerConfig::new("d")),
+        rx,
+    ));
 
     let mut a = Client::new(Box::new(TcpStream::connect(addr).await.unwrap()));
     a.negotiate("d", true, true).await;
@@ -45,10 +50,19 @@ async fn tcp_and_unix_with_graceful_shutdown() {
     assert_eq!((r.cookie, r.error), (55, 0));
     assert!(a.closed().await);
     assert!(b.closed().await);
-    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     // serve() flushes the device after draining.
     assert!(dev.flushes.load(Ordering::SeqCst) > flushes_before);
-    assert!(dev.durable.lock().unwrap().iter().any(|(_, d)| d == b"slow"));
+    assert!(dev
+        .durable
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, d)| d == b"slow"));
     // No longer accepting.
     assert!(TcpStream::connect(addr).await.is_err());
     let _ = std::fs::remove_file(&sock);
@@ -78,7 +92,12 @@ async fn connection_limit() {
     let mut cfg = ServerConfig::new("d");
     cfg.max_connections = 1;
     let (tx, rx) = watch::channel(false);
-    let server = tokio::spawn(serve(vec![tcp], Arc::new(MemDevice::new(MIB)), Arc::new(cfg), rx));
+    let server = tokio::spawn(serve(
+        vec![tcp],
+        Arc::new(MemDevice::new(MIB)),
+        Arc::new(cfg),
+        rx,
+    ));
     let mut a = Client::new(Box::new(TcpStream::connect(addr).await.unwrap()));
     a.negotiate("d", false, false).await;
     let mut b = Client::new(Box::new(TcpStream::connect(addr).await.unwrap()));

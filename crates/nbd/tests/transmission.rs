@@ -33,12 +33,26 @@ async fn simple_replies_all_commands() {
     let r = c.read(1000, 10_000).await;
     assert_eq!((r.error, r.structured), (0, false));
     assert_eq!(r.data, data);
-    assert_eq!(c.call(CMD_WRITE, CMD_FLAG_FUA, 0, 4, b"abcd").await.error, 0);
+    assert_eq!(
+        c.call(CMD_WRITE, CMD_FLAG_FUA, 0, 4, b"abcd").await.error,
+        0
+    );
     assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).await.error, 0);
     assert_eq!(c.call(CMD_CACHE, 0, 0, 4096, &[]).await.error, 0);
     // Zeroing with and without NO_HOLE, and with FUA.
     assert_eq!(c.call(CMD_WRITE_ZEROES, 0, 4096, 4096, &[]).await.error, 0);
-    assert_eq!(c.call(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE | CMD_FLAG_FUA, 8192, 100, &[]).await.error, 0);
+    assert_eq!(
+        c.call(
+            CMD_WRITE_ZEROES,
+            CMD_FLAG_NO_HOLE | CMD_FLAG_FUA,
+            8192,
+            100,
+            &[]
+        )
+        .await
+        .error,
+        0
+    );
     let r = c.read(4096, 4196).await;
     assert!(r.data.iter().all(|&b| b == 0));
     assert_eq!(c.read(0, 4).await.data, b"abcd");
@@ -68,14 +82,25 @@ async fn simple_reply_errors_keep_connection_alive() {
     // DF is only valid once structured replies are negotiated.
     assert_eq!(c.call(CMD_READ, CMD_FLAG_DF, 0, 1, &[]).await.error, EINVAL);
     // REQ_ONE on a read, FAST_ZERO (not advertised).
-    assert_eq!(c.call(CMD_READ, CMD_FLAG_REQ_ONE, 0, 1, &[]).await.error, EINVAL);
-    assert_eq!(c.call(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 1, &[]).await.error, EINVAL);
+    assert_eq!(
+        c.call(CMD_READ, CMD_FLAG_REQ_ONE, 0, 1, &[]).await.error,
+        EINVAL
+    );
+    assert_eq!(
+        c.call(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 1, &[])
+            .await
+            .error,
+        EINVAL
+    );
     // Out of range.
     assert_eq!(c.read(MIB, 1).await.error, EINVAL);
     assert_eq!(c.read(u64::MAX, 2).await.error, EINVAL);
     assert_eq!(c.call(CMD_TRIM, 0, MIB - 1, 2, &[]).await.error, EINVAL);
     assert_eq!(c.call(CMD_CACHE, 0, MIB, 1, &[]).await.error, EINVAL);
-    assert_eq!(c.call(CMD_WRITE_ZEROES, 0, MIB - 1, 2, &[]).await.error, ENOSPC);
+    assert_eq!(
+        c.call(CMD_WRITE_ZEROES, 0, MIB - 1, 2, &[]).await.error,
+        ENOSPC
+    );
     // Writes past the end get ENOSPC and their payload is consumed.
     assert_eq!(c.write(MIB - 2, b"abcd").await, ENOSPC);
     // Oversized requests.
@@ -101,11 +126,19 @@ async fn structured_replies() {
     assert!(r.structured);
     assert_eq!(r.error, 0);
     assert_eq!(r.data, data);
-    assert!(r.chunk_types.iter().all(|&t| t == REPLY_TYPE_OFFSET_DATA || t == REPLY_TYPE_OFFSET_HOLE || t == REPLY_TYPE_NONE));
+    assert!(r.chunk_types.iter().all(|&t| t == REPLY_TYPE_OFFSET_DATA
+        || t == REPLY_TYPE_OFFSET_HOLE
+        || t == REPLY_TYPE_NONE));
     // DF: at most one content chunk.
     let r = c.call(CMD_READ, CMD_FLAG_DF, 4096, 65536, &[]).await;
     assert_eq!(r.error, 0);
-    assert_eq!(r.chunk_types.iter().filter(|&&t| t != REPLY_TYPE_NONE).count(), 1);
+    assert_eq!(
+        r.chunk_types
+            .iter()
+            .filter(|&&t| t != REPLY_TYPE_NONE)
+            .count(),
+        1
+    );
     assert_eq!(r.data, &data[..65536]);
     // Zero-length read.
     let r = c.read(0, 0).await;
@@ -135,15 +168,27 @@ async fn block_status() {
     let hz = STATE_HOLE | STATE_ZERO;
     assert_eq!(d, &vec![(8192, hz), (4096, 0), (65536 - 12288, hz)]);
     // REQ_ONE: exactly one descriptor, within the request.
-    let r = c.call(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 4096, 65536, &[]).await;
+    let r = c
+        .call(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 4096, 65536, &[])
+        .await;
     assert_eq!(r.status[0].1, vec![(4096, hz)]);
     // Unaligned and short queries are clipped to the request.
     let r = c.call(CMD_BLOCK_STATUS, 0, 8000, 300, &[]).await;
     assert_eq!(r.status[0].1, vec![(192, hz), (108, 0)]);
     // Beyond the end, zero length, bad flag.
-    assert_eq!(c.call(CMD_BLOCK_STATUS, 0, MIB - 512, 1024, &[]).await.error, EINVAL);
+    assert_eq!(
+        c.call(CMD_BLOCK_STATUS, 0, MIB - 512, 1024, &[])
+            .await
+            .error,
+        EINVAL
+    );
     assert_eq!(c.call(CMD_BLOCK_STATUS, 0, 0, 0, &[]).await.error, EINVAL);
-    assert_eq!(c.call(CMD_BLOCK_STATUS, CMD_FLAG_DF, 0, 512, &[]).await.error, EINVAL);
+    assert_eq!(
+        c.call(CMD_BLOCK_STATUS, CMD_FLAG_DF, 0, 512, &[])
+            .await
+            .error,
+        EINVAL
+    );
     // Whole-device query larger than the max payload is fine (length is a hint).
     let r = c.call(CMD_BLOCK_STATUS, 0, 0, MIB as u32, &[]).await;
     let total: u64 = r.status[0].1.iter().map(|d| d.0 as u64).sum();
@@ -160,7 +205,10 @@ async fn block_status_needs_meta_context() {
 
 #[tokio::test]
 async fn read_only_export() {
-    for (dev, forced) in [(MemDevice::new(MIB), true), (MemDevice::new_read_only(MIB), false)] {
+    for (dev, forced) in [
+        (MemDevice::new(MIB), true),
+        (MemDevice::new_read_only(MIB), false),
+    ] {
         let mut cfg = ServerConfig::new("d");
         cfg.read_only = forced;
         let (mut c, _h) = start(Arc::new(dev), cfg);
@@ -214,11 +262,19 @@ async fn replies_out_of_order() {
     c.send_req(CMD_READ, 0, 100, 0, 512, &[]).await;
     c.send_req(CMD_WRITE, 0, 101, 4096, 3, b"abc").await;
     c.send_req(CMD_READ, 0, 102, 8192, 512, &[]).await;
-    let order: Vec<u64> = [c.recv().await.unwrap(), c.recv().await.unwrap(), c.recv().await.unwrap()]
-        .iter()
-        .map(|r| r.cookie)
-        .collect();
-    assert_eq!(order.last(), Some(&100), "slow request should finish last: {order:?}");
+    let order: Vec<u64> = [
+        c.recv().await.unwrap(),
+        c.recv().await.unwrap(),
+        c.recv().await.unwrap(),
+    ]
+    .iter()
+    .map(|r| r.cookie)
+    .collect();
+    assert_eq!(
+        order.last(),
+        Some(&100),
+        "slow request should finish last: {order:?}"
+    );
 }
 
 #[tokio::test]
@@ -231,7 +287,8 @@ async fn bounded_in_flight_requests() {
     let (mut c, _h) = start(d.clone(), cfg);
     c.negotiate("d", false, false).await;
     for i in 0..20u64 {
-        c.send_req(CMD_WRITE, 0, 1000 + i, i * 4096, 16, &[i as u8; 16]).await;
+        c.send_req(CMD_WRITE, 0, 1000 + i, i * 4096, 16, &[i as u8; 16])
+            .await;
     }
     let mut got = Vec::new();
     for _ in 0..20 {
@@ -303,8 +360,19 @@ async fn multi_conn_flush_covers_other_connections() {
     assert_eq!(a.write(0, b"from-a").await, 0);
     assert!(dev.durable.lock().unwrap().is_empty());
     assert_eq!(b.call(CMD_FLUSH, 0, 0, 0, &[]).await.error, 0);
-    assert_eq!(dev.durable.lock().unwrap().as_slice(), &[(0, b"from-a".to_vec())]);
+    assert_eq!(
+        dev.durable.lock().unwrap().as_slice(),
+        &[(0, b"from-a".to_vec())]
+    );
     // FUA writes are durable on reply.
-    assert_eq!(b.call(CMD_WRITE, CMD_FLAG_FUA, 100, 3, b"fua").await.error, 0);
-    assert!(dev.durable.lock().unwrap().iter().any(|(o, d)| *o == 100 && d == b"fua"));
+    assert_eq!(
+        b.call(CMD_WRITE, CMD_FLAG_FUA, 100, 3, b"fua").await.error,
+        0
+    );
+    assert!(dev
+        .durable
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(o, d)| *o == 100 && d == b"fua"));
 }

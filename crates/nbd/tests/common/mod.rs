@@ -18,7 +18,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub const MIB: u64 = 1 << 20;
 
 /// Start `serve_connection` on an in-memory pipe.
-pub fn start(dev: Arc<dyn BlockDevice>, cfg: ServerConfig) -> (Client, JoinHandle<Result<(), NbdError>>) {
+pub fn start(
+    dev: Arc<dyn BlockDevice>,
+    cfg: ServerConfig,
+) -> (Client, JoinHandle<Result<(), NbdError>>) {
     let (a, b) = tokio::io::duplex(8 << 20);
     let h = tokio::spawn(serve_connection(b, dev, Arc::new(cfg)));
     (Client::new(Box::new(a)), h)
@@ -92,7 +95,10 @@ impl Client {
     pub async fn recv_opt(&mut self) -> io::Result<OptReply> {
         let mut h = [0u8; 20];
         self.s.read_exact(&mut h).await?;
-        assert_eq!(u64::from_be_bytes(h[0..8].try_into().unwrap()), OPTION_REPLY_MAGIC);
+        assert_eq!(
+            u64::from_be_bytes(h[0..8].try_into().unwrap()),
+            OPTION_REPLY_MAGIC
+        );
         let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
         let mut data = vec![0u8; len as usize];
         self.s.read_exact(&mut data).await?;
@@ -121,18 +127,26 @@ impl Client {
     /// Full fixed-newstyle handshake ending in GO on `name`.
     pub async fn negotiate(&mut self, name: &str, structured: bool, meta: bool) -> Vec<OptReply> {
         assert_eq!(self.greeting().await, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
-        self.client_flags(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).await;
+        self.client_flags(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)
+            .await;
         if structured {
             let r = self.opt(OPT_STRUCTURED_REPLY, &[]).await;
             assert_eq!(r[0].rep, REP_ACK);
             self.structured = true;
         }
         if meta {
-            let r = self.opt(OPT_SET_META_CONTEXT, &meta_request(name, &["base:allocation"])).await;
+            let r = self
+                .opt(
+                    OPT_SET_META_CONTEXT,
+                    &meta_request(name, &["base:allocation"]),
+                )
+                .await;
             assert_eq!(r.len(), 2, "{r:?}");
             assert_eq!(r[0].rep, REP_META_CONTEXT);
         }
-        let r = self.opt(OPT_GO, &export_request(name, &[INFO_BLOCK_SIZE])).await;
+        let r = self
+            .opt(OPT_GO, &export_request(name, &[INFO_BLOCK_SIZE]))
+            .await;
         assert_eq!(r.last().unwrap().rep, REP_ACK, "{r:?}");
         for i in &r {
             if i.rep == REP_INFO && i.data[0..2] == INFO_EXPORT.to_be_bytes() {
@@ -148,7 +162,15 @@ impl Client {
         self.next_cookie
     }
 
-    pub async fn send_req(&mut self, cmd: u16, flags: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
+    pub async fn send_req(
+        &mut self,
+        cmd: u16,
+        flags: u16,
+        cookie: u64,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) {
         let h = RequestHeader {
             flags,
             command: cmd,
@@ -173,7 +195,10 @@ impl Client {
                     self.s.read_exact(&mut h).await?;
                     let error = u32::from_be_bytes(h[0..4].try_into().unwrap());
                     let cookie = u64::from_be_bytes(h[4..12].try_into().unwrap());
-                    let (cmd, _, len) = self.pending.remove(&cookie).expect("reply to unknown cookie");
+                    let (cmd, _, len) = self
+                        .pending
+                        .remove(&cookie)
+                        .expect("reply to unknown cookie");
                     let mut data = Vec::new();
                     if cmd == CMD_READ && error == 0 {
                         data = vec![0u8; len as usize];
@@ -196,11 +221,16 @@ impl Client {
                     let len = u32::from_be_bytes(h[12..16].try_into().unwrap());
                     let mut p = vec![0u8; len as usize];
                     self.s.read_exact(&mut p).await?;
-                    let (cmd, off, rlen) = *self.pending.get(&cookie).expect("chunk for unknown cookie");
+                    let (cmd, off, rlen) =
+                        *self.pending.get(&cookie).expect("chunk for unknown cookie");
                     let r = self.partial.entry(cookie).or_insert_with(|| Response {
                         cookie,
                         structured: true,
-                        data: if cmd == CMD_READ { vec![0u8; rlen as usize] } else { Vec::new() },
+                        data: if cmd == CMD_READ {
+                            vec![0u8; rlen as usize]
+                        } else {
+                            Vec::new()
+                        },
                         ..Default::default()
                     });
                     r.chunk_types.push(ty);
@@ -208,7 +238,10 @@ impl Client {
                         REPLY_TYPE_NONE => assert_eq!(len, 0),
                         REPLY_TYPE_OFFSET_DATA => {
                             let o = u64::from_be_bytes(p[0..8].try_into().unwrap());
-                            assert!(o >= off && o + (len as u64 - 8) <= off + rlen as u64, "data outside request");
+                            assert!(
+                                o >= off && o + (len as u64 - 8) <= off + rlen as u64,
+                                "data outside request"
+                            );
                             let s = (o - off) as usize;
                             r.data[s..s + p.len() - 8].copy_from_slice(&p[8..]);
                         }
@@ -236,7 +269,8 @@ impl Client {
                             r.message = String::from_utf8(p[6..6 + ml].to_vec()).unwrap();
                             if ty == REPLY_TYPE_ERROR_OFFSET {
                                 assert_eq!(p.len(), 6 + ml + 8);
-                                r.error_offset = Some(u64::from_be_bytes(p[6 + ml..].try_into().unwrap()));
+                                r.error_offset =
+                                    Some(u64::from_be_bytes(p[6 + ml..].try_into().unwrap()));
                             } else {
                                 assert_eq!(p.len(), 6 + ml);
                             }
@@ -254,7 +288,14 @@ impl Client {
     }
 
     /// Send one request and wait for its reply (no other requests in flight).
-    pub async fn call(&mut self, cmd: u16, flags: u16, offset: u64, len: u32, payload: &[u8]) -> Response {
+    pub async fn call(
+        &mut self,
+        cmd: u16,
+        flags: u16,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) -> Response {
         let c = self.cookie();
         self.send_req(cmd, flags, c, offset, len, payload).await;
         let r = self.recv().await.unwrap();
@@ -263,7 +304,9 @@ impl Client {
     }
 
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> u32 {
-        self.call(CMD_WRITE, 0, offset, data.len() as u32, data).await.error
+        self.call(CMD_WRITE, 0, offset, data.len() as u32, data)
+            .await
+            .error
     }
 
     pub async fn read(&mut self, offset: u64, len: u32) -> Response {
@@ -307,7 +350,9 @@ pub fn meta_request(name: &str, queries: &[&str]) -> Vec<u8> {
 }
 
 pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// Wraps a device: optional delay on reads/writes at a chosen offset, call

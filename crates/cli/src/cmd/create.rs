@@ -1,0 +1,61 @@
+//! `damocles create`
+
+use crate::{members, units};
+use anyhow::Result;
+use damocles_engine::{Array, CreateOptions, Level, OpenMode};
+use std::path::PathBuf;
+
+/// Create a new array on MEMBER... (block devices or files).
+///
+/// Refuses any member that holds a damocles superblock, a filesystem or partition
+/// signature, or any non-zero byte in its first MiB, unless --force. Nothing is written
+/// until every member has been checked.
+#[derive(clap::Args)]
+pub struct Args {
+    /// RAID level: raid0, raid1, raid5, raid6 or raid10.
+    #[arg(long, short)]
+    level: Level,
+    /// Bytes per member in each stripe (power of two, 4K to 16M).
+    #[arg(long, default_value = "64K", value_parser = units::parse_size)]
+    stripe_unit: u64,
+    /// Copies of every block for raid1/raid10 (raid1 over N members with 2 copies
+    /// gives half the total space, as btrfs raid1 does).
+    #[arg(long)]
+    copies: Option<usize>,
+    /// A name for the array (at most 64 bytes).
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Overwrite members that are not empty.
+    #[arg(long)]
+    force: bool,
+    /// Members (at least 2; raid5 3, raid6 4, raid10 4).
+    #[arg(required = true, value_name = "MEMBER")]
+    members: Vec<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let devs = members::open(&a.members, OpenMode::ReadWrite)?;
+    let mut o = CreateOptions::new(a.level);
+    o.copies = a.copies;
+    o.stripe_unit = a.stripe_unit;
+    o.name = a.name;
+    o.force = a.force;
+    let array = Array::create(devs, &o)?;
+    let st = array.status();
+    let name = if st.name.is_empty() {
+        String::new()
+    } else {
+        format!(" '{}'", st.name)
+    };
+    println!(
+        "created {}{name} on {} members: usable {} ({} bytes), survives {} member failure{}",
+        st.level,
+        st.members.len(),
+        units::human(st.size),
+        st.size,
+        st.tolerance,
+        if st.tolerance == 1 { "" } else { "s" }
+    );
+    println!("uuid {}", st.uuid);
+    Ok(())
+}

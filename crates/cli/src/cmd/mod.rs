@@ -1,0 +1,4 @@
+pub mod bench;
+pub mod create;
+pub mod rawio;
+pub mod status;
