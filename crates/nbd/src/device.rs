@@ -25,7 +25,8 @@ pub struct Extent {
 /// be durable when it returns.
 ///
 /// The server validates ranges against [`BlockDevice::size`] before calling,
-/// so implementations only see in-bounds requests.
+/// so implementations only see in-bounds requests. `size`, `read_only` and
+/// `preferred_block_size` are called on async threads and must not block.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Export size in bytes; must not change while served.
     fn size(&self) -> u64;

@@ -40,7 +40,9 @@ pub struct ServerConfig {
     pub max_request: u32,
     /// Per-connection bound on requests being processed or awaiting their reply.
     pub max_inflight_requests: usize,
-    /// Per-connection bound on READ/WRITE payload bytes held in memory.
+    /// Per-connection bound on READ/WRITE payload bytes held in memory. Budgets
+    /// are per connection so a client that never reads its replies only stalls
+    /// itself; worst-case payload memory is `max_connections * max_inflight_bytes`.
     pub max_inflight_bytes: usize,
     /// Connections beyond this are closed right after accept.
     pub max_connections: usize,
@@ -62,7 +64,7 @@ impl Default for ServerConfig {
             max_request: 32 << 20,
             max_inflight_requests: 64,
             max_inflight_bytes: 64 << 20,
-            max_connections: 256,
+            max_connections: 64,
             handshake_timeout: Duration::from_secs(30),
             max_option_len: 64 << 10,
             shutdown_grace: Duration::from_secs(30),

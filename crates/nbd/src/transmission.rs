@@ -6,7 +6,7 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::device::{BlockDevice, Extent};
@@ -214,11 +214,11 @@ pub(crate) fn block_status_reply(
 
 /// Run a device call, turning panics into EIO so a buggy device cannot leave
 /// a request unanswered.
-fn guarded<T>(f: impl FnOnce() -> std::io::Result<T>) -> Result<T, NbdErrno> {
+fn guarded<T>(f: impl FnOnce() -> std::io::Result<T>) -> Result<T, (NbdErrno, String)> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(NbdErrno::from_io(&e)),
-        Err(_) => Err(NbdErrno::Io),
+        Ok(Err(e)) => Err((NbdErrno::from_io(&e), format!("device error: {e}"))),
+        Err(_) => Err((NbdErrno::Io, "device error: internal failure".to_owned())),
     }
 }
 
@@ -230,9 +230,10 @@ fn execute(
     op: Op,
     payload: Vec<u8>,
 ) -> Vec<u8> {
-    let fail = |e: NbdErrno, offset: Option<u64>| {
+    let fail = |(e, msg): (NbdErrno, String), offset: Option<u64>| {
+        tracing::debug!(cookie, ?op, ?e, %msg, "device request failed");
         let mut v = Vec::new();
-        error_reply(&mut v, n, cookie, e, "device error", offset);
+        error_reply(&mut v, n, cookie, e, &msg, offset);
         v
     };
     match op {
@@ -342,7 +343,9 @@ impl Transmission {
         let writer = write_loop(writer, rx);
         tokio::pin!(writer);
         let read_result = tokio::select! {
-            r = self.read_loop(reader, tx, shutdown) => r,
+            // Buffered so small headers do not cost a syscall each; created only
+            // now so no handshake bytes can be stranded in it.
+            r = self.read_loop(BufReader::with_capacity(64 << 10, reader), tx, shutdown) => r,
             // The writer only finishes early on a socket error; stop reading then.
             w = &mut writer => return w,
         };

@@ -258,7 +258,7 @@ async fn fatal_handshake_errors_close_the_connection() {
     c.send_opt(OPT_EXPORT_NAME, b"nope").await;
     assert!(c.closed().await);
     assert!(h.await.unwrap().is_err());
-    // NO_ZEROES-only client (without FIXED) is fine, but EOF mid-handshake ends it cleanly.
+    // EOF before the client flags.
     let (mut c, h) = start(dev(), cfg());
     c.greeting().await;
     drop(c);

@@ -119,11 +119,12 @@ impl Stripe {
             ),
             _ => panic!("unknown op {op}"),
         };
-        once(); // warm caches
-                // Calibrate a batch that takes ~1/8 of `min_time`, then time batches
-                // until `min_time` has passed and report the fastest one: on a shared
-                // machine the best window is the least disturbed estimate.
-        let window = (min_time / 8).max(Duration::from_micros(200));
+        // Warm caches. Then calibrate a batch that takes ~2 ms (shorter than
+        // a scheduler slice), time batches until `min_time` has passed and
+        // report the fastest one: on a shared machine the best window is the
+        // least disturbed estimate.
+        once();
+        let window = (min_time / 4).clamp(Duration::from_micros(200), Duration::from_millis(2));
         let mut batch = 1u64;
         loop {
             let t = Instant::now();

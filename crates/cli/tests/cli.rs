@@ -1,0 +1,172 @@
+//! Black-box tests of the `damocles` binary on sparse files.
+
+use assert_cmd::Command;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn bin() -> Command {
+    Command::cargo_bin("damocles").unwrap()
+}
+
+fn members(dir: &Path, n: usize, size: u64) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("m{i}.img"));
+            fs::File::create(&p).unwrap().set_len(size).unwrap();
+            p
+        })
+        .collect()
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 9) as u8).collect()
+}
+
+#[test]
+fn create_write_read_status_round_trip_also_degraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = members(dir.path(), 4, 64 << 20);
+    let out = bin()
+        .args(["create", "--level", "raid5", "--name", "tank"])
+        .args(&m)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("created raid5 'tank' on 4 members"), "{out}");
+    assert!(out.contains("survives 1 member failure"), "{out}");
+
+    let payload = data(3_000_017, 7);
+    bin().args(["write", "--offset", "1M"]).args(&m).write_stdin(payload.clone()).assert().success();
+    let got = bin()
+        .args(["read", "--offset", "1M", "--length", &payload.len().to_string()])
+        .args(&m)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(got, payload);
+    // Any one member left out: still readable.
+    for skip in 0..4 {
+        let some: Vec<&PathBuf> = m.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, p)| p).collect();
+        let got = bin()
+            .args(["read", "--offset", "1048576", "--length", &payload.len().to_string()])
+            .args(&some)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        assert_eq!(got, payload, "member {skip} missing");
+    }
+    // Two left out: a clear error, not wrong data.
+    bin()
+        .args(["read", "--offset", "1M", "--length", &payload.len().to_string()])
+        .args(&m[..2])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("too many members are missing"));
+
+    let json = bin().args(["status", "--json"]).args(&m[..3]).assert().success().get_output().stdout.clone();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v["level"], "raid5");
+    assert_eq!(v["health"], "degraded");
+    assert_eq!(v["members"][3]["state"], "missing");
+    assert_eq!(v["tolerance"], 1);
+
+    // A degraded write makes the absent member stale once it is back.
+    bin().args(["write", "--offset", "0"]).args(&m[..3]).write_stdin(data(9000, 1)).assert().success();
+    let json = bin().args(["status", "--json"]).args(&m).assert().success().get_output().stdout.clone();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v["members"][3]["state"], "stale");
+    let got = bin().args(["read", "--length", "9000"]).args(&m).assert().success().get_output().stdout.clone();
+    assert_eq!(got, data(9000, 1));
+}
+
+#[test]
+fn create_refuses_non_empty_members_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = members(dir.path(), 3, 32 << 20);
+    // An ext4 signature on one member.
+    let mut head = vec![0u8; 4096];
+    head[1080] = 0x53;
+    head[1081] = 0xEF;
+    let mut f = fs::OpenOptions::new().write(true).open(&m[2]).unwrap();
+    std::io::Write::write_all(&mut f, &head).unwrap();
+    drop(f);
+    let before: Vec<Vec<u8>> = m.iter().map(|p| fs::read(p).unwrap()).collect();
+    bin()
+        .args(["create", "--level", "raid5"])
+        .args(&m)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("m2.img is not empty: an ext2/3/4 filesystem"))
+        .stderr(predicates::str::contains("--force"));
+    // Nothing was written anywhere.
+    for (p, b) in m.iter().zip(&before) {
+        assert_eq!(&fs::read(p).unwrap(), b, "{} changed", p.display());
+    }
+    bin().args(["create", "--level", "raid5", "--force"]).args(&m).assert().success();
+    // A second create sees the array it made.
+    bin()
+        .args(["create", "--level", "raid1"])
+        .args(&m)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("damocles superblock"));
+}
+
+#[test]
+fn impossible_requests_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = members(dir.path(), 3, 32 << 20);
+    for (args, msg) in [
+        (vec!["--level", "raid6"], "raid6 needs at least 4 members"),
+        (vec!["--level", "raid10"], "needs at least 4 members, got 3"),
+        (vec!["--level", "raid4"], "unknown RAID level"),
+        (vec!["--level", "raid5", "--stripe-unit", "3000"], "power of two"),
+        (vec!["--level", "raid5", "--copies", "2"], "--copies only applies"),
+    ] {
+        let out = bin().arg("create").args(&args).args(&m).assert().failure().get_output().stderr.clone();
+        let err = String::from_utf8(out).unwrap();
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+    // Same member twice, a missing path, a member that is not one.
+    bin().args(["create", "-l", "raid5"]).args([&m[0], &m[0], &m[1]]).assert().failure()
+        .stderr(predicates::str::contains("same member"));
+    bin().args(["status"]).arg(dir.path().join("nope")).assert().failure()
+        .stderr(predicates::str::contains("nope"));
+    let junk = dir.path().join("junk");
+    fs::write(&junk, data(1 << 20, 3)).unwrap();
+    bin().args(["status"]).arg(&junk).assert().failure()
+        .stderr(predicates::str::contains("not a damocles member"));
+    let small = members(&dir.path().join("."), 1, 1 << 20);
+    bin().args(["create", "-l", "raid0"]).args([&small[0], &m[1]]).assert().failure()
+        .stderr(predicates::str::contains("too small"));
+}
+
+#[test]
+fn read_and_write_check_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = members(dir.path(), 2, 32 << 20);
+    bin().args(["create", "--level", "raid1"]).args(&m).assert().success();
+    let json = bin().args(["status", "--json"]).args(&m).assert().success().get_output().stdout.clone();
+    let size = serde_json::from_slice::<serde_json::Value>(&json).unwrap()["size"].as_u64().unwrap();
+    bin().args(["read", "--offset", &(size - 10).to_string(), "--length", "11"]).args(&m)
+        .assert().failure().stderr(predicates::str::contains("past the end"));
+    bin().args(["write", "--offset", &(size - 10).to_string()]).args(&m).write_stdin(vec![1u8; 20])
+        .assert().failure().stderr(predicates::str::contains("past the end"));
+    let tail = bin().args(["read", "--offset", &(size - 10).to_string()]).args(&m).assert().success().get_output().stdout.clone();
+    assert_eq!(tail, vec![1u8; 10]);
+}
+
+#[test]
+fn help_exists_for_every_command() {
+    for c in ["create", "status", "read", "write", "bench"] {
+        bin().args([c, "--help"]).assert().success();
+    }
+    bin().args(["bench", "parity", "--help"]).assert().success();
+}
