@@ -19,7 +19,11 @@ pub fn open(paths: &[PathBuf], mode: OpenMode) -> Result<Vec<Dev>> {
             (meta.dev(), meta.ino())
         };
         if let Some((_, first)) = seen.iter().find(|(i, _)| *i == id) {
-            bail!("{} and {} are the same member", first.display(), p.display());
+            bail!(
+                "{} and {} are the same member",
+                first.display(),
+                p.display()
+            );
         }
         seen.push((id, p));
         let m = FileMember::open(p, mode).with_context(|| format!("{}", p.display()))?;

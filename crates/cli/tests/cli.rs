@@ -19,7 +19,9 @@ fn members(dir: &Path, n: usize, size: u64) -> Vec<PathBuf> {
 }
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 9) as u8).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 9) as u8)
+        .collect()
 }
 
 #[test]
@@ -39,9 +41,20 @@ fn create_write_read_status_round_trip_also_degraded() {
     assert!(out.contains("survives 1 member failure"), "{out}");
 
     let payload = data(3_000_017, 7);
-    bin().args(["write", "--offset", "1M"]).args(&m).write_stdin(payload.clone()).assert().success();
+    bin()
+        .args(["write", "--offset", "1M"])
+        .args(&m)
+        .write_stdin(payload.clone())
+        .assert()
+        .success();
     let got = bin()
-        .args(["read", "--offset", "1M", "--length", &payload.len().to_string()])
+        .args([
+            "read",
+            "--offset",
+            "1M",
+            "--length",
+            &payload.len().to_string(),
+        ])
         .args(&m)
         .assert()
         .success()
@@ -51,9 +64,20 @@ fn create_write_read_status_round_trip_also_degraded() {
     assert_eq!(got, payload);
     // Any one member left out: still readable.
     for skip in 0..4 {
-        let some: Vec<&PathBuf> = m.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, p)| p).collect();
+        let some: Vec<&PathBuf> = m
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, p)| p)
+            .collect();
         let got = bin()
-            .args(["read", "--offset", "1048576", "--length", &payload.len().to_string()])
+            .args([
+                "read",
+                "--offset",
+                "1048576",
+                "--length",
+                &payload.len().to_string(),
+            ])
             .args(&some)
             .assert()
             .success()
@@ -64,13 +88,26 @@ fn create_write_read_status_round_trip_also_degraded() {
     }
     // Two left out: a clear error, not wrong data.
     bin()
-        .args(["read", "--offset", "1M", "--length", &payload.len().to_string()])
+        .args([
+            "read",
+            "--offset",
+            "1M",
+            "--length",
+            &payload.len().to_string(),
+        ])
         .args(&m[..2])
         .assert()
         .failure()
         .stderr(predicates::str::contains("too many members are missing"));
 
-    let json = bin().args(["status", "--json"]).args(&m[..3]).assert().success().get_output().stdout.clone();
+    let json = bin()
+        .args(["status", "--json"])
+        .args(&m[..3])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(v["level"], "raid5");
     assert_eq!(v["health"], "degraded");
@@ -78,11 +115,30 @@ fn create_write_read_status_round_trip_also_degraded() {
     assert_eq!(v["tolerance"], 1);
 
     // A degraded write makes the absent member stale once it is back.
-    bin().args(["write", "--offset", "0"]).args(&m[..3]).write_stdin(data(9000, 1)).assert().success();
-    let json = bin().args(["status", "--json"]).args(&m).assert().success().get_output().stdout.clone();
+    bin()
+        .args(["write", "--offset", "0"])
+        .args(&m[..3])
+        .write_stdin(data(9000, 1))
+        .assert()
+        .success();
+    let json = bin()
+        .args(["status", "--json"])
+        .args(&m)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(v["members"][3]["state"], "stale");
-    let got = bin().args(["read", "--length", "9000"]).args(&m).assert().success().get_output().stdout.clone();
+    let got = bin()
+        .args(["read", "--length", "9000"])
+        .args(&m)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     assert_eq!(got, data(9000, 1));
 }
 
@@ -103,13 +159,19 @@ fn create_refuses_non_empty_members_without_force() {
         .args(&m)
         .assert()
         .failure()
-        .stderr(predicates::str::contains("m2.img is not empty: an ext2/3/4 filesystem"))
+        .stderr(predicates::str::contains(
+            "m2.img is not empty: an ext2/3/4 filesystem",
+        ))
         .stderr(predicates::str::contains("--force"));
     // Nothing was written anywhere.
     for (p, b) in m.iter().zip(&before) {
         assert_eq!(&fs::read(p).unwrap(), b, "{} changed", p.display());
     }
-    bin().args(["create", "--level", "raid5", "--force"]).args(&m).assert().success();
+    bin()
+        .args(["create", "--level", "raid5", "--force"])
+        .args(&m)
+        .assert()
+        .success();
     // A second create sees the array it made.
     bin()
         .args(["create", "--level", "raid1"])
@@ -127,24 +189,54 @@ fn impossible_requests_are_one_line_errors() {
         (vec!["--level", "raid6"], "raid6 needs at least 4 members"),
         (vec!["--level", "raid10"], "needs at least 4 members, got 3"),
         (vec!["--level", "raid4"], "unknown RAID level"),
-        (vec!["--level", "raid5", "--stripe-unit", "3000"], "power of two"),
-        (vec!["--level", "raid5", "--copies", "2"], "--copies only applies"),
+        (
+            vec!["--level", "raid5", "--stripe-unit", "3000"],
+            "power of two",
+        ),
+        (
+            vec!["--level", "raid5", "--copies", "2"],
+            "--copies only applies",
+        ),
     ] {
-        let out = bin().arg("create").args(&args).args(&m).assert().failure().get_output().stderr.clone();
+        let out = bin()
+            .arg("create")
+            .args(&args)
+            .args(&m)
+            .assert()
+            .failure()
+            .get_output()
+            .stderr
+            .clone();
         let err = String::from_utf8(out).unwrap();
         assert!(err.contains(msg), "{args:?}: {err}");
     }
     // Same member twice, a missing path, a member that is not one.
-    bin().args(["create", "-l", "raid5"]).args([&m[0], &m[0], &m[1]]).assert().failure()
+    bin()
+        .args(["create", "-l", "raid5"])
+        .args([&m[0], &m[0], &m[1]])
+        .assert()
+        .failure()
         .stderr(predicates::str::contains("same member"));
-    bin().args(["status"]).arg(dir.path().join("nope")).assert().failure()
+    bin()
+        .args(["status"])
+        .arg(dir.path().join("nope"))
+        .assert()
+        .failure()
         .stderr(predicates::str::contains("nope"));
     let junk = dir.path().join("junk");
     fs::write(&junk, data(1 << 20, 3)).unwrap();
-    bin().args(["status"]).arg(&junk).assert().failure()
+    bin()
+        .args(["status"])
+        .arg(&junk)
+        .assert()
+        .failure()
         .stderr(predicates::str::contains("not a damocles member"));
     let small = members(&dir.path().join("."), 1, 1 << 20);
-    bin().args(["create", "-l", "raid0"]).args([&small[0], &m[1]]).assert().failure()
+    bin()
+        .args(["create", "-l", "raid0"])
+        .args([&small[0], &m[1]])
+        .assert()
+        .failure()
         .stderr(predicates::str::contains("too small"));
 }
 
@@ -152,14 +244,49 @@ fn impossible_requests_are_one_line_errors() {
 fn read_and_write_check_the_range() {
     let dir = tempfile::tempdir().unwrap();
     let m = members(dir.path(), 2, 32 << 20);
-    bin().args(["create", "--level", "raid1"]).args(&m).assert().success();
-    let json = bin().args(["status", "--json"]).args(&m).assert().success().get_output().stdout.clone();
-    let size = serde_json::from_slice::<serde_json::Value>(&json).unwrap()["size"].as_u64().unwrap();
-    bin().args(["read", "--offset", &(size - 10).to_string(), "--length", "11"]).args(&m)
-        .assert().failure().stderr(predicates::str::contains("past the end"));
-    bin().args(["write", "--offset", &(size - 10).to_string()]).args(&m).write_stdin(vec![1u8; 20])
-        .assert().failure().stderr(predicates::str::contains("past the end"));
-    let tail = bin().args(["read", "--offset", &(size - 10).to_string()]).args(&m).assert().success().get_output().stdout.clone();
+    bin()
+        .args(["create", "--level", "raid1"])
+        .args(&m)
+        .assert()
+        .success();
+    let json = bin()
+        .args(["status", "--json"])
+        .args(&m)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let size = serde_json::from_slice::<serde_json::Value>(&json).unwrap()["size"]
+        .as_u64()
+        .unwrap();
+    bin()
+        .args([
+            "read",
+            "--offset",
+            &(size - 10).to_string(),
+            "--length",
+            "11",
+        ])
+        .args(&m)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("past the end"));
+    bin()
+        .args(["write", "--offset", &(size - 10).to_string()])
+        .args(&m)
+        .write_stdin(vec![1u8; 20])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("past the end"));
+    let tail = bin()
+        .args(["read", "--offset", &(size - 10).to_string()])
+        .args(&m)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     assert_eq!(tail, vec![1u8; 10]);
 }
 

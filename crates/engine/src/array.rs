@@ -140,11 +140,13 @@ fn io_err(op: &'static str, dev: &dyn MemberDevice, offset: u64, e: std::io::Err
 }
 
 pub(crate) fn read(dev: &dyn MemberDevice, buf: &mut [u8], off: u64) -> Result<()> {
-    dev.read_at(buf, off).map_err(|e| io_err("read", dev, off, e))
+    dev.read_at(buf, off)
+        .map_err(|e| io_err("read", dev, off, e))
 }
 
 pub(crate) fn write(dev: &dyn MemberDevice, buf: &[u8], off: u64) -> Result<()> {
-    dev.write_at(buf, off).map_err(|e| io_err("write", dev, off, e))
+    dev.write_at(buf, off)
+        .map_err(|e| io_err("write", dev, off, e))
 }
 
 pub(crate) fn flush(dev: &dyn MemberDevice) -> Result<()> {
@@ -174,7 +176,10 @@ fn pick_slot_size(sizes: &[u64], chunk_size: u64) -> u64 {
 pub fn read_superblock(dev: &dyn MemberDevice) -> Result<Superblock> {
     let name = dev.name();
     if dev.size() < 2 * SB_BLOCK {
-        return Err(Error::format(name, "too small to hold a damocles superblock"));
+        return Err(Error::format(
+            name,
+            "too small to hold a damocles superblock",
+        ));
     }
     let mut errors = Vec::new();
     let mut best: Option<Superblock> = None;
@@ -185,7 +190,10 @@ pub fn read_superblock(dev: &dyn MemberDevice) -> Result<Superblock> {
         match Superblock::decode(name, &block) {
             Ok(Some(sb)) => {
                 found_magic = true;
-                if best.as_ref().is_none_or(|b| sb.sb_generation > b.sb_generation) {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| sb.sb_generation > b.sb_generation)
+                {
                     best = Some(sb);
                 }
             }
@@ -215,7 +223,10 @@ pub fn read_superblock(dev: &dyn MemberDevice) -> Result<Superblock> {
 }
 
 /// Reads the newest valid metadata slot of one member.
-fn read_best_slot(dev: &dyn MemberDevice, sb: &Superblock) -> (Option<(u64, ArrayMeta)>, Vec<String>) {
+fn read_best_slot(
+    dev: &dyn MemberDevice,
+    sb: &Superblock,
+) -> (Option<(u64, ArrayMeta)>, Vec<String>) {
     let mut notes = Vec::new();
     let mut best: Option<(u64, ArrayMeta)> = None;
     for (i, off) in sb.slot_offsets().into_iter().enumerate() {
@@ -266,12 +277,18 @@ impl Array {
         let copies = opts.copies.unwrap_or(level.default_copies());
         let n = devs.len();
         if opts.copies.is_some() && !matches!(level, Level::Raid1 | Level::Raid10) {
-            return Err(Error::Invalid(format!("--copies only applies to raid1 and raid10, not {level}")));
+            return Err(Error::Invalid(format!(
+                "--copies only applies to raid1 and raid10, not {level}"
+            )));
         }
         if n < level.min_members(copies) {
             return Err(Error::Invalid(format!(
                 "{level}{} needs at least {} members, got {n}",
-                if copies > 1 { format!(" with {copies} copies") } else { String::new() },
+                if copies > 1 {
+                    format!(" with {copies} copies")
+                } else {
+                    String::new()
+                },
                 level.min_members(copies)
             )));
         }
@@ -291,7 +308,9 @@ impl Array {
         }
         .validate()?;
         if opts.name.len() > MAX_NAME || opts.name.contains('\0') {
-            return Err(Error::Invalid(format!("array name must be at most {MAX_NAME} bytes")));
+            return Err(Error::Invalid(format!(
+                "array name must be at most {MAX_NAME} bytes"
+            )));
         }
         // Look at every member before writing to any of them.
         for d in &devs {
@@ -309,7 +328,9 @@ impl Array {
         let sizes: Vec<u64> = devs.iter().map(|d| d.size()).collect();
         let chunk_size = match opts.chunk_size {
             Some(c) if !c.is_power_of_two() || c < opts.stripe_unit => {
-                return Err(Error::Invalid(format!("chunk size {c} must be a power of two ≥ the stripe unit")))
+                return Err(Error::Invalid(format!(
+                    "chunk size {c} must be a power of two ≥ the stripe unit"
+                )))
             }
             Some(c) => c,
             None => pick_chunk_size(&sizes),
@@ -414,8 +435,13 @@ impl Array {
                 }
             }
             let (a, b) = (&sbs[i], &sbs[0]);
-            if (a.slot_offset, a.slot_size, a.data_offset) != (b.slot_offset, b.slot_size, b.data_offset) {
-                return Err(Error::format(devs[i].name(), "superblock layout differs from the other members"));
+            if (a.slot_offset, a.slot_size, a.data_offset)
+                != (b.slot_offset, b.slot_size, b.data_offset)
+            {
+                return Err(Error::format(
+                    devs[i].name(),
+                    "superblock layout differs from the other members",
+                ));
             }
         }
         let mut notes = Vec::new();
@@ -446,7 +472,11 @@ impl Array {
             .collect();
         for ((d, sb), f) in devs.iter().zip(&sbs).zip(&found) {
             let idx = sb.member_index as usize;
-            if meta.members.get(idx).is_none_or(|m| m.uuid != sb.member_uuid) {
+            if meta
+                .members
+                .get(idx)
+                .is_none_or(|m| m.uuid != sb.member_uuid)
+            {
                 return Err(Error::Members(format!(
                     "{} is not a member of array {} (was it removed or replaced?)",
                     d.name(),
@@ -621,7 +651,9 @@ impl Array {
         let gone = |pos: usize| members[c.slices[pos].member as usize].is_none();
         let p = &c.profile;
         match p.level {
-            Level::Raid5 | Level::Raid6 => (0..p.width).filter(|&i| gone(i)).count() <= p.tolerance(),
+            Level::Raid5 | Level::Raid6 => {
+                (0..p.width).filter(|&i| gone(i)).count() <= p.tolerance()
+            }
             _ => (0..p.data_count()).all(|i| p.data_positions(0, i).any(|pos| !gone(pos))),
         }
     }

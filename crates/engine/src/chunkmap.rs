@@ -113,19 +113,17 @@ impl Allocator {
 
     /// Allocates one chunk of `chunk_size` virtual bytes on members from `candidates`, as wide
     /// as the members with room allow. `None` when it does not fit.
-    pub fn allocate(
-        &mut self,
-        t: &Template,
-        chunk_size: u64,
-        candidates: &[u16],
-    ) -> Option<Chunk> {
+    pub fn allocate(&mut self, t: &Template, chunk_size: u64, candidates: &[u16]) -> Option<Chunk> {
         let mut pool: Vec<usize> = (0..self.free.len())
             .filter(|&i| candidates.contains(&self.free[i].0))
             .collect();
         // Most free space first; ties go to the lower member index so layouts are repeatable.
         pool.sort_by_key(|&i| {
             let (m, ext) = &self.free[i];
-            (std::cmp::Reverse(ext.iter().map(|(s, e)| e - s).sum::<u64>()), *m)
+            (
+                std::cmp::Reverse(ext.iter().map(|(s, e)| e - s).sum::<u64>()),
+                *m,
+            )
         });
         let min = t.level.min_width(t.copies);
         let max = match t.level {
@@ -133,7 +131,7 @@ impl Allocator {
             _ => pool.len().min(255),
         };
         for width in (min..=max).rev() {
-            if t.level == Level::Raid10 && width % t.copies != 0 {
+            if t.level == Level::Raid10 && !width.is_multiple_of(t.copies) {
                 continue;
             }
             let profile = Profile {
@@ -176,7 +174,13 @@ impl Allocator {
     }
 
     /// How many chunks fit if all are allocated from `candidates` (capacity planning).
-    pub fn count_fitting(&self, t: &Template, chunk_size: u64, candidates: &[u16], cap: usize) -> usize {
+    pub fn count_fitting(
+        &self,
+        t: &Template,
+        chunk_size: u64,
+        candidates: &[u16],
+        cap: usize,
+    ) -> usize {
         let mut sim = self.clone();
         let mut n = 0;
         while n < cap && sim.allocate(t, chunk_size, candidates).is_some() {
@@ -261,7 +265,12 @@ mod tests {
         }
         let mut ext: Vec<(u16, u64, u64)> = map
             .allocated()
-            .flat_map(|(_, c)| c.slices.iter().map(|s| (s.member, s.offset, s.offset + c.slice_len)).collect::<Vec<_>>())
+            .flat_map(|(_, c)| {
+                c.slices
+                    .iter()
+                    .map(|s| (s.member, s.offset, s.offset + c.slice_len))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         ext.sort();
         for w in ext.windows(2) {

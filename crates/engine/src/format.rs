@@ -199,7 +199,7 @@ impl Superblock {
             && (MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&self.slot_size)
             && slots_end.is_some_and(|e| e <= self.data_offset)
             && self.data_offset <= self.member_size
-            && self.data_offset % 4096 == 0;
+            && self.data_offset.is_multiple_of(4096);
         if ok {
             Ok(())
         } else {
@@ -294,7 +294,9 @@ impl<'a> Reader<'a> {
         Reader { member, bytes }
     }
 
-    pub fn take<T: FromBytes + KnownLayout + Immutable + Unaligned + Clone + 'a>(&mut self) -> Result<T> {
+    pub fn take<T: FromBytes + KnownLayout + Immutable + Unaligned + Clone + 'a>(
+        &mut self,
+    ) -> Result<T> {
         match T::ref_from_prefix(self.bytes) {
             Ok((v, rest)) => {
                 self.bytes = rest;
@@ -341,7 +343,10 @@ mod tests {
         for i in 8..256 {
             let mut b = good.clone();
             b[i] ^= 0x40;
-            assert!(Superblock::decode("m", &b).is_err(), "flip at byte {i} accepted");
+            assert!(
+                Superblock::decode("m", &b).is_err(),
+                "flip at byte {i} accepted"
+            );
         }
         assert_eq!(Superblock::decode("m", &[0u8; 4096]).unwrap(), None);
         assert!(Superblock::decode("m", &good[..10]).is_err());

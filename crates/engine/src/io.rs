@@ -89,7 +89,7 @@ impl Array {
     }
 
     /// Calls `f(row, segments)` for each stripe row that `[co, co+len)` touches.
-    fn for_rows<'a>(
+    fn for_rows(
         p: &Profile,
         co: u64,
         data_len: usize,
@@ -135,7 +135,8 @@ impl Array {
                             Some(d) => read(d.as_ref(), dst, c.slices[pos].offset + at)?,
                             None => {
                                 let _g = self.locks.lock(idx as u32, row);
-                                let mut blocks = self.read_subrow(&members, c, row, col, dst.len())?;
+                                let mut blocks =
+                                    self.read_subrow(&members, c, row, col, dst.len())?;
                                 self.reconstruct(idx, &p, &mut blocks)?;
                                 dst.copy_from_slice(blocks.data[i].as_ref().expect("rebuilt"));
                             }
@@ -167,7 +168,11 @@ impl Array {
             Level::Raid5 | Level::Raid6 => {
                 let segs: Vec<Seg> = segs
                     .into_iter()
-                    .map(|(i, col, r)| Seg { i, col, data: &buf[r] })
+                    .map(|(i, col, r)| Seg {
+                        i,
+                        col,
+                        data: &buf[r],
+                    })
                     .collect();
                 let _g = self.locks.lock(idx as u32, row);
                 self.write_row(idx, &members, c, row, &segs)
@@ -179,7 +184,11 @@ impl Array {
                     let mut wrote = false;
                     for pos in p.data_positions(row, i) {
                         if let Some(d) = Self::dev(&members, c, pos) {
-                            write(d.as_ref(), &buf[range.clone()], c.slices[pos].offset + row * su + col)?;
+                            write(
+                                d.as_ref(),
+                                &buf[range.clone()],
+                                c.slices[pos].offset + row * su + col,
+                            )?;
                             wrote = true;
                         }
                     }
@@ -223,12 +232,18 @@ impl Array {
         } else {
             None
         };
-        Ok(SubRow { data, p: pbuf, q: qbuf })
+        Ok(SubRow {
+            data,
+            p: pbuf,
+            q: qbuf,
+        })
     }
 
     /// Fills in missing data blocks of a sub-row from parity.
     fn reconstruct(&self, idx: usize, p: &Profile, b: &mut SubRow) -> Result<()> {
-        let missing: Vec<usize> = (0..p.data_count()).filter(|&i| b.data[i].is_none()).collect();
+        let missing: Vec<usize> = (0..p.data_count())
+            .filter(|&i| b.data[i].is_none())
+            .collect();
         let len = b.len();
         match (missing.as_slice(), &b.p, &b.q) {
             ([], _, _) => {}
@@ -248,7 +263,8 @@ impl Array {
             ([x, y], Some(pp), Some(q)) => {
                 let (mut ox, mut oy) = (vec![0u8; len], vec![0u8; len]);
                 let views: Vec<Option<&[u8]>> = b.data.iter().map(|d| d.as_deref()).collect();
-                self.parity.recover_two_data(&views, pp, q, &mut ox, &mut oy);
+                self.parity
+                    .recover_two_data(&views, pp, q, &mut ox, &mut oy);
                 b.data[*x] = Some(ox);
                 b.data[*y] = Some(oy);
             }
@@ -269,7 +285,11 @@ impl Array {
         let p = &c.profile;
         let d = p.data_count();
         let lo = segs.iter().map(|s| s.col).min().expect("non-empty row");
-        let hi = segs.iter().map(|s| s.col + s.data.len() as u64).max().expect("non-empty");
+        let hi = segs
+            .iter()
+            .map(|s| s.col + s.data.len() as u64)
+            .max()
+            .expect("non-empty");
         let len = (hi - lo) as usize;
         let at = row * p.stripe_unit + lo;
         let dpos = |i: usize| p.data_positions(row, i).start;
@@ -283,23 +303,25 @@ impl Array {
         let write_segs = || -> Result<()> {
             for s in segs {
                 if let Some(dev) = Self::dev(members, c, dpos(s.i)) {
-                    write(dev.as_ref(), s.data, c.slices[dpos(s.i)].offset + row * p.stripe_unit + s.col)?;
+                    write(
+                        dev.as_ref(),
+                        s.data,
+                        c.slices[dpos(s.i)].offset + row * p.stripe_unit + s.col,
+                    )?;
                 }
             }
             Ok(())
         };
-        let write_parity = |pb: &[u8], qb: Option<&[u8]>| -> Result<()> {
-            if let Some(dev) = Self::dev(members, c, ppos) {
-                write(dev.as_ref(), pb, c.slices[ppos].offset + at)?;
-            }
-            if let (Some(qp), Some(qb)) = (qpos, qb) {
-                if let Some(dev) = Self::dev(members, c, qp) {
-                    write(dev.as_ref(), qb, c.slices[qp].offset + at)?;
+        let write_parity = |pb: Option<&[u8]>, qb: Option<&[u8]>| -> Result<()> {
+            for (pos, buf) in [(Some(ppos), pb), (qpos, qb)] {
+                if let (Some(pos), Some(buf)) = (pos, buf) {
+                    if let Some(dev) = Self::dev(members, c, pos) {
+                        write(dev.as_ref(), buf, c.slices[pos].offset + at)?;
+                    }
                 }
             }
             Ok(())
         };
-
         if !parity_present && !data_missing {
             return write_segs();
         }
@@ -330,7 +352,11 @@ impl Array {
             let o = (s.col - lo) as usize;
             blk[o..o + s.data.len()].copy_from_slice(s.data);
         }
-        let views: Vec<&[u8]> = rowbuf.data.iter().map(|b| b.as_deref().expect("complete")).collect();
+        let views: Vec<&[u8]> = rowbuf
+            .data
+            .iter()
+            .map(|b| b.as_deref().expect("complete"))
+            .collect();
         let mut pb = vec![0u8; len];
         let mut qb = qpos.map(|_| vec![0u8; len]);
         match &mut qb {
@@ -338,7 +364,7 @@ impl Array {
             None => self.parity.gen_p(&views, &mut pb),
         }
         write_segs()?;
-        write_parity(&pb, qb.as_deref())
+        write_parity(Some(&pb), qb.as_deref())
     }
 
     /// Read-modify-write: parity ^= old ^ new for each written block.
@@ -352,7 +378,7 @@ impl Array {
         len: usize,
         segs: &[Seg],
         write_segs: impl Fn() -> Result<()>,
-        write_parity: impl Fn(&[u8], Option<&[u8]>) -> Result<()>,
+        write_parity: impl Fn(Option<&[u8]>, Option<&[u8]>) -> Result<()>,
     ) -> Result<()> {
         let p = &c.profile;
         let at = row * p.stripe_unit + lo;
@@ -378,7 +404,11 @@ impl Array {
             let mut delta = vec![0u8; s.data.len()];
             let pos = p.data_positions(row, s.i).start;
             let d = Self::dev(members, c, pos).expect("rmw needs all data present");
-            read(d.as_ref(), &mut delta, c.slices[pos].offset + row * p.stripe_unit + s.col)?;
+            read(
+                d.as_ref(),
+                &mut delta,
+                c.slices[pos].offset + row * p.stripe_unit + s.col,
+            )?;
             self.parity.xor_into(&mut delta, s.data);
             if let Some(pb) = &mut pb {
                 self.parity.xor_into(&mut pb[o..o + delta.len()], &delta);
@@ -389,24 +419,7 @@ impl Array {
             }
         }
         write_segs()?;
-        let zeros;
-        let pref = match &pb {
-            Some(b) => b.as_slice(),
-            None => {
-                zeros = Vec::new();
-                &zeros
-            }
-        };
-        if pb.is_some() {
-            write_parity(pref, qb.as_deref())
-        } else if let (Some(qb), Some(qp)) = (&qb, (p.level == Level::Raid6).then(|| p.q_position(row))) {
-            match Self::dev(members, c, qp) {
-                Some(dev) => write(dev.as_ref(), qb, c.slices[qp].offset + at),
-                None => Ok(()),
-            }
-        } else {
-            Ok(())
-        }
+        write_parity(pb.as_deref(), qb.as_deref())
     }
 }
 

@@ -176,7 +176,9 @@ impl ArrayMeta {
                 .map_err(|e| bad(format!("chunk {index}: {e}")))?;
             let slice_len = c.slice_len.get();
             if slice_len != profile.slice_len(chunk_size) {
-                return Err(bad(format!("chunk {index}: slice length {slice_len} is wrong")));
+                return Err(bad(format!(
+                    "chunk {index}: slice length {slice_len} is wrong"
+                )));
             }
             let mut slices = Vec::with_capacity(profile.width);
             for _ in 0..profile.width {
@@ -191,7 +193,10 @@ impl ArrayMeta {
                     return Err(bad(format!("chunk {index}: bad slice on member {m}")));
                 }
                 extents.push((m, off, off + slice_len));
-                slices.push(Slice { member: m, offset: off });
+                slices.push(Slice {
+                    member: m,
+                    offset: off,
+                });
             }
             chunks.resize(index, None);
             chunks.push(Some(Arc::new(Chunk {
@@ -250,7 +255,9 @@ mod tests {
             .collect();
         let mut alloc = Allocator::new(&spaces, &map);
         for i in [0, 3, 4, 11] {
-            map.chunks[i] = Some(Arc::new(alloc.allocate(&t, 4 << 20, &[0, 1, 2, 3]).unwrap()));
+            map.chunks[i] = Some(Arc::new(
+                alloc.allocate(&t, 4 << 20, &[0, 1, 2, 3]).unwrap(),
+            ));
         }
         ArrayMeta {
             name: "tank".into(),
@@ -279,7 +286,9 @@ mod tests {
         for _ in 0..2000 {
             let mut b = bytes.clone();
             for _ in 0..4 {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let i = (rng >> 33) as usize % b.len();
                 b[i] = (rng >> 13) as u8;
             }

@@ -13,7 +13,11 @@ pub fn describe_content(head: &[u8]) -> Option<String> {
         if at(off as usize, &crate::format::SB_MAGIC) {
             let uuid = head
                 .get(off as usize + 16..off as usize + 32)
-                .map(|u| uuid::Uuid::from_slice(u).map(|u| u.to_string()).unwrap_or_default())
+                .map(|u| {
+                    uuid::Uuid::from_slice(u)
+                        .map(|u| u.to_string())
+                        .unwrap_or_default()
+                })
                 .unwrap_or_default();
             return Some(format!("a damocles superblock (array {uuid})"));
         }
@@ -25,7 +29,11 @@ pub fn describe_content(head: &[u8]) -> Option<String> {
         (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"),
         (512, b"EFI PART", "a GPT partition table"),
         (512, b"LABELONE", "an LVM physical volume"),
-        (4096, &[0xfc, 0x4e, 0x2b, 0xa9], "an mdadm RAID member (v1.2)"),
+        (
+            4096,
+            &[0xfc, 0x4e, 0x2b, 0xa9],
+            "an mdadm RAID member (v1.2)",
+        ),
         (4086, b"SWAPSPACE2", "a swap area"),
         (3, b"NTFS    ", "an NTFS filesystem"),
         (0x8001, b"CD001", "an ISO 9660 image"),

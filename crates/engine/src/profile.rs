@@ -141,8 +141,7 @@ impl Profile {
     /// Checks the shape; every stored profile passes this before it is used.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
-        if !self.stripe_unit.is_power_of_two() || !(4096..=(16 << 20)).contains(&self.stripe_unit)
-        {
+        if !self.stripe_unit.is_power_of_two() || !(4096..=(16 << 20)).contains(&self.stripe_unit) {
             return bad(format!(
                 "stripe unit {} must be a power of two from 4K to 16M",
                 self.stripe_unit
@@ -164,10 +163,11 @@ impl Profile {
             ));
         }
         match self.level {
-            Level::Raid1 if self.width != self.copies => {
-                bad(format!("raid1 width {} != copies {}", self.width, self.copies))
-            }
-            Level::Raid10 if self.width % self.copies != 0 => bad(format!(
+            Level::Raid1 if self.width != self.copies => bad(format!(
+                "raid1 width {} != copies {}",
+                self.width, self.copies
+            )),
+            Level::Raid10 if !self.width.is_multiple_of(self.copies) => bad(format!(
                 "raid10 width {} is not a multiple of copies {}",
                 self.width, self.copies
             )),
@@ -237,7 +237,10 @@ mod tests {
                 if level == Level::Raid6 {
                     seen[p.q_position(row)] += 1;
                 }
-                assert!(seen.iter().all(|&n| n == 1), "{level} w{w} row {row}: {seen:?}");
+                assert!(
+                    seen.iter().all(|&n| n == 1),
+                    "{level} w{w} row {row}: {seen:?}"
+                );
             }
         }
     }
@@ -262,7 +265,12 @@ mod tests {
         assert_eq!(p.slice_len(c) % p.stripe_unit, 0);
         assert!(prof(Level::Raid6, 4).validate().is_ok());
         assert!(prof(Level::Raid6, 3).validate().is_err());
-        assert!(Profile { copies: 2, ..prof(Level::Raid10, 5) }.validate().is_err());
+        assert!(Profile {
+            copies: 2,
+            ..prof(Level::Raid10, 5)
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

@@ -38,7 +38,11 @@ fn torn_newest_slot_falls_back_to_the_older_one() {
     assert_eq!(st.generation, generation);
     assert!(st.members.iter().all(|m| m.state == MemberHealth::Ok));
     assert_eq!(st.members[0].generation, Some(generation - 1));
-    assert!(st.notes.iter().any(|n| n.contains("checksum")), "{:?}", st.notes);
+    assert!(
+        st.notes.iter().any(|n| n.contains("checksum")),
+        "{:?}",
+        st.notes
+    );
     drop(a);
     // Tear it on every member: the whole array falls back one generation.
     for m in &rig.members {
@@ -101,7 +105,10 @@ fn garbage_and_foreign_members_are_clear_errors() {
     let mut devs = rig.devs(&[2]);
     devs.push(other.members[0].clone());
     let e = Array::assemble(devs, AssembleOptions::default()).unwrap_err();
-    assert!(matches!(e, Error::Members(_)) && e.to_string().contains("belongs to array"), "{e}");
+    assert!(
+        matches!(e, Error::Members(_)) && e.to_string().contains("belongs to array"),
+        "{e}"
+    );
     // The same member twice.
     let mut devs = rig.devs(&[2]);
     devs.push(rig.members[0].clone());
@@ -142,7 +149,10 @@ fn too_many_missing_members_fail_the_array_but_not_the_process() {
     let a = Array::assemble(rig.devs(&[1, 2]), AssembleOptions { read_only: true }).unwrap();
     assert_eq!(a.health(), Health::Failed);
     let mut buf = vec![0u8; data.len()];
-    assert!(matches!(a.read_at(&mut buf, 123_456), Err(Error::Unavailable(_))));
+    assert!(matches!(
+        a.read_at(&mut buf, 123_456),
+        Err(Error::Unavailable(_))
+    ));
     // Regions never written still read as zeros.
     let mut z = vec![1u8; 4096];
     a.read_at(&mut z, a.size() - 4096).unwrap();
@@ -154,10 +164,16 @@ fn too_many_missing_members_fail_the_array_but_not_the_process() {
 fn create_refuses_impossible_and_non_empty() {
     let rig = Rig::new(3, 8 * MIB);
     let e = Array::create(rig.devs(&[]), &CreateOptions::new(Level::Raid6)).unwrap_err();
-    assert!(e.to_string().contains("raid6 needs at least 4 members"), "{e}");
+    assert!(
+        e.to_string().contains("raid6 needs at least 4 members"),
+        "{e}"
+    );
     rig.members[1].write_at(&[1], 5000).unwrap();
     let e = Array::create(rig.devs(&[]), &CreateOptions::new(Level::Raid5)).unwrap_err();
-    assert!(matches!(e, Error::NotEmpty { .. }) && e.to_string().contains("byte 5000"), "{e}");
+    assert!(
+        matches!(e, Error::NotEmpty { .. }) && e.to_string().contains("byte 5000"),
+        "{e}"
+    );
     // Nothing was written to the empty members.
     assert!(rig.members[0].snapshot().iter().all(|&b| b == 0));
     let mut o = CreateOptions::new(Level::Raid5);

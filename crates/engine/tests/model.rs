@@ -40,7 +40,10 @@ struct Op {
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(
-        (0.0..1.0f64, prop_oneof![1usize..600, 600usize..20_000, 20_000usize..300_000])
+        (
+            0.0..1.0f64,
+            prop_oneof![1usize..600, 600usize..20_000, 20_000usize..300_000],
+        )
             .prop_map(|(off_frac, len)| Op { off_frac, len }),
         1..24,
     )
@@ -147,7 +150,8 @@ fn concurrent_writers_to_shared_stripes_keep_parity_consistent() {
         });
         let mut model = vec![0u8; size];
         for k in 0..span / piece {
-            model[k * piece..(k + 1) * piece].copy_from_slice(&pattern(2_000_000 + k as u64, piece));
+            model[k * piece..(k + 1) * piece]
+                .copy_from_slice(&pattern(2_000_000 + k as u64, piece));
         }
         assert_matches(&a, &model, &format!("{level} concurrent"));
         drop(a);

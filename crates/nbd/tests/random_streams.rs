@@ -137,3 +137,28 @@ proptest! {
         run(v);
     }
 }
+
+#[test]
+fn harness_reaches_transmission() {
+    // Guards the property tests above: a valid read after the prefix is answered.
+    for structured in [false, true] {
+        let mut v = handshake_prefix(structured);
+        let h = RequestHeader {
+            flags: 0,
+            command: CMD_READ,
+            cookie: 0x5151,
+            offset: 0,
+            len: 8,
+        };
+        v.extend_from_slice(&encode_request_header(&h));
+        let out = run(v);
+        let magic = if structured {
+            STRUCTURED_REPLY_MAGIC
+        } else {
+            SIMPLE_REPLY_MAGIC
+        };
+        let tail = &out[out.len() - if structured { 36 } else { 24 }..];
+        assert_eq!(&tail[..4], &magic.to_be_bytes());
+        assert!(out.windows(8).any(|w| w == 0x5151u64.to_be_bytes()));
+    }
+}

@@ -54,25 +54,33 @@ pub(crate) fn gen_p(data: &[&[u8]], p: &mut [u8]) {
 /// P and Q over `data`, missing blocks counting as zero. `p`/`q` are
 /// overwritten. If `p` is `None` only Q is computed.
 fn syndrome<B: Blocks + ?Sized>(data: &B, mut p: Option<&mut [u8]>, q: &mut [u8]) {
+    const COL: usize = 32; // 4 u64 lanes per column for instruction-level parallelism
     let len = q.len();
     let n = data.count();
-    let bulk = len - len % 8;
+    let bulk = len - len % COL;
     let mut off = 0;
     while off < bulk {
-        let (mut pv, mut qv) = (0u64, 0u64);
+        let (mut pv, mut qv) = ([0u64; 4], [0u64; 4]);
         for i in (0..n).rev() {
-            qv = mul2_u64(qv);
+            for v in qv.iter_mut() {
+                *v = mul2_u64(*v);
+            }
             if let Some(s) = data.block(i) {
-                let v = rd(s, off);
-                pv ^= v;
-                qv ^= v;
+                let col = &s[off..off + COL];
+                for k in 0..4 {
+                    let v = rd(col, 8 * k);
+                    pv[k] ^= v;
+                    qv[k] ^= v;
+                }
             }
         }
-        if let Some(p) = p.as_deref_mut() {
-            wr(p, off, pv);
+        for k in 0..4 {
+            if let Some(p) = p.as_deref_mut() {
+                wr(p, off + 8 * k, pv[k]);
+            }
+            wr(q, off + 8 * k, qv[k]);
         }
-        wr(q, off, qv);
-        off += 8;
+        off += COL;
     }
     for off in bulk..len {
         let (mut pv, mut qv) = (0u8, 0u8);

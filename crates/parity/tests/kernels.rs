@@ -112,7 +112,7 @@ fn pq(par: Parity, data: &[&[u8]], len: usize, off: usize) -> (Vec<u8>, Vec<u8>)
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn reference_matches_naive(n in 1usize..=32, len in lens(), seed: u64) {

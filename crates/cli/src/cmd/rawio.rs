@@ -37,7 +37,10 @@ pub fn read(a: ReadArgs) -> Result<()> {
     let array = members::assemble(&a.members, true)?;
     let size = array.size();
     if a.offset > size {
-        bail!("offset {} is beyond the end of the array ({size} bytes)", a.offset);
+        bail!(
+            "offset {} is beyond the end of the array ({size} bytes)",
+            a.offset
+        );
     }
     let len = a.length.unwrap_or(size - a.offset);
     if len > size - a.offset {
@@ -68,7 +71,10 @@ pub fn write(a: WriteArgs) -> Result<()> {
     let array = members::assemble(&a.members, false)?;
     let size = array.size();
     if a.offset > size {
-        bail!("offset {} is beyond the end of the array ({size} bytes)", a.offset);
+        bail!(
+            "offset {} is beyond the end of the array ({size} bytes)",
+            a.offset
+        );
     }
     let mut input = std::io::stdin().lock();
     let mut buf = vec![0u8; PIECE];

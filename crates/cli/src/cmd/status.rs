@@ -30,12 +30,19 @@ pub fn run(a: Args) -> Result<()> {
         Health::Degraded => "DEGRADED",
         Health::Failed => "FAILED (data beyond redundancy is unreadable)",
     };
-    println!("name:        {}", if st.name.is_empty() { "-" } else { &st.name });
+    println!(
+        "name:        {}",
+        if st.name.is_empty() { "-" } else { &st.name }
+    );
     println!("uuid:        {}", st.uuid);
     println!(
         "level:       {}{} (stripe unit {})",
         st.level,
-        if st.copies > 1 { format!(", {} copies", st.copies) } else { String::new() },
+        if st.copies > 1 {
+            format!(", {} copies", st.copies)
+        } else {
+            String::new()
+        },
         units::human(st.stripe_unit)
     );
     println!("size:        {} ({} bytes)", units::human(st.size), st.size);
