@@ -1,5 +1,6 @@
 //! The `damocles` command line.
 
+mod blockdev;
 mod cmd;
 mod members;
 mod units;
@@ -25,6 +26,8 @@ enum Command {
     Status(cmd::status::Args),
     Read(cmd::rawio::ReadArgs),
     Write(cmd::rawio::WriteArgs),
+    Serve(cmd::serve::Args),
+    Demo(cmd::demo::Args),
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
 }
@@ -44,6 +47,8 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::status::run(a),
         Command::Read(a) => cmd::rawio::read(a),
         Command::Write(a) => cmd::rawio::write(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(b) => cmd::bench::run(b),
     };
     match result {

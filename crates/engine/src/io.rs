@@ -442,3 +442,30 @@ impl SubRow {
             .unwrap_or(0)
     }
 }
+
+impl Array {
+    /// Bytes of virtual space per chunk (the granularity of allocation).
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    /// Splits `[offset, offset+len)` into runs of allocated (`true`) and never-written
+    /// (`false`, reads as zeros) space, at chunk granularity.
+    pub fn allocation_runs(&self, offset: u64, len: u64) -> Vec<(u64, bool)> {
+        let chunks = self.chunks.read();
+        let c = self.chunk_size;
+        let end = offset.saturating_add(len).min(self.size());
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        let mut off = offset;
+        while off < end {
+            let n = (c - off % c).min(end - off);
+            let alloc = chunks[(off / c) as usize].is_some();
+            match runs.last_mut() {
+                Some((l, a)) if *a == alloc => *l += n,
+                _ => runs.push((n, alloc)),
+            }
+            off += n;
+        }
+        runs
+    }
+}
