@@ -136,7 +136,7 @@ impl Array {
                             None => {
                                 let _g = self.locks.lock(idx as u32, row);
                                 let mut blocks =
-                                    self.read_subrow(&members, c, row, col, dst.len())?;
+                                    self.read_subrow(&members, c, row, col, dst.len(), &[])?;
                                 self.reconstruct(idx, &p, &mut blocks)?;
                                 dst.copy_from_slice(blocks.data[i].as_ref().expect("rebuilt"));
                             }
@@ -209,6 +209,7 @@ impl Array {
         row: u64,
         col: u64,
         len: usize,
+        skip: &[bool],
     ) -> Result<SubRow> {
         let p = &c.profile;
         let at = row * p.stripe_unit + col;
@@ -224,7 +225,19 @@ impl Array {
         };
         let mut data = Vec::with_capacity(p.data_count());
         for i in 0..p.data_count() {
-            data.push(get(p.data_positions(row, i).start)?);
+            if skip.get(i).copied().unwrap_or(false) {
+                data.push(None);
+            } else {
+                data.push(get(p.data_positions(row, i).start)?);
+            }
+        }
+        // Parity is needed only to reconstruct, i.e. when every data block is wanted.
+        if !skip.is_empty() {
+            return Ok(SubRow {
+                data,
+                p: None,
+                q: None,
+            });
         }
         let pbuf = get(p.parity_position(row))?;
         let qbuf = if p.level == Level::Raid6 {
@@ -333,29 +346,32 @@ impl Array {
                 return self.rmw_row(members, c, row, lo, len, segs, write_segs, write_parity);
             }
         }
-        // Reconstruct-write: build the whole new sub-row, then parity from scratch.
-        let mut rowbuf = if full {
+        // Reconstruct-write: the new sub-row is the written bytes over the old ones; blocks a
+        // segment covers entirely are taken from the request as they are, never read.
+        let covered: Vec<Option<&[u8]>> = (0..d)
+            .map(|i| segs.iter().find(|s| s.i == i && covers(s)).map(|s| s.data))
+            .collect();
+        let mut old = if full {
             SubRow {
                 data: vec![None; d],
                 p: None,
                 q: None,
             }
-        } else {
-            let mut b = self.read_subrow(members, c, row, lo, len)?;
-            if data_missing {
-                self.reconstruct(idx, p, &mut b)?;
-            }
+        } else if data_missing {
+            let mut b = self.read_subrow(members, c, row, lo, len, &[])?;
+            self.reconstruct(idx, p, &mut b)?;
             b
+        } else {
+            let skip: Vec<bool> = covered.iter().map(Option::is_some).collect();
+            self.read_subrow(members, c, row, lo, len, &skip)?
         };
-        for s in segs {
-            let blk = rowbuf.data[s.i].get_or_insert_with(|| vec![0u8; len]);
+        for s in segs.iter().filter(|s| !covers(s)) {
+            let blk = old.data[s.i].as_mut().expect("partial block was read");
             let o = (s.col - lo) as usize;
             blk[o..o + s.data.len()].copy_from_slice(s.data);
         }
-        let views: Vec<&[u8]> = rowbuf
-            .data
-            .iter()
-            .map(|b| b.as_deref().expect("complete"))
+        let views: Vec<&[u8]> = (0..d)
+            .map(|i| covered[i].unwrap_or_else(|| old.data[i].as_deref().expect("complete")))
             .collect();
         let mut pb = vec![0u8; len];
         let mut qb = qpos.map(|_| vec![0u8; len]);
