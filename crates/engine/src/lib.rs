@@ -8,6 +8,7 @@ pub mod format;
 mod io;
 pub mod member;
 pub mod metadata;
+pub mod powercut;
 pub mod probe;
 pub mod profile;
 mod stripe_lock;
