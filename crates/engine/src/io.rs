@@ -8,10 +8,31 @@ use crate::profile::{Level, Profile};
 use damocles_parity::gf;
 
 /// One data block's part of a stripe-row write: block index, column in the block, bytes.
-struct Seg<'a> {
-    i: usize,
-    col: u64,
-    data: &'a [u8],
+pub(crate) struct Seg<'a> {
+    pub i: usize,
+    pub col: u64,
+    pub data: &'a [u8],
+}
+
+/// New P and Q of a sub-row (`None` where that parity member is missing).
+type ParityBufs = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// One positioned write to one member: the unit of a plan, of the journal, and of replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MemberWrite {
+    pub member: u16,
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+/// Performs planned writes on the members (skipping members no longer present).
+pub(crate) fn execute(members: &[Option<Dev>], plan: &[MemberWrite]) -> Result<()> {
+    for w in plan {
+        if let Some(d) = &members[w.member as usize] {
+            write(d.as_ref(), &w.data, w.offset)?;
+        }
+    }
+    Ok(())
 }
 
 fn unavailable(idx: usize, what: &str) -> Error {
@@ -162,43 +183,57 @@ impl Array {
 
     fn write_chunk(&self, idx: usize, c: &Chunk, co: u64, buf: &[u8]) -> Result<()> {
         let members = self.members();
-        let p = c.profile;
-        let su = p.stripe_unit;
-        Self::for_rows(&p, co, buf.len(), |row, segs| match p.level {
-            Level::Raid5 | Level::Raid6 => {
-                let segs: Vec<Seg> = segs
-                    .into_iter()
-                    .map(|(i, col, r)| Seg {
-                        i,
-                        col,
-                        data: &buf[r],
-                    })
-                    .collect();
-                let _g = self.locks.lock(idx as u32, row);
-                self.write_row(idx, &members, c, row, &segs)
-            }
-            _ => {
-                // Mirrors lock the row so concurrent writers leave every copy the same.
-                let _g = (p.copies > 1).then(|| self.locks.lock(idx as u32, row));
-                for (i, col, range) in segs {
-                    let mut wrote = false;
-                    for pos in p.data_positions(row, i) {
-                        if let Some(d) = Self::dev(&members, c, pos) {
-                            write(
-                                d.as_ref(),
-                                &buf[range.clone()],
-                                c.slices[pos].offset + row * su + col,
-                            )?;
-                            wrote = true;
-                        }
-                    }
-                    if !wrote {
-                        return Err(unavailable(idx, "every copy is missing"));
-                    }
-                }
-                Ok(())
-            }
+        let mut plan = Vec::new();
+        Self::for_rows(&c.profile, co, buf.len(), |row, segs| {
+            let segs: Vec<Seg> = segs
+                .into_iter()
+                .map(|(i, col, r)| Seg {
+                    i,
+                    col,
+                    data: &buf[r],
+                })
+                .collect();
+            // The row lock makes concurrent writers of one row (and degraded readers)
+            // see it whole, and keeps mirror copies identical.
+            let _g = (c.profile.width > 1).then(|| self.locks.lock(idx as u32, row));
+            plan.clear();
+            self.plan_row(idx, &members, c, row, &segs, &mut plan)?;
+            execute(&members, &plan)
         })
+    }
+
+    /// Appends the member writes that put `segs` into row `row` of chunk `c`, with parity.
+    /// Reads what it needs from the members, which must be consistent for this row.
+    pub(crate) fn plan_row(
+        &self,
+        idx: usize,
+        members: &[Option<Dev>],
+        c: &Chunk,
+        row: u64,
+        segs: &[Seg],
+        plan: &mut Vec<MemberWrite>,
+    ) -> Result<()> {
+        let p = &c.profile;
+        if matches!(p.level, Level::Raid5 | Level::Raid6) {
+            return self.write_row(idx, members, c, row, segs, plan);
+        }
+        for s in segs {
+            let mut any = false;
+            for pos in p.data_positions(row, s.i) {
+                if Self::dev(members, c, pos).is_some() {
+                    plan.push(MemberWrite {
+                        member: c.slices[pos].member,
+                        offset: c.slices[pos].offset + row * p.stripe_unit + s.col,
+                        data: s.data.to_vec(),
+                    });
+                    any = true;
+                }
+            }
+            if !any {
+                return Err(unavailable(idx, "every copy is missing"));
+            }
+        }
+        Ok(())
     }
 
     /// Reads columns `[col, col+len)` of every available slice of a parity row.
@@ -286,7 +321,7 @@ impl Array {
         Ok(())
     }
 
-    /// Writes part of one raid5/raid6 stripe row. The caller holds the row lock.
+    /// Plans part of one raid5/raid6 stripe row: the data and its new parity.
     fn write_row(
         &self,
         idx: usize,
@@ -294,6 +329,7 @@ impl Array {
         c: &Chunk,
         row: u64,
         segs: &[Seg],
+        plan: &mut Vec<MemberWrite>,
     ) -> Result<()> {
         let p = &c.profile;
         let d = p.data_count();
@@ -313,37 +349,40 @@ impl Array {
         let parity_present = Self::dev(members, c, ppos).is_some()
             || qpos.is_some_and(|q| Self::dev(members, c, q).is_some());
 
-        let write_segs = || -> Result<()> {
+        let mut emit = |pb: Option<Vec<u8>>, qb: Option<Vec<u8>>| {
             for s in segs {
-                if let Some(dev) = Self::dev(members, c, dpos(s.i)) {
-                    write(
-                        dev.as_ref(),
-                        s.data,
-                        c.slices[dpos(s.i)].offset + row * p.stripe_unit + s.col,
-                    )?;
+                if Self::dev(members, c, dpos(s.i)).is_some() {
+                    plan.push(MemberWrite {
+                        member: c.slices[dpos(s.i)].member,
+                        offset: c.slices[dpos(s.i)].offset + row * p.stripe_unit + s.col,
+                        data: s.data.to_vec(),
+                    });
                 }
             }
-            Ok(())
-        };
-        let write_parity = |pb: Option<&[u8]>, qb: Option<&[u8]>| -> Result<()> {
             for (pos, buf) in [(Some(ppos), pb), (qpos, qb)] {
                 if let (Some(pos), Some(buf)) = (pos, buf) {
-                    if let Some(dev) = Self::dev(members, c, pos) {
-                        write(dev.as_ref(), buf, c.slices[pos].offset + at)?;
+                    if Self::dev(members, c, pos).is_some() {
+                        plan.push(MemberWrite {
+                            member: c.slices[pos].member,
+                            offset: c.slices[pos].offset + at,
+                            data: buf,
+                        });
                     }
                 }
             }
-            Ok(())
         };
         if !parity_present && !data_missing {
-            return write_segs();
+            emit(None, None);
+            return Ok(());
         }
         let full = segs.len() == d && segs.iter().all(covers);
         if !full && !data_missing {
             let partial = segs.iter().filter(|s| !covers(s)).count();
             let n_par = 1 + qpos.is_some() as usize;
             if segs.len() + n_par < (d - segs.len()) + partial {
-                return self.rmw_row(members, c, row, lo, len, segs, write_segs, write_parity);
+                let (pb, qb) = self.rmw_parity(members, c, row, lo, len, segs)?;
+                emit(pb, qb);
+                return Ok(());
             }
         }
         // Reconstruct-write: the new sub-row is the written bytes over the old ones; blocks a
@@ -379,13 +418,12 @@ impl Array {
             Some(q) => self.parity.gen_pq(&views, &mut pb, q),
             None => self.parity.gen_p(&views, &mut pb),
         }
-        write_segs()?;
-        write_parity(Some(&pb), qb.as_deref())
+        emit(Some(pb), qb);
+        Ok(())
     }
 
-    /// Read-modify-write: parity ^= old ^ new for each written block.
-    #[allow(clippy::too_many_arguments)]
-    fn rmw_row(
+    /// Read-modify-write: the new parity is the old one ^ (old ^ new) of each written block.
+    fn rmw_parity(
         &self,
         members: &[Option<Dev>],
         c: &Chunk,
@@ -393,9 +431,7 @@ impl Array {
         lo: u64,
         len: usize,
         segs: &[Seg],
-        write_segs: impl Fn() -> Result<()>,
-        write_parity: impl Fn(Option<&[u8]>, Option<&[u8]>) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<ParityBufs> {
         let p = &c.profile;
         let at = row * p.stripe_unit + lo;
         let read_pos = |pos: usize| -> Result<Option<Vec<u8>>> {
@@ -434,8 +470,7 @@ impl Array {
                     .mul_xor_into(&mut qb[o..o + delta.len()], &delta, gf::exp2(s.i));
             }
         }
-        write_segs()?;
-        write_parity(pb.as_deref(), qb.as_deref())
+        Ok((pb, qb))
     }
 }
 

@@ -150,7 +150,10 @@ impl SimMember {
     fn check(&self, offset: u64, len: usize) -> io::Result<()> {
         match offset.checked_add(len as u64) {
             Some(e) if e <= self.size => Ok(()),
-            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "beyond the member")),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "beyond the member",
+            )),
         }
     }
 }

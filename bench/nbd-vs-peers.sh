@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Compare damocles' NBD server with nbdkit (file plugin) and qemu-nbd, all
+# driven by fio's nbd engine (libnbd, one connection, QD16) in ONE run.
+#
+#   nbdkit, qemu-nbd : one plain file, sized like the damocles raid5 array
+#   damocles-raid0   : raid0 over 4 file members
+#   damocles-raid5   : raid5 over 4 file members
+# All files live in a tmpdir on the local disk (page cache, no O_DIRECT).
+# Only the first TEST_SIZE bytes are used, and they are written through each
+# server first, so reads never hit holes / never-written damocles chunks.
+#
+# Workloads: seq 1 MiB read/write, random 4 KiB read/write, iodepth 16.
+# Each (server, workload) runs ROUNDS times, interleaved (workload by
+# workload, servers round-robin with the order rotated each round); the table
+# shows medians. Prints the issue's targets as ratio lines with PASS/MISS.
+#
+# Usage: bench/nbd-vs-peers.sh            (~8-9 min)
+#        QUICK=1 bench/nbd-vs-peers.sh    (~2 min: 1 round, 3 s runs)
+# Env:   ROUNDS RUNTIME RAMP IODEPTH MEMBER_SIZE TEST_SIZE
+#        BENCH_TMPDIR (parent of the tmpdir, default /var/tmp)
+#        DAMOCLES=/path/to/binary (skip the cargo build) KEEP=1 (keep tmpdir)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${QUICK:-0}" = 1 ]; then
+    ROUNDS=${ROUNDS:-1}; RUNTIME=${RUNTIME:-3}; RAMP=${RAMP:-1}
+else
+    ROUNDS=${ROUNDS:-3}; RUNTIME=${RUNTIME:-8}; RAMP=${RAMP:-1}
+fi
+IODEPTH=${IODEPTH:-16}
+MEMBER_SIZE=${MEMBER_SIZE:-512M}
+TEST_SIZE=${TEST_SIZE:-1G}
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v fio >/dev/null 2>&1 || need+=(fio)
+command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
+command -v qemu-nbd >/dev/null 2>&1 || need+=(qemu-utils)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "## installing fio nbdkit qemu-utils (missing: ${need[*]})" >&2
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y fio nbdkit qemu-utils >/dev/null
+fi
+if ! fio --enghelp=nbd >/dev/null 2>&1; then
+    echo "error: this fio has no nbd ioengine (needs fio built with libnbd)" >&2
+    exit 1
+fi
+command -v python3 >/dev/null 2>&1 || { echo "error: python3 is needed to parse fio's JSON" >&2; exit 1; }
+
+if [ -z "${DAMOCLES:-}" ]; then
+    echo "## cargo build --release -p damocles" >&2
+    cargo build --release -p damocles >&2
+    DAMOCLES="${CARGO_TARGET_DIR:-target}/release/damocles"
+fi
+DAMOCLES=$(realpath "$DAMOCLES")
+
+# ---------------------------------------------------------------- tmpdir
+PARENT=${BENCH_TMPDIR:-/var/tmp}
+T=$(mktemp -d "$PARENT/damocles-nbd-bench.XXXXXX")
+fstype=$(stat -f -c %T "$T")
+if [ "$fstype" = tmpfs ] || [ "$fstype" = ramfs ]; then
+    echo "warning: $T is on $fstype, not a disk (set BENCH_TMPDIR to a disk-backed dir)" >&2
+fi
+mkdir -p "$T/res"
+
+PIDS=()
+NAMES=()
+cleanup() {
+    local rc=$? i pid n
+    for i in "${!PIDS[@]}"; do
+        pid=${PIDS[$i]}; n=${NAMES[$i]}
+        kill -0 "$pid" 2>/dev/null || continue
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "warning: $n (pid $pid) still running 10 s after SIGTERM; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        st=0; wait "$pid" 2>/dev/null || st=$?
+        case $n in damocles-*) [ "$st" -eq 0 ] || echo "warning: $n exited with status $st after SIGTERM (log: $T/$n.err)" >&2 ;; esac
+    done
+    if [ "${KEEP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
+        echo "## tmpdir kept: $T" >&2
+    else
+        rm -rf "$T"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- arrays / files
+for lvl in raid0 raid5; do
+    for i in 1 2 3 4; do truncate -s "$MEMBER_SIZE" "$T/$lvl-m$i"; done
+    "$DAMOCLES" create --level "$lvl" "$T/$lvl-m"{1..4} >"$T/$lvl.create" 2>&1 \
+        || { cat "$T/$lvl.create" >&2; exit 1; }
+done
+R5_SIZE=$("$DAMOCLES" status --json "$T/raid5-m"{1..4} | python3 -c 'import json,sys; print(json.load(sys.stdin)["size"])')
+R0_SIZE=$("$DAMOCLES" status --json "$T/raid0-m"{1..4} | python3 -c 'import json,sys; print(json.load(sys.stdin)["size"])')
+truncate -s "$R5_SIZE" "$T/plain.img"
+TEST_BYTES=$(numfmt --from=iec "$TEST_SIZE")
+if [ "$TEST_BYTES" -gt "$R5_SIZE" ]; then
+    echo "error: TEST_SIZE $TEST_SIZE exceeds the raid5 array ($R5_SIZE bytes)" >&2; exit 1
+fi
+
+# ---------------------------------------------------------------- servers
+declare -A URI
+wait_pidfile() { # name pid pidfile
+    for _ in $(seq 300); do
+        [ -s "$3" ] && return 0
+        kill -0 "$2" 2>/dev/null || { echo "error: $1 exited at startup:" >&2; cat "$T/$1.err" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "error: $1 not ready after 30 s" >&2; exit 1
+}
+
+# nbdkit: file plugin = pread/pwrite through the page cache (cache=default),
+# 16 worker threads (default), foreground, dies with this script.
+nbdkit --foreground --exit-with-parent --unix "$T/nbdkit.sock" -P "$T/nbdkit.pid" \
+    file file="$T/plain.img" cache=default >"$T/nbdkit.out" 2>"$T/nbdkit.err" &
+PIDS+=($!); NAMES+=(nbdkit)
+wait_pidfile nbdkit "$!" "$T/nbdkit.pid"
+URI[nbdkit]="nbd+unix:///?socket=$T/nbdkit.sock"
+
+# qemu-nbd: raw, page cache with flushes honoured (writeback), thread-pool
+# AIO, persistent (serves one client after another), no zero detection.
+qemu-nbd -f raw -t --socket="$T/qemu-nbd.sock" --pid-file="$T/qemu-nbd.pid" \
+    --cache=writeback --aio=threads --detect-zeroes=off --discard=ignore \
+    "$T/plain.img" >"$T/qemu-nbd.out" 2>"$T/qemu-nbd.err" &
+PIDS+=($!); NAMES+=(qemu-nbd)
+wait_pidfile qemu-nbd "$!" "$T/qemu-nbd.pid"
+URI[qemu-nbd]="nbd+unix:///?socket=$T/qemu-nbd.sock"
+
+for lvl in raid0 raid5; do
+    n=damocles-$lvl
+    "$DAMOCLES" serve --socket "$T/$n.sock" "$T/$lvl-m"{1..4} >"$T/$n.out" 2>"$T/$n.err" &
+    pid=$!
+    PIDS+=("$pid"); NAMES+=("$n")
+    for _ in $(seq 300); do
+        grep -q '^serving ' "$T/$n.out" && break
+        kill -0 "$pid" 2>/dev/null || { echo "error: $n exited at startup:" >&2; cat "$T/$n.err" >&2; exit 1; }
+        sleep 0.1
+    done
+    u=$(sed -n 's/^serving .* at \(nbd[^ ]*\).*/\1/p' "$T/$n.out" | head -1)
+    [ -n "$u" ] || { echo "error: $n did not print its URI:" >&2; cat "$T/$n.out" "$T/$n.err" >&2; exit 1; }
+    URI[$n]=$u
+done
+
+SERVERS=(nbdkit qemu-nbd damocles-raid0 damocles-raid5)
+WORKLOADS=(seqread randread seqwrite randwrite)
+declare -A RW=([seqread]=read [seqwrite]=write [randread]=randread [randwrite]=randwrite)
+declare -A BS=([seqread]=1M [seqwrite]=1M [randread]=4k [randwrite]=4k)
+
+FAILS=0
+runfio() { # out-json server extra-args...
+    local out=$1 s=$2; shift 2
+    local lim=$((RUNTIME + RAMP + 120))
+    local st=0
+    timeout -k 10 "$lim" fio --name="$s" --ioengine=nbd --uri="${URI[$s]}" \
+        --iodepth="$IODEPTH" --numjobs=1 --size="$TEST_SIZE" --offset=0 \
+        --norandommap --randrepeat=0 \
+        --output-format=json --output="$out" "$@" >"$out.log" 2>&1 || st=$?
+    if [ "$st" -ne 0 ]; then
+        FAILS=$((FAILS + 1))
+        if [ "$st" -eq 124 ] || [ "$st" -eq 137 ]; then
+            echo "  !! fio against $s timed out after ${lim}s (hang?) — $*" >&2
+        else
+            echo "  !! fio against $s failed (status $st) — $*" >&2
+        fi
+        tail -5 "$out.log" >&2 || true
+        rm -f "$out"
+    fi
+}
+
+echo "## damocles $("$DAMOCLES" --version 2>/dev/null | awk '{print $2}'), fio $(fio --version), nbdkit $(nbdkit --version | awk '{print $2}'), qemu-nbd $(qemu-nbd --version | head -1 | awk '{print $2}')"
+echo "## $(nproc) cores, tmpdir $T ($fstype); raid5 $R5_SIZE B, raid0 $R0_SIZE B, plain file $R5_SIZE B; test range first $TEST_SIZE"
+echo "## $ROUNDS round(s) x ${RUNTIME}s (+${RAMP}s ramp), iodepth $IODEPTH, 1 job"
+
+# Pre-fill the test range through every server (1 MiB sequential writes),
+# then push the dirty pages to disk so the runs start from a clean cache.
+echo "## pre-filling the first $TEST_SIZE through each server" >&2
+for s in "${SERVERS[@]}"; do
+    runfio "$T/prefill.$s.json" "$s" --rw=write --bs=1M
+    [ -f "$T/prefill.$s.json" ] || { echo "error: pre-fill through $s failed" >&2; exit 1; }
+done
+sync
+
+n=${#SERVERS[@]}
+for r in $(seq 1 "$ROUNDS"); do
+    for w in "${WORKLOADS[@]}"; do
+        echo "## round $r/$ROUNDS: $w" >&2
+        for k in $(seq 0 $((n - 1))); do
+            s=${SERVERS[$(((k + r - 1) % n))]}
+            runfio "$T/res/$w.$s.$r.json" "$s" --rw="${RW[$w]}" --bs="${BS[$w]}" \
+                --time_based --runtime="$RUNTIME" --ramp_time="$RAMP"
+        done
+    done
+done
+
+for i in "${!PIDS[@]}"; do
+    kill -0 "${PIDS[$i]}" 2>/dev/null || echo "warning: ${NAMES[$i]} died during the run (log: $T/${NAMES[$i]}.err)" >&2
+done
+
+# ---------------------------------------------------------------- report
+python3 - "$T/res" "$ROUNDS" <<'EOF'
+import json, os, statistics, sys
+d, rounds = sys.argv[1], int(sys.argv[2])
+servers = ["nbdkit", "qemu-nbd", "damocles-raid0", "damocles-raid5"]
+workloads = [("seqread", "seq read 1M"), ("randread", "rand read 4k"),
+             ("seqwrite", "seq write 1M"), ("randwrite", "rand write 4k")]
+
+def load(path):
+    with open(path) as f:
+        txt = f.read()
+    j = json.loads(txt[txt.index("{"):])
+    job = j["jobs"][0]
+    if job.get("error"):
+        return None
+    side = job["read"] if job["read"]["io_bytes"] else job["write"]
+    return side["iops"], side["bw_bytes"] / 1e6
+
+med = {}
+print()
+print(f"{'workload':<14}{'server':<16}{'IOPS':>10}{'MB/s':>10}{'spread':>9}{'runs':>6}")
+for w, label in workloads:
+    for s in servers:
+        vals = []
+        for r in range(1, rounds + 1):
+            p = os.path.join(d, f"{w}.{s}.{r}.json")
+            if os.path.exists(p):
+                v = load(p)
+                if v:
+                    vals.append(v)
+        if not vals:
+            print(f"{label:<14}{s:<16}{'FAILED':>10}")
+            continue
+        iops = statistics.median(v[0] for v in vals)
+        mbs = statistics.median(v[1] for v in vals)
+        bw = [v[1] for v in vals]
+        spread = f"{(max(bw) - min(bw)) / mbs * 100:.0f}%" if len(vals) > 1 and mbs else "-"
+        med[(w, s)] = mbs
+        print(f"{label:<14}{s:<16}{iops:>10.0f}{mbs:>10.1f}{spread:>9}{len(vals):>6}")
+    print()
+print("spread = (max - min) / median of MB/s over the runs")
+print()
+print("targets (ratios of median MB/s):")
+targets = [
+    ("seqread", "damocles-raid0", "nbdkit", 1.0),
+    ("seqread", "damocles-raid5", "nbdkit", 1.0),
+    ("seqwrite", "damocles-raid5", "nbdkit", 0.8),
+    ("randread", "damocles-raid0", "nbdkit", 0.8),
+    ("randread", "damocles-raid5", "nbdkit", 0.8),
+    ("randwrite", "damocles-raid5", "qemu-nbd", 1.0),
+]
+label = dict(workloads)
+for w, s, ref, goal in targets:
+    a, b = med.get((w, s)), med.get((w, ref))
+    if a is None or b is None or b == 0:
+        print(f"  {label[w]:<14}{s:<16} / {ref:<9} = n/a    (target >= {goal:.1f}x)  MISS (no data)")
+        continue
+    ratio = a / b
+    verdict = "PASS" if ratio >= goal else "MISS"
+    print(f"  {label[w]:<14}{s:<16} / {ref:<9} = {ratio:5.2f}x (target >= {goal:.1f}x)  {verdict}")
+EOF
+
+if [ "$FAILS" -gt 0 ]; then
+    echo "warning: $FAILS fio run(s) failed; logs in $T" >&2
+    KEEP=1
+fi
