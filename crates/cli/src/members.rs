@@ -51,5 +51,11 @@ pub fn assemble(paths: &[PathBuf], read_only: bool) -> Result<Array> {
         OpenMode::ReadWrite
     };
     let devs = open(paths, mode)?;
-    Ok(Array::assemble(devs, AssembleOptions { read_only })?)
+    Ok(Array::assemble(
+        devs,
+        AssembleOptions {
+            read_only,
+            ..Default::default()
+        },
+    )?)
 }

@@ -33,6 +33,9 @@ pub struct CreateOptions {
     pub force: bool,
     /// Virtual bytes per chunk; chosen from the member sizes when `None`.
     pub chunk_size: Option<u64>,
+    /// Keep a write journal (the default). Without one a power cut during a write can
+    /// leave that stripe's parity wrong (the RAID write hole).
+    pub journal: bool,
 }
 
 impl CreateOptions {
@@ -44,6 +47,7 @@ impl CreateOptions {
             name: String::new(),
             force: false,
             chunk_size: None,
+            journal: true,
         }
     }
 }
@@ -51,6 +55,9 @@ impl CreateOptions {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AssembleOptions {
     pub read_only: bool,
+    /// Dirty bytes buffered before a commit is forced (default: a tenth of memory, at most
+    /// 1 GiB).
+    pub dirty_budget: Option<u64>,
 }
 
 /// A member as found at assemble time.
@@ -78,6 +85,8 @@ pub struct Array {
     pub(crate) parity: Parity,
     pub(crate) missing_recorded: AtomicBool,
     pub(crate) notes: Vec<String>,
+    pub(crate) journal: Option<crate::txg::JournalArea>,
+    pub(crate) cache: crate::txg::Cache,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -120,6 +129,10 @@ pub struct Status {
     pub tolerance: usize,
     pub generation: u64,
     pub health: Health,
+    /// "members" (striped over the members with the array's redundancy) or "none".
+    pub journal: &'static str,
+    /// Bytes written but not yet committed.
+    pub dirty: u64,
     pub members: Vec<MemberStatus>,
     pub notes: Vec<String>,
 }
@@ -336,7 +349,14 @@ impl Array {
             None => pick_chunk_size(&sizes),
         };
         let slot_size = pick_slot_size(&sizes, chunk_size);
-        let (slot_offset, data_offset) = format::member_layout(slot_size);
+        let smallest = sizes.iter().copied().min().unwrap_or(0);
+        let journal_size = if opts.journal {
+            (1u64 << (63 - (smallest / 16).max(1).leading_zeros())).clamp(2 << 20, 256 << 20)
+        } else {
+            0
+        };
+        let (slot_offset, journal_offset, data_offset) =
+            format::member_layout(slot_size, journal_size);
         for d in &devs {
             if d.size() < data_offset + 4 * opts.stripe_unit {
                 return Err(Error::Invalid(format!(
@@ -389,9 +409,16 @@ impl Array {
                 data_offset,
                 created,
                 sb_generation: 1,
+                journal_offset,
+                journal_size,
             };
             let [s0, s1] = sb.slot_offsets();
             write(d.as_ref(), &zero_hdr, s0)?;
+            // Journal headers from whatever was there before must not look like ours.
+            if journal_size > 0 {
+                write(d.as_ref(), &zero_hdr, journal_offset)?;
+                write(d.as_ref(), &zero_hdr, journal_offset + journal_size / 2)?;
+            }
             write(d.as_ref(), &slot, s1)?;
             flush(d.as_ref())?;
             let block = sb.encode();
@@ -435,9 +462,19 @@ impl Array {
                 }
             }
             let (a, b) = (&sbs[i], &sbs[0]);
-            if (a.slot_offset, a.slot_size, a.data_offset)
-                != (b.slot_offset, b.slot_size, b.data_offset)
-            {
+            if (
+                a.slot_offset,
+                a.slot_size,
+                a.data_offset,
+                a.journal_offset,
+                a.journal_size,
+            ) != (
+                b.slot_offset,
+                b.slot_size,
+                b.data_offset,
+                b.journal_offset,
+                b.journal_size,
+            ) {
                 return Err(Error::format(
                     devs[i].name(),
                     "superblock layout differs from the other members",
@@ -512,7 +549,15 @@ impl Array {
             }
         }
         let chunk_size = meta.map.chunk_size;
-        let array = Array {
+        let journal = (sbs[0].journal_size > 0).then(|| crate::txg::JournalArea {
+            offset: sbs[0].journal_offset,
+            half: sbs[0].journal_size / 2,
+        });
+        let budget = opts
+            .dirty_budget
+            .unwrap_or_else(crate::txg::default_budget)
+            .max(4096);
+        let mut array = Array {
             uuid,
             read_only: opts.read_only,
             sb_layout: sbs[0].clone(),
@@ -528,7 +573,46 @@ impl Array {
             parity: Parity::best(),
             missing_recorded: AtomicBool::new(false),
             notes,
+            journal,
+            cache: crate::txg::Cache::new(1, budget),
         };
+        let (next_txg, replay) = array.replay_journal()?;
+        *array.cache.next_txg.lock() = next_txg;
+        if !replay.is_empty() {
+            let bytes: usize = replay.iter().map(|w| w.data.len()).sum();
+            let members = array.members();
+            if array.read_only {
+                // Do not write: show the replayed state through an overlay instead.
+                let wrapped: Vec<Option<Dev>> = members
+                    .iter()
+                    .enumerate()
+                    .map(|(m, d)| {
+                        d.clone().map(|d| {
+                            let mine: Vec<_> = replay
+                                .iter()
+                                .filter(|w| w.member as usize == m)
+                                .cloned()
+                                .collect();
+                            Arc::new(crate::txg::Overlay::new(d, mine)) as Dev
+                        })
+                    })
+                    .collect();
+                *array.avail.write() = Arc::new(wrapped);
+                array.notes.push(format!(
+                    "the journal holds {bytes} bytes of writes not known to be in place; \
+                     shown as replayed, applied when the array is next opened for writing"
+                ));
+            } else {
+                crate::io::execute(&members, &replay)?;
+                for d in members.iter().flatten() {
+                    flush(d.as_ref())?;
+                }
+                tracing::info!("replayed {bytes} bytes from the journal");
+                array
+                    .notes
+                    .push(format!("replayed {bytes} bytes of writes from the journal"));
+            }
+        }
         Ok(array)
     }
 
@@ -550,7 +634,7 @@ impl Array {
 
     /// Writes `meta` as the next generation to every usable member, then flushes them.
     /// Only after this returns is the new metadata in force.
-    pub(crate) fn commit(&self, st: &mut MetaState, meta: ArrayMeta) -> Result<()> {
+    pub(crate) fn commit_meta(&self, st: &mut MetaState, meta: ArrayMeta) -> Result<()> {
         let generation = st.generation + 1;
         let slot = (generation % 2) as usize;
         let payload = meta.encode();
@@ -602,7 +686,7 @@ impl Array {
                 return Err(Error::Unavailable("no member is available".into()));
             }
             tracing::warn!("recording missing members as faulty before the first degraded write");
-            self.commit(&mut st, meta)?;
+            self.commit_meta(&mut st, meta)?;
         }
         self.missing_recorded.store(true, Ordering::Release);
         Ok(())
@@ -641,7 +725,7 @@ impl Array {
         let chunk = Arc::new(chunk);
         let mut meta = st.meta.clone();
         meta.map.chunks[idx] = Some(chunk.clone());
-        self.commit(&mut st, meta)?;
+        self.commit_meta(&mut st, meta)?;
         self.chunks.write()[idx] = Some(chunk.clone());
         Ok(chunk)
     }
@@ -716,6 +800,12 @@ impl Array {
             tolerance,
             generation: st.generation,
             health,
+            journal: if self.journal.is_some() {
+                "members"
+            } else {
+                "none"
+            },
+            dirty: self.dirty_bytes(),
             members,
             notes: self.notes.clone(),
         }
@@ -752,4 +842,15 @@ fn template_tolerance(t: &Template) -> usize {
         stripe_unit: t.stripe_unit,
     }
     .tolerance()
+}
+
+impl Drop for Array {
+    /// A clean close commits what is still buffered.
+    fn drop(&mut self) {
+        if self.journal.is_some() && !self.read_only {
+            if let Err(e) = self.commit() {
+                tracing::error!("committing buffered writes on close failed: {e}");
+            }
+        }
+    }
 }

@@ -38,7 +38,9 @@ pub struct SuperblockRaw {
     pub data_offset: U64,
     pub created: U64,
     pub sb_generation: U64,
-    pub reserved: [u8; 148],
+    pub journal_offset: U64,
+    pub journal_size: U64,
+    pub reserved: [u8; 132],
     pub crc: U32,
 }
 
@@ -129,6 +131,9 @@ pub struct Superblock {
     pub data_offset: u64,
     pub created: u64,
     pub sb_generation: u64,
+    /// Write journal area (two halves); size 0 means the array runs without a journal.
+    pub journal_offset: u64,
+    pub journal_size: u64,
 }
 
 impl Superblock {
@@ -146,6 +151,8 @@ impl Superblock {
         raw.data_offset.set(self.data_offset);
         raw.created.set(self.created);
         raw.sb_generation.set(self.sb_generation);
+        raw.journal_offset.set(self.journal_offset);
+        raw.journal_size.set(self.journal_size);
         let crc = crc32c(&raw.as_bytes()[..size_of::<SuperblockRaw>() - 4]);
         raw.crc.set(crc);
         let mut block = vec![0u8; SB_BLOCK as usize];
@@ -185,6 +192,8 @@ impl Superblock {
             data_offset: raw.data_offset.get(),
             created: raw.created.get(),
             sb_generation: raw.sb_generation.get(),
+            journal_offset: raw.journal_offset.get(),
+            journal_size: raw.journal_size.get(),
         };
         sb.check(member)?;
         Ok(Some(sb))
@@ -195,9 +204,17 @@ impl Superblock {
             .slot_size
             .checked_mul(2)
             .and_then(|s| s.checked_add(self.slot_offset));
+        let journal_ok = self.journal_size == 0
+            || (self.journal_size.is_multiple_of(2 * 4096)
+                && slots_end.is_some_and(|e| e <= self.journal_offset)
+                && self
+                    .journal_offset
+                    .checked_add(self.journal_size)
+                    .is_some_and(|e| e <= self.data_offset));
         let ok = self.slot_offset >= 2 * SB_BLOCK
             && (MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&self.slot_size)
             && slots_end.is_some_and(|e| e <= self.data_offset)
+            && journal_ok
             && self.data_offset <= self.member_size
             && self.data_offset.is_multiple_of(4096);
         if ok {
@@ -212,11 +229,14 @@ impl Superblock {
     }
 }
 
-/// Where metadata slots and data go on a member of `size` bytes in an array whose largest
-/// chunk map may need `slot_size` bytes.
-pub fn member_layout(slot_size: u64) -> (u64, u64) {
-    let data_offset = SLOT_AREA_OFFSET + 2 * slot_size;
-    (SLOT_AREA_OFFSET, data_offset)
+/// Where metadata slots, the journal and data go: (slot_offset, journal_offset, data_offset).
+pub fn member_layout(slot_size: u64, journal_size: u64) -> (u64, u64, u64) {
+    let journal_offset = SLOT_AREA_OFFSET + 2 * slot_size;
+    (
+        SLOT_AREA_OFFSET,
+        journal_offset,
+        journal_offset + journal_size,
+    )
 }
 
 /// Encodes a slot: header then payload.
@@ -326,6 +346,8 @@ mod tests {
             data_offset: SLOT_AREA_OFFSET + 2 * MIN_SLOT_SIZE,
             created: 1,
             sb_generation: 1,
+            journal_offset: SLOT_AREA_OFFSET + 2 * MIN_SLOT_SIZE,
+            journal_size: 0,
         }
     }
 

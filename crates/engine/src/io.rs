@@ -19,7 +19,7 @@ type ParityBufs = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// One positioned write to one member: the unit of a plan, of the journal, and of replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct MemberWrite {
+pub struct MemberWrite {
     pub member: u16,
     pub offset: u64,
     pub data: Vec<u8>,
@@ -70,8 +70,44 @@ impl Array {
         })
     }
 
+    /// Reads the virtual disk: what was written last, or an error.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len())?;
+        if self.journal.is_some() {
+            self.read_cached(buf, offset)
+        } else {
+            self.read_members(buf, offset)
+        }
+    }
+
+    /// Writes the virtual disk. With a journal the write is buffered until the next commit
+    /// (`flush`, the dirty budget, or the background flusher); durable after `flush`.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        self.record_missing()?;
+        if self.journal.is_some() {
+            // Allocate now, so allocation status is true while the data is still dirty.
+            for (idx, ..) in self.pieces(offset, buf.len()) {
+                self.chunk_for_write(idx)?;
+            }
+            self.write_cached(buf, offset)
+        } else {
+            self.write_direct(buf, offset)
+        }
+    }
+
+    /// Makes every completed write durable.
+    pub fn flush(&self) -> Result<()> {
+        if self.journal.is_some() && !self.read_only {
+            return self.commit();
+        }
+        for d in self.members().iter().flatten() {
+            flush(d.as_ref())?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read_members(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         for (idx, co, pos, n) in self.pieces(offset, buf.len()) {
             let chunk = self.chunks.read()[idx].clone();
             let dst = &mut buf[pos..pos + n];
@@ -83,20 +119,10 @@ impl Array {
         Ok(())
     }
 
-    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len())?;
-        self.record_missing()?;
+    fn write_direct(&self, buf: &[u8], offset: u64) -> Result<()> {
         for (idx, co, pos, n) in self.pieces(offset, buf.len()) {
             let chunk = self.chunk_for_write(idx)?;
             self.write_chunk(idx, &chunk, co, &buf[pos..pos + n])?;
-        }
-        Ok(())
-    }
-
-    /// Makes every completed write durable on every usable member.
-    pub fn flush(&self) -> Result<()> {
-        for d in self.members().iter().flatten() {
-            flush(d.as_ref())?;
         }
         Ok(())
     }
@@ -110,7 +136,7 @@ impl Array {
     }
 
     /// Calls `f(row, segments)` for each stripe row that `[co, co+len)` touches.
-    fn for_rows(
+    pub(crate) fn for_rows(
         p: &Profile,
         co: u64,
         data_len: usize,

@@ -5,13 +5,15 @@ mod array;
 pub mod chunkmap;
 pub mod error;
 pub mod format;
-mod io;
+pub mod io;
+pub mod journal;
 pub mod member;
 pub mod metadata;
 pub mod powercut;
 pub mod probe;
 pub mod profile;
 mod stripe_lock;
+mod txg;
 
 pub use array::{
     read_superblock, Array, AssembleOptions, CreateOptions, Dev, Health, MemberHealth,

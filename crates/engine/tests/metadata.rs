@@ -146,7 +146,14 @@ fn too_many_missing_members_fail_the_array_but_not_the_process() {
     let a = rig.create(Level::Raid5, None, 4096, 256 << 10);
     let data = write_some(&a, 3);
     drop(a);
-    let a = Array::assemble(rig.devs(&[1, 2]), AssembleOptions { read_only: true }).unwrap();
+    let a = Array::assemble(
+        rig.devs(&[1, 2]),
+        AssembleOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(a.health(), Health::Failed);
     let mut buf = vec![0u8; data.len()];
     assert!(matches!(
@@ -186,14 +193,15 @@ fn create_refuses_impossible_and_non_empty() {
 
 #[test]
 fn mixed_member_sizes_reach_full_capacity() {
-    // 1 : 2 : 3 "TB", scaled to 64 MiB units (plus the metadata area each member carries).
+    // 1 : 2 : 3 "TB", scaled to 64 MiB units, plus the 7 MiB each member carries at this
+    // size (superblocks, two 1 MiB metadata slots, a 4 MiB journal).
     let unit = 64 * MIB;
-    let rig = Rig::sized(&[unit + 3 * MIB, 2 * unit + 3 * MIB, 3 * unit + 3 * MIB]);
+    let rig = Rig::sized(&[unit + 7 * MIB, 2 * unit + 7 * MIB, 3 * unit + 7 * MIB]);
     let mut o = CreateOptions::new(Level::Raid1);
     o.chunk_size = Some(4 * MIB);
     let a = Array::create(rig.devs(&[]), &o).unwrap();
     assert_eq!(a.size(), 3 * unit);
-    let rig = Rig::sized(&[unit + 3 * MIB, unit + 3 * MIB, 2 * unit + 3 * MIB]);
+    let rig = Rig::sized(&[unit + 7 * MIB, unit + 7 * MIB, 2 * unit + 7 * MIB]);
     let mut o = CreateOptions::new(Level::Raid5);
     o.chunk_size = Some(4 * MIB);
     let a = Array::create(rig.devs(&[]), &o).unwrap();

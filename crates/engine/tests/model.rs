@@ -70,7 +70,7 @@ proptest! {
     ) {
         let su = 4096u64 << su_shift;
         for (level, n, copies) in configs() {
-            let rig = Rig::new(n, 8 * MIB);
+            let rig = Rig::new(n, 12 * MIB);
             let a = rig.create(level, copies, su, 256 << 10);
             let mut model = vec![0u8; a.size() as usize];
             apply(&a, &mut model, &healthy, 1);

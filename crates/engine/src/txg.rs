@@ -1,0 +1,404 @@
+//! Transaction groups: writes gather as dirty 4 KiB blocks in memory and reach the members
+//! in commits (on flush, when the dirty budget is reached, or on a timer). A commit plans
+//! every touched stripe row (data and fresh parity), journals each member's share, flushes,
+//! and only then writes in place — so a crash at any instant leaves every row either as it
+//! was or replayable from the journal.
+
+use crate::array::{flush, read, write, Array};
+use crate::error::Result;
+use crate::io::{execute, MemberWrite, Seg};
+use crate::journal::{self, SubRecord};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+pub const BLOCK: u64 = 4096;
+
+/// Where the journal lives on every member.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct JournalArea {
+    pub offset: u64,
+    pub half: u64,
+}
+
+impl JournalArea {
+    pub fn half_offset(&self, txg: u64) -> u64 {
+        self.offset + (txg % 2) * self.half
+    }
+}
+
+pub(crate) type DirtySet = HashMap<u64, Box<[u8]>>;
+
+pub(crate) struct Cache {
+    /// Blocks written since the last commit began.
+    pub open: Mutex<DirtySet>,
+    /// Blocks of the commit in progress; readable until they are in place.
+    pub committing: RwLock<DirtySet>,
+    /// Held for a whole commit; the number of the next txg.
+    pub next_txg: Mutex<u64>,
+    pub budget: u64,
+}
+
+impl Cache {
+    pub fn new(next_txg: u64, budget: u64) -> Cache {
+        Cache {
+            open: Mutex::new(HashMap::new()),
+            committing: RwLock::new(HashMap::new()),
+            next_txg: Mutex::new(next_txg),
+            budget,
+        }
+    }
+}
+
+/// Default dirty budget: a tenth of memory, between 16 MiB and 1 GiB (ZFS's rule of thumb).
+pub fn default_budget() -> u64 {
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(1 << 30, |kib| kib * 1024);
+    (mem / 10).clamp(16 << 20, 1 << 30)
+}
+
+impl Array {
+    /// Buffers a write as dirty blocks; commits first if the budget is exceeded.
+    pub(crate) fn write_cached(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let mut b = offset / BLOCK;
+        while b * BLOCK < end {
+            let bs = b * BLOCK;
+            let lo = offset.max(bs);
+            let hi = end.min(bs + BLOCK);
+            let src = &buf[(lo - offset) as usize..(hi - offset) as usize];
+            let at = (lo - bs) as usize;
+            if src.len() as u64 == BLOCK {
+                self.cache.open.lock().insert(b, src.into());
+            } else {
+                self.merge_partial(b, at, src)?;
+            }
+            b += 1;
+        }
+        let over = self.cache.open.lock().len() as u64 * BLOCK > self.cache.budget;
+        if over {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Writes part of a block: merges into the dirty copy, or into the current content.
+    fn merge_partial(&self, b: u64, at: usize, src: &[u8]) -> Result<()> {
+        if let Some(blk) = self.cache.open.lock().get_mut(&b) {
+            blk[at..at + src.len()].copy_from_slice(src);
+            return Ok(());
+        }
+        let mut cur = vec![0u8; BLOCK as usize];
+        self.read_at(&mut cur, b * BLOCK)?;
+        cur[at..at + src.len()].copy_from_slice(src);
+        // A concurrent writer may have dirtied the block meanwhile: write over its copy.
+        let mut open = self.cache.open.lock();
+        match open.get_mut(&b) {
+            Some(blk) => blk[at..at + src.len()].copy_from_slice(src),
+            None => {
+                open.insert(b, cur.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads with dirty blocks laid over what the members hold.
+    pub(crate) fn read_cached(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        // Held across the member read so a block cannot leave the committing set (being put
+        // in place) between our member read and the overlay.
+        let committing = self.cache.committing.read();
+        self.read_members(buf, offset)?;
+        let overlay = |set: &DirtySet, buf: &mut [u8]| {
+            if set.is_empty() {
+                return;
+            }
+            let end = offset + buf.len() as u64;
+            for b in offset / BLOCK..end.div_ceil(BLOCK) {
+                if let Some(blk) = set.get(&b) {
+                    let bs = b * BLOCK;
+                    let lo = offset.max(bs);
+                    let hi = end.min(bs + BLOCK);
+                    buf[(lo - offset) as usize..(hi - offset) as usize]
+                        .copy_from_slice(&blk[(lo - bs) as usize..(hi - bs) as usize]);
+                }
+            }
+        };
+        overlay(&committing, buf);
+        overlay(&self.cache.open.lock(), buf);
+        Ok(())
+    }
+
+    /// Makes every write so far durable: journal, flush, then in place.
+    pub(crate) fn commit(&self) -> Result<()> {
+        let mut next = self.cache.next_txg.lock();
+        {
+            let mut open = self.cache.open.lock();
+            if open.is_empty() {
+                return Ok(());
+            }
+            let mut c = self.cache.committing.write();
+            std::mem::swap(&mut *open, &mut *c);
+        }
+        let result = self.commit_frozen(&mut next);
+        let mut c = self.cache.committing.write();
+        if result.is_err() {
+            // Keep what could not be committed: blocks written since stay newer.
+            let mut open = self.cache.open.lock();
+            for (b, blk) in c.drain() {
+                open.entry(b).or_insert(blk);
+            }
+        }
+        c.clear();
+        result
+    }
+
+    fn commit_frozen(&self, next: &mut u64) -> Result<()> {
+        let frozen = self.cache.committing.read();
+        let mut blocks: Vec<u64> = frozen.keys().copied().collect();
+        blocks.sort_unstable();
+        let members = self.members();
+        let area = self.journal.expect("commit needs a journal");
+        let per_block = self.chunk_size / BLOCK;
+        let mut txg = TxgPlan::default();
+        let mut i = 0;
+        while i < blocks.len() {
+            let idx = (blocks[i] / per_block) as usize;
+            let mut j = i;
+            while j < blocks.len() && (blocks[j] / per_block) as usize == idx {
+                j += 1;
+            }
+            let chunk = self.chunk_for_write(idx)?;
+            // Contiguous runs of blocks, then the stripe rows they touch, each row planned
+            // once with all of its segments.
+            let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+            for &b in &blocks[i..j] {
+                let co = (b % per_block) * BLOCK;
+                match runs.last_mut() {
+                    Some((start, data)) if *start + data.len() as u64 == co => {
+                        data.extend_from_slice(&frozen[&b])
+                    }
+                    _ => runs.push((co, frozen[&b].to_vec())),
+                }
+            }
+            let mut rows: BTreeMap<u64, Vec<Seg>> = BTreeMap::new();
+            for (co, data) in &runs {
+                Self::for_rows(&chunk.profile, *co, data.len(), |row, segs| {
+                    rows.entry(row)
+                        .or_default()
+                        .extend(segs.into_iter().map(|(i, col, r)| Seg {
+                            i,
+                            col,
+                            data: &data[r],
+                        }));
+                    Ok(())
+                })?;
+            }
+            for (row, segs) in rows {
+                let mut writes = Vec::new();
+                self.plan_row(idx, &members, &chunk, row, &segs, &mut writes)?;
+                if !txg.fits(&writes, area.half, members.len()) {
+                    self.journal_and_apply(&mut txg, next)?;
+                }
+                txg.add(idx as u32, row, writes);
+            }
+            i = j;
+        }
+        self.journal_and_apply(&mut txg, next)
+    }
+
+    fn journal_and_apply(&self, txg: &mut TxgPlan, next: &mut u64) -> Result<()> {
+        if txg.rows.is_empty() {
+            return Ok(());
+        }
+        let area = self.journal.expect("journal");
+        let members = self.members();
+        let number = *next;
+        *next += 1;
+        let mut shares: BTreeMap<u16, Vec<MemberWrite>> = BTreeMap::new();
+        for (_, _, writes) in &txg.rows {
+            for w in writes {
+                shares.entry(w.member).or_default().push(w.clone());
+            }
+        }
+        let participants: Vec<u16> = shares.keys().copied().collect();
+        for (m, writes) in shares {
+            let d = members[m as usize]
+                .as_ref()
+                .expect("planned for a present member");
+            let rec = SubRecord {
+                txg: number,
+                member: m,
+                participants: participants.clone(),
+                writes,
+            };
+            write(
+                d.as_ref(),
+                &journal::encode(self.uuid, &rec),
+                area.half_offset(number),
+            )?;
+        }
+        // Journal durable (and the previous txg's in-place writes with it) before any
+        // in-place write of this txg.
+        for d in members.iter().flatten() {
+            flush(d.as_ref())?;
+        }
+        for (idx, row, writes) in txg.rows.drain(..) {
+            let _g = self.locks.lock(idx, row);
+            execute(&members, &writes)?;
+        }
+        txg.bytes.clear();
+        Ok(())
+    }
+
+    /// Replays the journal on assemble (see [`journal::select_replay`]); returns the next txg.
+    pub(crate) fn replay_journal(&self) -> Result<(u64, Vec<MemberWrite>)> {
+        let Some(area) = self.journal else {
+            return Ok((1, Vec::new()));
+        };
+        let members = self.members();
+        let mut found = Vec::new();
+        let mut newest = 0;
+        for (m, d) in members.iter().enumerate() {
+            let Some(d) = d else { continue };
+            let size = self.state.lock().meta.members[m].size;
+            for h in 0..2 {
+                let off = area.offset + h * area.half;
+                let mut hdr = vec![0u8; 4096];
+                read(d.as_ref(), &mut hdr, off)?;
+                let Some((txg, len)) =
+                    journal::decode_header(&hdr, &self.uuid, m as u16, area.half)
+                else {
+                    continue;
+                };
+                newest = newest.max(txg);
+                let mut all = vec![0u8; (journal::HEADER_LEN as u64 + len) as usize];
+                read(d.as_ref(), &mut all, off)?;
+                if let Some(r) = journal::decode(
+                    &all,
+                    &self.uuid,
+                    m as u16,
+                    area.half,
+                    self.sb_layout.data_offset,
+                    size,
+                ) {
+                    found.push(r);
+                }
+            }
+        }
+        let present: Vec<u16> = (0..members.len() as u16)
+            .filter(|&m| members[m as usize].is_some())
+            .collect();
+        let replay = journal::select_replay(&found, &present);
+        let mut writes = Vec::new();
+        for txg in &replay {
+            for r in found.iter().filter(|r| r.txg == *txg) {
+                writes.extend(r.writes.iter().cloned());
+            }
+        }
+        Ok((newest + 1, writes))
+    }
+
+    /// Starts a thread that commits dirty data older than `interval`. It ends with the array.
+    pub fn spawn_flusher(self: &Arc<Self>, interval: Duration) {
+        if self.journal.is_none() || self.read_only {
+            return;
+        }
+        let weak: Weak<Array> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("damocles-txg".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let Some(a) = weak.upgrade() else { return };
+                if let Err(e) = a.commit() {
+                    tracing::error!("background commit failed: {e}");
+                }
+            })
+            .ok();
+    }
+
+    /// Bytes written but not yet committed.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.cache.open.lock().len() as u64 * BLOCK
+    }
+}
+
+/// Rows planned for one txg, and each member's journal bytes so far.
+#[derive(Default)]
+struct TxgPlan {
+    rows: Vec<(u32, u64, Vec<MemberWrite>)>,
+    bytes: HashMap<u16, (usize, usize)>,
+}
+
+impl TxgPlan {
+    fn fits(&self, writes: &[MemberWrite], half: u64, member_count: usize) -> bool {
+        let mut extra: HashMap<u16, (usize, usize)> = HashMap::new();
+        for w in writes {
+            let e = extra.entry(w.member).or_default();
+            e.0 += 1;
+            e.1 += w.data.len();
+        }
+        extra.iter().all(|(m, (n, d))| {
+            let (n0, d0) = self.bytes.get(m).copied().unwrap_or_default();
+            journal::encoded_len(member_count, n0 + n, d0 + d) as u64 <= half
+        })
+    }
+
+    fn add(&mut self, idx: u32, row: u64, writes: Vec<MemberWrite>) {
+        for w in &writes {
+            let e = self.bytes.entry(w.member).or_default();
+            e.0 += 1;
+            e.1 += w.data.len();
+        }
+        self.rows.push((idx, row, writes));
+    }
+}
+
+/// A member seen through writes not yet applied to it (read-only replay).
+pub(crate) struct Overlay {
+    inner: crate::array::Dev,
+    writes: Vec<MemberWrite>,
+}
+
+impl Overlay {
+    pub fn new(inner: crate::array::Dev, writes: Vec<MemberWrite>) -> Overlay {
+        Overlay { inner, writes }
+    }
+}
+
+impl crate::member::MemberDevice for Overlay {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)?;
+        let end = offset + buf.len() as u64;
+        for w in &self.writes {
+            let (ws, we) = (w.offset, w.offset + w.data.len() as u64);
+            let (lo, hi) = (ws.max(offset), we.min(end));
+            if lo < hi {
+                buf[(lo - offset) as usize..(hi - offset) as usize]
+                    .copy_from_slice(&w.data[(lo - ws) as usize..(hi - ws) as usize]);
+            }
+        }
+        Ok(())
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "read-only",
+        ))
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
