@@ -15,9 +15,15 @@ fuzz_target!(|data: &[u8]| {
     if data.len() >= 4 {
         let mut n = Negotiator::new(
             &ServerConfig::new("x"),
-            ExportInfo { size: 1 << 20, read_only: data[0] & 1 != 0, preferred_block_size: 4096 },
+            ExportInfo {
+                size: 1 << 20,
+                read_only: data[0] & 1 != 0,
+                preferred_block_size: 4096,
+            },
         );
-        if n.client_flags(u32::from_be_bytes([data[0], data[1], data[2], data[3]])).is_ok() {
+        if n.client_flags(u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
+            .is_ok()
+        {
             let mut rest = &data[4..];
             let mut out = Vec::new();
             while rest.len() >= 2 {

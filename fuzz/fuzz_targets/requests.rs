@@ -8,7 +8,9 @@ fuzz_target!(|data: &[u8]| {
     for chunk in data.chunks_exact(wire::REQUEST_HEADER_LEN) {
         let _ = wire::parse_request_header(chunk.try_into().unwrap());
     }
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let mut stream = damocles_nbd_fuzz::handshake_prefix(mode & 1 != 0);
     // Optionally fix up the magic of each header so more inputs get past framing.
     if mode & 2 != 0 {

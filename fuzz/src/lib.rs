@@ -53,7 +53,9 @@ pub fn run_stream(input: &[u8]) -> Vec<u8> {
 
 /// Client bytes for a handshake that reaches transmission.
 pub fn handshake_prefix(structured: bool) -> Vec<u8> {
-    let mut v = (FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes().to_vec();
+    let mut v = (FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)
+        .to_be_bytes()
+        .to_vec();
     let mut opt = |o: u32, d: &[u8]| {
         v.extend_from_slice(&IHAVEOPT.to_be_bytes());
         v.extend_from_slice(&o.to_be_bytes());

@@ -103,11 +103,9 @@ fn nbdinfo_reports(mode: Mode) {
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["exports"][0]["is_read_only"], true, "{out}");
     assert_eq!(j["exports"][0]["export-size"].as_u64(), Some(size), "{out}");
-    let o = run(
-        Command::new("qemu-io")
-            .args(["-f", "raw", &srv.uri])
-            .args(["-c", "write -P 0x11 8M 64k"]),
-    );
+    let o = run(Command::new("qemu-io")
+        .args(["-f", "raw", &srv.uri])
+        .args(["-c", "write -P 0x11 8M 64k"]));
     let t = text(&o);
     assert!(
         !o.status.success() || t.contains("failed") || t.contains("read-only"),
@@ -117,7 +115,11 @@ fn nbdinfo_reports(mode: Mode) {
     let src = arr.path("ro-src");
     std::fs::write(&src, random_bytes(1 << 20, 1)).unwrap();
     let o = run(Command::new("nbdcopy").arg(&src).arg(&srv.uri));
-    assert!(!o.status.success(), "nbdcopy into read-only export succeeded\n{}", text(&o));
+    assert!(
+        !o.status.success(),
+        "nbdcopy into read-only export succeeded\n{}",
+        text(&o)
+    );
     let qo = run_ok(
         Command::new("qemu-io")
             .args(["-f", "raw", "-r", &srv.uri])
@@ -150,7 +152,12 @@ fn nbdcopy_round_trip(mode: Mode) {
     let src = arr.path("src.bin");
     std::fs::write(&src, &data).unwrap();
     let srv = arr.serve(mode, &[]);
-    run_ok(Command::new("nbdcopy").arg("--flush").arg(&src).arg(&srv.uri));
+    run_ok(
+        Command::new("nbdcopy")
+            .arg("--flush")
+            .arg(&src)
+            .arg(&srv.uri),
+    );
 
     // Out using the server's extents (holes are skipped) ...
     let out = arr.path("out.img");
@@ -172,15 +179,17 @@ fn nbdcopy_round_trip(mode: Mode) {
             .arg(&out2),
     );
     let o = run(Command::new("cmp").arg(&out).arg(&out2));
-    assert!(o.status.success(), "extents vs full read differ\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "extents vs full read differ\n{}",
+        text(&o)
+    );
 
     // qemu-img compare: the source against the export (the rest of it must be zero).
-    let o = run(
-        Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(&src)
-            .arg(&srv.uri),
-    );
+    let o = run(Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(&src)
+        .arg(&srv.uri));
     let t = text(&o);
     assert!(o.status.success(), "qemu-img compare\n{t}");
     assert!(t.contains("Images are identical"), "{t}");
@@ -234,7 +243,7 @@ fn qemu_io_patterns(mode: Mode) {
             "read -P 0xcd 1M 1M",
             "write -P 0x11 2M 2M",
             "write -z 3145000 300000",
-            "read -P 0x11 2M 1048000",
+            "read -P 0x11 2M 1047848",
             "read -P 0 3145000 300000",
             "read -P 0x11 3445000 749304",
             "write -P 0x22 5M 2M",
@@ -269,7 +278,7 @@ fn qemu_io_patterns(mode: Mode) {
             "read -P 0xab 0 100000",
             "read -P 0x33 100000 5000",
             "read -P 0xcd 1M 1M",
-            "read -P 0x11 2M 1048000",
+            "read -P 0x11 2M 1047848",
             "read -P 0 3145000 300000",
             "read -P 0x11 3445000 749304",
             "read -P 0x22 6M 1M",
@@ -292,11 +301,22 @@ fn qemu_io_degraded() {
 // ---------------------------------------------------------------------------------------
 // 4. fio with crc32c verification
 
-fn fio(uri: &str, name: &str, args: &[&str]) {
+fn fio(dir: &std::path::Path, uri: &str, name: &str, args: &[&str]) {
     let mut c = Command::new("fio");
-    c.arg(format!("--name={name}"))
-        .args(["--ioengine=nbd", "--bs=4k", "--verify=crc32c", "--do_verify=1"])
-        .args(["--output-format=json", "--verify_fatal=1"])
+    // fio drops *-verify.state files in its working directory: keep them in the tempdir.
+    c.current_dir(dir)
+        .arg(format!("--name={name}"))
+        .args([
+            "--ioengine=nbd",
+            "--bs=4k",
+            "--verify=crc32c",
+            "--do_verify=1",
+        ])
+        .args([
+            "--output-format=json",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+        ])
         .arg(format!("--uri={uri}"))
         .args(args);
     let desc = format!("{c:?}");
@@ -309,7 +329,9 @@ fn fio(uri: &str, name: &str, args: &[&str]) {
         !stderr.contains("verify") && !stdout.contains("verify:"),
         "fio verify error:\n{t}"
     );
-    let js = &stdout[stdout.find('{').unwrap_or_else(|| panic!("no fio json\n{t}"))..];
+    let js = &stdout[stdout
+        .find('{')
+        .unwrap_or_else(|| panic!("no fio json\n{t}"))..];
     let j: serde_json::Value =
         serde_json::from_str(js).unwrap_or_else(|e| panic!("fio json: {e}\n{t}"));
     let jobs = j["jobs"].as_array().unwrap();
@@ -331,8 +353,15 @@ fn fio_verify(mode: Mode) {
     arr.size(mode);
     let srv = arr.serve(mode, &[]);
     let u = &srv.uri;
-    fio(u, "rand-qd1", &["--rw=randwrite", "--iodepth=1", "--size=16M"]);
+    let d = arr.dir.path();
     fio(
+        d,
+        u,
+        "rand-qd1",
+        &["--rw=randwrite", "--iodepth=1", "--size=16M"],
+    );
+    fio(
+        d,
         u,
         "rand-qd16-2jobs",
         &[
@@ -345,6 +374,7 @@ fn fio_verify(mode: Mode) {
         ],
     );
     fio(
+        d,
         u,
         "seq-qd16-2jobs",
         &[
@@ -358,6 +388,7 @@ fn fio_verify(mode: Mode) {
         ],
     );
     fio(
+        d,
         u,
         "seq-unaligned-qd16",
         &[
@@ -400,7 +431,7 @@ fn ext4_on_loop(mode: Mode) {
         return;
     }
     if let Some(why) = mount_unavailable() {
-        eprintln!("SKIP ext4 ({mode:?}): {why}");
+        skip(&format!("ext4 ({mode:?}): {why}"));
         return;
     }
     let arr = Array::raid5(None);
@@ -450,6 +481,11 @@ fn ext4_on_loop(mode: Mode) {
     srv.stop();
 }
 
+// KNOWN BUG (fails until fixed, since 6fd54d5 "write journal with transaction groups"):
+// mkfs.ext4 on the clean array gets EIO on its final flush; the server's commit panics with
+// "attempt to subtract with overflow" at crates/engine/src/io.rs write_row
+// (`d - segs.len()`: a row collected from several dirty runs has more segments than data
+// columns). Keep this test as it is; it passes again once the engine is fixed.
 #[test]
 fn ext4_clean() {
     ext4_on_loop(CLEAN);
@@ -485,7 +521,10 @@ fn restart_keeps_data() {
         let got = std::fs::read(&out).unwrap();
         std::fs::remove_file(&out).unwrap();
         assert_same(&format!("read back {mode:?}"), &got[..data.len()], &data);
-        assert!(got[data.len()..].iter().all(|&b| b == 0), "{mode:?}: tail not zero");
+        assert!(
+            got[data.len()..].iter().all(|&b| b == 0),
+            "{mode:?}: tail not zero"
+        );
         srv.stop();
     };
     read_back(CLEAN, "clean");

@@ -401,11 +401,17 @@ impl Array {
             emit(None, None);
             return Ok(());
         }
-        let full = segs.len() == d && segs.iter().all(covers);
+        // A commit can bring several separate segments of one data block; count blocks.
+        let touched = |i: usize| segs.iter().any(|s| s.i == i);
+        let whole = |i: usize| segs.iter().any(|s| s.i == i && covers(s));
+        let n_touched = (0..d).filter(|&i| touched(i)).count();
+        let n_partial = (0..d).filter(|&i| touched(i) && !whole(i)).count();
+        let full = (0..d).all(whole);
         if !full && !data_missing {
-            let partial = segs.iter().filter(|s| !covers(s)).count();
             let n_par = 1 + qpos.is_some() as usize;
-            if segs.len() + n_par < (d - segs.len()) + partial {
+            // RMW reads each segment's old bytes and the parity; reconstruct-write reads the
+            // blocks not written and the partly written ones.
+            if segs.len() + n_par < (d - n_touched) + n_partial {
                 let (pb, qb) = self.rmw_parity(members, c, row, lo, len, segs)?;
                 emit(pb, qb);
                 return Ok(());

@@ -49,27 +49,33 @@ struct SimState {
     pending: Vec<Pending>,
 }
 
-/// Shared by the members of one simulated machine.
+/// The power supply of one simulated machine: counts I/Os and knows when it fails.
 #[derive(Default)]
-pub struct PowerGrid {
+struct Power {
     ios: AtomicU64,
     /// Cut when the I/O count reaches this (u64::MAX: never).
     cut_at: AtomicU64,
     dead: AtomicBool,
+}
+
+/// The members of one simulated machine.
+#[derive(Default)]
+pub struct PowerGrid {
+    power: Arc<Power>,
     members: Mutex<Vec<Arc<SimMember>>>,
 }
 
 pub struct SimMember {
     name: String,
     size: u64,
-    grid: Arc<PowerGrid>,
+    power: Arc<Power>,
     state: Mutex<SimState>,
 }
 
 impl PowerGrid {
     pub fn new() -> Arc<PowerGrid> {
         let g = PowerGrid::default();
-        g.cut_at.store(u64::MAX, Ordering::SeqCst);
+        g.power.cut_at.store(u64::MAX, Ordering::SeqCst);
         Arc::new(g)
     }
 
@@ -78,7 +84,7 @@ impl PowerGrid {
         let m = Arc::new(SimMember {
             name: name.into(),
             size: data.len() as u64,
-            grid: self.clone(),
+            power: self.power.clone(),
             state: Mutex::new(SimState {
                 durable: data.clone(),
                 current: data,
@@ -91,33 +97,37 @@ impl PowerGrid {
 
     /// Member I/Os so far (reads, writes, flushes).
     pub fn io_count(&self) -> u64 {
-        self.ios.load(Ordering::SeqCst)
+        self.power.ios.load(Ordering::SeqCst)
     }
 
     /// Power fails when the I/O count reaches `n`: that I/O and all later ones fail.
     pub fn cut_at_io(&self, n: u64) {
-        self.cut_at.store(n, Ordering::SeqCst);
+        self.power.cut_at.store(n, Ordering::SeqCst);
     }
 
     pub fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::SeqCst)
+        self.power.dead.load(Ordering::SeqCst)
     }
+}
 
+impl Power {
     fn tick(&self) -> io::Result<()> {
         let n = self.ios.fetch_add(1, Ordering::SeqCst);
         if n >= self.cut_at.load(Ordering::SeqCst) {
             self.dead.store(true, Ordering::SeqCst);
         }
-        if self.is_dead() {
+        if self.dead.load(Ordering::SeqCst) {
             return Err(io::Error::other("simulated power cut"));
         }
         Ok(())
     }
+}
 
+impl PowerGrid {
     /// Cuts the power: decides for every unflushed write what reached the media, and
     /// returns each member's surviving content (in creation order) as fresh memory members.
     pub fn cut(&self, seed: u64) -> Vec<Arc<MemMember>> {
-        self.dead.store(true, Ordering::SeqCst);
+        self.power.dead.store(true, Ordering::SeqCst);
         let mut rng = Rng::new(seed);
         self.members
             .lock()
@@ -167,14 +177,14 @@ impl MemberDevice for SimMember {
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.check(offset, buf.len())?;
-        self.grid.tick()?;
+        self.power.tick()?;
         let st = self.state.lock();
         buf.copy_from_slice(&st.current[offset as usize..][..buf.len()]);
         Ok(())
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.check(offset, buf.len())?;
-        self.grid.tick()?;
+        self.power.tick()?;
         let mut st = self.state.lock();
         st.current[offset as usize..][..buf.len()].copy_from_slice(buf);
         st.pending.push(Pending {
@@ -184,11 +194,12 @@ impl MemberDevice for SimMember {
         Ok(())
     }
     fn flush(&self) -> io::Result<()> {
-        self.grid.tick()?;
+        self.power.tick()?;
         let mut st = self.state.lock();
         let st = &mut *st;
-        st.durable.copy_from_slice(&st.current);
-        st.pending.clear();
+        for w in st.pending.drain(..) {
+            st.durable[w.offset as usize..][..w.data.len()].copy_from_slice(&w.data);
+        }
         Ok(())
     }
 }

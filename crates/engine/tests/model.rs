@@ -173,3 +173,35 @@ fn out_of_range_io_is_an_error() {
     assert!(a.write_at(&b, u64::MAX - 2).is_err());
     assert!(a.read_at(&mut b[..0], size).is_ok());
 }
+
+/// One commit carrying separate pieces of the same stripe unit (found by mkfs.ext4 over NBD).
+#[test]
+fn a_commit_with_gaps_inside_a_stripe_unit() {
+    // Two data blocks per row, each written in two separate pieces: more segments than
+    // data blocks in one row.
+    for (level, n) in [(Level::Raid5, 3), (Level::Raid6, 4)] {
+        let rig = Rig::new(n, 12 * MIB);
+        let a = rig.create(level, None, 16384, 256 << 10);
+        let mut model = vec![0u8; a.size() as usize];
+        for (k, (off, len)) in [
+            (0usize, 4096usize),
+            (8192, 4096),
+            (16384 + 100, 50),
+            (16384 + 12288, 4096),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let d = pattern(70 + k as u64, len);
+            a.write_at(&d, off as u64).unwrap();
+            model[off..off + len].copy_from_slice(&d);
+        }
+        a.flush().unwrap();
+        assert_matches(&a, &model, &format!("{level} gaps"));
+        drop(a);
+        for m in 0..n {
+            let a = rig.assemble(&[m]);
+            assert_matches(&a, &model, &format!("{level} gaps, missing {m}"));
+        }
+    }
+}

@@ -51,8 +51,14 @@ pub fn require_tools(test: &str, tools: &[&str]) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{msg}; CI is set, so this is a failure, not a skip");
     }
-    eprintln!("SKIP {msg}");
+    skip(&msg);
     false
+}
+
+/// Prints a SKIP line past libtest's output capture, so it shows even when the test passes.
+pub fn skip(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {msg}");
 }
 
 /// Runs a command to completion with a time limit, capturing stdout and stderr.
@@ -412,7 +418,10 @@ impl BlockStack {
         let start = Instant::now();
         while !file.exists() {
             if let Some(st) = s.fuse.as_mut().unwrap().try_wait().unwrap() {
-                panic!("nbdfuse exited with {st} before {} appeared", file.display());
+                panic!(
+                    "nbdfuse exited with {st} before {} appeared",
+                    file.display()
+                );
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
@@ -421,7 +430,12 @@ impl BlockStack {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let dev = run_ok(Command::new("losetup").arg("--find").arg("--show").arg(&file));
+        let dev = run_ok(
+            Command::new("losetup")
+                .arg("--find")
+                .arg("--show")
+                .arg(&file),
+        );
         let dev = dev.trim().to_string();
         assert!(dev.starts_with("/dev/loop"), "losetup said {dev:?}");
         s.loopdev = Some(dev);

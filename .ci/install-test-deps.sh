@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs the external tools the interop suite (crates/cli/tests/interop.rs) drives.
+# Does nothing when they are all present. With CI set, the suite fails on a missing tool.
+set -euo pipefail
+
+# tool:package
+deps=(
+    nbdinfo:libnbd-bin
+    nbdcopy:libnbd-bin
+    nbdfuse:libnbd-bin
+    qemu-img:qemu-utils
+    qemu-io:qemu-utils
+    fio:fio
+    fusermount3:fuse3
+    mkfs.ext4:e2fsprogs
+    e2fsck:e2fsprogs
+    losetup:mount
+    mount:mount
+    umount:mount
+    sync:coreutils
+    cmp:diffutils
+)
+
+export PATH="$PATH:/usr/sbin:/sbin"
+missing=()
+for d in "${deps[@]}"; do
+    tool=${d%%:*}
+    pkg=${d#*:}
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "missing: $tool (package $pkg)"
+        missing+=("$pkg")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "interop test tools: all present"
+    exit 0
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    sudo=(sudo)
+fi
+pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+"${sudo[@]}" apt-get update
+# shellcheck disable=SC2086
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs
+
+for d in "${deps[@]}"; do
+    tool=${d%%:*}
+    command -v "$tool" >/dev/null 2>&1 || { echo "still missing after install: $tool" >&2; exit 1; }
+done
+echo "interop test tools: installed $pkgs"
