@@ -351,7 +351,7 @@ impl Array {
         let slot_size = pick_slot_size(&sizes, chunk_size);
         let smallest = sizes.iter().copied().min().unwrap_or(0);
         let journal_size = if opts.journal {
-            (1u64 << (63 - (smallest / 16).max(1).leading_zeros())).clamp(2 << 20, 256 << 20)
+            (1u64 << (63 - (smallest / 16).max(1).leading_zeros())).clamp(256 << 10, 256 << 20)
         } else {
             0
         };

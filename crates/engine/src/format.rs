@@ -14,7 +14,7 @@ pub const SB_BLOCK: u64 = 4096;
 pub const SB_OFFSETS: [u64; 2] = [0, SB_BLOCK];
 /// Metadata slot 0 starts here; slot 1 follows it.
 pub const SLOT_AREA_OFFSET: u64 = 1 << 20;
-pub const MIN_SLOT_SIZE: u64 = 1 << 20;
+pub const MIN_SLOT_SIZE: u64 = 64 << 10;
 pub const MAX_SLOT_SIZE: u64 = 64 << 20;
 
 pub fn crc32c(data: &[u8]) -> u32 {
