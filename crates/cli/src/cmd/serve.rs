@@ -128,6 +128,8 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    // Buffered writes reach the members within a few seconds even if no client flushes.
+    array.spawn_flusher(std::time::Duration::from_secs(5));
     let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array));
     rt.block_on(async move {
         let (listener, uri) = match &o.socket {

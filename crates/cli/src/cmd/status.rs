@@ -55,6 +55,12 @@ pub fn run(a: Args) -> Result<()> {
     println!("tolerance:   {} member failure(s)", st.tolerance);
     println!("generation:  {}", st.generation);
     println!("health:      {health}");
+    match st.journal {
+        "none" => println!(
+            "journal:     NONE (a power cut during a write can damage that stripe's parity)"
+        ),
+        j => println!("journal:     on the {j}"),
+    }
     println!("members:");
     for m in &st.members {
         let state = match m.state {
