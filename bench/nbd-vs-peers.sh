@@ -31,65 +31,14 @@ IODEPTH=${IODEPTH:-16}
 MEMBER_SIZE=${MEMBER_SIZE:-512M}
 TEST_SIZE=${TEST_SIZE:-1G}
 
-# ---------------------------------------------------------------- tools
-need=()
-command -v fio >/dev/null 2>&1 || need+=(fio)
-command -v nbdkit >/dev/null 2>&1 || need+=(nbdkit)
-command -v qemu-nbd >/dev/null 2>&1 || need+=(qemu-utils)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "## installing fio nbdkit qemu-utils (missing: ${need[*]})" >&2
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update >/dev/null
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y fio nbdkit qemu-utils >/dev/null
-fi
-if ! fio --enghelp=nbd >/dev/null 2>&1; then
-    echo "error: this fio has no nbd ioengine (needs fio built with libnbd)" >&2
-    exit 1
-fi
-command -v python3 >/dev/null 2>&1 || { echo "error: python3 is needed to parse fio's JSON" >&2; exit 1; }
+. bench/lib.sh
 
-if [ -z "${DAMOCLES:-}" ]; then
-    echo "## cargo build --release -p damocles" >&2
-    cargo build --release -p damocles >&2
-    DAMOCLES="${CARGO_TARGET_DIR:-target}/release/damocles"
-fi
-DAMOCLES=$(realpath "$DAMOCLES")
+# ---------------------------------------------------------------- tools
+need_tools fio:fio nbdkit:nbdkit qemu-nbd:qemu-utils
+build_damocles
 
 # ---------------------------------------------------------------- tmpdir
-PARENT=${BENCH_TMPDIR:-/var/tmp}
-T=$(mktemp -d "$PARENT/damocles-nbd-bench.XXXXXX")
-fstype=$(stat -f -c %T "$T")
-if [ "$fstype" = tmpfs ] || [ "$fstype" = ramfs ]; then
-    echo "warning: $T is on $fstype, not a disk (set BENCH_TMPDIR to a disk-backed dir)" >&2
-fi
-mkdir -p "$T/res"
-
-PIDS=()
-NAMES=()
-cleanup() {
-    local rc=$? i pid n
-    for i in "${!PIDS[@]}"; do
-        pid=${PIDS[$i]}; n=${NAMES[$i]}
-        kill -0 "$pid" 2>/dev/null || continue
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "warning: $n (pid $pid) still running 10 s after SIGTERM; killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        st=0; wait "$pid" 2>/dev/null || st=$?
-        case $n in damocles-*) [ "$st" -eq 0 ] || echo "warning: $n exited with status $st after SIGTERM (log: $T/$n.err)" >&2 ;; esac
-    done
-    if [ "${KEEP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
-        echo "## tmpdir kept: $T" >&2
-    else
-        rm -rf "$T"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+make_tmpdir damocles-nbd-bench
 
 # ---------------------------------------------------------------- arrays / files
 for lvl in raid0 raid5; do
@@ -97,8 +46,8 @@ for lvl in raid0 raid5; do
     "$DAMOCLES" create --level "$lvl" "$T/$lvl-m"{1..4} >"$T/$lvl.create" 2>&1 \
         || { cat "$T/$lvl.create" >&2; exit 1; }
 done
-R5_SIZE=$("$DAMOCLES" status --json "$T/raid5-m"{1..4} | python3 -c 'import json,sys; print(json.load(sys.stdin)["size"])')
-R0_SIZE=$("$DAMOCLES" status --json "$T/raid0-m"{1..4} | python3 -c 'import json,sys; print(json.load(sys.stdin)["size"])')
+R5_SIZE=$(array_size "$T/raid5-m"{1..4})
+R0_SIZE=$(array_size "$T/raid0-m"{1..4})
 truncate -s "$R5_SIZE" "$T/plain.img"
 TEST_BYTES=$(numfmt --from=iec "$TEST_SIZE")
 if [ "$TEST_BYTES" -gt "$R5_SIZE" ]; then
@@ -106,16 +55,6 @@ if [ "$TEST_BYTES" -gt "$R5_SIZE" ]; then
 fi
 
 # ---------------------------------------------------------------- servers
-declare -A URI
-wait_pidfile() { # name pid pidfile
-    for _ in $(seq 300); do
-        [ -s "$3" ] && return 0
-        kill -0 "$2" 2>/dev/null || { echo "error: $1 exited at startup:" >&2; cat "$T/$1.err" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "error: $1 not ready after 30 s" >&2; exit 1
-}
-
 # nbdkit: file plugin = pread/pwrite through the page cache (cache=default),
 # 16 worker threads (default), foreground, dies with this script.
 nbdkit --foreground --exit-with-parent --unix "$T/nbdkit.sock" -P "$T/nbdkit.pid" \
@@ -134,18 +73,7 @@ wait_pidfile qemu-nbd "$!" "$T/qemu-nbd.pid"
 URI[qemu-nbd]="nbd+unix:///?socket=$T/qemu-nbd.sock"
 
 for lvl in raid0 raid5; do
-    n=damocles-$lvl
-    "$DAMOCLES" serve --socket "$T/$n.sock" "$T/$lvl-m"{1..4} >"$T/$n.out" 2>"$T/$n.err" &
-    pid=$!
-    PIDS+=("$pid"); NAMES+=("$n")
-    for _ in $(seq 300); do
-        grep -q '^serving ' "$T/$n.out" && break
-        kill -0 "$pid" 2>/dev/null || { echo "error: $n exited at startup:" >&2; cat "$T/$n.err" >&2; exit 1; }
-        sleep 0.1
-    done
-    u=$(sed -n 's/^serving .* at \(nbd[^ ]*\).*/\1/p' "$T/$n.out" | head -1)
-    [ -n "$u" ] || { echo "error: $n did not print its URI:" >&2; cat "$T/$n.out" "$T/$n.err" >&2; exit 1; }
-    URI[$n]=$u
+    start_damocles "damocles-$lvl" "$T/$lvl-m"{1..4}
 done
 
 SERVERS=(nbdkit qemu-nbd damocles-raid0 damocles-raid5)
@@ -153,36 +81,16 @@ WORKLOADS=(seqread randread seqwrite randwrite)
 declare -A RW=([seqread]=read [seqwrite]=write [randread]=randread [randwrite]=randwrite)
 declare -A BS=([seqread]=1M [seqwrite]=1M [randread]=4k [randwrite]=4k)
 
-FAILS=0
-runfio() { # out-json server extra-args...
-    local out=$1 s=$2; shift 2
-    local lim=$((RUNTIME + RAMP + 120))
-    local st=0
-    timeout -k 10 "$lim" fio --name="$s" --ioengine=nbd --uri="${URI[$s]}" \
-        --iodepth="$IODEPTH" --numjobs=1 --size="$TEST_SIZE" --offset=0 \
-        --norandommap --randrepeat=0 \
-        --output-format=json --output="$out" "$@" >"$out.log" 2>&1 || st=$?
-    if [ "$st" -ne 0 ]; then
-        FAILS=$((FAILS + 1))
-        if [ "$st" -eq 124 ] || [ "$st" -eq 137 ]; then
-            echo "  !! fio against $s timed out after ${lim}s (hang?) — $*" >&2
-        else
-            echo "  !! fio against $s failed (status $st) — $*" >&2
-        fi
-        tail -5 "$out.log" >&2 || true
-        rm -f "$out"
-    fi
-}
-
 echo "## damocles $("$DAMOCLES" --version 2>/dev/null | awk '{print $2}'), fio $(fio --version), nbdkit $(nbdkit --version | awk '{print $2}'), qemu-nbd $(qemu-nbd --version | head -1 | awk '{print $2}')"
 echo "## $(nproc) cores, tmpdir $T ($fstype); raid5 $R5_SIZE B, raid0 $R0_SIZE B, plain file $R5_SIZE B; test range first $TEST_SIZE"
 echo "## $ROUNDS round(s) x ${RUNTIME}s (+${RAMP}s ramp), iodepth $IODEPTH, 1 job"
 
-# Pre-fill the test range through every server (1 MiB sequential writes),
-# then push the dirty pages to disk so the runs start from a clean cache.
+# Pre-fill the test range through every server (1 MiB sequential writes, then
+# an NBD FLUSH, which also commits damocles' journal), then push the dirty
+# pages to disk so the runs start from a clean cache.
 echo "## pre-filling the first $TEST_SIZE through each server" >&2
 for s in "${SERVERS[@]}"; do
-    runfio "$T/prefill.$s.json" "$s" --rw=write --bs=1M
+    runfio "$T/prefill.$s.json" "$s" --rw=write --bs=1M --end_fsync=1
     [ -f "$T/prefill.$s.json" ] || { echo "error: pre-fill through $s failed" >&2; exit 1; }
 done
 sync
@@ -199,9 +107,7 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-for i in "${!PIDS[@]}"; do
-    kill -0 "${PIDS[$i]}" 2>/dev/null || echo "warning: ${NAMES[$i]} died during the run (log: $T/${NAMES[$i]}.err)" >&2
-done
+check_alive
 
 # ---------------------------------------------------------------- report
 python3 - "$T/res" "$ROUNDS" <<'EOF'

@@ -111,27 +111,43 @@ impl Array {
 
     /// Reads with dirty blocks laid over what the members hold.
     pub(crate) fn read_cached(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let blocks = offset / BLOCK..end.div_ceil(BLOCK);
+        // Lock order is always `open` before `committing` (as in `commit`): copy what the
+        // open set has for this range first.
+        let newer: Vec<(u64, Box<[u8]>)> = {
+            let open = self.cache.open.lock();
+            if open.is_empty() {
+                Vec::new()
+            } else {
+                blocks
+                    .clone()
+                    .filter_map(|b| open.get(&b).map(|d| (b, d.clone())))
+                    .collect()
+            }
+        };
         // Held across the member read so a block cannot leave the committing set (being put
         // in place) between our member read and the overlay.
         let committing = self.cache.committing.read();
         self.read_members(buf, offset)?;
-        let overlay = |set: &DirtySet, buf: &mut [u8]| {
-            if set.is_empty() {
-                return;
-            }
-            let end = offset + buf.len() as u64;
-            for b in offset / BLOCK..end.div_ceil(BLOCK) {
-                if let Some(blk) = set.get(&b) {
-                    let bs = b * BLOCK;
-                    let lo = offset.max(bs);
-                    let hi = end.min(bs + BLOCK);
-                    buf[(lo - offset) as usize..(hi - offset) as usize]
-                        .copy_from_slice(&blk[(lo - bs) as usize..(hi - bs) as usize]);
+        let mut lay = |b: u64, blk: &[u8]| {
+            let bs = b * BLOCK;
+            let lo = offset.max(bs);
+            let hi = end.min(bs + BLOCK);
+            buf[(lo - offset) as usize..(hi - offset) as usize]
+                .copy_from_slice(&blk[(lo - bs) as usize..(hi - bs) as usize]);
+        };
+        if !committing.is_empty() {
+            for b in blocks {
+                if let Some(blk) = committing.get(&b) {
+                    lay(b, blk);
                 }
             }
-        };
-        overlay(&committing, buf);
-        overlay(&self.cache.open.lock(), buf);
+        }
+        drop(committing);
+        for (b, blk) in &newer {
+            lay(*b, blk);
+        }
         Ok(())
     }
 
