@@ -4,14 +4,14 @@
 //! here and by `fio --verify_only`), and every 4 KiB block of the write that was in flight
 //! must be either its old or its new content.
 //!
-//! Design. The array (raid5, 4 sparse 32 MiB members, 84 MiB) is divided into 2 MiB slots.
+//! Design. The array (raid5, 4 sparse 32 MiB members, 84 MiB) is divided into 1 MiB slots.
 //! Each round starts the server and runs a sequence of short fio jobs ("epochs"), each
 //! writing one whole slot, no slot twice in a round. An epoch writes with
 //! `--verify=pattern --verify_pattern=0x<tag>%o`: every 16 bytes of an I/O are the epoch's
 //! unique 8-byte tag followed by the I/O's offset (u64 LE), so the expected bytes are known
 //! exactly (no timestamps as in fio's header verifiers) and old and new data are told
 //! apart. Epochs vary the order (write/randwrite), block size (4k/64k) and queue depth,
-//! send a FLUSH every 16 writes (`--fsync=16`, which the nbd engine turns into
+//! send a FLUSH every 32 writes (`--fsync=32`, which the nbd engine turns into
 //! NBD_CMD_FLUSH) and one at the end (`--end_fsync=1`; fio waits for all writes to complete
 //! before it, and for its reply before exiting).
 //!
@@ -19,7 +19,7 @@
 //! all its writes had been acknowledged, so the server promised durability of the whole slot
 //! before it was killed (whether the kill came before or after fio's exit does not matter).
 //! That holds for any iodepth, because `--end_fsync` waits for every write first; the
-//! periodic `--fsync=16` flushes only add crash points and are not relied upon, since with
+//! periodic `--fsync=32` flushes only add crash points and are not relied upon, since with
 //! iodepth > 1 "completed" does not imply "covered by a completed flush". An epoch that
 //! did not exit 0 was cut by the kill (if fio fails with the server still alive, the test
 //! fails): each of its 4 KiB blocks may be old or new. Since no slot is written twice in a
@@ -38,9 +38,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MEMBER: u64 = 32 * MIB;
-const SLOT: u64 = 2 * MIB;
+const SLOT: u64 = MIB;
 const BLOCK: usize = 4096;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 6;
 
 struct Rng(u64);
 
@@ -89,7 +89,7 @@ impl Epoch {
         if verify {
             a.extend(["--verify_only=1", "--do_verify=1", "--verify_fatal=1"].map(String::from));
         } else {
-            a.extend(["--do_verify=0", "--fsync=16", "--end_fsync=1"].map(String::from));
+            a.extend(["--do_verify=0", "--fsync=32", "--end_fsync=1"].map(String::from));
         }
         a
     }
@@ -302,8 +302,7 @@ fn kill9_during_fio_then_restart() {
         let log = std::fs::read_to_string(&err).unwrap_or_default();
         let replay = log
             .lines()
-            .find(|l| l.contains("replayed"))
-            .map(str::to_owned);
+            .find_map(|l| l.find("replayed").map(|i| l[i..].to_owned()));
         replays += replay.is_some() as usize;
 
         let got = read_all(d, &srv.uri);

@@ -19,6 +19,43 @@ const MAX_STATUS_DESCRIPTORS: usize = 8192;
 
 /// A fully-encoded reply. The permits bound in-flight work and are released
 /// only once the reply has been handed to the socket.
+/// Recycled I/O buffers: a reused buffer is already initialised, so reads and write
+/// payloads need neither fresh zeroed memory nor page faults.
+mod pool {
+    use std::sync::Mutex;
+
+    static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    const KEEP: usize = 64;
+    const KEEP_MAX_CAP: usize = 33 << 20;
+
+    /// A buffer of exactly `len` bytes (contents unspecified).
+    pub fn take(len: usize) -> Vec<u8> {
+        let found = {
+            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| free.swap_remove(i))
+        };
+        let mut b = found.unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+
+    pub fn give(b: Vec<u8>) {
+        if b.capacity() > KEEP_MAX_CAP || b.capacity() < 4096 {
+            return;
+        }
+        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < KEEP {
+            free.push(b);
+        }
+    }
+}
+
 struct Reply {
     buf: Vec<u8>,
     _slot: OwnedSemaphorePermit,
@@ -254,7 +291,7 @@ fn execute(
                 return v;
             }
             // Read straight into the reply buffer, after room for the header.
-            let mut buf = vec![0u8; hdr + len];
+            let mut buf = pool::take(hdr + len);
             if let Err(e) = guarded(|| dev.read_at(&mut buf[hdr..], offset)) {
                 return fail(e, Some(offset));
             }
@@ -275,10 +312,14 @@ fn execute(
             buf[..hdr].copy_from_slice(&h);
             buf
         }
-        Op::Write { offset, fua, .. } => match guarded(|| dev.write_at(&payload, offset, fua)) {
-            Ok(()) => ok_reply(cookie),
-            Err(e) => fail(e, None),
-        },
+        Op::Write { offset, fua, .. } => {
+            let r = guarded(|| dev.write_at(&payload, offset, fua));
+            pool::give(payload);
+            match r {
+                Ok(()) => ok_reply(cookie),
+                Err(e) => fail(e, None),
+            }
+        }
         Op::Flush => match guarded(|| dev.flush()) {
             Ok(()) => ok_reply(cookie),
             Err(e) => fail(e, None),
@@ -393,7 +434,7 @@ impl Transmission {
                         .await
                         .expect("never closed");
                     byte_permit = Some(p);
-                    payload = vec![0u8; len as usize];
+                    payload = pool::take(len as usize);
                     reader.read_exact(&mut payload).await?;
                 }
                 Err(_) if h.command == CMD_WRITE => {
@@ -466,10 +507,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut w = BufWriter::with_capacity(64 << 10, writer);
     while let Some(reply) = rx.recv().await {
         w.write_all(&reply.buf).await?;
-        drop(reply);
+        pool::give(reply.buf);
         // Batch whatever is already queued before paying for a flush.
         while let Ok(reply) = rx.try_recv() {
             w.write_all(&reply.buf).await?;
+            pool::give(reply.buf);
         }
         w.flush().await?;
     }
