@@ -96,19 +96,23 @@ wait_pidfile() {
 }
 
 # start_damocles NAME MEMBER... — `damocles serve` on $T/NAME.sock; sets URI[NAME]
-# from its `serving ... at URI` line.
+# from its `serving ... at URI` line. Waits up to STARTUP_TIMEOUT (120) s (the
+# assemble may replay the journal); warns when it took over 10 s.
 start_damocles() {
-    local n=$1 pid u; shift
+    local n=$1 pid u t0 dt; shift
+    t0=$(date +%s%N)
     "$DAMOCLES" serve --socket "$T/$n.sock" "$@" >"$T/$n.out" 2>>"$T/$n.err" &
     pid=$!
     PIDS+=("$pid"); NAMES+=("$n")
-    for _ in $(seq 300); do
+    for _ in $(seq $((${STARTUP_TIMEOUT:-120} * 10))); do
         grep -q '^serving ' "$T/$n.out" && break
         kill -0 "$pid" 2>/dev/null || { echo "error: $n exited at startup:" >&2; cat "$T/$n.err" >&2; exit 1; }
         sleep 0.1
     done
+    dt=$(( ($(date +%s%N) - t0) / 1000000 ))
     u=$(sed -n 's/^serving .* at \(nbd[^ ]*\).*/\1/p' "$T/$n.out" | head -1)
-    [ -n "$u" ] || { echo "error: $n did not print its URI:" >&2; cat "$T/$n.out" "$T/$n.err" >&2; exit 1; }
+    [ -n "$u" ] || { echo "error: $n did not print its URI after ${dt} ms:" >&2; cat "$T/$n.out" "$T/$n.err" >&2; exit 1; }
+    [ "$dt" -le 10000 ] || echo "warning: $n took ${dt} ms to start (log: $T/$n.err)" >&2
     URI[$n]=$u
 }
 
