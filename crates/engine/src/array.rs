@@ -604,9 +604,7 @@ impl Array {
                 ));
             } else {
                 crate::io::execute(&members, &replay)?;
-                for d in members.iter().flatten() {
-                    flush(d.as_ref())?;
-                }
+                array.retire_journal()?;
                 tracing::info!("replayed {bytes} bytes from the journal");
                 array
                     .notes
@@ -848,7 +846,7 @@ impl Drop for Array {
     /// A clean close commits what is still buffered.
     fn drop(&mut self) {
         if self.journal.is_some() && !self.read_only {
-            if let Err(e) = self.commit() {
+            if let Err(e) = self.commit().and_then(|()| self.retire_journal()) {
                 tracing::error!("committing buffered writes on close failed: {e}");
             }
         }

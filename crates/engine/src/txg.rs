@@ -321,6 +321,28 @@ impl Array {
         Ok((newest + 1, writes))
     }
 
+    /// Once everything journaled is durable in place, forgets the journal so the next
+    /// assemble has nothing to replay. A crash midway leaves at most an incomplete txg, which
+    /// is never replayed — and its writes are durable anyway.
+    pub(crate) fn retire_journal(&self) -> Result<()> {
+        let Some(area) = self.journal else {
+            return Ok(());
+        };
+        let members = self.members();
+        for d in members.iter().flatten() {
+            flush(d.as_ref())?;
+        }
+        let zeros = vec![0u8; 4096];
+        for d in members.iter().flatten() {
+            write(d.as_ref(), &zeros, area.offset)?;
+            write(d.as_ref(), &zeros, area.offset + area.half)?;
+        }
+        for d in members.iter().flatten() {
+            flush(d.as_ref())?;
+        }
+        Ok(())
+    }
+
     /// Starts a thread that commits dirty data older than `interval`. It ends with the array.
     pub fn spawn_flusher(self: &Arc<Self>, interval: Duration) {
         if self.journal.is_none() || self.read_only {
