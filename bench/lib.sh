@@ -101,16 +101,20 @@ wait_pidfile() {
 start_damocles() {
     local n=$1 pid u t0 dt; shift
     t0=$(date +%s%N)
+    # Removed here, not just truncated by the redirection: that happens in the
+    # background child, possibly after the first grep (restarts would then see
+    # the previous process's line).
+    rm -f "$T/$n.out"
     "$DAMOCLES" serve --socket "$T/$n.sock" "$@" >"$T/$n.out" 2>>"$T/$n.err" &
     pid=$!
     PIDS+=("$pid"); NAMES+=("$n")
     for _ in $(seq $((${STARTUP_TIMEOUT:-120} * 10))); do
-        grep -q '^serving ' "$T/$n.out" && break
+        grep -q '^serving ' "$T/$n.out" 2>/dev/null && break
         kill -0 "$pid" 2>/dev/null || { echo "error: $n exited at startup:" >&2; cat "$T/$n.err" >&2; exit 1; }
         sleep 0.1
     done
     dt=$(( ($(date +%s%N) - t0) / 1000000 ))
-    u=$(sed -n 's/^serving .* at \(nbd[^ ]*\).*/\1/p' "$T/$n.out" | head -1)
+    u=$(sed -n 's/^serving .* at \(nbd[^ ]*\).*/\1/p' "$T/$n.out" 2>/dev/null | head -1 || true)
     [ -n "$u" ] || { echo "error: $n did not print its URI after ${dt} ms:" >&2; cat "$T/$n.out" "$T/$n.err" >&2; exit 1; }
     [ "$dt" -le 10000 ] || echo "warning: $n took ${dt} ms to start (log: $T/$n.err)" >&2
     URI[$n]=$u

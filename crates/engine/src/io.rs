@@ -6,6 +6,8 @@ use crate::chunkmap::Chunk;
 use crate::error::{Error, Result};
 use crate::profile::{Level, Profile};
 use damocles_parity::gf;
+use std::collections::HashMap;
+use std::ops::Range;
 
 /// One data block's part of a stripe-row write: block index, column in the block, bytes.
 pub(crate) struct Seg<'a> {
@@ -171,40 +173,90 @@ impl Array {
         let members = self.members();
         let p = c.profile;
         let su = p.stripe_unit;
+        // Pieces read as they are: (member, offset on it, range of buf). Pieces on a missing
+        // member are rebuilt from their row: (row, data block, column, range of buf).
+        let mut direct: Vec<(u16, u64, Range<usize>)> = Vec::new();
+        let mut rebuild: Vec<(u64, usize, u64, Range<usize>)> = Vec::new();
         Self::for_rows(&p, co, buf.len(), |row, segs| {
             for (i, col, range) in segs {
-                let dst = &mut buf[range];
                 let at = row * su + col;
-                match p.level {
+                let pos = match p.level {
                     Level::Raid5 | Level::Raid6 => {
                         let pos = p.data_positions(row, i).start;
-                        match Self::dev(&members, c, pos) {
-                            Some(d) => read(d.as_ref(), dst, c.slices[pos].offset + at)?,
-                            None => {
-                                let _g = self.locks.lock(idx as u32, row);
-                                let mut blocks =
-                                    self.read_subrow(&members, c, row, col, dst.len(), &[])?;
-                                self.reconstruct(idx, &p, &mut blocks)?;
-                                dst.copy_from_slice(blocks.data[i].as_ref().expect("rebuilt"));
-                            }
-                        }
+                        Self::dev(&members, c, pos).is_some().then_some(pos)
                     }
                     _ => {
-                        // Mirrors: start at a different copy per row to spread reads.
+                        // Mirrors alternate copies every 16 rows: sequential reads spread
+                        // over the copies yet stay contiguous on each.
                         let copies = p.data_positions(row, i);
                         let n = copies.len();
-                        let first = (row as usize) % n;
+                        let first = (row / 16) as usize % n;
                         let pos = (0..n)
                             .map(|k| copies.start + (first + k) % n)
                             .find(|&pos| Self::dev(&members, c, pos).is_some())
                             .ok_or_else(|| unavailable(idx, "every copy is missing"))?;
-                        let d = Self::dev(&members, c, pos).expect("found");
-                        read(d.as_ref(), dst, c.slices[pos].offset + at)?;
+                        Some(pos)
                     }
+                };
+                match pos {
+                    Some(pos) => {
+                        direct.push((c.slices[pos].member, c.slices[pos].offset + at, range))
+                    }
+                    None => rebuild.push((row, i, col, range)),
                 }
             }
             Ok(())
-        })
+        })?;
+        // Cut buf into the pieces (they tile it in order).
+        let mut starts: Vec<usize> = direct
+            .iter()
+            .map(|d| d.2.start)
+            .chain(rebuild.iter().map(|r| r.3.start))
+            .collect();
+        starts.sort_unstable();
+        let mut pieces: HashMap<usize, &mut [u8]> = HashMap::with_capacity(starts.len());
+        let mut rest = buf;
+        let mut at = 0;
+        for (k, &start) in starts.iter().enumerate() {
+            debug_assert_eq!(start, at);
+            let end = starts.get(k + 1).copied().unwrap_or(at + rest.len());
+            let (piece, tail) = rest.split_at_mut(end - start);
+            pieces.insert(start, piece);
+            rest = tail;
+            at = end;
+        }
+        // One vectored read per run of pieces that are contiguous on one member.
+        direct.sort_by_key(|(m, off, _)| (*m, *off));
+        let mut k = 0;
+        while k < direct.len() {
+            let (m, off, _) = direct[k];
+            let mut end = off;
+            let mut bufs: Vec<&mut [u8]> = Vec::new();
+            while k < direct.len() && direct[k].0 == m && direct[k].1 == end && bufs.len() < 1024 {
+                let piece = pieces.remove(&direct[k].2.start).expect("piece");
+                end += piece.len() as u64;
+                bufs.push(piece);
+                k += 1;
+            }
+            let d = members[m as usize]
+                .as_ref()
+                .expect("direct pieces are on present members");
+            d.read_vectored_at(&mut bufs, off)
+                .map_err(|e| crate::error::Error::Io {
+                    op: "read",
+                    member: d.name().to_string(),
+                    offset: off,
+                    source: e,
+                })?;
+        }
+        for (row, i, col, range) in rebuild {
+            let dst = pieces.remove(&range.start).expect("piece");
+            let _g = self.locks.lock(idx as u32, row);
+            let mut blocks = self.read_subrow(&members, c, row, col, dst.len(), &[])?;
+            self.reconstruct(idx, &p, &mut blocks)?;
+            dst.copy_from_slice(blocks.data[i].as_ref().expect("rebuilt"));
+        }
+        Ok(())
     }
 
     fn write_chunk(&self, idx: usize, c: &Chunk, co: u64, buf: &[u8]) -> Result<()> {

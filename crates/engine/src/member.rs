@@ -16,6 +16,15 @@ pub trait MemberDevice: Send + Sync {
     /// Size in bytes.
     fn size(&self) -> u64;
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Reads consecutive bytes starting at `offset` into `bufs`, one after another.
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
+        let mut off = offset;
+        for b in bufs.iter_mut() {
+            self.read_at(b, off)?;
+            off += b.len() as u64;
+        }
+        Ok(())
+    }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every completed write durable.
     fn flush(&self) -> io::Result<()>;
@@ -117,6 +126,27 @@ impl MemberDevice for FileMember {
         check_range(self.size, offset, buf.len())?;
         self.file.read_exact_at(buf, offset)
     }
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        check_range(self.size, offset, total)?;
+        let n = {
+            let mut iov: Vec<io::IoSliceMut> =
+                bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+            rustix::io::preadv(&self.file, &mut iov, offset)?
+        };
+        // A short read (rare: signals, huge requests) finishes piece by piece.
+        let mut done = 0;
+        for b in bufs.iter_mut() {
+            let len = b.len();
+            if done + len > n {
+                let skip = n.saturating_sub(done);
+                self.file
+                    .read_exact_at(&mut b[skip..], offset + (done + skip) as u64)?;
+            }
+            done += len;
+        }
+        Ok(())
+    }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len())?;
         self.file.write_all_at(buf, offset)
@@ -215,6 +245,9 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         (**self).read_at(buf, offset)
     }
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
+        (**self).read_vectored_at(bufs, offset)
+    }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         (**self).write_at(buf, offset)
     }
@@ -223,5 +256,25 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         (**self).write_zeroes(offset, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_member_vectored_read_matches_plain_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let m = FileMember::open(&path, OpenMode::ReadOnly).unwrap();
+        let (mut a, mut b, mut c) = (vec![0u8; 4096], vec![0u8; 1], vec![0u8; 65536 + 3]);
+        m.read_vectored_at(&mut [&mut a, &mut b, &mut c], 1234).unwrap();
+        let got: Vec<u8> = [a, b, c].concat();
+        assert_eq!(got, data[1234..1234 + got.len()]);
+        let mut past = vec![0u8; 10];
+        assert!(m.read_vectored_at(&mut [&mut past], 299_995).is_err());
     }
 }
