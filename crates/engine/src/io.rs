@@ -314,6 +314,24 @@ impl Array {
         Ok(())
     }
 
+    /// `len` bytes at `at` within slice `pos`, or `None` when its member is missing.
+    fn read_slice(
+        members: &[Option<Dev>],
+        c: &Chunk,
+        pos: usize,
+        at: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>> {
+        match Self::dev(members, c, pos) {
+            None => Ok(None),
+            Some(d) => {
+                let mut b = vec![0u8; len];
+                read(d.as_ref(), &mut b, c.slices[pos].offset + at)?;
+                Ok(Some(b))
+            }
+        }
+    }
+
     /// Reads columns `[col, col+len)` of every available slice of a parity row.
     fn read_subrow(
         &self,
@@ -326,16 +344,7 @@ impl Array {
     ) -> Result<SubRow> {
         let p = &c.profile;
         let at = row * p.stripe_unit + col;
-        let get = |pos: usize| -> Result<Option<Vec<u8>>> {
-            match Self::dev(members, c, pos) {
-                None => Ok(None),
-                Some(d) => {
-                    let mut b = vec![0u8; len];
-                    read(d.as_ref(), &mut b, c.slices[pos].offset + at)?;
-                    Ok(Some(b))
-                }
-            }
-        };
+        let get = |pos: usize| Self::read_slice(members, c, pos, at, len);
         let mut data = Vec::with_capacity(p.data_count());
         for i in 0..p.data_count() {
             if skip.get(i).copied().unwrap_or(false) {
@@ -518,16 +527,7 @@ impl Array {
     ) -> Result<ParityBufs> {
         let p = &c.profile;
         let at = row * p.stripe_unit + lo;
-        let read_pos = |pos: usize| -> Result<Option<Vec<u8>>> {
-            match Self::dev(members, c, pos) {
-                None => Ok(None),
-                Some(d) => {
-                    let mut b = vec![0u8; len];
-                    read(d.as_ref(), &mut b, c.slices[pos].offset + at)?;
-                    Ok(Some(b))
-                }
-            }
-        };
+        let read_pos = |pos: usize| Self::read_slice(members, c, pos, at, len);
         let mut pb = read_pos(p.parity_position(row))?;
         let mut qb = if p.level == Level::Raid6 {
             read_pos(p.q_position(row))?

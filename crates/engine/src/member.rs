@@ -271,7 +271,8 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let m = FileMember::open(&path, OpenMode::ReadOnly).unwrap();
         let (mut a, mut b, mut c) = (vec![0u8; 4096], vec![0u8; 1], vec![0u8; 65536 + 3]);
-        m.read_vectored_at(&mut [&mut a, &mut b, &mut c], 1234).unwrap();
+        m.read_vectored_at(&mut [&mut a, &mut b, &mut c], 1234)
+            .unwrap();
         let got: Vec<u8> = [a, b, c].concat();
         assert_eq!(got, data[1234..1234 + got.len()]);
         let mut past = vec![0u8; 10];
