@@ -166,6 +166,30 @@ pub(crate) fn flush(dev: &dyn MemberDevice) -> Result<()> {
     dev.flush().map_err(|e| io_err("flush", dev, 0, e))
 }
 
+/// Flushes every present member at once: a commit then waits for the slowest disk, not for
+/// the sum of them.
+pub(crate) fn flush_all(members: &[Option<Dev>]) -> Result<()> {
+    let devs: Vec<&Dev> = members.iter().flatten().collect();
+    match devs.as_slice() {
+        [] => Ok(()),
+        [one] => flush(one.as_ref()),
+        [first, rest @ ..] => std::thread::scope(|s| {
+            let others: Vec<_> = rest
+                .iter()
+                .map(|d| s.spawn(move || flush(d.as_ref())))
+                .collect();
+            let mine = flush(first.as_ref());
+            others
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Unavailable("flush thread panicked".into())))
+                })
+                .fold(mine, |acc, r| acc.and(r))
+        }),
+    }
+}
+
 /// Chunk size for members of these sizes: about a thousand chunks of raw space, a power of
 /// two between 4 MiB and 1 GiB.
 fn pick_chunk_size(sizes: &[u64]) -> u64 {
@@ -649,9 +673,7 @@ impl Array {
         for d in members.iter().flatten() {
             write(d.as_ref(), &bytes, off)?;
         }
-        for d in members.iter().flatten() {
-            flush(d.as_ref())?;
-        }
+        flush_all(&members)?;
         st.meta = meta;
         st.generation = generation;
         Ok(())
@@ -715,11 +737,12 @@ impl Array {
                     .map_err(|e| io_err("zero", d.as_ref(), s.offset, e))?;
             }
         }
-        for s in &chunk.slices {
-            if let Some(d) = &members[s.member as usize] {
-                flush(d.as_ref())?;
-            }
-        }
+        let holders: Vec<Option<Dev>> = chunk
+            .slices
+            .iter()
+            .map(|s| members[s.member as usize].clone())
+            .collect();
+        flush_all(&holders)?;
         let chunk = Arc::new(chunk);
         let mut meta = st.meta.clone();
         meta.map.chunks[idx] = Some(chunk.clone());

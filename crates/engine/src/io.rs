@@ -1,7 +1,7 @@
 //! Volume reads and writes: split by chunk, then by stripe row; mirrors copy, parity levels
 //! read-modify-write or reconstruct-write per row, and degraded reads rebuild from parity.
 
-use crate::array::{flush, read, write, Array, Dev};
+use crate::array::{read, write, Array, Dev};
 use crate::chunkmap::Chunk;
 use crate::error::{Error, Result};
 use crate::profile::{Level, Profile};
@@ -103,10 +103,7 @@ impl Array {
         if self.journal.is_some() && !self.read_only {
             return self.commit();
         }
-        for d in self.members().iter().flatten() {
-            flush(d.as_ref())?;
-        }
-        Ok(())
+        crate::array::flush_all(&self.members())
     }
 
     pub(crate) fn read_members(&self, buf: &mut [u8], offset: u64) -> Result<()> {

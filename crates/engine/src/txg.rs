@@ -4,7 +4,7 @@
 //! and only then writes in place — so a crash at any instant leaves every row either as it
 //! was or replayable from the journal.
 
-use crate::array::{flush, read, write, Array};
+use crate::array::{flush_all, read, write, Array};
 use crate::error::Result;
 use crate::io::{execute, MemberWrite, Seg};
 use crate::journal::{self, SubRecord};
@@ -262,9 +262,7 @@ impl Array {
         }
         // Journal durable (and the previous txg's in-place writes with it) before any
         // in-place write of this txg.
-        for d in members.iter().flatten() {
-            flush(d.as_ref())?;
-        }
+        flush_all(&members)?;
         for (idx, row, writes) in txg.rows.drain(..) {
             let _g = self.locks.lock(idx, row);
             execute(&members, &writes)?;
@@ -329,18 +327,13 @@ impl Array {
             return Ok(());
         };
         let members = self.members();
-        for d in members.iter().flatten() {
-            flush(d.as_ref())?;
-        }
+        flush_all(&members)?;
         let zeros = vec![0u8; 4096];
         for d in members.iter().flatten() {
             write(d.as_ref(), &zeros, area.offset)?;
             write(d.as_ref(), &zeros, area.offset + area.half)?;
         }
-        for d in members.iter().flatten() {
-            flush(d.as_ref())?;
-        }
-        Ok(())
+        flush_all(&members)
     }
 
     /// Starts a thread that commits dirty data older than `interval`. It ends with the array.
