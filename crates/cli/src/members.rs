@@ -45,6 +45,15 @@ impl BlockType for std::fs::Metadata {
 
 /// Opens and assembles the array on `paths`.
 pub fn assemble(paths: &[PathBuf], read_only: bool) -> Result<Array> {
+    assemble_with(paths, read_only, None)
+}
+
+/// Like [`assemble`], with a dirty budget for buffered writes.
+pub fn assemble_with(
+    paths: &[PathBuf],
+    read_only: bool,
+    dirty_budget: Option<u64>,
+) -> Result<Array> {
     let mode = if read_only {
         OpenMode::ReadOnly
     } else {
@@ -55,7 +64,7 @@ pub fn assemble(paths: &[PathBuf], read_only: bool) -> Result<Array> {
         devs,
         AssembleOptions {
             read_only,
-            ..Default::default()
+            dirty_budget,
         },
     )?)
 }

@@ -59,7 +59,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         let have: Vec<PathBuf> = paths.into_iter().filter(|p| p.exists()).collect();
         println!("reusing the demo array in {}", a.dir.display());
-        members::assemble(&have, a.serve.read_only)?
+        members::assemble_with(&have, a.serve.read_only, a.serve.dirty_budget)?
     };
     serve(Arc::new(array), &a.serve, |uri| {
         println!();
