@@ -297,3 +297,53 @@ fn help_exists_for_every_command() {
     }
     bin().args(["bench", "parity", "--help"]).assert().success();
 }
+
+#[test]
+fn a_separate_journal_device_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = members(dir.path(), 3, 32 << 20);
+    let j = dir.path().join("journal.img");
+    fs::File::create(&j).unwrap().set_len(8 << 20).unwrap();
+    bin()
+        .args(["create", "--level", "raid5", "--journal"])
+        .arg(&j)
+        .args(&m)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("journal on"));
+    let mut all = m.clone();
+    all.push(j.clone());
+    bin()
+        .args(["write", "--offset", "4096"])
+        .args(&all)
+        .write_stdin(data(100_000, 5))
+        .assert()
+        .success();
+    // Without the journal device, writing is refused and status says it is missing.
+    bin()
+        .args(["write"])
+        .args(&m)
+        .write_stdin(data(10, 1))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("journal device"));
+    let json = bin()
+        .args(["status", "--json"])
+        .args(&m)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v["journal"], "device missing");
+    let got = bin()
+        .args(["read", "--offset", "4096", "--length", "100000"])
+        .args(&all)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(got, data(100_000, 5));
+}

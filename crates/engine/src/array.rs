@@ -23,7 +23,7 @@ pub const DEFAULT_STRIPE_UNIT: u64 = 64 << 10;
 const MIN_CHUNK: u64 = 4 << 20;
 const MAX_CHUNK: u64 = 1 << 30;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CreateOptions {
     pub level: Level,
     /// Copies for raid1/raid10 (default 2).
@@ -36,6 +36,8 @@ pub struct CreateOptions {
     /// Keep a write journal (the default). Without one a power cut during a write can
     /// leave that stripe's parity wrong (the RAID write hole).
     pub journal: bool,
+    /// Keep the journal on this separate device (an SSD, say) instead of on the members.
+    pub journal_device: Option<Dev>,
 }
 
 impl CreateOptions {
@@ -48,6 +50,7 @@ impl CreateOptions {
             force: false,
             chunk_size: None,
             journal: true,
+            journal_device: None,
         }
     }
 }
@@ -129,8 +132,9 @@ pub struct Status {
     pub tolerance: usize,
     pub generation: u64,
     pub health: Health,
-    /// "members" (striped over the members with the array's redundancy) or "none".
-    pub journal: &'static str,
+    /// "members" (striped over the members with the array's redundancy), "device PATH",
+    /// "device missing", or "none".
+    pub journal: String,
     /// Bytes written but not yet committed.
     pub dirty: u64,
     pub members: Vec<MemberStatus>,
@@ -362,6 +366,27 @@ impl Array {
                 }
             }
         }
+        if let Some(j) = &opts.journal_device {
+            if !opts.journal {
+                return Err(Error::Invalid("a journal device needs the journal".into()));
+            }
+            let mut head = vec![0u8; probe::PROBE_LEN.min(j.size() as usize)];
+            read(j.as_ref(), &mut head, 0)?;
+            if let Some(found) = probe::describe_content(&head) {
+                if !opts.force {
+                    return Err(Error::NotEmpty {
+                        member: j.name().to_string(),
+                        found,
+                    });
+                }
+            }
+            if j.size() < format::SLOT_AREA_OFFSET + (1 << 20) {
+                return Err(Error::Invalid(format!(
+                    "journal device {} is too small: it needs at least 2 MiB",
+                    j.name()
+                )));
+            }
+        }
         let sizes: Vec<u64> = devs.iter().map(|d| d.size()).collect();
         let chunk_size = match opts.chunk_size {
             Some(c) if !c.is_power_of_two() || c < opts.stripe_unit => {
@@ -374,7 +399,7 @@ impl Array {
         };
         let slot_size = pick_slot_size(&sizes, chunk_size);
         let smallest = sizes.iter().copied().min().unwrap_or(0);
-        let journal_size = if opts.journal {
+        let journal_size = if opts.journal && opts.journal_device.is_none() {
             (1u64 << (63 - (smallest / 16).max(1).leading_zeros())).clamp(256 << 10, 256 << 20)
         } else {
             0
@@ -418,6 +443,10 @@ impl Array {
             created,
             members,
             map: ChunkMap::new(chunk_size, count),
+            journal_device: opts
+                .journal_device
+                .as_ref()
+                .map(|_| *uuid::Uuid::new_v4().as_bytes()),
         };
         let payload = meta.encode();
         let slot = format::encode_slot(array_uuid, 1, 1, &payload);
@@ -427,6 +456,11 @@ impl Array {
                 array_uuid,
                 member_uuid: meta.members[i].uuid,
                 member_index: i as u32,
+                flags: if meta.journal_device.is_some() {
+                    format::SB_FLAG_EXTERNAL_JOURNAL
+                } else {
+                    0
+                },
                 member_size: d.size(),
                 slot_offset,
                 slot_size,
@@ -451,7 +485,35 @@ impl Array {
                 flush(d.as_ref())?;
             }
         }
-        Array::assemble(devs, AssembleOptions::default())
+        let mut all = devs;
+        if let (Some(j), Some(juuid)) = (&opts.journal_device, meta.journal_device) {
+            // At most 1 GiB of journal, in two halves, after the first MiB.
+            let room = (j.size() - format::SLOT_AREA_OFFSET).min(1 << 30);
+            let journal_size = room / (2 * 4096) * (2 * 4096);
+            let sb = Superblock {
+                array_uuid,
+                member_uuid: juuid,
+                member_index: format::JOURNAL_DEVICE_INDEX,
+                flags: format::SB_FLAG_JOURNAL_DEVICE,
+                member_size: j.size(),
+                slot_offset: 0,
+                slot_size: 0,
+                data_offset: format::SLOT_AREA_OFFSET + journal_size,
+                created,
+                sb_generation: 1,
+                journal_offset: format::SLOT_AREA_OFFSET,
+                journal_size,
+            };
+            write(j.as_ref(), &zero_hdr, sb.journal_offset)?;
+            write(j.as_ref(), &zero_hdr, sb.journal_offset + journal_size / 2)?;
+            flush(j.as_ref())?;
+            for off in SB_OFFSETS {
+                write(j.as_ref(), &sb.encode(), off)?;
+                flush(j.as_ref())?;
+            }
+            all.push(j.clone());
+        }
+        Array::assemble(all, AssembleOptions::default())
     }
 
     /// Assembles an array from the members given; missing members make it degraded.
@@ -460,8 +522,29 @@ impl Array {
             return Err(Error::Members("no members given".into()));
         }
         let mut sbs = Vec::with_capacity(devs.len());
-        for d in &devs {
-            sbs.push(read_superblock(d.as_ref())?);
+        let mut journal_dev: Option<(Dev, Superblock)> = None;
+        let mut members_only = Vec::with_capacity(devs.len());
+        for d in devs {
+            let sb = read_superblock(d.as_ref())?;
+            if sb.is_journal_device() {
+                if let Some((other, _)) = &journal_dev {
+                    return Err(Error::Members(format!(
+                        "{} and {} are both journal devices; an array has one",
+                        other.name(),
+                        d.name()
+                    )));
+                }
+                journal_dev = Some((d, sb));
+            } else {
+                sbs.push(sb);
+                members_only.push(d);
+            }
+        }
+        let devs = members_only;
+        if devs.is_empty() {
+            return Err(Error::Members(
+                "no members given (only a journal device)".into(),
+            ));
         }
         let uuid = sbs[0].array_uuid;
         for (d, sb) in devs.iter().zip(&sbs).skip(1) {
@@ -573,10 +656,48 @@ impl Array {
             }
         }
         let chunk_size = meta.map.chunk_size;
-        let journal = (sbs[0].journal_size > 0).then(|| crate::txg::JournalArea {
-            offset: sbs[0].journal_offset,
-            half: sbs[0].journal_size / 2,
-        });
+        let journal = match (meta.journal_device, journal_dev) {
+            (None, Some((d, _))) => {
+                return Err(Error::Members(format!(
+                    "{} is a journal device, but array {} keeps its journal on its members",
+                    d.name(),
+                    uuid::Uuid::from_bytes(uuid)
+                )))
+            }
+            (Some(want), Some((d, jsb))) => {
+                if jsb.array_uuid != uuid || jsb.member_uuid != want {
+                    return Err(Error::Members(format!(
+                        "{} is not the journal device of array {}",
+                        d.name(),
+                        uuid::Uuid::from_bytes(uuid)
+                    )));
+                }
+                Some(crate::txg::JournalArea {
+                    offset: jsb.journal_offset,
+                    half: jsb.journal_size / 2,
+                    device: Some(d),
+                })
+            }
+            (Some(want), None) => {
+                if !opts.read_only {
+                    return Err(Error::Members(format!(
+                        "the array's journal device (uuid {}) was not given: it may hold the \
+                         newest writes; add it to the member list, or open the array read-only",
+                        uuid::Uuid::from_bytes(want)
+                    )));
+                }
+                notes.push(format!(
+                    "journal device {} missing: writes it holds that are not yet in place are not shown",
+                    uuid::Uuid::from_bytes(want)
+                ));
+                None
+            }
+            (None, None) => (sbs[0].journal_size > 0).then(|| crate::txg::JournalArea {
+                offset: sbs[0].journal_offset,
+                half: sbs[0].journal_size / 2,
+                device: None,
+            }),
+        };
         let budget = opts
             .dirty_budget
             .unwrap_or_else(crate::txg::default_budget)
@@ -821,10 +942,13 @@ impl Array {
             tolerance,
             generation: st.generation,
             health,
-            journal: if self.journal.is_some() {
-                "members"
-            } else {
-                "none"
+            journal: match (&self.journal, m.journal_device) {
+                (Some(a), _) => match &a.device {
+                    Some(d) => format!("device {}", d.name()),
+                    None => "members".into(),
+                },
+                (None, Some(_)) => "device missing".into(),
+                (None, None) => "none".into(),
             },
             dirty: self.dirty_bytes(),
             members,

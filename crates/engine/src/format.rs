@@ -17,6 +17,13 @@ pub const SLOT_AREA_OFFSET: u64 = 1 << 20;
 pub const MIN_SLOT_SIZE: u64 = 64 << 10;
 pub const MAX_SLOT_SIZE: u64 = 64 << 20;
 
+/// Superblock flag: this device is an array's external write journal, not a member.
+pub const SB_FLAG_JOURNAL_DEVICE: u32 = 1;
+/// Superblock flag: this member's array keeps its journal on a separate device.
+pub const SB_FLAG_EXTERNAL_JOURNAL: u32 = 2;
+/// `member_index` of a journal device.
+pub const JOURNAL_DEVICE_INDEX: u32 = u32::MAX;
+
 pub fn crc32c(data: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
 }
@@ -75,7 +82,8 @@ pub struct ArrayRaw {
     pub allocated_count: U32,
     pub flags: U32,
     pub created: U64,
-    pub reserved: [u8; 24],
+    pub journal_device: [u8; 16],
+    pub reserved: [u8; 8],
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
@@ -125,6 +133,8 @@ pub struct Superblock {
     pub array_uuid: [u8; 16],
     pub member_uuid: [u8; 16],
     pub member_index: u32,
+    /// `SB_FLAG_*` bits.
+    pub flags: u32,
     pub member_size: u64,
     pub slot_offset: u64,
     pub slot_size: u64,
@@ -145,6 +155,7 @@ impl Superblock {
         raw.array_uuid = self.array_uuid;
         raw.member_uuid = self.member_uuid;
         raw.member_index.set(self.member_index);
+        raw.flags.set(self.flags);
         raw.member_size.set(self.member_size);
         raw.slot_offset.set(self.slot_offset);
         raw.slot_size.set(self.slot_size);
@@ -186,6 +197,7 @@ impl Superblock {
             array_uuid: raw.array_uuid,
             member_uuid: raw.member_uuid,
             member_index: raw.member_index.get(),
+            flags: raw.flags.get(),
             member_size: raw.member_size.get(),
             slot_offset: raw.slot_offset.get(),
             slot_size: raw.slot_size.get(),
@@ -199,7 +211,32 @@ impl Superblock {
         Ok(Some(sb))
     }
 
+    pub fn is_journal_device(&self) -> bool {
+        self.flags & SB_FLAG_JOURNAL_DEVICE != 0
+    }
+
     fn check(&self, member: &str) -> Result<()> {
+        if self.flags & !(SB_FLAG_JOURNAL_DEVICE | SB_FLAG_EXTERNAL_JOURNAL) != 0 {
+            return Err(Error::format(member, "superblock has unknown flags"));
+        }
+        if self.is_journal_device() {
+            let ok = self.member_index == JOURNAL_DEVICE_INDEX
+                && self.journal_offset >= 2 * SB_BLOCK
+                && self.journal_size >= 2 * 4096
+                && self.journal_size.is_multiple_of(2 * 4096)
+                && self
+                    .journal_offset
+                    .checked_add(self.journal_size)
+                    .is_some_and(|e| e <= self.member_size);
+            return if ok {
+                Ok(())
+            } else {
+                Err(Error::format(
+                    member,
+                    "journal device superblock has an impossible layout",
+                ))
+            };
+        }
         let slots_end = self
             .slot_size
             .checked_mul(2)
@@ -340,6 +377,7 @@ mod tests {
             array_uuid: [1; 16],
             member_uuid: [2; 16],
             member_index: 3,
+            flags: 0,
             member_size: 64 << 20,
             slot_offset: SLOT_AREA_OFFSET,
             slot_size: MIN_SLOT_SIZE,

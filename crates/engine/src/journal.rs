@@ -38,7 +38,19 @@ pub struct JournalHeaderRaw {
 pub struct JournalEntryRaw {
     pub offset: U64,
     pub len: U32,
-    pub reserved: U32,
+    /// Member the write is for (the record's own member, except on a journal device).
+    pub member: U32,
+}
+
+/// `member` of a record on an external journal device: it holds every member's writes.
+pub const EXTERNAL: u16 = u16::MAX;
+
+fn header_member(m: u16) -> u32 {
+    if m == EXTERNAL {
+        u32::MAX
+    } else {
+        m as u32
+    }
 }
 
 pub const HEADER_LEN: usize = size_of::<JournalHeaderRaw>();
@@ -76,6 +88,7 @@ pub fn encode(uuid: [u8; 16], r: &SubRecord) -> Vec<u8> {
         let mut e = JournalEntryRaw::new_zeroed();
         e.offset.set(w.offset);
         e.len.set(w.data.len() as u32);
+        e.member.set(w.member as u32);
         out.extend_from_slice(e.as_bytes());
     }
     for w in &r.writes {
@@ -87,7 +100,7 @@ pub fn encode(uuid: [u8; 16], r: &SubRecord) -> Vec<u8> {
     h.header_len.set(HEADER_LEN as u32);
     h.array_uuid = uuid;
     h.txg.set(r.txg);
-    h.member.set(r.member as u32);
+    h.member.set(header_member(r.member));
     h.entry_count.set(r.writes.len() as u32);
     h.participant_count.set(r.participants.len() as u32);
     h.payload_len.set((out.len() - HEADER_LEN) as u64);
@@ -112,19 +125,19 @@ pub fn decode_header(
         && h.header_len.get() as usize == HEADER_LEN
         && crc32c(&h.as_bytes()[..HEADER_LEN - 4]) == h.crc.get()
         && &h.array_uuid == uuid
-        && h.member.get() == member as u32
+        && h.member.get() == header_member(member)
         && h.payload_len.get() <= capacity.saturating_sub(HEADER_LEN as u64);
     ok.then(|| (h.txg.get(), h.payload_len.get()))
 }
 
-/// Decodes a whole sub-record; every write must land in `[data_start, data_end)`.
+/// Decodes a whole sub-record; every write must land in its member's data area, as
+/// `data_area(member)` gives it (`None`: no such member).
 pub fn decode(
     bytes: &[u8],
     uuid: &[u8; 16],
     member: u16,
     capacity: u64,
-    data_start: u64,
-    data_end: u64,
+    data_area: &dyn Fn(u16) -> Option<(u64, u64)>,
 ) -> Option<SubRecord> {
     let (txg, payload_len) = decode_header(bytes, uuid, member, capacity)?;
     let (h, rest) = JournalHeaderRaw::read_from_prefix(bytes).ok()?;
@@ -151,11 +164,16 @@ pub fn decode(
         let len = e.len.get() as usize;
         let off = e.offset.get();
         let end = off.checked_add(len as u64)?;
+        let target = u16::try_from(e.member.get()).ok()?;
+        if (member != EXTERNAL && target != member) || target == EXTERNAL {
+            return None;
+        }
+        let (data_start, data_end) = data_area(target)?;
         if off < data_start || end > data_end || len > data.len() {
             return None;
         }
         writes.push(MemberWrite {
-            member,
+            member: target,
             offset: off,
             data: data[..len].to_vec(),
         });

@@ -49,6 +49,8 @@ pub struct ArrayMeta {
     pub created: u64,
     pub members: Vec<MemberInfo>,
     pub map: ChunkMap,
+    /// UUID of the external journal device, if the array has one.
+    pub journal_device: Option<[u8; 16]>,
 }
 
 pub const MAX_NAME: usize = 64;
@@ -68,6 +70,7 @@ impl ArrayMeta {
         a.member_count.set(self.members.len() as u32);
         a.allocated_count.set(self.map.allocated().count() as u32);
         a.created.set(self.created);
+        a.journal_device = self.journal_device.unwrap_or([0; 16]);
         let mut out = a.as_bytes().to_vec();
         for m in &self.members {
             let mut r = MemberRaw::new_zeroed();
@@ -223,6 +226,7 @@ impl ArrayMeta {
             created: a.created.get(),
             members,
             map,
+            journal_device: (a.journal_device != [0; 16]).then_some(a.journal_device),
         })
     }
 }
@@ -265,6 +269,7 @@ mod tests {
             created: 5,
             members,
             map,
+            journal_device: Some([7; 16]),
         }
     }
 

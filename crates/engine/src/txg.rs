@@ -15,11 +15,13 @@ use std::time::Duration;
 
 pub const BLOCK: u64 = 4096;
 
-/// Where the journal lives on every member.
-#[derive(Clone, Copy, Debug)]
+/// Where the journal lives: the same area on every member, or on a journal device.
+#[derive(Clone)]
 pub(crate) struct JournalArea {
     pub offset: u64,
     pub half: u64,
+    /// An external journal device holding every member's writes.
+    pub device: Option<crate::array::Dev>,
 }
 
 impl JournalArea {
@@ -180,7 +182,7 @@ impl Array {
         let mut blocks: Vec<u64> = frozen.keys().copied().collect();
         blocks.sort_unstable();
         let members = self.members();
-        let area = self.journal.expect("commit needs a journal");
+        let area = self.journal.clone().expect("commit needs a journal");
         let per_block = self.chunk_size / BLOCK;
         let mut txg = TxgPlan::default();
         let mut i = 0;
@@ -219,10 +221,10 @@ impl Array {
             for (row, segs) in rows {
                 let mut writes = Vec::new();
                 self.plan_row(idx, &members, &chunk, row, &segs, &mut writes)?;
-                if !txg.fits(&writes, area.half, members.len()) {
+                if !txg.fits(&writes, area.half, members.len(), area.device.is_some()) {
                     self.journal_and_apply(&mut txg, next)?;
                 }
-                txg.add(idx as u32, row, writes);
+                txg.add(idx as u32, row, writes, area.device.is_some());
             }
             i = j;
         }
@@ -233,21 +235,29 @@ impl Array {
         if txg.rows.is_empty() {
             return Ok(());
         }
-        let area = self.journal.expect("journal");
+        let area = self.journal.clone().expect("journal");
         let members = self.members();
         let number = *next;
         *next += 1;
         let mut shares: BTreeMap<u16, Vec<MemberWrite>> = BTreeMap::new();
         for (_, _, writes) in &txg.rows {
             for w in writes {
-                shares.entry(w.member).or_default().push(w.clone());
+                let owner = if area.device.is_some() {
+                    journal::EXTERNAL
+                } else {
+                    w.member
+                };
+                shares.entry(owner).or_default().push(w.clone());
             }
         }
         let participants: Vec<u16> = shares.keys().copied().collect();
         for (m, writes) in shares {
-            let d = members[m as usize]
-                .as_ref()
-                .expect("planned for a present member");
+            let d = match &area.device {
+                Some(dev) => dev,
+                None => members[m as usize]
+                    .as_ref()
+                    .expect("planned for a present member"),
+            };
             let rec = SubRecord {
                 txg: number,
                 member: m,
@@ -260,9 +270,11 @@ impl Array {
                 area.half_offset(number),
             )?;
         }
+        let mut to_flush: Vec<Option<crate::array::Dev>> = members.to_vec();
+        to_flush.push(area.device.clone());
         // Journal durable (and the previous txg's in-place writes with it) before any
         // in-place write of this txg.
-        flush_all(&members)?;
+        flush_all(&to_flush)?;
         for (idx, row, writes) in txg.rows.drain(..) {
             let _g = self.locks.lock(idx, row);
             execute(&members, &writes)?;
@@ -273,42 +285,55 @@ impl Array {
 
     /// Replays the journal on assemble (see [`journal::select_replay`]); returns the next txg.
     pub(crate) fn replay_journal(&self) -> Result<(u64, Vec<MemberWrite>)> {
-        let Some(area) = self.journal else {
+        let Some(area) = self.journal.clone() else {
             return Ok((1, Vec::new()));
         };
         let members = self.members();
+        let sizes: Vec<u64> = self
+            .state
+            .lock()
+            .meta
+            .members
+            .iter()
+            .map(|m| m.size)
+            .collect();
+        let data_offset = self.sb_layout.data_offset;
+        let data_area = |m: u16| sizes.get(m as usize).map(|&size| (data_offset, size));
+        // (device holding the records, which member's records they are)
+        let sources: Vec<(crate::array::Dev, u16)> = match &area.device {
+            Some(dev) => vec![(dev.clone(), journal::EXTERNAL)],
+            None => members
+                .iter()
+                .enumerate()
+                .filter_map(|(m, d)| d.clone().map(|d| (d, m as u16)))
+                .collect(),
+        };
         let mut found = Vec::new();
         let mut newest = 0;
-        for (m, d) in members.iter().enumerate() {
-            let Some(d) = d else { continue };
-            let size = self.state.lock().meta.members[m].size;
+        for (d, m) in &sources {
             for h in 0..2 {
                 let off = area.offset + h * area.half;
                 let mut hdr = vec![0u8; 4096];
                 read(d.as_ref(), &mut hdr, off)?;
-                let Some((txg, len)) =
-                    journal::decode_header(&hdr, &self.uuid, m as u16, area.half)
+                let Some((txg, len)) = journal::decode_header(&hdr, &self.uuid, *m, area.half)
                 else {
                     continue;
                 };
                 newest = newest.max(txg);
                 let mut all = vec![0u8; (journal::HEADER_LEN as u64 + len) as usize];
                 read(d.as_ref(), &mut all, off)?;
-                if let Some(r) = journal::decode(
-                    &all,
-                    &self.uuid,
-                    m as u16,
-                    area.half,
-                    self.sb_layout.data_offset,
-                    size,
-                ) {
+                if let Some(r) = journal::decode(&all, &self.uuid, *m, area.half, &data_area) {
                     found.push(r);
                 }
             }
         }
-        let present: Vec<u16> = (0..members.len() as u16)
-            .filter(|&m| members[m as usize].is_some())
-            .collect();
+        let present: Vec<u16> = if area.device.is_some() {
+            vec![journal::EXTERNAL]
+        } else {
+            (0..members.len() as u16)
+                .filter(|&m| members[m as usize].is_some())
+                .collect()
+        };
         let replay = journal::select_replay(&found, &present);
         let mut writes = Vec::new();
         for txg in &replay {
@@ -323,17 +348,21 @@ impl Array {
     /// assemble has nothing to replay. A crash midway leaves at most an incomplete txg, which
     /// is never replayed — and its writes are durable anyway.
     pub(crate) fn retire_journal(&self) -> Result<()> {
-        let Some(area) = self.journal else {
+        let Some(area) = self.journal.clone() else {
             return Ok(());
         };
         let members = self.members();
         flush_all(&members)?;
+        let holders: Vec<Option<crate::array::Dev>> = match &area.device {
+            Some(dev) => vec![Some(dev.clone())],
+            None => members.to_vec(),
+        };
         let zeros = vec![0u8; 4096];
-        for d in members.iter().flatten() {
+        for d in holders.iter().flatten() {
             write(d.as_ref(), &zeros, area.offset)?;
             write(d.as_ref(), &zeros, area.offset + area.half)?;
         }
-        flush_all(&members)
+        flush_all(&holders)
     }
 
     /// Starts a thread that commits dirty data older than `interval`. It ends with the array.
@@ -368,10 +397,17 @@ struct TxgPlan {
 }
 
 impl TxgPlan {
-    fn fits(&self, writes: &[MemberWrite], half: u64, member_count: usize) -> bool {
+    fn fits(
+        &self,
+        writes: &[MemberWrite],
+        half: u64,
+        member_count: usize,
+        one_record: bool,
+    ) -> bool {
+        let owner = |m: u16| if one_record { journal::EXTERNAL } else { m };
         let mut extra: HashMap<u16, (usize, usize)> = HashMap::new();
         for w in writes {
-            let e = extra.entry(w.member).or_default();
+            let e = extra.entry(owner(w.member)).or_default();
             e.0 += 1;
             e.1 += w.data.len();
         }
@@ -381,9 +417,14 @@ impl TxgPlan {
         })
     }
 
-    fn add(&mut self, idx: u32, row: u64, writes: Vec<MemberWrite>) {
+    fn add(&mut self, idx: u32, row: u64, writes: Vec<MemberWrite>, one_record: bool) {
         for w in &writes {
-            let e = self.bytes.entry(w.member).or_default();
+            let owner = if one_record {
+                journal::EXTERNAL
+            } else {
+                w.member
+            };
+            let e = self.bytes.entry(owner).or_default();
             e.0 += 1;
             e.1 += w.data.len();
         }

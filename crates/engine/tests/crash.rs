@@ -23,6 +23,8 @@ struct Case {
     extra_failure: bool,
     journal: bool,
     stripe_unit: u64,
+    /// The journal on a separate device (the last image), never failed.
+    external_journal: bool,
 }
 
 /// What each block may read back as: its content at the last completed flush, or any
@@ -73,8 +75,16 @@ fn fresh_images(case: &Case) -> Vec<Vec<u8>> {
     o.stripe_unit = case.stripe_unit;
     o.chunk_size = Some(256 << 10);
     o.journal = case.journal;
+    let journal = Arc::new(MemMember::new("journal", 3 * MIB));
+    if case.external_journal {
+        o.journal_device = Some(journal.clone() as Dev);
+    }
     drop(Array::create(ms.iter().map(|m| m.clone() as Dev).collect(), &o).unwrap());
-    ms.iter().map(|m| m.snapshot()).collect()
+    let mut images: Vec<Vec<u8>> = ms.iter().map(|m| m.snapshot()).collect();
+    if case.external_journal {
+        images.push(journal.snapshot());
+    }
+    images
 }
 
 fn assemble(devs: Vec<Dev>, budget: u64) -> damocles_engine::Result<Array> {
@@ -230,6 +240,11 @@ fn cases() -> Vec<Case> {
         extra_failure,
         journal: true,
         stripe_unit,
+        external_journal: false,
+    };
+    let ext = |level, members, degraded, extra_failure| Case {
+        external_journal: true,
+        ..c(level, members, degraded, extra_failure, 16384)
     };
     vec![
         c(Level::Raid5, 4, false, true, 4096),
@@ -241,6 +256,8 @@ fn cases() -> Vec<Case> {
         c(Level::Raid1, 2, true, false, 8192),
         c(Level::Raid10, 4, false, true, 16384),
         c(Level::Raid10, 4, true, false, 4096),
+        ext(Level::Raid5, 4, false, true),
+        ext(Level::Raid6, 5, true, true),
     ]
 }
 
@@ -302,6 +319,7 @@ fn the_harness_finds_the_write_hole_without_a_journal() {
         extra_failure: true,
         journal: false,
         stripe_unit: 4096,
+        external_journal: false,
     };
     let (failures, _) = run_cases(&[case], 150);
     assert!(!failures.is_empty(), "no violation found without a journal");

@@ -216,3 +216,69 @@ fn mixed_member_sizes_reach_full_capacity() {
     }
     assert_matches(&a, &model, "mixed raid5 full");
 }
+
+#[test]
+fn a_journal_device_is_required_for_writing_and_must_be_the_right_one() {
+    let rig = Rig::new(4, 12 * MIB);
+    let journal = Arc::new(MemMember::new("j", 4 * MIB));
+    let mut o = CreateOptions::new(Level::Raid5);
+    o.stripe_unit = 4096;
+    o.chunk_size = Some(256 << 10);
+    o.journal_device = Some(journal.clone());
+    let a = Array::create(rig.devs(&[]), &o).unwrap();
+    assert!(
+        a.status().journal.starts_with("device"),
+        "{}",
+        a.status().journal
+    );
+    let data = write_some(&a, 4);
+    drop(a);
+    let with_journal = || {
+        let mut d = rig.devs(&[]);
+        d.push(journal.clone());
+        d
+    };
+    // Writing without it is refused; reading without it works.
+    let e = Array::assemble(rig.devs(&[]), AssembleOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("journal device"), "{e}");
+    let ro = AssembleOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    let a = Array::assemble(rig.devs(&[]), ro).unwrap();
+    assert_eq!(a.status().journal, "device missing");
+    let mut buf = vec![0u8; data.len()];
+    a.read_at(&mut buf, 123_456).unwrap();
+    assert_eq!(buf, data);
+    drop(a);
+    // With it, degraded too.
+    let mut d = with_journal();
+    d.remove(1);
+    let a = Array::assemble(d, AssembleOptions::default()).unwrap();
+    a.read_at(&mut buf, 123_456).unwrap();
+    assert_eq!(buf, data);
+    drop(a);
+    // Two journal devices, or another array's, are refused.
+    let mut d = with_journal();
+    d.push(journal.clone());
+    assert!(Array::assemble(d, AssembleOptions::default()).is_err());
+    let other = Rig::new(3, 12 * MIB);
+    let other_j = Arc::new(MemMember::new("oj", 4 * MIB));
+    let mut o2 = CreateOptions::new(Level::Raid5);
+    o2.journal_device = Some(other_j.clone());
+    drop(Array::create(other.devs(&[]), &o2).unwrap());
+    let mut d = rig.devs(&[]);
+    d.push(other_j);
+    let e = Array::assemble(d, AssembleOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("not the journal device"), "{e}");
+    // A journal device given to an array whose journal is on its members.
+    let plain = Rig::new(3, 12 * MIB);
+    drop(plain.create(Level::Raid5, None, 4096, 256 << 10));
+    let mut d = plain.devs(&[]);
+    d.push(journal.clone());
+    let e = Array::assemble(d, AssembleOptions::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("keeps its journal on its members"),
+        "{e}"
+    );
+}

@@ -31,21 +31,32 @@ pub struct Args {
     /// Run without the write journal. Faster writes, weaker promise: a power cut during a
     /// write can leave that stripe's parity wrong (the RAID write hole), so a later member
     /// failure can return wrong data there. `status` says so.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "journal")]
     no_journal: bool,
+    /// Keep the write journal on this separate device (an SSD, say) instead of on the
+    /// members. Give it in the member list of later commands (serve, status, ...); writing
+    /// without it is refused, since it may hold the newest writes.
+    #[arg(long, value_name = "DEVICE")]
+    journal: Option<PathBuf>,
     /// Members (at least 2; raid5 3, raid6 4, raid10 4).
     #[arg(required = true, value_name = "MEMBER")]
     members: Vec<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let devs = members::open(&a.members, OpenMode::ReadWrite)?;
+    let mut paths = a.members.clone();
+    if let Some(j) = &a.journal {
+        paths.push(j.clone());
+    }
+    let mut devs = members::open(&paths, OpenMode::ReadWrite)?;
+    let journal_device = a.journal.as_ref().and_then(|_| devs.pop());
     let mut o = CreateOptions::new(a.level);
     o.copies = a.copies;
     o.stripe_unit = a.stripe_unit;
     o.name = a.name;
     o.force = a.force;
     o.journal = !a.no_journal;
+    o.journal_device = journal_device;
     let array = Array::create(devs, &o)?;
     let st = array.status();
     let name = if st.name.is_empty() {
@@ -63,6 +74,12 @@ pub fn run(a: Args) -> Result<()> {
         if st.tolerance == 1 { "" } else { "s" }
     );
     println!("uuid {}", st.uuid);
+    if let Some(j) = &a.journal {
+        println!(
+            "journal on {}: list it with the members in every later command",
+            j.display()
+        );
+    }
     if a.no_journal {
         println!(
             "warning: no write journal: a power cut during a write can damage that stripe's parity"

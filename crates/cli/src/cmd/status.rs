@@ -55,11 +55,12 @@ pub fn run(a: Args) -> Result<()> {
     println!("tolerance:   {} member failure(s)", st.tolerance);
     println!("generation:  {}", st.generation);
     println!("health:      {health}");
-    match st.journal {
+    match st.journal.as_str() {
         "none" => println!(
             "journal:     NONE (a power cut during a write can damage that stripe's parity)"
         ),
-        j => println!("journal:     on the {j}"),
+        "members" => println!("journal:     on the members"),
+        j => println!("journal:     {j}"),
     }
     println!("members:");
     for m in &st.members {
