@@ -241,34 +241,39 @@ mod tests {
     fn round_trip_and_damage() {
         let r = rec(5, 2, &[0, 2, 3]);
         let b = encode([9; 16], &r);
+        let area = |_: u16| Some((0u64, 1u64 << 30));
+        let cap = 1 << 20;
+        assert_eq!(decode(&b, &[9; 16], 2, cap, &area), Some(r.clone()));
+        assert_eq!(decode(&b, &[9; 16], 1, cap, &area), None, "wrong member");
+        assert_eq!(decode(&b, &[8; 16], 2, cap, &area), None, "wrong array");
+        let high = |_: u16| Some((2u64 << 20, 1u64 << 30));
         assert_eq!(
-            decode(&b, &[9; 16], 2, 1 << 20, 0, 1 << 30),
-            Some(r.clone())
-        );
-        assert_eq!(
-            decode(&b, &[9; 16], 1, 1 << 20, 0, 1 << 30),
-            None,
-            "wrong member"
-        );
-        assert_eq!(
-            decode(&b, &[8; 16], 2, 1 << 20, 0, 1 << 30),
-            None,
-            "wrong array"
-        );
-        assert_eq!(
-            decode(&b, &[9; 16], 2, 1 << 20, 2 << 20, 1 << 30),
+            decode(&b, &[9; 16], 2, cap, &high),
             None,
             "outside data area"
         );
         for i in [0, 40, 130, 150, 4200] {
             let mut d = b.clone();
             d[i] ^= 1;
-            assert!(
-                decode(&d, &[9; 16], 2, 1 << 20, 0, 1 << 30).is_none(),
-                "flip at {i}"
-            );
+            assert!(decode(&d, &[9; 16], 2, cap, &area).is_none(), "flip at {i}");
         }
-        assert_eq!(decode(&b[..300], &[9; 16], 2, 1 << 20, 0, 1 << 30), None);
+        assert_eq!(decode(&b[..300], &[9; 16], 2, cap, &area), None);
+        // An external record carries several members' writes.
+        let mut ext = rec(6, EXTERNAL, &[EXTERNAL]);
+        ext.writes[0].member = 1;
+        ext.writes.push(MemberWrite {
+            member: 3,
+            offset: 2 << 20,
+            data: vec![1; 512],
+        });
+        let b = encode([9; 16], &ext);
+        assert_eq!(decode(&b, &[9; 16], EXTERNAL, cap, &area), Some(ext));
+        let only_one = |m: u16| (m == 1).then_some((0u64, 1u64 << 30));
+        assert_eq!(
+            decode(&b, &[9; 16], EXTERNAL, cap, &only_one),
+            None,
+            "unknown member"
+        );
     }
 
     #[test]
