@@ -292,7 +292,16 @@ fn power_cuts_break_no_promise() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let (failures, cut) = run_cases(&cases(), points);
+    // DAMOCLES_CRASH_CASE=i runs only case i (to replay a failure: same points per case).
+    let all = cases();
+    let chosen: Vec<Case> = match std::env::var("DAMOCLES_CRASH_CASE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(i) => vec![all[i]],
+        None => all,
+    };
+    let (failures, cut) = run_cases(&chosen, points);
     assert!(
         failures.is_empty(),
         "{} of {points} crash points broke a promise; first: {}",
