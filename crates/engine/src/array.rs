@@ -170,10 +170,17 @@ pub(crate) fn flush(dev: &dyn MemberDevice) -> Result<()> {
     dev.flush().map_err(|e| io_err("flush", dev, 0, e))
 }
 
+/// Test switch: flush members one after another, so a simulated power cut at the N-th I/O
+/// replays exactly from its seed (parallel flushes order their I/Os by the scheduler).
+pub static SERIAL_FLUSHES: AtomicBool = AtomicBool::new(false);
+
 /// Flushes every present member at once: a commit then waits for the slowest disk, not for
 /// the sum of them.
 pub(crate) fn flush_all(members: &[Option<Dev>]) -> Result<()> {
     let devs: Vec<&Dev> = members.iter().flatten().collect();
+    if SERIAL_FLUSHES.load(Ordering::Relaxed) {
+        return devs.iter().try_for_each(|d| flush(d.as_ref()));
+    }
     match devs.as_slice() {
         [] => Ok(()),
         [one] => flush(one.as_ref()),

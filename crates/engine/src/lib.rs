@@ -15,6 +15,7 @@ pub mod profile;
 mod stripe_lock;
 mod txg;
 
+pub use array::SERIAL_FLUSHES;
 pub use array::{
     read_superblock, Array, AssembleOptions, CreateOptions, Dev, Health, MemberHealth,
     MemberStatus, Status, DEFAULT_STRIPE_UNIT,

@@ -3,7 +3,9 @@
 //! and every 4 KiB block checked against the contents it is allowed to have.
 //!
 //! `DAMOCLES_CRASH_POINTS=N` sets how many crash points to run (default 2000 across all
-//! cases); every failure names its case and seed.
+//! cases); every failure names its case and seed. `DAMOCLES_CRASH_CASE=i` runs only case i
+//! (the same seeds when N is divided the same way); `DAMOCLES_CRASH_PARALLEL=1` flushes
+//! members in parallel as production does (then a seed no longer replays exactly).
 
 use damocles_engine::powercut::{PowerGrid, Rng};
 use damocles_engine::{Array, AssembleOptions, CreateOptions, Dev, Level, MemMember};
@@ -263,6 +265,10 @@ fn cases() -> Vec<Case> {
 
 /// Runs `points` crash points over `cases`: (failures, points where the power really failed).
 fn run_cases(cases: &[Case], points: u64) -> (Vec<String>, u64) {
+    // Serial member flushes give a deterministic I/O order, so a failing seed replays.
+    // DAMOCLES_CRASH_PARALLEL=1 uses the production path (parallel flushes) instead.
+    let parallel = std::env::var_os("DAMOCLES_CRASH_PARALLEL").is_some();
+    damocles_engine::SERIAL_FLUSHES.store(!parallel, std::sync::atomic::Ordering::Relaxed);
     let per_case = (points / cases.len() as u64).max(1);
     let mut failures = Vec::new();
     let mut cut = 0;
