@@ -425,15 +425,19 @@ impl Transmission {
 
             // Only WRITE carries a payload; it must be consumed even when refused.
             let mut payload = Vec::new();
-            let mut byte_permit = None;
-            match op {
-                Ok(Op::Write { len, .. }) => {
-                    let p = bytes
+            // READ and WRITE payloads count against the connection's byte budget.
+            let byte_permit = match op {
+                Ok(Op::Write { len, .. } | Op::Read { len, .. }) => Some(
+                    bytes
                         .clone()
                         .acquire_many_owned(len)
                         .await
-                        .expect("never closed");
-                    byte_permit = Some(p);
+                        .expect("never closed"),
+                ),
+                _ => None,
+            };
+            match op {
+                Ok(Op::Write { len, .. }) => {
                     payload = pool::take(len as usize);
                     reader.read_exact(&mut payload).await?;
                 }
@@ -443,14 +447,6 @@ impl Transmission {
                     if n != u64::from(h.len) {
                         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                     }
-                }
-                Ok(Op::Read { len, .. }) => {
-                    let p = bytes
-                        .clone()
-                        .acquire_many_owned(len)
-                        .await
-                        .expect("never closed");
-                    byte_permit = Some(p);
                 }
                 _ => {}
             }
