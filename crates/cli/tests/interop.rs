@@ -481,11 +481,6 @@ fn ext4_on_loop(mode: Mode) {
     srv.stop();
 }
 
-// KNOWN BUG (fails until fixed, since 6fd54d5 "write journal with transaction groups"):
-// mkfs.ext4 on the clean array gets EIO on its final flush; the server's commit panics with
-// "attempt to subtract with overflow" at crates/engine/src/io.rs write_row
-// (`d - segs.len()`: a row collected from several dirty runs has more segments than data
-// columns). Keep this test as it is; it passes again once the engine is fixed.
 #[test]
 fn ext4_clean() {
     ext4_on_loop(CLEAN);

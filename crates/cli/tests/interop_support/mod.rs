@@ -467,8 +467,24 @@ impl BlockStack {
         }
         if let Some(d) = self.loopdev.take() {
             run_ok(Command::new("losetup").args(["-d", &d]));
+            wait_loop_released(&d);
         }
-        run_ok(Command::new("fusermount3").arg("-u").arg(&self.fuse_dir));
+        // The kernel drops the loop device's hold on the FUSE file only after the last opener
+        // (udev's probe, say) closes it, so EBUSY here is transient: retry for a while.
+        let start = Instant::now();
+        loop {
+            let o = run(Command::new("fusermount3").arg("-u").arg(&self.fuse_dir));
+            if o.status.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "fusermount3 -u {} kept failing: {}",
+                self.fuse_dir.display(),
+                text(&o)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let mut c = self.fuse.take().unwrap();
         let st = wait_bounded(&mut c, Duration::from_secs(30));
         if st.is_none() {
@@ -476,6 +492,16 @@ impl BlockStack {
             let _ = c.wait();
             panic!("nbdfuse did not exit after fusermount3 -u");
         }
+    }
+}
+
+/// Waits (bounded) until `dev` no longer has a backing file, i.e. `losetup -d` took effect.
+fn wait_loop_released(dev: &str) {
+    let name = dev.trim_start_matches("/dev/");
+    let backing = PathBuf::from(format!("/sys/block/{name}/loop/backing_file"));
+    let start = Instant::now();
+    while backing.exists() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
