@@ -11,7 +11,7 @@ use crate::stripe_lock::StripeLocks;
 use damocles_parity::Parity;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub type Dev = Arc<dyn MemberDevice>;
@@ -170,15 +170,26 @@ pub(crate) fn flush(dev: &dyn MemberDevice) -> Result<()> {
     dev.flush().map_err(|e| io_err("flush", dev, 0, e))
 }
 
-/// Test switch: flush members one after another, so a simulated power cut at the N-th I/O
-/// replays exactly from its seed (parallel flushes order their I/Os by the scheduler).
-pub static SERIAL_FLUSHES: AtomicBool = AtomicBool::new(false);
+/// Test switch: when non-zero, members are flushed one after another in an order drawn from
+/// this xorshift state (advanced at every call), so a simulated power cut at the N-th I/O
+/// replays exactly from its seed and still sees later members durable before earlier ones,
+/// as parallel flushes allow. Zero (production) flushes all members at once.
+pub static SERIAL_FLUSHES: AtomicU64 = AtomicU64::new(0);
 
 /// Flushes every present member at once: a commit then waits for the slowest disk, not for
 /// the sum of them.
 pub(crate) fn flush_all(members: &[Option<Dev>]) -> Result<()> {
-    let devs: Vec<&Dev> = members.iter().flatten().collect();
-    if SERIAL_FLUSHES.load(Ordering::Relaxed) {
+    let mut devs: Vec<&Dev> = members.iter().flatten().collect();
+    let state = SERIAL_FLUSHES.load(Ordering::Relaxed);
+    if state != 0 {
+        let mut x = state;
+        for i in (1..devs.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            devs.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        SERIAL_FLUSHES.store(x.max(1), Ordering::Relaxed);
         return devs.iter().try_for_each(|d| flush(d.as_ref()));
     }
     match devs.as_slice() {
@@ -755,6 +766,9 @@ impl Array {
                      shown as replayed, applied when the array is next opened for writing"
                 ));
             } else {
+                // A member that misses the replay misses writes: it must not come back as
+                // in sync.
+                array.record_missing()?;
                 crate::io::execute(&members, &replay)?;
                 array.retire_journal()?;
                 tracing::info!("replayed {bytes} bytes from the journal");

@@ -188,10 +188,14 @@ pub fn decode(
 }
 
 /// From the sub-records found on the members that are present, the txgs to replay, oldest
-/// first: the newest complete txg and, if complete too, the one before it. A txg is complete
-/// when every participant that is present has its share; a participant that is missing is
-/// covered by the redundancy of the rest.
-pub fn select_replay(found: &[SubRecord], present: &[u16]) -> Vec<u64> {
+/// first. `newest` is the highest txg any valid header names. Only `newest` and the txg
+/// before it can hold writes that are not yet durable in place (commits are serial, and
+/// commit `k`'s journal flush follows txg `k-1`'s in-place writes), so only those two are
+/// candidates, each replayed if complete: every participant that is present has its share (a
+/// participant that is missing is covered by the redundancy of the rest). An older record
+/// that survives — on a member that sat out later txgs, or after a partial retire — is never
+/// replayed: its writes are durable and newer txgs may have overwritten them.
+pub fn select_replay(found: &[SubRecord], present: &[u16], newest: u64) -> Vec<u64> {
     let complete = |txg: u64| -> bool {
         let shares: Vec<&SubRecord> = found.iter().filter(|r| r.txg == txg).collect();
         let Some(first) = shares.first() else {
@@ -207,17 +211,11 @@ pub fn select_replay(found: &[SubRecord], present: &[u16]) -> Vec<u64> {
                     .any(|r| r.member == *p && r.participants == first.participants)
             })
     };
-    let mut txgs: Vec<u64> = found.iter().map(|r| r.txg).collect();
-    txgs.sort_unstable();
-    txgs.dedup();
-    let Some(newest) = txgs.iter().rev().copied().find(|&t| complete(t)) else {
-        return Vec::new();
-    };
-    if newest > 0 && complete(newest - 1) {
-        vec![newest - 1, newest]
-    } else {
-        vec![newest]
-    }
+    [newest.checked_sub(1), Some(newest)]
+        .into_iter()
+        .flatten()
+        .filter(|&t| t > 0 && complete(t))
+        .collect()
 }
 
 #[cfg(test)]
@@ -279,7 +277,7 @@ mod tests {
     #[test]
     fn replay_takes_the_newest_complete_txgs() {
         let p = [0u16, 1, 2];
-        // txg 7 complete on all, txg 8 missing on member 1: replay 6? no: 7 alone or 6,7.
+        // txg 7 complete on all, txg 8 missing on member 1: 6 and 7.
         let found = vec![
             rec(6, 0, &p),
             rec(6, 1, &p),
@@ -290,12 +288,16 @@ mod tests {
             rec(8, 0, &p),
             rec(8, 2, &p),
         ];
-        assert_eq!(select_replay(&found, &p), vec![6, 7]);
+        assert_eq!(select_replay(&found, &p, 8), vec![7]);
         // Member 1 is gone: txg 8 is complete among the present members.
-        assert_eq!(select_replay(&found, &[0, 2]), vec![7, 8]);
+        assert_eq!(select_replay(&found, &[0, 2], 8), vec![7, 8]);
         // Overwritten predecessor: only the newest.
         let found = vec![rec(7, 0, &p), rec(7, 1, &p), rec(7, 2, &p), rec(6, 0, &p)];
-        assert_eq!(select_replay(&found, &p), vec![7]);
-        assert!(select_replay(&[], &p).is_empty());
+        assert_eq!(select_replay(&found, &p, 7), vec![7]);
+        assert!(select_replay(&[], &p, 0).is_empty());
+        // A partial retire left txg 8 on members 1 and 2 only and an old txg 5 that only
+        // member 0 took part in: 8 is incomplete, and 5 is far too old to replay.
+        let found = vec![rec(5, 0, &[0]), rec(8, 1, &p), rec(8, 2, &p)];
+        assert!(select_replay(&found, &p, 8).is_empty());
     }
 }

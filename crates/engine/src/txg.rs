@@ -334,7 +334,7 @@ impl Array {
                 .filter(|&m| members[m as usize].is_some())
                 .collect()
         };
-        let replay = journal::select_replay(&found, &present);
+        let replay = journal::select_replay(&found, &present, newest);
         let mut writes = Vec::new();
         for txg in &replay {
             for r in found.iter().filter(|r| r.txg == *txg) {
@@ -345,8 +345,10 @@ impl Array {
     }
 
     /// Once everything journaled is durable in place, forgets the journal so the next
-    /// assemble has nothing to replay. A crash midway leaves at most an incomplete txg, which
-    /// is never replayed — and its writes are durable anyway.
+    /// assemble has nothing to replay. The half holding the older txg is cleared (and
+    /// flushed) before the newest one's, so a crash midway leaves either the newest txg
+    /// complete — replaying it alone is harmless, its writes are durable — or it incomplete
+    /// and its predecessor gone, which replays nothing (see `journal::select_replay`).
     pub(crate) fn retire_journal(&self) -> Result<()> {
         let Some(area) = self.journal.clone() else {
             return Ok(());
@@ -357,12 +359,15 @@ impl Array {
             Some(dev) => vec![Some(dev.clone())],
             None => members.to_vec(),
         };
+        let newest = self.cache.next_txg.lock().saturating_sub(1);
         let zeros = vec![0u8; 4096];
-        for d in holders.iter().flatten() {
-            write(d.as_ref(), &zeros, area.offset)?;
-            write(d.as_ref(), &zeros, area.offset + area.half)?;
+        for half in [(newest + 1) % 2, newest % 2] {
+            for d in holders.iter().flatten() {
+                write(d.as_ref(), &zeros, area.offset + half * area.half)?;
+            }
+            flush_all(&holders)?;
         }
-        flush_all(&holders)
+        Ok(())
     }
 
     /// Starts a thread that commits dirty data older than `interval`. It ends with the array.

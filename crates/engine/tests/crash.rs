@@ -151,6 +151,15 @@ fn crash_point(
     total_ios: Option<u64>,
 ) -> Result<(u64, bool), String> {
     let mut rng = Rng::new(seed);
+    // Serial member flushes in a seeded random order give a deterministic I/O order (a
+    // failing seed replays) that still reaches every order in which parallel flushes can
+    // complete. DAMOCLES_CRASH_PARALLEL=1 uses the production path instead.
+    let flush_order = if std::env::var_os("DAMOCLES_CRASH_PARALLEL").is_some() {
+        0
+    } else {
+        rng.next_u64() | 1
+    };
+    damocles_engine::SERIAL_FLUSHES.store(flush_order, std::sync::atomic::Ordering::Relaxed);
     let grid = PowerGrid::new();
     let sims: Vec<Dev> = base
         .iter()
@@ -265,10 +274,6 @@ fn cases() -> Vec<Case> {
 
 /// Runs `points` crash points over `cases`: (failures, points where the power really failed).
 fn run_cases(cases: &[Case], points: u64) -> (Vec<String>, u64) {
-    // Serial member flushes give a deterministic I/O order, so a failing seed replays.
-    // DAMOCLES_CRASH_PARALLEL=1 uses the production path (parallel flushes) instead.
-    let parallel = std::env::var_os("DAMOCLES_CRASH_PARALLEL").is_some();
-    damocles_engine::SERIAL_FLUSHES.store(!parallel, std::sync::atomic::Ordering::Relaxed);
     let per_case = (points / cases.len() as u64).max(1);
     let mut failures = Vec::new();
     let mut cut = 0;
