@@ -68,6 +68,8 @@ pub(crate) struct MemberSlot {
     pub dev: Option<Dev>,
     /// Newest metadata generation this member holds.
     pub generation: Option<u64>,
+    /// Why it failed while this process had the array open.
+    pub failed: Option<String>,
 }
 
 pub(crate) struct MetaState {
@@ -79,7 +81,7 @@ pub struct Array {
     pub(crate) uuid: [u8; 16],
     pub(crate) read_only: bool,
     pub(crate) sb_layout: Superblock,
-    pub(crate) slots: Vec<MemberSlot>,
+    pub(crate) slots: RwLock<Vec<MemberSlot>>,
     pub(crate) state: Mutex<MetaState>,
     pub(crate) chunks: RwLock<Vec<Option<Arc<Chunk>>>>,
     pub(crate) chunk_size: u64,
@@ -90,6 +92,12 @@ pub struct Array {
     pub(crate) notes: Vec<String>,
     pub(crate) journal: Option<crate::txg::JournalArea>,
     pub(crate) cache: crate::txg::Cache,
+    pub(crate) events: RwLock<Option<crate::events::EventSink>>,
+    pub(crate) counters: crate::lifecycle::Counters,
+    pub(crate) jobs: Mutex<crate::rebuild::Jobs>,
+    /// Direct (journal-less) writes hold it shared; a chunk being rebuilt, exclusively.
+    pub(crate) chunk_gate: RwLock<()>,
+    pub(crate) control_socket: RwLock<Option<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -104,8 +112,18 @@ pub enum Health {
 #[serde(rename_all = "lowercase")]
 pub enum MemberHealth {
     Ok,
+    /// Not given (or vanished) and not known to have missed writes.
     Missing,
+    /// Came back after missing writes: never read.
     Stale,
+    /// Failed while the array was open (I/O error or `fail`).
+    Failed,
+    /// A hot spare waiting to take over a failed member.
+    Spare,
+    /// Being filled to replace another member (`replace`).
+    Replacing,
+    /// No longer part of the array.
+    Removed,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -116,6 +134,51 @@ pub struct MemberStatus {
     pub size: u64,
     pub state: MemberHealth,
     pub generation: Option<u64>,
+    /// Bytes of chunk slices on this member.
+    pub used: u64,
+    /// Why it failed, when it failed in this session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<usize>,
+}
+
+/// Error counters since the array was opened.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ErrorCounts {
+    pub read_errors: u64,
+    pub write_errors: u64,
+    pub checksum_errors: u64,
+    pub repaired: u64,
+    pub unrecoverable: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobStatus {
+    pub running: bool,
+    #[serde(flatten)]
+    pub progress: crate::jobs::Progress,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScrubStatus {
+    /// Progress of a scrub running now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<crate::jobs::Progress>,
+    /// Chunk a scrub interrupted by a restart resumes at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_at_chunk: Option<u32>,
+    pub blocks_checked: u64,
+    pub repaired: u64,
+    pub unrecoverable: u64,
+    /// Seconds since the epoch when the last scrub finished (0: never).
+    pub last_finished: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LostRange {
+    pub offset: u64,
+    pub len: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -135,19 +198,36 @@ pub struct Status {
     /// "members" (striped over the members with the array's redundancy), "device PATH",
     /// "device missing", or "none".
     pub journal: String,
+    /// Whether every 4 KiB block's CRC-32C is kept and verified (needs the journal).
+    pub checksums: bool,
     /// Bytes written but not yet committed.
     pub dirty: u64,
     pub members: Vec<MemberStatus>,
+    /// Chunks with a slice on a member that is gone (what a rebuild has left to do).
+    pub chunks_degraded: usize,
+    /// A rebuild in progress (or the last one this process ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<JobStatus>,
+    pub scrub: ScrubStatus,
+    pub errors: ErrorCounts,
+    /// Volume ranges whose data is lost; reads of them fail with EIO.
+    pub lost: Vec<LostRange>,
+    /// What the array needs to be whole again, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub needs: Option<String>,
+    /// Where `serve` listens for commands (set by the server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<String>,
     pub notes: Vec<String>,
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn io_err(op: &'static str, dev: &dyn MemberDevice, offset: u64, e: std::io::Error) -> Error {
+pub(crate) fn io_err(op: &'static str, dev: &dyn MemberDevice, offset: u64, e: std::io::Error) -> Error {
     Error::Io {
         op,
         member: dev.name().to_string(),
@@ -442,6 +522,7 @@ impl Array {
                 uuid: *uuid::Uuid::new_v4().as_bytes(),
                 size: d.size() / 4096 * 4096,
                 state: MemberState::Active,
+                replaces: None,
             })
             .collect();
         let spaces = member_spaces(&members, data_offset);
@@ -465,6 +546,7 @@ impl Array {
                 .journal_device
                 .as_ref()
                 .map(|_| *uuid::Uuid::new_v4().as_bytes()),
+            health: Default::default(),
         };
         let payload = meta.encode();
         let slot = format::encode_slot(array_uuid, 1, 1, &payload);
@@ -630,6 +712,7 @@ impl Array {
             .map(|_| MemberSlot {
                 dev: None,
                 generation: None,
+                failed: None,
             })
             .collect();
         for ((d, sb), f) in devs.iter().zip(&sbs).zip(&found) {
@@ -660,17 +743,22 @@ impl Array {
             .iter()
             .zip(&meta.members)
             .map(|(s, m)| match m.state {
-                MemberState::Active => s.dev.clone(),
-                MemberState::Faulty => None,
+                MemberState::Active | MemberState::Spare => s.dev.clone(),
+                MemberState::Faulty | MemberState::Removed => None,
             })
             .collect();
         for (s, m) in slots.iter().zip(&meta.members) {
-            if let (Some(d), MemberState::Faulty) = (&s.dev, m.state) {
-                notes.push(format!(
+            match (&s.dev, m.state) {
+                (Some(d), MemberState::Faulty) => notes.push(format!(
                     "{} is stale (generation {}, array is at {newest}): it missed writes and is not used",
                     d.name(),
                     s.generation.map_or("none".into(), |g| g.to_string())
-                ));
+                )),
+                (Some(d), MemberState::Removed) => notes.push(format!(
+                    "{} was removed from the array and is not used",
+                    d.name()
+                )),
+                _ => {}
             }
         }
         let chunk_size = meta.map.chunk_size;
@@ -724,7 +812,7 @@ impl Array {
             uuid,
             read_only: opts.read_only,
             sb_layout: sbs[0].clone(),
-            slots,
+            slots: RwLock::new(slots),
             chunks: RwLock::new(meta.map.chunks.clone()),
             chunk_size,
             state: Mutex::new(MetaState {
@@ -738,6 +826,11 @@ impl Array {
             notes,
             journal,
             cache: crate::txg::Cache::new(1, budget),
+            events: RwLock::new(None),
+            counters: Default::default(),
+            jobs: Mutex::new(Default::default()),
+            chunk_gate: RwLock::new(()),
+            control_socket: RwLock::new(None),
         };
         let (next_txg, replay) = array.replay_journal()?;
         *array.cache.next_txg.lock() = next_txg;
@@ -866,7 +959,15 @@ impl Array {
         let members = self.members();
         let spaces = member_spaces(&st.meta.members, self.sb_layout.data_offset);
         let mut alloc = Allocator::new(&spaces, &st.meta.map);
-        let all: Vec<u16> = (0..members.len() as u16).collect();
+        // Spares wait for a failure; removed members are gone for good.
+        let all: Vec<u16> = (0..members.len() as u16)
+            .filter(|&i| {
+                matches!(
+                    st.meta.members[i as usize].state,
+                    MemberState::Active | MemberState::Faulty
+                )
+            })
+            .collect();
         // Always the same greedy step over all members that `create` used to size the array,
         // so the advertised capacity stays reachable; while degraded, a new chunk is born
         // degraded (its slice on the missing member is written by a later rebuild).
@@ -894,7 +995,7 @@ impl Array {
     }
 
     /// Whether a chunk can still serve every block (within its tolerance of missing slices).
-    fn chunk_intact(c: &Chunk, members: &[Option<Dev>]) -> bool {
+    pub(crate) fn chunk_intact(c: &Chunk, members: &[Option<Dev>]) -> bool {
         let gone = |pos: usize| members[c.slices[pos].member as usize].is_none();
         let p = &c.profile;
         match p.level {
@@ -906,20 +1007,34 @@ impl Array {
     }
 
     /// Failed: some data written is beyond the redundancy left (or, for an empty array, more
-    /// members are gone than the level tolerates). Degraded: a member is missing or stale.
+    /// members are gone than the level tolerates). Degraded: data lacks some of its
+    /// redundancy, or a member the array counts on is missing.
     pub fn health(&self) -> Health {
         let members = self.members();
         let st = self.state.lock();
-        let unavailable = members.iter().filter(|m| m.is_none()).count();
+        let counted = |i: usize| {
+            matches!(
+                st.meta.members[i].state,
+                MemberState::Active | MemberState::Faulty
+            )
+        };
+        let unavailable = (0..members.len())
+            .filter(|&i| counted(i) && members[i].is_none())
+            .count();
         let mut allocated = st.meta.map.allocated().peekable();
         let lost = if allocated.peek().is_none() {
             unavailable > template_tolerance(&st.meta.template)
         } else {
             allocated.any(|(_, c)| !Self::chunk_intact(c, &members))
         };
-        if lost {
+        let degraded_chunk = st
+            .meta
+            .map
+            .allocated()
+            .any(|(_, c)| c.slices.iter().any(|s| members[s.member as usize].is_none()));
+        if lost || !st.meta.health.lost.is_empty() {
             Health::Failed
-        } else if unavailable > 0 {
+        } else if degraded_chunk || unavailable > 0 {
             Health::Degraded
         } else {
             Health::Ok
@@ -928,13 +1043,31 @@ impl Array {
 
     pub fn status(&self) -> Status {
         let health = self.health();
+        let chunks_degraded = self.chunks_degraded();
+        let rebuild = {
+            let j = self.jobs.lock();
+            j.rebuild.as_ref().map(|c| JobStatus {
+                running: j.rebuild_running,
+                progress: c.progress(),
+            })
+        };
+        let scrub_running = self.jobs.lock().scrub.as_ref().map(|c| c.progress());
+        let members_now = self.members();
         let st = self.state.lock();
         let m = &st.meta;
         let t = m.template;
-        let members = m
+        let slots = self.slots.read();
+        let used = |i: usize| -> u64 {
+            m.map
+                .allocated()
+                .filter(|(_, c)| c.slices.iter().any(|s| s.member as usize == i))
+                .map(|(_, c)| c.slice_len)
+                .sum()
+        };
+        let members: Vec<MemberStatus> = m
             .members
             .iter()
-            .zip(&self.slots)
+            .zip(slots.iter())
             .enumerate()
             .map(|(index, (info, slot))| MemberStatus {
                 index,
@@ -942,14 +1075,46 @@ impl Array {
                 uuid: uuid::Uuid::from_bytes(info.uuid).to_string(),
                 size: info.size,
                 state: match (&slot.dev, info.state) {
+                    (_, MemberState::Removed) => MemberHealth::Removed,
+                    (_, MemberState::Faulty) if slot.failed.is_some() => MemberHealth::Failed,
                     (None, _) => MemberHealth::Missing,
                     (Some(_), MemberState::Faulty) => MemberHealth::Stale,
+                    (Some(_), MemberState::Spare) if info.replaces.is_some() => {
+                        MemberHealth::Replacing
+                    }
+                    (Some(_), MemberState::Spare) => MemberHealth::Spare,
+                    (Some(_), MemberState::Active) if members_now[index].is_none() => {
+                        MemberHealth::Failed
+                    }
                     (Some(_), MemberState::Active) => MemberHealth::Ok,
                 },
                 generation: slot.generation,
+                used: used(index),
+                reason: slot.failed.clone(),
+                replaces: info.replaces.map(|r| r as usize),
             })
             .collect();
+        drop(slots);
         let tolerance = template_tolerance(&t);
+        let has_spare = members
+            .iter()
+            .any(|x| matches!(x.state, MemberHealth::Spare | MemberHealth::Replacing));
+        let needs = if m.map.allocated().any(|(_, c)| !Self::chunk_intact(c, &members_now)) {
+            Some(
+                "some data has lost more members than its redundancy allows: bring back the                  missing members (or restore from backup)"
+                    .to_string(),
+            )
+        } else if chunks_degraded > 0 && !has_spare && rebuild.as_ref().is_none_or(|r| !r.running)
+        {
+            Some(format!(
+                "{chunks_degraded} chunks lack redundancy: add a spare (`damocles add`) or                  run `damocles rebuild` to use free space on the other members"
+            ))
+        } else {
+            None
+        };
+        let h = &m.health;
+        let c = &self.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Status {
             name: m.name.clone(),
             uuid: self.uuid().to_string(),
@@ -971,10 +1136,45 @@ impl Array {
                 (None, Some(_)) => "device missing".into(),
                 (None, None) => "none".into(),
             },
+            checksums: self.checksums_enabled(),
             dirty: self.dirty_bytes(),
             members,
+            chunks_degraded,
+            rebuild,
+            scrub: ScrubStatus {
+                running: scrub_running,
+                resume_at_chunk: h.scrub_cursor,
+                blocks_checked: h.scrub_checked,
+                repaired: h.scrub_repaired,
+                unrecoverable: h.scrub_unrecoverable,
+                last_finished: h.scrub_finished,
+            },
+            errors: ErrorCounts {
+                read_errors: get(&c.read_errors),
+                write_errors: get(&c.write_errors),
+                checksum_errors: get(&c.checksum_errors),
+                repaired: get(&c.repaired),
+                unrecoverable: get(&c.unrecoverable),
+            },
+            lost: h
+                .lost
+                .iter()
+                .map(|&(offset, len)| LostRange { offset, len })
+                .collect(),
+            needs,
+            control_socket: self.control_socket.read().clone(),
             notes: self.notes.clone(),
         }
+    }
+
+    /// Where `serve` listens for commands; shown in `status`.
+    pub fn set_control_socket(&self, path: Option<String>) {
+        *self.control_socket.write() = path;
+    }
+
+    /// Whether per-block checksums are kept (they need the journal).
+    pub fn checksums_enabled(&self) -> bool {
+        false
     }
 }
 

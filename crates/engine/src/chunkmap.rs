@@ -173,6 +173,31 @@ impl Allocator {
         None
     }
 
+    /// One slice of `len` bytes on the candidate with the most free space that has room.
+    pub fn allocate_slice(&mut self, len: u64, candidates: &[u16]) -> Option<Slice> {
+        let i = (0..self.free.len())
+            .filter(|&i| candidates.contains(&self.free[i].0))
+            .filter(|&i| Self::largest_extent(&self.free[i].1) >= len)
+            .max_by_key(|&i| {
+                let (m, ext) = &self.free[i];
+                (
+                    ext.iter().map(|(s, e)| e - s).sum::<u64>(),
+                    std::cmp::Reverse(*m),
+                )
+            })?;
+        let (member, ext) = &mut self.free[i];
+        let k = ext.iter().position(|(s, e)| e - s >= len)?;
+        let offset = ext[k].0;
+        ext[k].0 += len;
+        if ext[k].0 == ext[k].1 {
+            ext.remove(k);
+        }
+        Some(Slice {
+            member: *member,
+            offset,
+        })
+    }
+
     /// How many chunks fit if all are allocated from `candidates` (capacity planning).
     pub fn count_fitting(
         &self,

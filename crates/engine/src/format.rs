@@ -92,8 +92,32 @@ pub struct MemberRaw {
     pub uuid: [u8; 16],
     pub size: U64,
     pub state: u8,
-    pub reserved0: [u8; 7],
+    pub reserved0: u8,
+    /// Index + 1 of the member this one replaces (0: none).
+    pub replaces: U16,
+    pub reserved1: [u8; 4],
     pub reserved: [u8; 32],
+}
+
+/// After the chunk map: scrub checkpoint and results, then `lost_count` [`LostRaw`].
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
+#[repr(C)]
+pub struct HealthRaw {
+    /// Chunk index + 1 where a resumed scrub starts (0: none in progress).
+    pub scrub_cursor: U32,
+    pub lost_count: U32,
+    pub scrub_checked: U64,
+    pub scrub_repaired: U64,
+    pub scrub_unrecoverable: U64,
+    pub scrub_finished: U64,
+    pub reserved: [u8; 24],
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
+#[repr(C)]
+pub struct LostRaw {
+    pub offset: U64,
+    pub len: U64,
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
@@ -125,6 +149,8 @@ const _: () = {
     assert!(size_of::<MemberRaw>() == 64);
     assert!(size_of::<ChunkRaw>() == 32);
     assert!(size_of::<SliceRaw>() == 16);
+    assert!(size_of::<HealthRaw>() == 64);
+    assert!(size_of::<LostRaw>() == 16);
 };
 
 /// A decoded, checked superblock.

@@ -372,7 +372,7 @@ impl Array {
     }
 
     /// Fills in missing data blocks of a sub-row from parity.
-    fn reconstruct(&self, idx: usize, p: &Profile, b: &mut SubRow) -> Result<()> {
+    pub(crate) fn reconstruct(&self, idx: usize, p: &Profile, b: &mut SubRow) -> Result<()> {
         let missing: Vec<usize> = (0..p.data_count())
             .filter(|&i| b.data[i].is_none())
             .collect();
@@ -556,10 +556,10 @@ impl Array {
 }
 
 /// Columns of one parity row: data blocks (None = missing), P and Q.
-struct SubRow {
-    data: Vec<Option<Vec<u8>>>,
-    p: Option<Vec<u8>>,
-    q: Option<Vec<u8>>,
+pub(crate) struct SubRow {
+    pub data: Vec<Option<Vec<u8>>>,
+    pub p: Option<Vec<u8>>,
+    pub q: Option<Vec<u8>>,
 }
 
 impl SubRow {

@@ -4,6 +4,11 @@
 mod array;
 pub mod chunkmap;
 pub mod error;
+pub mod events;
+pub mod jobs;
+mod lifecycle;
+mod rebuild;
+mod scrub;
 pub mod format;
 pub mod io;
 pub mod journal;
@@ -17,9 +22,12 @@ mod txg;
 
 pub use array::SERIAL_FLUSHES;
 pub use array::{
-    read_superblock, Array, AssembleOptions, CreateOptions, Dev, Health, MemberHealth,
-    MemberStatus, Status, DEFAULT_STRIPE_UNIT,
+    read_superblock, Array, AssembleOptions, CreateOptions, Dev, ErrorCounts, Health, JobStatus,
+    LostRange, MemberHealth, MemberStatus, ScrubStatus, Status, DEFAULT_STRIPE_UNIT,
 };
+pub use events::{Event, EventKind, EventSink};
+pub use jobs::{JobControl, Progress, DEFAULT_RATE};
+pub use rebuild::{RebuildReport, ScrubReport};
 pub use error::{Error, Result};
 pub use member::{FileMember, MemMember, MemberDevice, OpenMode};
 pub use profile::{Level, Profile};

@@ -2,7 +2,7 @@
 
 use crate::chunkmap::{Chunk, ChunkMap, Slice, Template};
 use crate::error::{Error, Result};
-use crate::format::{ArrayRaw, ChunkRaw, MemberRaw, Reader, SliceRaw};
+use crate::format::{ArrayRaw, ChunkRaw, HealthRaw, LostRaw, MemberRaw, Reader, SliceRaw};
 use crate::profile::{Level, Profile};
 use serde::Serialize;
 use std::sync::Arc;
@@ -16,6 +16,10 @@ pub enum MemberState {
     Active,
     /// Missed writes (missing while the array was written, or failed); never trusted.
     Faulty,
+    /// A hot spare: holds no slices until a rebuild puts some on it.
+    Spare,
+    /// Removed from the array; its index stays reserved so slice references stay stable.
+    Removed,
 }
 
 impl MemberState {
@@ -23,12 +27,16 @@ impl MemberState {
         match self {
             MemberState::Active => 0,
             MemberState::Faulty => 1,
+            MemberState::Spare => 2,
+            MemberState::Removed => 3,
         }
     }
     fn from_code(c: u8) -> Option<MemberState> {
         match c {
             0 => Some(MemberState::Active),
             1 => Some(MemberState::Faulty),
+            2 => Some(MemberState::Spare),
+            3 => Some(MemberState::Removed),
             _ => None,
         }
     }
@@ -39,7 +47,27 @@ pub struct MemberInfo {
     pub uuid: [u8; 16],
     pub size: u64,
     pub state: MemberState,
+    /// For a member added by `replace`: the member whose slices it takes over.
+    pub replaces: Option<u16>,
 }
+
+/// Progress and results that must survive a restart, and blocks known lost.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Next chunk a resumed scrub starts at (`None`: no scrub in progress).
+    pub scrub_cursor: Option<u32>,
+    /// Results of the last (or current) scrub.
+    pub scrub_checked: u64,
+    pub scrub_repaired: u64,
+    pub scrub_unrecoverable: u64,
+    /// When the last scrub finished (seconds since the epoch; 0: never).
+    pub scrub_finished: u64,
+    /// Volume byte ranges `(offset, len)` whose content is lost (reads give EIO).
+    pub lost: Vec<(u64, u64)>,
+}
+
+/// Most lost ranges the metadata records (beyond that the array is beyond saving anyway).
+pub const MAX_LOST: usize = 4096;
 
 /// Everything a metadata slot holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +79,7 @@ pub struct ArrayMeta {
     pub map: ChunkMap,
     /// UUID of the external journal device, if the array has one.
     pub journal_device: Option<[u8; 16]>,
+    pub health: Health,
 }
 
 pub const MAX_NAME: usize = 64;
@@ -77,6 +106,7 @@ impl ArrayMeta {
             r.uuid = m.uuid;
             r.size.set(m.size);
             r.state = m.state.code();
+            r.replaces.set(m.replaces.map_or(0, |i| i + 1));
             out.extend_from_slice(r.as_bytes());
         }
         for (i, c) in self.map.allocated() {
@@ -94,6 +124,22 @@ impl ArrayMeta {
                 sr.offset.set(s.offset);
                 out.extend_from_slice(sr.as_bytes());
             }
+        }
+        let h = &self.health;
+        let mut e = HealthRaw::new_zeroed();
+        e.scrub_cursor.set(h.scrub_cursor.map_or(0, |c| c + 1));
+        e.scrub_checked.set(h.scrub_checked);
+        e.scrub_repaired.set(h.scrub_repaired);
+        e.scrub_unrecoverable.set(h.scrub_unrecoverable);
+        e.scrub_finished.set(h.scrub_finished);
+        let lost = &h.lost[..h.lost.len().min(MAX_LOST)];
+        e.lost_count.set(lost.len() as u32);
+        out.extend_from_slice(e.as_bytes());
+        for &(o, l) in lost {
+            let mut r = LostRaw::new_zeroed();
+            r.offset.set(o);
+            r.len.set(l);
+            out.extend_from_slice(r.as_bytes());
         }
         out
     }
@@ -140,10 +186,16 @@ impl ArrayMeta {
             let m: MemberRaw = r.take()?;
             let state = MemberState::from_code(m.state)
                 .ok_or_else(|| bad(format!("unknown member state {}", m.state)))?;
+            let replaces = match m.replaces.get() {
+                0 => None,
+                r if (r as usize) <= member_count => Some(r - 1),
+                r => return Err(bad(format!("member replaces unknown member {}", r - 1))),
+            };
             members.push(MemberInfo {
                 uuid: m.uuid,
                 size: m.size.get(),
                 state,
+                replaces,
             });
         }
         // The virtual disk can never be larger than the raw space under it.
@@ -208,6 +260,33 @@ impl ArrayMeta {
                 slices,
             })));
         }
+        let e: HealthRaw = r.take()?;
+        let lost_count = e.lost_count.get() as usize;
+        if lost_count > MAX_LOST {
+            return Err(bad(format!("{lost_count} lost ranges recorded")));
+        }
+        let size = chunk_count as u64 * chunk_size;
+        let mut lost = Vec::with_capacity(lost_count);
+        for _ in 0..lost_count {
+            let l: LostRaw = r.take()?;
+            let (o, n) = (l.offset.get(), l.len.get());
+            if o.checked_add(n).is_none_or(|end| end > size) || n == 0 {
+                return Err(bad(format!("lost range {o}+{n} is outside the volume")));
+            }
+            lost.push((o, n));
+        }
+        let cursor = e.scrub_cursor.get();
+        if cursor as usize > chunk_count + 1 {
+            return Err(bad(format!("scrub cursor {cursor} out of range")));
+        }
+        let health = Health {
+            scrub_cursor: cursor.checked_sub(1),
+            scrub_checked: e.scrub_checked.get(),
+            scrub_repaired: e.scrub_repaired.get(),
+            scrub_unrecoverable: e.scrub_unrecoverable.get(),
+            scrub_finished: e.scrub_finished.get(),
+            lost,
+        };
         if !r.is_empty() {
             return Err(bad("trailing bytes after the chunk map".into()));
         }
@@ -227,6 +306,7 @@ impl ArrayMeta {
             members,
             map,
             journal_device: (a.journal_device != [0; 16]).then_some(a.journal_device),
+            health,
         })
     }
 }
@@ -247,6 +327,7 @@ mod tests {
                 uuid: [i; 16],
                 size: 64 << 20,
                 state: MemberState::Active,
+                replaces: None,
             })
             .collect();
         let mut map = ChunkMap::new(4 << 20, 12);
@@ -270,6 +351,14 @@ mod tests {
             members,
             map,
             journal_device: Some([7; 16]),
+            health: Health {
+                scrub_cursor: Some(3),
+                scrub_checked: 10,
+                scrub_repaired: 2,
+                scrub_unrecoverable: 1,
+                scrub_finished: 99,
+                lost: vec![(8192, 4096)],
+            },
         }
     }
 

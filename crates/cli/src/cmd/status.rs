@@ -68,6 +68,10 @@ pub fn run(a: Args) -> Result<()> {
             MemberHealth::Ok => "ok",
             MemberHealth::Missing => "missing",
             MemberHealth::Stale => "stale",
+            MemberHealth::Failed => "FAILED",
+            MemberHealth::Spare => "spare",
+            MemberHealth::Replacing => "replacing",
+            MemberHealth::Removed => "removed",
         };
         println!(
             "  {:>2}  {:<8} {:<10} {}  {}",

@@ -1,0 +1,563 @@
+//! Rebuild: every chunk slice on a member that is gone (or being replaced) is recreated on
+//! a hot spare, the replacement, or free space on the other members (distributed rebuild),
+//! one chunk at a time. A chunk's new slice is written and flushed before the map commit
+//! that points to it, so the map is the checkpoint: a restart resumes with the chunks not
+//! yet moved, and a crash at any point leaves the old (degraded) or the new slice in force.
+
+use crate::array::{flush, read, write, Array, Dev};
+use crate::chunkmap::{Allocator, Chunk, Slice};
+use crate::error::{Error, Result};
+use crate::events::EventKind;
+use crate::jobs::JobControl;
+use crate::metadata::MemberState;
+use crate::profile::Level;
+use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
+
+const BLOCK: usize = 4096;
+
+/// Which rebuild is running, and the last one's outcome (for `status`).
+#[derive(Default)]
+pub(crate) struct Jobs {
+    pub rebuild: Option<Arc<JobControl>>,
+    pub rebuild_running: bool,
+    pub scrub: Option<Arc<JobControl>>,
+    /// Start a rebuild by itself when a member fails or a spare arrives (serve sets this).
+    pub auto: Option<(Weak<Array>, u64)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub chunks_rebuilt: usize,
+    pub bytes: u64,
+    /// Chunks that still need a place to go (no spare, no free space).
+    pub chunks_stuck: usize,
+    /// Volume ranges lost because another member failed to read during the rebuild.
+    pub lost: Vec<(u64, u64)>,
+}
+
+/// What one slice position of a chunk needs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Need {
+    /// Its member is gone: reconstruct from the others.
+    Reconstruct,
+    /// Its member is being replaced by `to`: copy (reconstruct where it fails to read).
+    Copy { to: u16 },
+}
+
+impl Array {
+    /// Lets the array start rebuilds by itself (at `rate` bytes/s) when a member fails or a
+    /// spare is added.
+    pub fn set_auto_rebuild(self: &Arc<Self>, rate: u64) {
+        self.jobs.lock().auto = Some((Arc::downgrade(self), rate));
+        self.kick_rebuild();
+    }
+
+    pub(crate) fn kick_rebuild(&self) {
+        let (weak, rate) = {
+            let jobs = self.jobs.lock();
+            match &jobs.auto {
+                Some((w, r)) if !jobs.rebuild_running => (w.clone(), *r),
+                _ => return,
+            }
+        };
+        if !self.rebuild_possible() {
+            return;
+        }
+        let Some(me) = weak.upgrade() else { return };
+        let ctl = Arc::new(JobControl::new(rate));
+        std::thread::Builder::new()
+            .name("damocles-rebuild".into())
+            .spawn(move || {
+                if let Err(e) = me.rebuild(ctl) {
+                    tracing::error!("rebuild failed: {e}");
+                }
+            })
+            .ok();
+    }
+
+    /// The rebuild running now, if any.
+    pub fn rebuild_job(&self) -> Option<Arc<JobControl>> {
+        let j = self.jobs.lock();
+        j.rebuild_running.then(|| j.rebuild.clone()).flatten()
+    }
+
+    /// What each slice of `c` needs. Only members known to be failed (or removed) are
+    /// rebuilt: a member that is merely absent may come back.
+    fn needs(&self, c: &Chunk, failed: &[bool], replacing: &[(u16, u16)]) -> Vec<Need> {
+        c.slices
+            .iter()
+            .map(|s| {
+                if failed[s.member as usize] {
+                    Some(Need::Reconstruct)
+                } else {
+                    replacing
+                        .iter()
+                        .find(|(old, _)| *old == s.member)
+                        .map(|(_, to)| Need::Copy { to: *to })
+                }
+            })
+            .map(|n| n.unwrap_or(Need::Copy { to: u16::MAX }))
+            .collect()
+    }
+
+    /// (old, new) pairs of replacements in progress whose new member is present.
+    fn replacements(&self) -> Vec<(u16, u16)> {
+        let members = self.members();
+        let st = self.state.lock();
+        st.meta
+            .members
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let old = m.replaces?;
+                members[i].as_ref()?;
+                Some((old, i as u16))
+            })
+            .collect()
+    }
+
+    /// Per member: known failed or removed (so its slices are rebuilt elsewhere).
+    fn failed_members(&self) -> Vec<bool> {
+        let members = self.members();
+        let st = self.state.lock();
+        st.meta
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                members[i].is_none()
+                    && matches!(m.state, MemberState::Faulty | MemberState::Removed)
+            })
+            .collect()
+    }
+
+    /// Chunks with a slice that a rebuild would move (and can: still readable).
+    pub(crate) fn rebuild_work(&self) -> Vec<usize> {
+        let members = self.members();
+        let failed = self.failed_members();
+        let replacing = self.replacements();
+        let st = self.state.lock();
+        st.meta
+            .map
+            .allocated()
+            .filter(|(_, c)| {
+                Array::chunk_intact(c, &members)
+                    && self
+                        .needs(c, &failed, &replacing)
+                        .iter()
+                        .any(|n| *n != Need::Copy { to: u16::MAX })
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Chunks with a slice on a member that is gone.
+    pub fn chunks_degraded(&self) -> usize {
+        let members = self.members();
+        let st = self.state.lock();
+        st.meta
+            .map
+            .allocated()
+            .filter(|(_, c)| c.slices.iter().any(|s| members[s.member as usize].is_none()))
+            .count()
+    }
+
+    fn rebuild_possible(&self) -> bool {
+        !self.read_only && !self.rebuild_work().is_empty()
+    }
+
+    /// Rebuilds every chunk that has a slice on a gone or replaced member. Runs while I/O is
+    /// served; resumable (each chunk is committed on its own).
+    pub fn rebuild(&self, ctl: Arc<JobControl>) -> Result<RebuildReport> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        {
+            let mut j = self.jobs.lock();
+            if j.rebuild_running {
+                return Err(Error::Invalid("a rebuild is already running".into()));
+            }
+            j.rebuild_running = true;
+            j.rebuild = Some(ctl.clone());
+        }
+        struct Running<'a>(&'a Mutex<Jobs>);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.lock().rebuild_running = false;
+            }
+        }
+        let _running = Running(&self.jobs);
+        let work = self.rebuild_work();
+        let mut report = RebuildReport::default();
+        if work.is_empty() {
+            self.finish_rebuild()?;
+            return Ok(report);
+        }
+        let total_chunks = self.state.lock().meta.map.allocated().count();
+        let slice_bytes = |i: usize| {
+            self.chunks.read()[i]
+                .as_ref()
+                .map_or(0, |c| c.slice_len)
+        };
+        let total: u64 = work.iter().map(|&i| slice_bytes(i)).sum();
+        ctl.set_total(total);
+        self.emit(
+            EventKind::RebuildStarted,
+            None,
+            None,
+            format!(
+                "rebuild started: {} of {total_chunks} chunks, {total} bytes",
+                work.len()
+            ),
+        );
+        for idx in work {
+            if ctl.is_cancelled() {
+                break;
+            }
+            let n = slice_bytes(idx);
+            match self.rebuild_chunk(idx, &ctl)? {
+                Some(lost) => {
+                    report.chunks_rebuilt += 1;
+                    report.bytes += n;
+                    report.lost.extend(lost);
+                }
+                None => report.chunks_stuck += 1,
+            }
+        }
+        if !ctl.is_cancelled() {
+            self.finish_rebuild()?;
+        }
+        let msg = format!(
+            "rebuild {}: {} chunks, {} bytes{}{}",
+            if ctl.is_cancelled() { "stopped" } else { "finished" },
+            report.chunks_rebuilt,
+            report.bytes,
+            if report.chunks_stuck > 0 {
+                format!(
+                    "; {} chunks have nowhere to go (add a spare)",
+                    report.chunks_stuck
+                )
+            } else {
+                String::new()
+            },
+            if report.lost.is_empty() {
+                String::new()
+            } else {
+                format!("; {} ranges lost", report.lost.len())
+            }
+        );
+        self.emit(EventKind::RebuildFinished, None, None, msg);
+        Ok(report)
+    }
+
+    /// After a rebuild: members that are gone or replaced and hold nothing any more leave
+    /// the array; spares that took data become active; replacements are done.
+    fn finish_rebuild(&self) -> Result<()> {
+        let members = self.members();
+        let mut st = self.state.lock();
+        let mut meta = st.meta.clone();
+        let holds = |i: usize| {
+            meta.map
+                .allocated()
+                .any(|(_, c)| c.slices.iter().any(|s| s.member as usize == i))
+        };
+        let mut changes = Vec::new();
+        for i in 0..meta.members.len() {
+            let m = &meta.members[i];
+            let replaced = meta.members.iter().any(|o| o.replaces == Some(i as u16));
+            let gone = members[i].is_none() && m.state == MemberState::Faulty;
+            if (gone || replaced) && !holds(i) && m.state != MemberState::Removed {
+                changes.push((i, MemberState::Removed));
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        for (i, s) in &changes {
+            meta.members[*i].state = *s;
+            for o in meta.members.iter_mut() {
+                if o.replaces == Some(*i as u16) {
+                    o.replaces = None;
+                    if o.state == MemberState::Spare {
+                        o.state = MemberState::Active;
+                    }
+                }
+            }
+        }
+        let mut avail = (*members).clone();
+        for (i, _) in &changes {
+            avail[*i] = None;
+        }
+        *self.avail.write() = Arc::new(avail);
+        self.commit_meta(&mut st, meta)?;
+        Ok(())
+    }
+
+    /// Rebuilds one chunk; `None` when there is nowhere to put it. Returns the lost ranges.
+    fn rebuild_chunk(&self, idx: usize, ctl: &JobControl) -> Result<Option<Vec<(u64, u64)>>> {
+        // No commit (journal) and no direct write runs while a chunk moves: the slices being
+        // read are stable and nothing is written to the old layout after it was copied.
+        let _commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
+        let _direct = self.chunk_gate.write();
+        let Some(chunk) = self.chunks.read()[idx].clone() else {
+            return Ok(Some(Vec::new()));
+        };
+        let members = self.members();
+        if !Array::chunk_intact(&chunk, &members) {
+            return Ok(None);
+        }
+        let failed = self.failed_members();
+        let replacing = self.replacements();
+        let needs = self.needs(&chunk, &failed, &replacing);
+        // Choose a target for each slice that must move.
+        let (spares, spaces, map) = {
+            let st = self.state.lock();
+            let spares: Vec<u16> = st
+                .meta
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| {
+                    m.state == MemberState::Spare && m.replaces.is_none() && members[*i].is_some()
+                })
+                .map(|(i, _)| i as u16)
+                .collect();
+            let spaces =
+                crate::array::member_spaces(&st.meta.members, self.sb_layout.data_offset);
+            (spares, spaces, st.meta.map.clone())
+        };
+        let mut alloc = Allocator::new(&spaces, &map);
+        let in_chunk: Vec<u16> = chunk.slices.iter().map(|s| s.member).collect();
+        let mut targets: Vec<Option<Slice>> = vec![None; chunk.slices.len()];
+        let mut taken: Vec<u16> = Vec::new();
+        let actives: Vec<u16> = {
+            let st = self.state.lock();
+            st.meta
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| m.state == MemberState::Active && members[*i].is_some())
+                .map(|(i, _)| i as u16)
+                .collect()
+        };
+        for (pos, need) in needs.iter().enumerate() {
+            let candidates: Vec<u16> = match need {
+                Need::Copy { to } if *to == u16::MAX => continue,
+                Need::Copy { to } => vec![*to],
+                Need::Reconstruct => {
+                    let free = |v: &Vec<u16>| -> Vec<u16> {
+                        v.iter()
+                            .copied()
+                            .filter(|m| !in_chunk.contains(m) && !taken.contains(m))
+                            .collect()
+                    };
+                    let s = free(&spares);
+                    if s.is_empty() {
+                        free(&actives)
+                    } else {
+                        s
+                    }
+                }
+            };
+            if let Some(s) = alloc.allocate_slice(chunk.slice_len, &candidates) {
+                taken.push(s.member);
+                targets[pos] = Some(s);
+            } else if matches!(need, Need::Reconstruct) {
+                return Ok(None);
+            } else {
+                return Err(Error::NoSpace(format!(
+                    "replacement member has no room for chunk {idx}"
+                )));
+            }
+        }
+        let p = chunk.profile;
+        let su = p.stripe_unit;
+        let rows = chunk.slice_len / su;
+        let mut lost: Vec<(u64, u64)> = Vec::new();
+        for (pos, target) in targets.iter().enumerate() {
+            let Some(t) = target else { continue };
+            let dst = members[t.member as usize]
+                .clone()
+                .expect("targets are present");
+            for row in 0..rows {
+                let _g = self.locks.lock(idx as u32, row);
+                let mut buf = vec![0u8; su as usize];
+                for (b, out) in buf.chunks_mut(BLOCK).enumerate() {
+                    let col = (b * BLOCK) as u64;
+                    if !self.rebuild_block(&chunk, &members, pos, needs[pos], row, col, out) {
+                        out.fill(0);
+                        if let Some(voff) = self.volume_offset(idx, &chunk, pos, row, col) {
+                            lost.push((voff, out.len() as u64));
+                        }
+                    }
+                }
+                write(dst.as_ref(), &buf, t.offset + row * su)?;
+                ctl.advance(su);
+            }
+        }
+        for t in targets.iter().flatten() {
+            if let Some(d) = &members[t.member as usize] {
+                flush(d.as_ref())?;
+            }
+        }
+        let mut new = (*chunk).clone();
+        for (pos, t) in targets.iter().enumerate() {
+            if let Some(t) = t {
+                new.slices[pos] = *t;
+            }
+        }
+        let new = Arc::new(new);
+        let mut st = self.state.lock();
+        let mut meta = st.meta.clone();
+        meta.map.chunks[idx] = Some(new.clone());
+        for t in targets.iter().flatten() {
+            let m = &mut meta.members[t.member as usize];
+            if m.state == MemberState::Spare && m.replaces.is_none() {
+                m.state = MemberState::Active;
+                let i = t.member as usize;
+                drop(st);
+                self.emit(
+                    EventKind::SpareActivated,
+                    Some(i),
+                    None,
+                    format!("hot spare {i} takes over"),
+                );
+                st = self.state.lock();
+            }
+        }
+        lost.sort_unstable();
+        for &(o, l) in &lost {
+            self.counters
+                .unrecoverable
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            meta.health.lost.push((o, l));
+        }
+        meta.health.lost = merge_ranges(std::mem::take(&mut meta.health.lost));
+        self.commit_meta(&mut st, meta)?;
+        self.chunks.write()[idx] = Some(new);
+        drop(st);
+        for &(o, l) in &lost {
+            self.emit(
+                EventKind::Unrecoverable,
+                None,
+                Some(o),
+                format!("{l} bytes at volume offset {o} could not be rebuilt and are lost"),
+            );
+        }
+        Ok(Some(lost))
+    }
+
+    /// The volume offset of data at slice position `pos`, `row`, column `col` (`None` for
+    /// parity).
+    fn volume_offset(&self, idx: usize, c: &Chunk, pos: usize, row: u64, col: u64) -> Option<u64> {
+        let p = &c.profile;
+        let i = (0..p.data_count()).find(|&i| p.data_positions(row, i).contains(&pos))?;
+        let off = row * p.row_bytes() + i as u64 * p.stripe_unit + col;
+        (off < self.chunk_size).then(|| idx as u64 * self.chunk_size + off)
+    }
+
+    /// Fills `out` with the content slice position `pos` must hold at (`row`, `col`).
+    /// `false` when it cannot be known (too many unreadable blocks).
+    #[allow(clippy::too_many_arguments)]
+    fn rebuild_block(
+        &self,
+        c: &Chunk,
+        members: &[Option<Dev>],
+        pos: usize,
+        need: Need,
+        row: u64,
+        col: u64,
+        out: &mut [u8],
+    ) -> bool {
+        let p = &c.profile;
+        let at = row * p.stripe_unit + col;
+        let get = |q: usize, buf: &mut [u8]| -> bool {
+            match &members[c.slices[q].member as usize] {
+                Some(d) => read(d.as_ref(), buf, c.slices[q].offset + at).is_ok(),
+                None => false,
+            }
+        };
+        if matches!(need, Need::Copy { .. }) && get(pos, out) {
+            return true;
+        }
+        match p.level {
+            Level::Raid5 | Level::Raid6 => {
+                // Every other position of the row, read block by block; None = unknown.
+                let width = p.width;
+                let mut cols: Vec<Option<Vec<u8>>> = (0..width)
+                    .map(|q| {
+                        if q == pos {
+                            return None;
+                        }
+                        let mut b = vec![0u8; out.len()];
+                        get(q, &mut b).then_some(b)
+                    })
+                    .collect();
+                let d = p.data_count();
+                let dpos: Vec<usize> = (0..d).map(|i| p.data_positions(row, i).start).collect();
+                let ppos = p.parity_position(row);
+                let qpos = (p.level == Level::Raid6).then(|| p.q_position(row));
+                let mut sub = crate::io::SubRow {
+                    data: dpos.iter().map(|&q| cols[q].take()).collect(),
+                    p: cols[ppos].take(),
+                    q: qpos.and_then(|q| cols[q].take()),
+                };
+                if self.reconstruct(0, p, &mut sub).is_err() {
+                    return false;
+                }
+                if let Some(i) = dpos.iter().position(|&q| q == pos) {
+                    out.copy_from_slice(sub.data[i].as_ref().expect("reconstructed"));
+                    return true;
+                }
+                let views: Vec<&[u8]> = sub
+                    .data
+                    .iter()
+                    .map(|b| b.as_deref().expect("complete"))
+                    .collect();
+                let mut pb = vec![0u8; out.len()];
+                let mut qb = vec![0u8; out.len()];
+                if qpos.is_some() {
+                    self.parity.gen_pq(&views, &mut pb, &mut qb);
+                } else {
+                    self.parity.gen_p(&views, &mut pb);
+                }
+                out.copy_from_slice(if pos == ppos { &pb } else { &qb });
+                true
+            }
+            _ => {
+                let Some(i) = (0..p.data_count()).find(|&i| p.data_positions(row, i).contains(&pos))
+                else {
+                    return false;
+                };
+                p.data_positions(row, i)
+                    .filter(|&q| q != pos)
+                    .any(|q| get(q, out))
+            }
+        }
+    }
+}
+
+/// Sorts and merges overlapping or touching ranges.
+pub(crate) fn merge_ranges(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for (o, l) in v {
+        match out.last_mut() {
+            Some((po, pl)) if *po + *pl >= o => *pl = (*pl).max(o + l - *po),
+            _ => out.push((o, l)),
+        }
+    }
+    out
+}
+
+/// What a scrub found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// 4 KiB blocks (data and parity) read and verified.
+    pub blocks_checked: u64,
+    pub repaired: u64,
+    pub unrecoverable: u64,
+    /// Whether it ran to the end (not cancelled).
+    pub complete: bool,
+}
