@@ -98,6 +98,8 @@ pub struct Array {
     /// Direct (journal-less) writes hold it shared; a chunk being rebuilt, exclusively.
     pub(crate) chunk_gate: RwLock<()>,
     pub(crate) control_socket: RwLock<Option<String>>,
+    /// A commit failed after its journal was durable: memory no longer matches the members.
+    pub(crate) poisoned: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -831,6 +833,7 @@ impl Array {
             jobs: Mutex::new(Default::default()),
             chunk_gate: RwLock::new(()),
             control_socket: RwLock::new(None),
+            poisoned: AtomicBool::new(false),
         };
         let (next_txg, replay) = array.replay_journal()?;
         *array.cache.next_txg.lock() = next_txg;

@@ -43,6 +43,9 @@ pub enum Error {
     /// The array was opened read-only.
     #[error("the array is open read-only")]
     ReadOnly,
+    /// The data asked for is known lost (it could not be rebuilt or repaired).
+    #[error("{0}")]
+    Lost(String),
 }
 
 impl Error {

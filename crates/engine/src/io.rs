@@ -72,38 +72,113 @@ impl Array {
         })
     }
 
-    /// Reads the virtual disk: what was written last, or an error.
+    /// Reads the virtual disk: what was written last, or an error. A member that fails to
+    /// read is failed (when the array can do without it) and the read served from the rest.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len())?;
-        if self.journal.is_some() {
-            self.read_cached(buf, offset)
-        } else {
-            self.read_members(buf, offset)
-        }
+        self.check_lost(offset, buf.len() as u64)?;
+        self.with_failover(|| {
+            if self.journal.is_some() {
+                self.read_cached(buf, offset)
+            } else {
+                self.read_members(buf, offset)
+            }
+        })
     }
 
     /// Writes the virtual disk. With a journal the write is buffered until the next commit
     /// (`flush`, the dirty budget, or the background flusher); durable after `flush`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len())?;
-        self.record_missing()?;
-        if self.journal.is_some() {
-            // Allocate now, so allocation status is true while the data is still dirty.
-            for (idx, ..) in self.pieces(offset, buf.len()) {
-                self.chunk_for_write(idx)?;
+        self.check_usable()?;
+        self.with_failover(|| {
+            self.record_missing()?;
+            if self.journal.is_some() {
+                // Allocate now, so allocation status is true while the data is still dirty.
+                for (idx, ..) in self.pieces(offset, buf.len()) {
+                    self.chunk_for_write(idx)?;
+                }
+                self.write_cached(buf, offset)
+            } else {
+                let _gate = self.chunk_gate.read();
+                self.write_direct(buf, offset)
             }
-            self.write_cached(buf, offset)
-        } else {
-            self.write_direct(buf, offset)
-        }
+        })?;
+        self.forget_lost(offset, buf.len() as u64)
     }
 
     /// Makes every completed write durable.
     pub fn flush(&self) -> Result<()> {
         if self.journal.is_some() && !self.read_only {
+            self.check_usable()?;
             return self.commit();
         }
-        crate::array::flush_all(&self.members())
+        self.with_failover(|| crate::array::flush_all(&self.members()))
+    }
+
+    /// EIO for ranges recorded lost.
+    fn check_lost(&self, offset: u64, len: u64) -> Result<()> {
+        let st = self.state.lock();
+        match st
+            .meta
+            .health
+            .lost
+            .iter()
+            .find(|&&(o, l)| o < offset + len && offset < o + l)
+        {
+            Some(&(o, l)) => Err(Error::Lost(format!(
+                "volume bytes {o}..{} are lost (could not be rebuilt); rewrite them to use                  them again",
+                o + l
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whole 4 KiB blocks written over a lost range hold good data again.
+    fn forget_lost(&self, offset: u64, len: u64) -> Result<()> {
+        let (lo, hi) = (offset.next_multiple_of(4096), (offset + len) / 4096 * 4096);
+        let mut st = self.state.lock();
+        if hi <= lo
+            || !st
+                .meta
+                .health
+                .lost
+                .iter()
+                .any(|&(o, l)| o < hi && lo < o + l)
+        {
+            return Ok(());
+        }
+        // Durable first: the range must not read as good before its new data is.
+        drop(st);
+        self.flush()?;
+        st = self.state.lock();
+        let mut meta = st.meta.clone();
+        let mut kept = Vec::new();
+        for &(o, l) in &meta.health.lost {
+            let e = o + l;
+            if e <= lo || hi <= o {
+                kept.push((o, l));
+                continue;
+            }
+            if o < lo {
+                kept.push((o, lo - o));
+            }
+            if hi < e {
+                kept.push((hi, e - hi));
+            }
+        }
+        meta.health.lost = kept;
+        self.commit_meta(&mut st, meta)
+    }
+
+    /// Writes are refused after a failure left the members' state unknown in memory.
+    fn check_usable(&self) -> Result<()> {
+        if self.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Unavailable(
+                "an earlier commit failed midway; restart to replay the journal".into(),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn read_members(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -166,7 +241,7 @@ impl Array {
         members[c.slices[pos].member as usize].as_ref()
     }
 
-    fn read_chunk(&self, idx: usize, c: &Chunk, co: u64, buf: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_chunk(&self, idx: usize, c: &Chunk, co: u64, buf: &mut [u8]) -> Result<()> {
         let members = self.members();
         let p = c.profile;
         let su = p.stripe_unit;

@@ -55,9 +55,6 @@ impl JobControl {
     pub(crate) fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
     }
-    pub(crate) fn set_done(&self, done: u64) {
-        self.done.store(done, Ordering::Relaxed);
-    }
     /// Counts `bytes` of work done and sleeps as long as the rate limit asks.
     pub(crate) fn advance(&self, bytes: u64) {
         self.done.fetch_add(bytes, Ordering::Relaxed);

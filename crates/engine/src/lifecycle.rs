@@ -1,7 +1,7 @@
 //! Member lifecycle while the array is open: fail, add (as a hot spare), remove, replace;
 //! I/O errors that fail a member; events and error counters.
 
-use crate::array::{flush, io_err, read, write, Array, Dev, MemberSlot};
+use crate::array::{flush, read, write, Array, Dev, MemberSlot};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventSink};
 use crate::format::{self, Superblock, SB_OFFSETS};
@@ -101,68 +101,91 @@ impl Array {
     }
 
     /// Would every allocated chunk still be readable without these members too?
-    pub(crate) fn survives_without(&self, extra: &[usize]) -> bool {
+    fn survives_without_locked(&self, meta: &crate::metadata::ArrayMeta, extra: &[usize]) -> bool {
         let members = self.members();
         let view: Vec<Option<Dev>> = members
             .iter()
             .enumerate()
             .map(|(i, d)| if extra.contains(&i) { None } else { d.clone() })
             .collect();
-        let st = self.state.lock();
-        let ok = st
-            .meta
-            .map
+        meta.map
             .allocated()
-            .all(|(_, c)| Array::chunk_intact(c, &view));
-        ok
+            .all(|(_, c)| Array::chunk_intact(c, &view))
     }
 
     /// Marks a member failed: it is no longer read or written, and the metadata says so on
     /// every other member before this returns. Refused when the array could not serve its
-    /// data without it, unless `force`.
+    /// data without it, unless `force`. A member that fails while the metadata is being
+    /// written is failed along with it.
     pub fn fail_member(&self, index: usize, reason: &str, force: bool) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        {
-            let st = self.state.lock();
-            let m = st
-                .meta
-                .members
-                .get(index)
-                .ok_or_else(|| Error::Invalid(format!("no member {index}")))?;
-            if matches!(m.state, MemberState::Faulty | MemberState::Removed) {
-                return Err(Error::Invalid(format!(
-                    "member {index} is already {}",
-                    if m.state == MemberState::Faulty {
-                        "failed"
-                    } else {
-                        "removed"
-                    }
-                )));
-            }
-        }
-        if !force && !self.survives_without(&[index]) {
-            return Err(Error::Unavailable(format!(
-                "failing member {index} would leave data with no copy left to read \
-                 (use --force to fail it anyway)"
+        let mut st = self.state.lock();
+        let m = st
+            .meta
+            .members
+            .get(index)
+            .ok_or_else(|| Error::Invalid(format!("no member {index}")))?;
+        if matches!(m.state, MemberState::Faulty | MemberState::Removed) {
+            return Err(Error::Invalid(format!(
+                "member {index} is already {}",
+                if m.state == MemberState::Faulty {
+                    "failed"
+                } else {
+                    "removed"
+                }
             )));
         }
-        let mut st = self.state.lock();
-        let mut avail = (*self.members()).clone();
-        avail[index] = None;
-        *self.avail.write() = Arc::new(avail);
-        let mut meta = st.meta.clone();
-        meta.members[index].state = MemberState::Faulty;
-        self.commit_meta(&mut st, meta)?;
+        let mut failing: Vec<(usize, String)> = vec![(index, reason.to_string())];
+        loop {
+            let idxs: Vec<usize> = failing.iter().map(|f| f.0).collect();
+            if !force && !self.survives_without_locked(&st.meta, &idxs) {
+                return Err(Error::Unavailable(format!(
+                    "failing member{} {idxs:?} would leave data with no copy left to read \
+                     (use --force to fail it anyway)",
+                    if idxs.len() > 1 { "s" } else { "" }
+                )));
+            }
+            let before = self.members();
+            let mut avail = (*before).clone();
+            for &i in &idxs {
+                avail[i] = None;
+            }
+            *self.avail.write() = Arc::new(avail);
+            let mut meta = st.meta.clone();
+            for &i in &idxs {
+                meta.members[i].state = MemberState::Faulty;
+            }
+            match self.commit_meta(&mut st, meta) {
+                Ok(()) => break,
+                Err(e) => {
+                    let other = match &e {
+                        Error::Io { member, .. } => self
+                            .member_by_device(member)
+                            .filter(|i| !idxs.contains(i)),
+                        _ => None,
+                    };
+                    match other {
+                        Some(o) => failing.push((o, e.to_string())),
+                        None => {
+                            *self.avail.write() = before;
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
         drop(st);
-        self.slots.write()[index].failed = Some(reason.to_string());
-        self.emit(
-            EventKind::MemberFailed,
-            Some(index),
-            None,
-            format!("member {index} failed: {reason}"),
-        );
+        for (i, why) in failing {
+            self.slots.write()[i].failed = Some(why.clone());
+            self.emit(
+                EventKind::MemberFailed,
+                Some(i),
+                None,
+                format!("member {i} failed: {why}"),
+            );
+        }
         self.kick_rebuild();
         Ok(())
     }
@@ -188,7 +211,8 @@ impl Array {
         if self.members()[index].is_none() {
             return true; // already failed by a concurrent request
         }
-        self.fail_member(index, &e.to_string(), false).is_ok()
+        // Another request may have failed it meanwhile: that is as good.
+        self.fail_member(index, &e.to_string(), false).is_ok() || self.members()[index].is_none()
     }
 
     /// Runs `f`, failing members that give I/O errors and retrying, while the array can
@@ -382,10 +406,5 @@ impl Array {
             format!("member {index} removed"),
         );
         Ok(())
-    }
-
-    /// A device's I/O error, as the engine reports it.
-    pub(crate) fn dev_error(op: &'static str, d: &Dev, off: u64, e: std::io::Error) -> Error {
-        io_err(op, d.as_ref(), off, e)
     }
 }

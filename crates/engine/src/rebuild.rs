@@ -298,7 +298,8 @@ impl Array {
     fn rebuild_chunk(&self, idx: usize, ctl: &JobControl) -> Result<Option<Vec<(u64, u64)>>> {
         // No commit (journal) and no direct write runs while a chunk moves: the slices being
         // read are stable and nothing is written to the old layout after it was copied.
-        let _commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
+        let commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
+        let next_txg = commits.as_ref().map(|g| **g);
         let _direct = self.chunk_gate.write();
         let Some(chunk) = self.chunks.read()[idx].clone() else {
             return Ok(Some(Vec::new()));
@@ -364,7 +365,9 @@ impl Array {
                 taken.push(s.member);
                 targets[pos] = Some(s);
             } else if matches!(need, Need::Reconstruct) {
-                return Ok(None);
+                // Every member with room is already in the chunk: lay it out anew over
+                // the members that are left (narrower, same level), if it fits.
+                return self.relocate_chunk(idx, &chunk, &members, ctl, next_txg);
             } else {
                 return Err(Error::NoSpace(format!(
                     "replacement member has no room for chunk {idx}"
@@ -444,6 +447,103 @@ impl Array {
                 Some(o),
                 format!("{l} bytes at volume offset {o} could not be rebuilt and are lost"),
             );
+        }
+        Ok(Some(lost))
+    }
+
+    /// Rewrites chunk `idx` as a new chunk of the same level over the present, working
+    /// members (as wide as they allow), then points the map at it. Used when a failed
+    /// member's slice has nowhere else to go. Caller holds the commit lock and chunk gate.
+    fn relocate_chunk(
+        &self,
+        idx: usize,
+        old: &Chunk,
+        members: &[Option<Dev>],
+        ctl: &JobControl,
+        next_txg: Option<u64>,
+    ) -> Result<Option<Vec<(u64, u64)>>> {
+        let (spaces, map, template, candidates) = {
+            let st = self.state.lock();
+            let candidates: Vec<u16> = st
+                .meta
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| {
+                    matches!(m.state, MemberState::Active | MemberState::Spare)
+                        && m.replaces.is_none()
+                        && members[*i].is_some()
+                })
+                .map(|(i, _)| i as u16)
+                .collect();
+            let mut t = st.meta.template;
+            t.level = old.profile.level;
+            t.copies = old.profile.copies;
+            t.stripe_unit = old.profile.stripe_unit;
+            (
+                crate::array::member_spaces(&st.meta.members, self.sb_layout.data_offset),
+                st.meta.map.clone(),
+                t,
+                candidates,
+            )
+        };
+        // The old slices stay allocated in `map` until the commit: the new chunk never
+        // overlaps them.
+        let mut alloc = Allocator::new(&spaces, &map);
+        let Some(new) = alloc.allocate(&template, self.chunk_size, &candidates) else {
+            return Ok(None);
+        };
+        let p = new.profile;
+        let rb = p.row_bytes();
+        let rows = new.slice_len / p.stripe_unit;
+        let mut lost: Vec<(u64, u64)> = Vec::new();
+        let mut buf = vec![0u8; rb as usize];
+        for row in 0..rows {
+            let start = row * rb;
+            buf.fill(0);
+            let n = (self.chunk_size.saturating_sub(start)).min(rb) as usize;
+            if n > 0 && self.read_chunk(idx, old, start, &mut buf[..n]).is_err() {
+                // Block by block, so one bad spot loses only itself.
+                for (b, blk) in buf[..n].chunks_mut(BLOCK).enumerate() {
+                    let co = start + (b * BLOCK) as u64;
+                    if self.read_chunk(idx, old, co, blk).is_err() {
+                        blk.fill(0);
+                        lost.push((idx as u64 * self.chunk_size + co, blk.len() as u64));
+                    }
+                }
+            }
+            let segs: Vec<crate::io::Seg> = (0..p.data_count())
+                .map(|i| crate::io::Seg {
+                    i,
+                    col: 0,
+                    data: &buf[i * p.stripe_unit as usize..(i + 1) * p.stripe_unit as usize],
+                })
+                .collect();
+            let mut plan = Vec::new();
+            self.plan_row(idx, members, &new, row, &segs, &mut plan)?;
+            crate::io::execute(members, &plan)?;
+            ctl.advance(rb);
+        }
+        for s in &new.slices {
+            if let Some(d) = &members[s.member as usize] {
+                flush(d.as_ref())?;
+            }
+        }
+        let new = Arc::new(new);
+        let mut st = self.state.lock();
+        let mut meta = st.meta.clone();
+        meta.map.chunks[idx] = Some(new.clone());
+        for &(o, l) in &lost {
+            meta.health.lost.push((o, l));
+        }
+        meta.health.lost = merge_ranges(std::mem::take(&mut meta.health.lost));
+        self.commit_meta(&mut st, meta)?;
+        self.chunks.write()[idx] = Some(new);
+        drop(st);
+        // The old slices are free from now on; the journal may still name them, so it is
+        // retired before anything can be allocated there.
+        if let Some(next) = next_txg {
+            self.retire_journal_at(next)?;
         }
         Ok(Some(lost))
     }

@@ -6,7 +6,7 @@
 
 use crate::array::{flush_all, read, write, Array};
 use crate::error::Result;
-use crate::io::{execute, MemberWrite, Seg};
+use crate::io::{MemberWrite, Seg};
 use crate::journal::{self, SubRecord};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
@@ -220,7 +220,10 @@ impl Array {
             }
             for (row, segs) in rows {
                 let mut writes = Vec::new();
-                self.plan_row(idx, &members, &chunk, row, &segs, &mut writes)?;
+                self.with_failover(|| {
+                    writes.clear();
+                    self.plan_row(idx, &self.members(), &chunk, row, &segs, &mut writes)
+                })?;
                 if !txg.fits(&writes, area.half, members.len(), area.device.is_some()) {
                     self.journal_and_apply(&mut txg, next)?;
                 }
@@ -236,7 +239,6 @@ impl Array {
             return Ok(());
         }
         let area = self.journal.clone().expect("journal");
-        let members = self.members();
         let number = *next;
         *next += 1;
         let mut shares: BTreeMap<u16, Vec<MemberWrite>> = BTreeMap::new();
@@ -253,10 +255,11 @@ impl Array {
         let participants: Vec<u16> = shares.keys().copied().collect();
         for (m, writes) in shares {
             let d = match &area.device {
-                Some(dev) => dev,
-                None => members[m as usize]
-                    .as_ref()
-                    .expect("planned for a present member"),
+                Some(dev) => dev.clone(),
+                None => match &self.members()[m as usize] {
+                    Some(d) => d.clone(),
+                    None => continue, // failed since the plan: its share is not needed
+                },
             };
             let rec = SubRecord {
                 txg: number,
@@ -264,20 +267,46 @@ impl Array {
                 participants: participants.clone(),
                 writes,
             };
-            write(
+            let r = write(
                 d.as_ref(),
                 &journal::encode(self.uuid, &rec),
                 area.half_offset(number),
-            )?;
+            );
+            if let Err(e) = r {
+                // A member that fails now is recorded faulty before the journal flush, so
+                // its missing share is never needed.
+                if !self.absorb(&e) {
+                    return Err(e);
+                }
+            }
         }
-        let mut to_flush: Vec<Option<crate::array::Dev>> = members.to_vec();
-        to_flush.push(area.device.clone());
         // Journal durable (and the previous txg's in-place writes with it) before any
         // in-place write of this txg.
-        flush_all(&to_flush)?;
+        loop {
+            let mut to_flush: Vec<Option<crate::array::Dev>> = self.members().to_vec();
+            to_flush.push(area.device.clone());
+            match flush_all(&to_flush) {
+                Ok(()) => break,
+                Err(e) if self.absorb(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        // From here the txg is durable in the journal: a failure must not leave the rows
+        // half applied in memory's view, so members that fail are dropped and the rest go on.
         for (idx, row, writes) in txg.rows.drain(..) {
             let _g = self.locks.lock(idx, row);
-            execute(&members, &writes)?;
+            for w in &writes {
+                let Some(d) = self.members()[w.member as usize].clone() else {
+                    continue;
+                };
+                if let Err(e) = write(d.as_ref(), &w.data, w.offset) {
+                    if !self.absorb(&e) {
+                        self.poisoned
+                            .store(true, std::sync::atomic::Ordering::Release);
+                        return Err(e);
+                    }
+                }
+            }
         }
         txg.bytes.clear();
         Ok(())
@@ -350,6 +379,13 @@ impl Array {
     /// complete — replaying it alone is harmless, its writes are durable — or it incomplete
     /// and its predecessor gone, which replays nothing (see `journal::select_replay`).
     pub(crate) fn retire_journal(&self) -> Result<()> {
+        let next = *self.cache.next_txg.lock();
+        self.retire_journal_at(next)
+    }
+
+    /// [`Array::retire_journal`] for a caller that holds the commit lock (`next`: the next
+    /// txg number).
+    pub(crate) fn retire_journal_at(&self, next: u64) -> Result<()> {
         let Some(area) = self.journal.clone() else {
             return Ok(());
         };
@@ -359,7 +395,7 @@ impl Array {
             Some(dev) => vec![Some(dev.clone())],
             None => members.to_vec(),
         };
-        let newest = self.cache.next_txg.lock().saturating_sub(1);
+        let newest = next.saturating_sub(1);
         let zeros = vec![0u8; 4096];
         for half in [(newest + 1) % 2, newest % 2] {
             for d in holders.iter().flatten() {
