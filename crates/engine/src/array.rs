@@ -100,6 +100,8 @@ pub struct Array {
     pub(crate) control_socket: RwLock<Option<String>>,
     /// A commit failed after its journal was durable: memory no longer matches the members.
     pub(crate) poisoned: AtomicBool,
+    /// Per-block checksums (arrays created with the journal).
+    pub(crate) csums: Option<crate::csum::Csums>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -518,11 +520,20 @@ impl Array {
         }
         let array_uuid = *uuid::Uuid::new_v4().as_bytes();
         let created = now();
+        // Checksums ride on the journal (their updates must be atomic with the data's).
+        let checksums = opts.journal;
+        let data_end = |d: &Dev| {
+            if checksums {
+                crate::csum::data_end(d.size(), data_offset)
+            } else {
+                d.size() / 4096 * 4096
+            }
+        };
         let members: Vec<MemberInfo> = devs
             .iter()
             .map(|d| MemberInfo {
                 uuid: *uuid::Uuid::new_v4().as_bytes(),
-                size: d.size() / 4096 * 4096,
+                size: data_end(d),
                 state: MemberState::Active,
                 replaces: None,
             })
@@ -562,6 +573,10 @@ impl Array {
                     format::SB_FLAG_EXTERNAL_JOURNAL
                 } else {
                     0
+                } | if checksums {
+                    format::SB_FLAG_CHECKSUMS
+                } else {
+                    0
                 },
                 member_size: d.size(),
                 slot_offset,
@@ -580,6 +595,11 @@ impl Array {
                 write(d.as_ref(), &zero_hdr, journal_offset + journal_size / 2)?;
             }
             write(d.as_ref(), &slot, s1)?;
+            if checksums {
+                let end = meta.members[i].size;
+                d.write_zeroes(end, crate::csum::area_len(end - data_offset))
+                    .map_err(|e| io_err("zero", d.as_ref(), end, e))?;
+            }
             flush(d.as_ref())?;
             let block = sb.encode();
             for off in SB_OFFSETS {
@@ -806,6 +826,12 @@ impl Array {
                 device: None,
             }),
         };
+        let csums = (sbs[0].flags & format::SB_FLAG_CHECKSUMS != 0).then(|| {
+            crate::csum::Csums::new(
+                sbs[0].data_offset,
+                meta.members.iter().map(|m| m.size).collect(),
+            )
+        });
         let budget = opts
             .dirty_budget
             .unwrap_or_else(crate::txg::default_budget)
@@ -834,6 +860,7 @@ impl Array {
             chunk_gate: RwLock::new(()),
             control_socket: RwLock::new(None),
             poisoned: AtomicBool::new(false),
+            csums,
         };
         let (next_txg, replay) = array.replay_journal()?;
         *array.cache.next_txg.lock() = next_txg;
@@ -955,6 +982,18 @@ impl Array {
         if let Some(c) = &self.chunks.read()[idx] {
             return Ok(c.clone());
         }
+        // Zeroing checksums writes checksum blocks outside the journal: no commit may be
+        // writing them meanwhile (lock order: commit lock, then metadata state).
+        let _commit = self.csums.as_ref().map(|_| self.cache.next_txg.lock());
+        self.chunk_for_write_locked(idx)
+    }
+
+    /// [`Array::chunk_for_write`] for a caller that holds the commit lock (or has no
+    /// checksums).
+    pub(crate) fn chunk_for_write_locked(&self, idx: usize) -> Result<Arc<Chunk>> {
+        if let Some(c) = &self.chunks.read()[idx] {
+            return Ok(c.clone());
+        }
         let mut st = self.state.lock();
         if let Some(c) = &self.chunks.read()[idx] {
             return Ok(c.clone());
@@ -981,6 +1020,12 @@ impl Array {
             if let Some(d) = &members[s.member as usize] {
                 d.write_zeroes(s.offset, chunk.slice_len)
                     .map_err(|e| io_err("zero", d.as_ref(), s.offset, e))?;
+                // Space freed by a relocation still has its old checksums.
+                if let Some(c) = &self.csums {
+                    for w in c.zero_range(s.member, d, s.offset, chunk.slice_len) {
+                        write(d.as_ref(), &w.data, w.offset)?;
+                    }
+                }
             }
         }
         let holders: Vec<Option<Dev>> = chunk
@@ -1177,7 +1222,7 @@ impl Array {
 
     /// Whether per-block checksums are kept (they need the journal).
     pub fn checksums_enabled(&self) -> bool {
-        false
+        self.csums.is_some()
     }
 }
 

@@ -21,6 +21,8 @@ pub const MAX_SLOT_SIZE: u64 = 64 << 20;
 pub const SB_FLAG_JOURNAL_DEVICE: u32 = 1;
 /// Superblock flag: this member's array keeps its journal on a separate device.
 pub const SB_FLAG_EXTERNAL_JOURNAL: u32 = 2;
+/// Every member keeps a CRC-32C per 4 KiB data block after its data area (see `csum.rs`).
+pub const SB_FLAG_CHECKSUMS: u32 = 4;
 /// `member_index` of a journal device.
 pub const JOURNAL_DEVICE_INDEX: u32 = u32::MAX;
 
@@ -242,7 +244,8 @@ impl Superblock {
     }
 
     fn check(&self, member: &str) -> Result<()> {
-        if self.flags & !(SB_FLAG_JOURNAL_DEVICE | SB_FLAG_EXTERNAL_JOURNAL) != 0 {
+        if self.flags & !(SB_FLAG_JOURNAL_DEVICE | SB_FLAG_EXTERNAL_JOURNAL | SB_FLAG_CHECKSUMS) != 0
+        {
             return Err(Error::format(member, "superblock has unknown flags"));
         }
         if self.is_journal_device() {

@@ -77,11 +77,21 @@ impl Array {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len())?;
         self.check_lost(offset, buf.len() as u64)?;
+        if self.csums.is_some() && (offset % 4096 != 0 || buf.len() % 4096 != 0) {
+            // Checksums cover whole blocks: read those, hand back the part asked for.
+            let lo = offset / 4096 * 4096;
+            let hi = (offset + buf.len() as u64).next_multiple_of(4096);
+            let mut whole = vec![0u8; (hi - lo) as usize];
+            self.read_at(&mut whole, lo)?;
+            let at = (offset - lo) as usize;
+            buf.copy_from_slice(&whole[at..at + buf.len()]);
+            return Ok(());
+        }
         self.with_failover(|| {
             if self.journal.is_some() {
                 self.read_cached(buf, offset)
             } else {
-                self.read_members(buf, offset)
+                self.read_members(buf, offset, &|_| false)
             }
         })
     }
@@ -181,16 +191,33 @@ impl Array {
         Ok(())
     }
 
-    pub(crate) fn read_members(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    /// Reads what the members hold. Blocks for which `dirty(volume block)` is true are not
+    /// verified against their checksums (newer data is laid over them).
+    pub(crate) fn read_members(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        dirty: &dyn Fn(u64) -> bool,
+    ) -> Result<()> {
         for (idx, co, pos, n) in self.pieces(offset, buf.len()) {
             let chunk = self.chunks.read()[idx].clone();
             let dst = &mut buf[pos..pos + n];
             match chunk {
                 None => dst.fill(0),
-                Some(c) => self.read_chunk(idx, &c, co, dst)?,
+                Some(c) => {
+                    let direct = self.read_chunk_raw(idx, &c, co, dst)?;
+                    if self.csums.is_some() {
+                        self.verify_direct(idx, &c, co, dst, &direct, dirty)?;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Reads part of a chunk (no checksum verification).
+    pub(crate) fn read_chunk(&self, idx: usize, c: &Chunk, co: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_chunk_raw(idx, c, co, buf).map(|_| ())
     }
 
     fn write_direct(&self, buf: &[u8], offset: u64) -> Result<()> {
@@ -241,7 +268,14 @@ impl Array {
         members[c.slices[pos].member as usize].as_ref()
     }
 
-    pub(crate) fn read_chunk(&self, idx: usize, c: &Chunk, co: u64, buf: &mut [u8]) -> Result<()> {
+    /// Reads part of a chunk; returns the pieces read directly: (member, offset, range).
+    fn read_chunk_raw(
+        &self,
+        idx: usize,
+        c: &Chunk,
+        co: u64,
+        buf: &mut [u8],
+    ) -> Result<Vec<(u16, u64, Range<usize>)>> {
         let members = self.members();
         let p = c.profile;
         let su = p.stripe_unit;
@@ -299,6 +333,7 @@ impl Array {
         }
         // One vectored read per run of pieces that are contiguous on one member.
         direct.sort_by_key(|(m, off, _)| (*m, *off));
+        let read_directly = direct.clone();
         let mut k = 0;
         while k < direct.len() {
             let (m, off, _) = direct[k];
@@ -328,7 +363,7 @@ impl Array {
             self.reconstruct(idx, &p, &mut blocks)?;
             dst.copy_from_slice(blocks.data[i].as_ref().expect("rebuilt"));
         }
-        Ok(())
+        Ok(read_directly)
     }
 
     fn write_chunk(&self, idx: usize, c: &Chunk, co: u64, buf: &[u8]) -> Result<()> {

@@ -3,11 +3,13 @@
 
 mod array;
 pub mod chunkmap;
+pub mod csum;
 pub mod error;
 pub mod events;
 pub mod fault;
 pub mod jobs;
 mod lifecycle;
+mod heal;
 mod rebuild;
 mod scrub;
 pub mod format;

@@ -297,9 +297,13 @@ impl Array {
         if index >= u16::MAX as usize {
             return Err(Error::Invalid("too many members".into()));
         }
+        let size = match &self.csums {
+            Some(_) => crate::csum::data_end(dev.size(), sb0.data_offset),
+            None => dev.size() / 4096 * 4096,
+        };
         let info = MemberInfo {
             uuid: *uuid::Uuid::new_v4().as_bytes(),
-            size: dev.size() / 4096 * 4096,
+            size,
             state: MemberState::Spare,
             replaces,
         };
@@ -318,6 +322,10 @@ impl Array {
             write(dev.as_ref(), &zero, sb.journal_offset)?;
             write(dev.as_ref(), &zero, sb.journal_offset + sb.journal_size / 2)?;
         }
+        if self.csums.is_some() {
+            dev.write_zeroes(size, crate::csum::area_len(size - sb0.data_offset))
+                .map_err(|e| crate::array::io_err("zero", dev.as_ref(), size, e))?;
+        }
         flush(dev.as_ref())?;
         let block = sb.encode();
         for off in SB_OFFSETS {
@@ -326,6 +334,9 @@ impl Array {
         flush(dev.as_ref())?;
         let mut meta = st.meta.clone();
         meta.members.push(info);
+        if let Some(c) = &self.csums {
+            c.ends.write().push(size);
+        }
         // Present before the commit, so the new metadata reaches the new member too.
         let mut avail = (*self.members()).clone();
         avail.push(Some(dev.clone()));
@@ -340,6 +351,9 @@ impl Array {
             avail.pop();
             *self.avail.write() = Arc::new(avail);
             self.slots.write().pop();
+            if let Some(c) = &self.csums {
+                c.ends.write().pop();
+            }
             return Err(e);
         }
         let generation = st.generation;

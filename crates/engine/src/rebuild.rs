@@ -12,6 +12,7 @@ use crate::jobs::JobControl;
 use crate::metadata::MemberState;
 use crate::profile::Level;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 const BLOCK: usize = 4096;
@@ -378,6 +379,7 @@ impl Array {
         let su = p.stripe_unit;
         let rows = chunk.slice_len / su;
         let mut lost: Vec<(u64, u64)> = Vec::new();
+        let mut csum_blocks: HashMap<u16, Vec<u64>> = HashMap::new();
         for (pos, target) in targets.iter().enumerate() {
             let Some(t) = target else { continue };
             let dst = members[t.member as usize]
@@ -396,9 +398,16 @@ impl Array {
                     }
                 }
                 write(dst.as_ref(), &buf, t.offset + row * su)?;
+                if let Some(cs) = &self.csums {
+                    csum_blocks
+                        .entry(t.member)
+                        .or_default()
+                        .extend(cs.record(t.member, &dst, t.offset + row * su, &buf));
+                }
                 ctl.advance(su);
             }
         }
+        self.write_csum_blocks(&members, csum_blocks)?;
         for t in targets.iter().flatten() {
             if let Some(d) = &members[t.member as usize] {
                 flush(d.as_ref())?;
@@ -497,6 +506,7 @@ impl Array {
         let rb = p.row_bytes();
         let rows = new.slice_len / p.stripe_unit;
         let mut lost: Vec<(u64, u64)> = Vec::new();
+        let mut csum_blocks: HashMap<u16, Vec<u64>> = HashMap::new();
         let mut buf = vec![0u8; rb as usize];
         for row in 0..rows {
             let start = row * rb;
@@ -522,8 +532,19 @@ impl Array {
             let mut plan = Vec::new();
             self.plan_row(idx, members, &new, row, &segs, &mut plan)?;
             crate::io::execute(members, &plan)?;
+            if let Some(cs) = &self.csums {
+                for w in &plan {
+                    if let Some(d) = &members[w.member as usize] {
+                        csum_blocks
+                            .entry(w.member)
+                            .or_default()
+                            .extend(cs.record(w.member, d, w.offset, &w.data));
+                    }
+                }
+            }
             ctl.advance(rb);
         }
+        self.write_csum_blocks(members, csum_blocks)?;
         for s in &new.slices {
             if let Some(d) = &members[s.member as usize] {
                 flush(d.as_ref())?;
@@ -557,6 +578,20 @@ impl Array {
         (off < self.chunk_size).then(|| idx as u64 * self.chunk_size + off)
     }
 
+    /// Rebuilds the block of slice position `pos` at (`row`, `col`) from the other
+    /// positions (each verified against its checksum); `false` if it cannot.
+    pub(crate) fn rebuild_block_checked(
+        &self,
+        c: &Chunk,
+        members: &[Option<Dev>],
+        pos: usize,
+        row: u64,
+        col: u64,
+        out: &mut [u8],
+    ) -> bool {
+        self.rebuild_block(c, members, pos, Need::Reconstruct, row, col, out)
+    }
+
     /// Fills `out` with the content slice position `pos` must hold at (`row`, `col`).
     /// `false` when it cannot be known (too many unreadable blocks).
     #[allow(clippy::too_many_arguments)]
@@ -572,9 +607,18 @@ impl Array {
     ) -> bool {
         let p = &c.profile;
         let at = row * p.stripe_unit + col;
+        // A source counts only if it reads and (with checksums) verifies.
         let get = |q: usize, buf: &mut [u8]| -> bool {
-            match &members[c.slices[q].member as usize] {
-                Some(d) => read(d.as_ref(), buf, c.slices[q].offset + at).is_ok(),
+            let m = c.slices[q].member;
+            match &members[m as usize] {
+                Some(d) => {
+                    let off = c.slices[q].offset + at;
+                    read(d.as_ref(), buf, off).is_ok()
+                        && self
+                            .csums
+                            .as_ref()
+                            .is_none_or(|cs| cs.first_bad(m, d, off, buf).is_none())
+                }
                 None => false,
             }
         };
@@ -635,6 +679,29 @@ impl Array {
                     .any(|q| get(q, out))
             }
         }
+    }
+}
+
+impl Array {
+    /// Puts cached checksum blocks on their members (caller holds the commit lock; the
+    /// members are flushed by the caller before anything refers to the data).
+    pub(crate) fn write_csum_blocks(
+        &self,
+        members: &[Option<Dev>],
+        blocks: HashMap<u16, Vec<u64>>,
+    ) -> Result<()> {
+        let Some(cs) = &self.csums else {
+            return Ok(());
+        };
+        for (m, cbs) in blocks {
+            let Some(d) = &members[m as usize] else {
+                continue;
+            };
+            for w in cs.block_writes(m, &cbs) {
+                write(d.as_ref(), &w.data, w.offset)?;
+            }
+        }
+        Ok(())
     }
 }
 

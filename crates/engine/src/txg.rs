@@ -131,7 +131,9 @@ impl Array {
         // Held across the member read so a block cannot leave the committing set (being put
         // in place) between our member read and the overlay.
         let committing = self.cache.committing.read();
-        self.read_members(buf, offset)?;
+        let newer_set: std::collections::HashSet<u64> = newer.iter().map(|(b, _)| *b).collect();
+        let dirty = |b: u64| committing.contains_key(&b) || newer_set.contains(&b);
+        self.read_members(buf, offset, &dirty)?;
         let mut lay = |b: u64, blk: &[u8]| {
             let bs = b * BLOCK;
             let lo = offset.max(bs);
@@ -178,6 +180,9 @@ impl Array {
     }
 
     fn commit_frozen(&self, next: &mut u64) -> Result<()> {
+        if let Some(c) = &self.csums {
+            c.trim();
+        }
         let frozen = self.cache.committing.read();
         let mut blocks: Vec<u64> = frozen.keys().copied().collect();
         blocks.sort_unstable();
@@ -192,7 +197,7 @@ impl Array {
             while j < blocks.len() && (blocks[j] / per_block) as usize == idx {
                 j += 1;
             }
-            let chunk = self.chunk_for_write(idx)?;
+            let chunk = self.chunk_for_write_locked(idx)?;
             // Contiguous runs of blocks, then the stripe rows they touch, each row planned
             // once with all of its segments.
             let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -241,8 +246,25 @@ impl Array {
         let area = self.journal.clone().expect("journal");
         let number = *next;
         *next += 1;
+        // The checksum blocks these writes change are journaled with them.
+        let csum_writes: Vec<MemberWrite> = match &self.csums {
+            Some(c) => {
+                let all: Vec<MemberWrite> = txg
+                    .rows
+                    .iter()
+                    .flat_map(|(_, _, w)| w.iter().cloned())
+                    .collect();
+                c.plan(&all, &self.members())
+            }
+            None => Vec::new(),
+        };
         let mut shares: BTreeMap<u16, Vec<MemberWrite>> = BTreeMap::new();
-        for (_, _, writes) in &txg.rows {
+        for writes in txg
+            .rows
+            .iter()
+            .map(|(_, _, w)| w.as_slice())
+            .chain(std::iter::once(csum_writes.as_slice()))
+        {
             for w in writes {
                 let owner = if area.device.is_some() {
                     journal::EXTERNAL
@@ -295,20 +317,31 @@ impl Array {
         // half applied in memory's view, so members that fail are dropped and the rest go on.
         for (idx, row, writes) in txg.rows.drain(..) {
             let _g = self.locks.lock(idx, row);
-            for w in &writes {
-                let Some(d) = self.members()[w.member as usize].clone() else {
-                    continue;
-                };
-                if let Err(e) = write(d.as_ref(), &w.data, w.offset) {
-                    if !self.absorb(&e) {
-                        self.poisoned
-                            .store(true, std::sync::atomic::Ordering::Release);
-                        return Err(e);
-                    }
+            self.apply_in_place(&writes)?;
+            // Checksums change with their blocks, under the same row lock readers take.
+            if let Some(c) = &self.csums {
+                c.note_written(&writes);
+            }
+        }
+        self.apply_in_place(&csum_writes)?;
+        txg.bytes.clear();
+        Ok(())
+    }
+
+    /// Writes journaled writes in place; a member that fails is dropped, the rest go on.
+    fn apply_in_place(&self, writes: &[MemberWrite]) -> Result<()> {
+        for w in writes {
+            let Some(d) = self.members()[w.member as usize].clone() else {
+                continue;
+            };
+            if let Err(e) = write(d.as_ref(), &w.data, w.offset) {
+                if !self.absorb(&e) {
+                    self.poisoned
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    return Err(e);
                 }
             }
         }
-        txg.bytes.clear();
         Ok(())
     }
 
@@ -327,7 +360,13 @@ impl Array {
             .map(|m| m.size)
             .collect();
         let data_offset = self.sb_layout.data_offset;
-        let data_area = |m: u16| sizes.get(m as usize).map(|&size| (data_offset, size));
+        // Checksum blocks after each data area are journaled too.
+        let data_area = |m: u16| {
+            sizes.get(m as usize).map(|&end| match &self.csums {
+                Some(_) => (data_offset, end + crate::csum::area_len(end - data_offset)),
+                None => (data_offset, end),
+            })
+        };
         // (device holding the records, which member's records they are)
         let sources: Vec<(crate::array::Dev, u16)> = match &area.device {
             Some(dev) => vec![(dev.clone(), journal::EXTERNAL)],
@@ -449,8 +488,9 @@ impl TxgPlan {
         let mut extra: HashMap<u16, (usize, usize)> = HashMap::new();
         for w in writes {
             let e = extra.entry(owner(w.member)).or_default();
-            e.0 += 1;
-            e.1 += w.data.len();
+            // Room for a checksum block per write, in case each touches a new one.
+            e.0 += 2;
+            e.1 += w.data.len() + BLOCK as usize;
         }
         extra.iter().all(|(m, (n, d))| {
             let (n0, d0) = self.bytes.get(m).copied().unwrap_or_default();
@@ -466,8 +506,8 @@ impl TxgPlan {
                 w.member
             };
             let e = self.bytes.entry(owner).or_default();
-            e.0 += 1;
-            e.1 += w.data.len();
+            e.0 += 2;
+            e.1 += w.data.len() + BLOCK as usize;
         }
         self.rows.push((idx, row, writes));
     }

@@ -233,6 +233,13 @@ fn crash_point(
     let mut image = vec![0u8; a.size() as usize];
     a.read_at(&mut image, 0)
         .map_err(|e| format!("read after crash (members {gone:?} gone): {e}"))?;
+    let bad = a.status().errors.checksum_errors;
+    if bad > 0 {
+        return Err(format!(
+            "{bad} blocks failed their checksums after the crash (members {gone:?} gone): \
+             checksums and data went out of step"
+        ));
+    }
     if let Some(b) = model.violation(&image) {
         return Err(format!(
             "block {b} (offset {}) reads as content it never had or lost a flushed write \

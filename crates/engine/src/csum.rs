@@ -1,0 +1,266 @@
+//! Per-block checksums: a CRC-32C for every 4 KiB block of every member's data area, data
+//! and parity alike, kept in a checksum area at the end of the member.
+//!
+//! A member's data area is `[data_offset, end)`; its checksum area starts at `end` and holds
+//! one little-endian u32 per data block, in block order, rounded up to whole 4 KiB blocks.
+//! An entry stores `crc32c(block) ^ crc32c(zero block)`, so a zeroed area describes zeroed
+//! data and fresh space needs no initialisation beyond zeroing.
+//!
+//! Checksum blocks change only through the write journal (a commit journals the checksum
+//! blocks its writes touch along with the writes), or under the commit lock for writes that
+//! bypass the journal (rebuild, scrub repairs, zeroing at allocation) — so a crash never
+//! leaves a checksum that disagrees with durable data. In memory, a cache of checksum blocks
+//! is the truth while the array is open; an entry changes in the same row-locked section as
+//! the in-place write of its block.
+
+use crate::array::{read, Dev};
+use crate::format::crc32c;
+use crate::io::MemberWrite;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+pub const BLOCK: u64 = 4096;
+const PER_BLOCK: u64 = BLOCK / 4;
+/// Cached checksum blocks before the cache is dropped at the next commit (64 MiB of
+/// checksums, covering 64 GiB of members).
+const CACHE_LIMIT: usize = 16384;
+
+fn zero_crc() -> u32 {
+    static Z: OnceLock<u32> = OnceLock::new();
+    *Z.get_or_init(|| crc32c(&[0u8; BLOCK as usize]))
+}
+
+/// The stored form of a block's checksum.
+pub fn entry(block: &[u8]) -> u32 {
+    crc32c(block) ^ zero_crc()
+}
+
+/// Bytes of checksum area for a data area of `data_len` bytes.
+pub fn area_len(data_len: u64) -> u64 {
+    (data_len / BLOCK * 4).next_multiple_of(BLOCK)
+}
+
+/// The data area end for a member of `size` bytes whose data starts at `data_offset`: as
+/// large as possible with its checksum area after it.
+pub fn data_end(size: u64, data_offset: u64) -> u64 {
+    let size = size / BLOCK * BLOCK;
+    if size <= data_offset {
+        return data_offset;
+    }
+    // Each data block costs 4096 + 4 bytes; round the area up and back off until it fits.
+    let mut end = data_offset + (size - data_offset) / (BLOCK + 4) * BLOCK;
+    while end > data_offset && end + area_len(end - data_offset) > size {
+        end -= BLOCK;
+    }
+    end
+}
+
+type CsumBlock = Arc<Vec<u32>>;
+
+pub(crate) struct Csums {
+    pub data_offset: u64,
+    /// Per member: where its data area ends (and its checksum area starts).
+    pub ends: RwLock<Vec<u64>>,
+    cache: Mutex<HashMap<(u16, u64), CsumBlock>>,
+    /// Bumped when the cache is dropped, so a load that raced with it is not inserted.
+    epoch: AtomicU64,
+}
+
+impl Csums {
+    pub fn new(data_offset: u64, ends: Vec<u64>) -> Csums {
+        Csums {
+            data_offset,
+            ends: RwLock::new(ends),
+            cache: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// (checksum block index, entry index in it) of the data block at `off` on `member`,
+    /// if `off` is in its data area.
+    fn locate(&self, member: u16, off: u64) -> Option<(u64, usize)> {
+        let end = *self.ends.read().get(member as usize)?;
+        if off < self.data_offset || off >= end {
+            return None;
+        }
+        let k = (off - self.data_offset) / BLOCK;
+        Some((k / PER_BLOCK, (k % PER_BLOCK) as usize))
+    }
+
+    fn block_offset(&self, member: u16, cb: u64) -> u64 {
+        self.ends.read()[member as usize] + cb * BLOCK
+    }
+
+    /// A checksum block, from the cache or the member (`None` if it cannot be read).
+    fn get(&self, member: u16, cb: u64, dev: &Dev) -> Option<CsumBlock> {
+        if let Some(b) = self.cache.lock().get(&(member, cb)) {
+            return Some(b.clone());
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut raw = vec![0u8; BLOCK as usize];
+        read(dev.as_ref(), &mut raw, self.block_offset(member, cb)).ok()?;
+        let v: CsumBlock = Arc::new(
+            raw.chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        );
+        let mut cache = self.cache.lock();
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return Some(v);
+        }
+        Some(cache.entry((member, cb)).or_insert(v).clone())
+    }
+
+    /// Whether every whole 4 KiB block of `data` (at member offset `off`) matches its
+    /// checksum: `Some(index of the first bad block)` if one does not. Blocks whose checksum
+    /// cannot be read are not judged.
+    pub fn first_bad(&self, member: u16, dev: &Dev, off: u64, data: &[u8]) -> Option<usize> {
+        for (k, blk) in data.chunks_exact(BLOCK as usize).enumerate() {
+            let at = off + k as u64 * BLOCK;
+            let Some((cb, e)) = self.locate(member, at) else {
+                continue;
+            };
+            let Some(b) = self.get(member, cb, dev) else {
+                continue;
+            };
+            if b[e] != entry(blk) {
+                return Some(k);
+            }
+        }
+        None
+    }
+
+    /// The checksum block writes that go with `writes` (whole 4 KiB blocks in data areas),
+    /// computed over the current cache: to be journaled and written with them. Loads the
+    /// blocks it needs into the cache, where they stay until the commit ends.
+    pub fn plan(&self, writes: &[MemberWrite], members: &[Option<Dev>]) -> Vec<MemberWrite> {
+        let mut work: HashMap<(u16, u64), Vec<u32>> = HashMap::new();
+        for w in writes {
+            let Some(dev) = members.get(w.member as usize).and_then(|d| d.as_ref()) else {
+                continue;
+            };
+            for (k, blk) in w.data.chunks_exact(BLOCK as usize).enumerate() {
+                let Some((cb, e)) = self.locate(w.member, w.offset + k as u64 * BLOCK) else {
+                    continue;
+                };
+                let slot = match work.entry((w.member, cb)) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let base = self
+                            .get(w.member, cb, dev)
+                            .map_or_else(|| vec![0; PER_BLOCK as usize], |b| (*b).clone());
+                        v.insert(base)
+                    }
+                };
+                slot[e] = entry(blk);
+            }
+        }
+        let mut out: Vec<MemberWrite> = work
+            .into_iter()
+            .map(|((m, cb), v)| MemberWrite {
+                member: m,
+                offset: self.block_offset(m, cb),
+                data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            })
+            .collect();
+        out.sort_by_key(|w| (w.member, w.offset));
+        out
+    }
+
+    /// Records in the cache the checksums of `writes`, now in place.
+    pub fn note_written(&self, writes: &[MemberWrite]) {
+        let mut cache = self.cache.lock();
+        for w in writes {
+            for (k, blk) in w.data.chunks_exact(BLOCK as usize).enumerate() {
+                let Some((cb, e)) = self.locate(w.member, w.offset + k as u64 * BLOCK) else {
+                    continue;
+                };
+                // Blocks a commit touches were loaded by `plan`; one that could not be read
+                // stays out of the cache and is read back from the member once written.
+                if let Some(b) = cache.get_mut(&(w.member, cb)) {
+                    Arc::make_mut(b)[e] = entry(blk);
+                }
+            }
+        }
+    }
+
+    /// Sets entries of `[off, off+len)` on `member` to "zero block" in the cache (for space
+    /// that was just zeroed); returns the checksum block writes that make it durable.
+    pub fn zero_range(&self, member: u16, dev: &Dev, off: u64, len: u64) -> Vec<MemberWrite> {
+        let mut touched = Vec::new();
+        let mut at = off;
+        while at < off + len {
+            if let Some((cb, e)) = self.locate(member, at) {
+                if let Some(b) = self.get(member, cb, dev) {
+                    let mut cache = self.cache.lock();
+                    let slot = cache.entry((member, cb)).or_insert(b);
+                    Arc::make_mut(slot)[e] = 0;
+                    if touched.last() != Some(&cb) {
+                        touched.push(cb);
+                    }
+                }
+            }
+            at += BLOCK;
+        }
+        let cache = self.cache.lock();
+        touched
+            .into_iter()
+            .filter_map(|cb| {
+                cache.get(&(member, cb)).map(|v| MemberWrite {
+                    member,
+                    offset: self.block_offset(member, cb),
+                    data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Sets the cached checksums of `data` written at `off` on `member` (outside the journal,
+    /// under the commit lock); returns the checksum blocks touched, for [`Csums::block_writes`].
+    pub fn record(&self, member: u16, dev: &Dev, off: u64, data: &[u8]) -> Vec<u64> {
+        let mut touched: Vec<u64> = Vec::new();
+        for (k, blk) in data.chunks_exact(BLOCK as usize).enumerate() {
+            let Some((cb, e)) = self.locate(member, off + k as u64 * BLOCK) else {
+                continue;
+            };
+            let Some(b) = self.get(member, cb, dev) else {
+                continue;
+            };
+            let mut cache = self.cache.lock();
+            let slot = cache.entry((member, cb)).or_insert(b);
+            Arc::make_mut(slot)[e] = entry(blk);
+            if touched.last() != Some(&cb) {
+                touched.push(cb);
+            }
+        }
+        touched
+    }
+
+    /// Writes that put the cached checksum blocks `cbs` of `member` on the member.
+    pub fn block_writes(&self, member: u16, cbs: &[u64]) -> Vec<MemberWrite> {
+        let mut cbs = cbs.to_vec();
+        cbs.sort_unstable();
+        cbs.dedup();
+        let cache = self.cache.lock();
+        cbs.into_iter()
+            .filter_map(|cb| {
+                cache.get(&(member, cb)).map(|v| MemberWrite {
+                    member,
+                    offset: self.block_offset(member, cb),
+                    data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Called at the start of a commit (under the commit lock): bounds the cache.
+    pub fn trim(&self) {
+        let mut cache = self.cache.lock();
+        if cache.len() > CACHE_LIMIT {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            cache.clear();
+        }
+    }
+}
