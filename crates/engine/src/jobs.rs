@@ -55,6 +55,10 @@ impl JobControl {
     pub(crate) fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
     }
+    /// Counts `bytes` done before this run (a resumed job's checkpoint).
+    pub(crate) fn advance_uncounted(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
     /// Counts `bytes` of work done and sleeps as long as the rate limit asks.
     pub(crate) fn advance(&self, bytes: u64) {
         self.done.fetch_add(bytes, Ordering::Relaxed);

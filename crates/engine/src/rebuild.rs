@@ -392,7 +392,7 @@ impl Array {
                     let col = (b * BLOCK) as u64;
                     if !self.rebuild_block(&chunk, &members, pos, needs[pos], row, col, out) {
                         out.fill(0);
-                        if let Some(voff) = self.volume_offset(idx, &chunk, pos, row, col) {
+                        if let Some(voff) = self.data_volume_offset(idx, &chunk, pos, row, col) {
                             lost.push((voff, out.len() as u64));
                         }
                     }
@@ -571,7 +571,14 @@ impl Array {
 
     /// The volume offset of data at slice position `pos`, `row`, column `col` (`None` for
     /// parity).
-    fn volume_offset(&self, idx: usize, c: &Chunk, pos: usize, row: u64, col: u64) -> Option<u64> {
+    pub(crate) fn data_volume_offset(
+        &self,
+        idx: usize,
+        c: &Chunk,
+        pos: usize,
+        row: u64,
+        col: u64,
+    ) -> Option<u64> {
         let p = &c.profile;
         let i = (0..p.data_count()).find(|&i| p.data_positions(row, i).contains(&pos))?;
         let off = row * p.row_bytes() + i as u64 * p.stripe_unit + col;
