@@ -231,7 +231,12 @@ pub(crate) fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub(crate) fn io_err(op: &'static str, dev: &dyn MemberDevice, offset: u64, e: std::io::Error) -> Error {
+pub(crate) fn io_err(
+    op: &'static str,
+    dev: &dyn MemberDevice,
+    offset: u64,
+    e: std::io::Error,
+) -> Error {
     Error::Io {
         op,
         member: dev.name().to_string(),
@@ -1075,11 +1080,11 @@ impl Array {
         } else {
             allocated.any(|(_, c)| !Self::chunk_intact(c, &members))
         };
-        let degraded_chunk = st
-            .meta
-            .map
-            .allocated()
-            .any(|(_, c)| c.slices.iter().any(|s| members[s.member as usize].is_none()));
+        let degraded_chunk = st.meta.map.allocated().any(|(_, c)| {
+            c.slices
+                .iter()
+                .any(|s| members[s.member as usize].is_none())
+        });
         if lost || !st.meta.health.lost.is_empty() {
             Health::Failed
         } else if degraded_chunk || unavailable > 0 {
@@ -1147,13 +1152,16 @@ impl Array {
         let has_spare = members
             .iter()
             .any(|x| matches!(x.state, MemberHealth::Spare | MemberHealth::Replacing));
-        let needs = if m.map.allocated().any(|(_, c)| !Self::chunk_intact(c, &members_now)) {
+        let needs = if m
+            .map
+            .allocated()
+            .any(|(_, c)| !Self::chunk_intact(c, &members_now))
+        {
             Some(
                 "some data has lost more members than its redundancy allows: bring back the                  missing members (or restore from backup)"
                     .to_string(),
             )
-        } else if chunks_degraded > 0 && !has_spare && rebuild.as_ref().is_none_or(|r| !r.running)
-        {
+        } else if chunks_degraded > 0 && !has_spare && rebuild.as_ref().is_none_or(|r| !r.running) {
             Some(format!(
                 "{chunks_degraded} chunks lack redundancy: add a spare (`damocles add`) or                  run `damocles rebuild` to use free space on the other members"
             ))

@@ -83,7 +83,9 @@ impl FaultMember {
             }
         }
         if self.gone.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(rustix::io::Errno::NODEV.raw_os_error()));
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::NODEV.raw_os_error(),
+            ));
         }
         let delay = self.faults.lock().delay;
         if !delay.is_zero() {

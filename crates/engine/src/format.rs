@@ -244,7 +244,8 @@ impl Superblock {
     }
 
     fn check(&self, member: &str) -> Result<()> {
-        if self.flags & !(SB_FLAG_JOURNAL_DEVICE | SB_FLAG_EXTERNAL_JOURNAL | SB_FLAG_CHECKSUMS) != 0
+        if self.flags & !(SB_FLAG_JOURNAL_DEVICE | SB_FLAG_EXTERNAL_JOURNAL | SB_FLAG_CHECKSUMS)
+            != 0
         {
             return Err(Error::format(member, "superblock has unknown flags"));
         }

@@ -40,8 +40,13 @@ impl Array {
                 let at = range.start + start + k * BLOCK;
                 let vblock = (base + at as u64) / BLOCK as u64;
                 if !dirty(vblock) {
-                    let good =
-                        self.heal_block(idx, c, *m, off + (start + k * BLOCK) as u64, base + at as u64)?;
+                    let good = self.heal_block(
+                        idx,
+                        c,
+                        *m,
+                        off + (start + k * BLOCK) as u64,
+                        base + at as u64,
+                    )?;
                     buf[at..at + BLOCK].copy_from_slice(&good);
                 }
                 start += (k + 1) * BLOCK;
@@ -61,7 +66,9 @@ impl Array {
         voff: u64,
     ) -> Result<Vec<u8>> {
         let cs = self.csums.as_ref().expect("checksums");
-        self.counters.checksum_errors.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .checksum_errors
+            .fetch_add(1, Ordering::Relaxed);
         let members = self.members();
         let pos = c
             .slices

@@ -77,7 +77,8 @@ impl Array {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len())?;
         self.check_lost(offset, buf.len() as u64)?;
-        if self.csums.is_some() && (offset % 4096 != 0 || buf.len() % 4096 != 0) {
+        if self.csums.is_some() && (!offset.is_multiple_of(4096) || !buf.len().is_multiple_of(4096))
+        {
             // Checksums cover whole blocks: read those, hand back the part asked for.
             let lo = offset / 4096 * 4096;
             let hi = (offset + buf.len() as u64).next_multiple_of(4096);

@@ -7,19 +7,19 @@ pub mod csum;
 pub mod error;
 pub mod events;
 pub mod fault;
-pub mod jobs;
-mod lifecycle;
-mod heal;
-mod rebuild;
-mod scrub;
 pub mod format;
+mod heal;
 pub mod io;
+pub mod jobs;
 pub mod journal;
+mod lifecycle;
 pub mod member;
 pub mod metadata;
 pub mod powercut;
 pub mod probe;
 pub mod profile;
+mod rebuild;
+mod scrub;
 mod stripe_lock;
 mod txg;
 
@@ -28,10 +28,10 @@ pub use array::{
     read_superblock, Array, AssembleOptions, CreateOptions, Dev, ErrorCounts, Health, JobStatus,
     LostRange, MemberHealth, MemberStatus, ScrubStatus, Status, DEFAULT_STRIPE_UNIT,
 };
-pub use events::{Event, EventKind, EventSink};
-pub use jobs::{JobControl, Progress, DEFAULT_RATE};
-pub use rebuild::{RebuildReport, ScrubReport};
 pub use error::{Error, Result};
+pub use events::{Event, EventKind, EventSink};
 pub use fault::FaultMember;
+pub use jobs::{JobControl, Progress, DEFAULT_RATE};
 pub use member::{FileMember, MemMember, MemberDevice, OpenMode};
 pub use profile::{Level, Profile};
+pub use rebuild::{RebuildReport, ScrubReport};

@@ -161,9 +161,9 @@ impl Array {
                 Ok(()) => break,
                 Err(e) => {
                     let other = match &e {
-                        Error::Io { member, .. } => self
-                            .member_by_device(member)
-                            .filter(|i| !idxs.contains(i)),
+                        Error::Io { member, .. } => {
+                            self.member_by_device(member).filter(|i| !idxs.contains(i))
+                        }
                         _ => None,
                     };
                     match other {
@@ -247,7 +247,12 @@ impl Array {
                 }
                 _ => {}
             }
-            if st.meta.members.iter().any(|m| m.replaces == Some(old as u16)) {
+            if st
+                .meta
+                .members
+                .iter()
+                .any(|m| m.replaces == Some(old as u16))
+            {
                 return Err(Error::Invalid(format!(
                     "member {old} is already being replaced"
                 )));
@@ -360,7 +365,10 @@ impl Array {
         drop(st);
         self.slots.write()[index].generation = Some(generation);
         let what = match replaces {
-            Some(old) => format!("{} added as member {index}, to replace member {old}", dev.name()),
+            Some(old) => format!(
+                "{} added as member {index}, to replace member {old}",
+                dev.name()
+            ),
             None => format!("{} added as hot spare (member {index})", dev.name()),
         };
         self.emit(EventKind::MemberAdded, Some(index), None, what);

@@ -160,7 +160,11 @@ impl Array {
         st.meta
             .map
             .allocated()
-            .filter(|(_, c)| c.slices.iter().any(|s| members[s.member as usize].is_none()))
+            .filter(|(_, c)| {
+                c.slices
+                    .iter()
+                    .any(|s| members[s.member as usize].is_none())
+            })
             .count()
     }
 
@@ -196,11 +200,7 @@ impl Array {
             return Ok(report);
         }
         let total_chunks = self.state.lock().meta.map.allocated().count();
-        let slice_bytes = |i: usize| {
-            self.chunks.read()[i]
-                .as_ref()
-                .map_or(0, |c| c.slice_len)
-        };
+        let slice_bytes = |i: usize| self.chunks.read()[i].as_ref().map_or(0, |c| c.slice_len);
         let total: u64 = work.iter().map(|&i| slice_bytes(i)).sum();
         ctl.set_total(total);
         self.emit(
@@ -231,7 +231,11 @@ impl Array {
         }
         let msg = format!(
             "rebuild {}: {} chunks, {} bytes{}{}",
-            if ctl.is_cancelled() { "stopped" } else { "finished" },
+            if ctl.is_cancelled() {
+                "stopped"
+            } else {
+                "finished"
+            },
             report.chunks_rebuilt,
             report.bytes,
             if report.chunks_stuck > 0 {
@@ -325,8 +329,7 @@ impl Array {
                 })
                 .map(|(i, _)| i as u16)
                 .collect();
-            let spaces =
-                crate::array::member_spaces(&st.meta.members, self.sb_layout.data_offset);
+            let spaces = crate::array::member_spaces(&st.meta.members, self.sb_layout.data_offset);
             (spares, spaces, st.meta.map.clone())
         };
         let mut alloc = Allocator::new(&spaces, &map);
@@ -399,10 +402,12 @@ impl Array {
                 }
                 write(dst.as_ref(), &buf, t.offset + row * su)?;
                 if let Some(cs) = &self.csums {
-                    csum_blocks
-                        .entry(t.member)
-                        .or_default()
-                        .extend(cs.record(t.member, &dst, t.offset + row * su, &buf));
+                    csum_blocks.entry(t.member).or_default().extend(cs.record(
+                        t.member,
+                        &dst,
+                        t.offset + row * su,
+                        &buf,
+                    ));
                 }
                 ctl.advance(su);
             }
@@ -677,7 +682,8 @@ impl Array {
                 true
             }
             _ => {
-                let Some(i) = (0..p.data_count()).find(|&i| p.data_positions(row, i).contains(&pos))
+                let Some(i) =
+                    (0..p.data_count()).find(|&i| p.data_positions(row, i).contains(&pos))
                 else {
                     return false;
                 };

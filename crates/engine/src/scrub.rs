@@ -140,7 +140,11 @@ impl Array {
             None,
             format!(
                 "scrub {}: {} blocks checked, {} repaired, {} unrecoverable",
-                if report.complete { "finished" } else { "stopped" },
+                if report.complete {
+                    "finished"
+                } else {
+                    "stopped"
+                },
                 report.blocks_checked,
                 report.repaired,
                 report.unrecoverable
@@ -212,6 +216,7 @@ impl Array {
             })
             .collect();
         // Checksums: heal each block that fails (or that could not be read).
+        #[allow(clippy::needless_range_loop)] // q also indexes slices and the row view
         for q in 0..p.width {
             let Some(d) = dev(q).cloned() else { continue };
             let m = c.slices[q].member;
@@ -229,7 +234,9 @@ impl Array {
                     continue;
                 }
                 if self.csums.is_some() {
-                    self.counters.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .checksum_errors
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 let mut view = (*members).clone();
                 view[m as usize] = None;
@@ -251,15 +258,12 @@ impl Array {
                         EventKind::ChecksumRepaired,
                         Some(m as usize),
                         None,
-                        format!(
-                            "scrub repaired chunk {idx} row {row} block {k} on member {m}"
-                        ),
+                        format!("scrub repaired chunk {idx} row {row} block {k} on member {m}"),
                     );
                 } else {
                     res.unrecoverable += 1;
                     self.counters.unrecoverable.fetch_add(1, Ordering::Relaxed);
-                    if let Some(v) = self.data_volume_offset(idx, c, q, row, (k * BLOCK) as u64)
-                    {
+                    if let Some(v) = self.data_volume_offset(idx, c, q, row, (k * BLOCK) as u64) {
                         res.lost.push((v, BLOCK as u64));
                     }
                     self.emit(

@@ -150,7 +150,11 @@ fn scrub_resumes_after_interruption() {
     drop(a);
     let devs: Vec<Dev> = mems.iter().map(|m| m.clone() as Dev).collect();
     let a = Array::assemble(devs, AssembleOptions::default()).unwrap();
-    let at = a.status().scrub.resume_at_chunk.expect("checkpoint recorded");
+    let at = a
+        .status()
+        .scrub
+        .resume_at_chunk
+        .expect("checkpoint recorded");
     assert!(at > 0);
     let ctl = Arc::new(JobControl::new(0));
     let r = a.scrub(ctl.clone()).unwrap();

@@ -2,8 +2,8 @@
 //! interrupted and resumed), and replace — on fault-injecting members.
 
 use damocles_engine::{
-    Array, AssembleOptions, CreateOptions, Dev, FaultMember, Health, JobControl, Level,
-    MemMember, MemberHealth,
+    Array, AssembleOptions, CreateOptions, Dev, FaultMember, Health, JobControl, Level, MemMember,
+    MemberHealth,
 };
 use std::sync::Arc;
 
@@ -189,10 +189,17 @@ fn read_error_during_rebuild_loses_only_those_blocks() {
     let mut off = 0u64;
     while off < size {
         let n = 4096.min(size - off) as usize;
-        let hit = r.lost.iter().any(|&(o, l)| o < off + n as u64 && off < o + l);
+        let hit = r
+            .lost
+            .iter()
+            .any(|&(o, l)| o < off + n as u64 && off < o + l);
         if !hit {
             a.read_at(&mut buf[..n], off).unwrap();
-            assert_eq!(&buf[..n], &model[off as usize..off as usize + n], "at {off}");
+            assert_eq!(
+                &buf[..n],
+                &model[off as usize..off as usize + n],
+                "at {off}"
+            );
         }
         off += n as u64;
     }
