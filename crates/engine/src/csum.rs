@@ -117,12 +117,17 @@ impl Csums {
     /// checksum: `Some(index of the first bad block)` if one does not. Blocks whose checksum
     /// cannot be read are not judged.
     pub fn first_bad(&self, member: u16, dev: &Dev, off: u64, data: &[u8]) -> Option<usize> {
+        // One cache lookup per checksum block, not per data block.
+        let mut held: Option<(u64, Option<CsumBlock>)> = None;
         for (k, blk) in data.chunks_exact(BLOCK as usize).enumerate() {
             let at = off + k as u64 * BLOCK;
             let Some((cb, e)) = self.locate(member, at) else {
                 continue;
             };
-            let Some(b) = self.get(member, cb, dev) else {
+            if held.as_ref().is_none_or(|(c, _)| *c != cb) {
+                held = Some((cb, self.get(member, cb, dev)));
+            }
+            let Some((_, Some(b))) = &held else {
                 continue;
             };
             if b[e] != entry(blk) {

@@ -360,6 +360,26 @@ impl Array {
         for (row, i, col, range) in rebuild {
             let dst = pieces.remove(&range.start).expect("piece");
             let _g = self.locks.lock(idx as u32, row);
+            if self.csums.is_some() && col.is_multiple_of(4096) && dst.len().is_multiple_of(4096) {
+                // Block by block, each source verified against its checksum.
+                let pos = p.data_positions(row, i).start;
+                for (k, out) in dst.chunks_mut(4096).enumerate() {
+                    if !self.rebuild_block_checked(
+                        c,
+                        &members,
+                        pos,
+                        row,
+                        col + k as u64 * 4096,
+                        out,
+                    ) {
+                        return Err(unavailable(
+                            idx,
+                            "cannot rebuild a block from verified data",
+                        ));
+                    }
+                }
+                continue;
+            }
             let mut blocks = self.read_subrow(&members, c, row, col, dst.len(), &[])?;
             self.reconstruct(idx, &p, &mut blocks)?;
             dst.copy_from_slice(blocks.data[i].as_ref().expect("rebuilt"));
