@@ -28,7 +28,7 @@ pub struct Template {
     pub stripe_unit: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkMap {
     pub chunk_size: u64,
     pub chunks: Vec<Option<Arc<Chunk>>>,

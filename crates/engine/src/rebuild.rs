@@ -37,6 +37,24 @@ pub struct RebuildReport {
     pub lost: Vec<(u64, u64)>,
 }
 
+/// Chunks moved but not yet committed (see `Array::rebuild`).
+#[derive(Default)]
+struct Group {
+    /// The map the allocator sees: the committed one plus every new slice of the group.
+    alloc_map: crate::chunkmap::ChunkMap,
+    moved: Vec<(usize, Arc<Chunk>)>,
+    lost: Vec<(u64, u64)>,
+    flush: Vec<u16>,
+}
+
+enum Step {
+    Moved,
+    /// Nowhere to put it (or not readable).
+    Stuck,
+    /// No member outside the chunk has room: re-lay it over the members left.
+    Relocate(Arc<Chunk>),
+}
+
 /// What one slice position of a chunk needs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Need {
@@ -212,19 +230,51 @@ impl Array {
                 work.len()
             ),
         );
-        for idx in work {
-            if ctl.is_cancelled() {
-                break;
-            }
-            let n = slice_bytes(idx);
-            match self.rebuild_chunk(idx, &ctl)? {
-                Some(lost) => {
-                    report.chunks_rebuilt += 1;
-                    report.bytes += n;
-                    report.lost.extend(lost);
+        // Chunks move in groups (up to half a second or 256 MiB of slices): one flush and
+        // one map commit per group, not per chunk. Commits wait while a group moves.
+        let mut i = 0;
+        while i < work.len() && !ctl.is_cancelled() {
+            let commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
+            let next_txg = commits.as_ref().map(|g| **g);
+            let _direct = self.chunk_gate.write();
+            let mut group = Group {
+                alloc_map: self.state.lock().meta.map.clone(),
+                ..Default::default()
+            };
+            let started = std::time::Instant::now();
+            let mut bytes = 0;
+            while i < work.len()
+                && !ctl.is_cancelled()
+                && started.elapsed() < std::time::Duration::from_millis(500)
+                && bytes < 256 << 20
+            {
+                let idx = work[i];
+                i += 1;
+                let n = slice_bytes(idx);
+                match self.rebuild_chunk(idx, &ctl, &mut group)? {
+                    Step::Moved => {
+                        report.chunks_rebuilt += 1;
+                        report.bytes += n;
+                        bytes += n;
+                    }
+                    Step::Stuck => report.chunks_stuck += 1,
+                    Step::Relocate(chunk) => {
+                        // Relocation commits on its own; the group so far goes first.
+                        self.commit_group(std::mem::take(&mut group), &mut report)?;
+                        let members = self.members();
+                        match self.relocate_chunk(idx, &chunk, &members, &ctl, next_txg)? {
+                            Some(lost) => {
+                                report.chunks_rebuilt += 1;
+                                report.bytes += n;
+                                report.lost.extend(lost);
+                            }
+                            None => report.chunks_stuck += 1,
+                        }
+                        group.alloc_map = self.state.lock().meta.map.clone();
+                    }
                 }
-                None => report.chunks_stuck += 1,
             }
+            self.commit_group(group, &mut report)?;
         }
         if !ctl.is_cancelled() {
             self.finish_rebuild()?;
@@ -299,25 +349,22 @@ impl Array {
         Ok(())
     }
 
-    /// Rebuilds one chunk; `None` when there is nowhere to put it. Returns the lost ranges.
-    fn rebuild_chunk(&self, idx: usize, ctl: &JobControl) -> Result<Option<Vec<(u64, u64)>>> {
-        // No commit (journal) and no direct write runs while a chunk moves: the slices being
-        // read are stable and nothing is written to the old layout after it was copied.
-        let commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
-        let next_txg = commits.as_ref().map(|g| **g);
-        let _direct = self.chunk_gate.write();
+    /// Writes the new slices of one chunk (caller holds the commit lock and chunk gate);
+    /// the group's commit makes them count.
+    fn rebuild_chunk(&self, idx: usize, ctl: &JobControl, group: &mut Group) -> Result<Step> {
         let Some(chunk) = self.chunks.read()[idx].clone() else {
-            return Ok(Some(Vec::new()));
+            return Ok(Step::Moved);
         };
         let members = self.members();
         if !Array::chunk_intact(&chunk, &members) {
-            return Ok(None);
+            return Ok(Step::Stuck);
         }
         let failed = self.failed_members();
         let replacing = self.replacements();
         let needs = self.needs(&chunk, &failed, &replacing);
         // Choose a target for each slice that must move.
-        let (spares, spaces, map) = {
+        let leaving: Vec<u16> = replacing.iter().map(|(old, _)| *old).collect();
+        let (spares, spaces) = {
             let st = self.state.lock();
             let spares: Vec<u16> = st
                 .meta
@@ -330,9 +377,11 @@ impl Array {
                 .map(|(i, _)| i as u16)
                 .collect();
             let spaces = crate::array::member_spaces(&st.meta.members, self.sb_layout.data_offset);
-            (spares, spaces, st.meta.map.clone())
+            (spares, spaces)
         };
-        let mut alloc = Allocator::new(&spaces, &map);
+        // Slices placed earlier in the group are taken; slices they replace stay taken
+        // until the group's commit (their data is live until then).
+        let mut alloc = Allocator::new(&spaces, &group.alloc_map);
         let in_chunk: Vec<u16> = chunk.slices.iter().map(|s| s.member).collect();
         let mut targets: Vec<Option<Slice>> = vec![None; chunk.slices.len()];
         let mut taken: Vec<u16> = Vec::new();
@@ -342,7 +391,11 @@ impl Array {
                 .members
                 .iter()
                 .enumerate()
-                .filter(|(i, m)| m.state == MemberState::Active && members[*i].is_some())
+                .filter(|(i, m)| {
+                    m.state == MemberState::Active
+                        && members[*i].is_some()
+                        && !leaving.contains(&(*i as u16))
+                })
                 .map(|(i, _)| i as u16)
                 .collect()
         };
@@ -371,7 +424,7 @@ impl Array {
             } else if matches!(need, Need::Reconstruct) {
                 // Every member with room is already in the chunk: lay it out anew over
                 // the members that are left (narrower, same level), if it fits.
-                return self.relocate_chunk(idx, &chunk, &members, ctl, next_txg);
+                return Ok(Step::Relocate(chunk));
             } else {
                 return Err(Error::NoSpace(format!(
                     "replacement member has no room for chunk {idx}"
@@ -388,62 +441,90 @@ impl Array {
             let dst = members[t.member as usize]
                 .clone()
                 .expect("targets are present");
-            for row in 0..rows {
-                let _g = self.locks.lock(idx as u32, row);
-                let mut buf = vec![0u8; su as usize];
-                for (b, out) in buf.chunks_mut(BLOCK).enumerate() {
-                    let col = (b * BLOCK) as u64;
-                    if !self.rebuild_block(&chunk, &members, pos, needs[pos], row, col, out) {
-                        out.fill(0);
-                        if let Some(voff) = self.data_volume_offset(idx, &chunk, pos, row, col) {
-                            lost.push((voff, out.len() as u64));
+            // Rows in batches of about 1 MiB per member: one read per source per batch.
+            let batch = ((1u64 << 20) / su).max(1);
+            let mut row = 0;
+            while row < rows {
+                let n = batch.min(rows - row);
+                let _g: Vec<_> = (row..row + n)
+                    .map(|r| self.locks.lock(idx as u32, r))
+                    .collect();
+                let mut buf = vec![0u8; (n * su) as usize];
+                let done = self.rebuild_rows(&chunk, &members, pos, needs[pos], row, &mut buf);
+                for (k, rbuf) in buf.chunks_mut(su as usize).enumerate() {
+                    let r = row + k as u64;
+                    // Rows the fast path could not do, block by block: only what cannot be
+                    // rebuilt is lost.
+                    if !done[k] {
+                        for (b, out) in rbuf.chunks_mut(BLOCK).enumerate() {
+                            let col = (b * BLOCK) as u64;
+                            if !self.rebuild_block(&chunk, &members, pos, needs[pos], r, col, out) {
+                                out.fill(0);
+                                if let Some(voff) =
+                                    self.data_volume_offset(idx, &chunk, pos, r, col)
+                                {
+                                    lost.push((voff, out.len() as u64));
+                                }
+                            }
                         }
                     }
                 }
-                write(dst.as_ref(), &buf, t.offset + row * su)?;
+                let at = t.offset + row * su;
+                write(dst.as_ref(), &buf, at)?;
                 if let Some(cs) = &self.csums {
-                    csum_blocks.entry(t.member).or_default().extend(cs.record(
-                        t.member,
-                        &dst,
-                        t.offset + row * su,
-                        &buf,
-                    ));
+                    csum_blocks
+                        .entry(t.member)
+                        .or_default()
+                        .extend(cs.record(t.member, &dst, at, &buf));
                 }
-                ctl.advance(su);
+                ctl.advance(n * su);
+                row += n;
             }
         }
         self.write_csum_blocks(&members, csum_blocks)?;
-        for t in targets.iter().flatten() {
-            if let Some(d) = &members[t.member as usize] {
-                flush(d.as_ref())?;
-            }
-        }
         let mut new = (*chunk).clone();
         for (pos, t) in targets.iter().enumerate() {
             if let Some(t) = t {
                 new.slices[pos] = *t;
+                group.flush.push(t.member);
             }
         }
         let new = Arc::new(new);
+        group.alloc_map.chunks.push(Some(new.clone()));
+        group.moved.push((idx, new));
+        group.lost.extend(lost);
+        Ok(Step::Moved)
+    }
+
+    /// Makes a group of moved chunks count: flush their new slices, then one map commit.
+    fn commit_group(&self, group: Group, report: &mut RebuildReport) -> Result<()> {
+        if group.moved.is_empty() {
+            return Ok(());
+        }
+        let members = self.members();
+        let mut to_flush = group.flush.clone();
+        to_flush.sort_unstable();
+        to_flush.dedup();
+        let holders: Vec<Option<Dev>> = to_flush
+            .iter()
+            .map(|&m| members[m as usize].clone())
+            .collect();
+        crate::array::flush_all(&holders)?;
+        let mut lost = group.lost;
+        lost.sort_unstable();
+        let mut activated = Vec::new();
         let mut st = self.state.lock();
         let mut meta = st.meta.clone();
-        meta.map.chunks[idx] = Some(new.clone());
-        for t in targets.iter().flatten() {
-            let m = &mut meta.members[t.member as usize];
-            if m.state == MemberState::Spare && m.replaces.is_none() {
-                m.state = MemberState::Active;
-                let i = t.member as usize;
-                drop(st);
-                self.emit(
-                    EventKind::SpareActivated,
-                    Some(i),
-                    None,
-                    format!("hot spare {i} takes over"),
-                );
-                st = self.state.lock();
+        for (idx, new) in &group.moved {
+            meta.map.chunks[*idx] = Some(new.clone());
+            for s in &new.slices {
+                let m = &mut meta.members[s.member as usize];
+                if m.state == MemberState::Spare && m.replaces.is_none() {
+                    m.state = MemberState::Active;
+                    activated.push(s.member as usize);
+                }
             }
         }
-        lost.sort_unstable();
         for &(o, l) in &lost {
             self.counters
                 .unrecoverable
@@ -452,8 +533,21 @@ impl Array {
         }
         meta.health.lost = merge_ranges(std::mem::take(&mut meta.health.lost));
         self.commit_meta(&mut st, meta)?;
-        self.chunks.write()[idx] = Some(new);
+        {
+            let mut chunks = self.chunks.write();
+            for (idx, new) in &group.moved {
+                chunks[*idx] = Some(new.clone());
+            }
+        }
         drop(st);
+        for i in activated {
+            self.emit(
+                EventKind::SpareActivated,
+                Some(i),
+                None,
+                format!("hot spare {i} takes over"),
+            );
+        }
         for &(o, l) in &lost {
             self.emit(
                 EventKind::Unrecoverable,
@@ -462,7 +556,8 @@ impl Array {
                 format!("{l} bytes at volume offset {o} could not be rebuilt and are lost"),
             );
         }
-        Ok(Some(lost))
+        report.lost.extend(lost);
+        Ok(())
     }
 
     /// Rewrites chunk `idx` as a new chunk of the same level over the present, working
@@ -476,6 +571,7 @@ impl Array {
         ctl: &JobControl,
         next_txg: Option<u64>,
     ) -> Result<Option<Vec<(u64, u64)>>> {
+        let leaving: Vec<u16> = self.replacements().iter().map(|(old, _)| *old).collect();
         let (spaces, map, template, candidates) = {
             let st = self.state.lock();
             let candidates: Vec<u16> = st
@@ -487,6 +583,7 @@ impl Array {
                     matches!(m.state, MemberState::Active | MemberState::Spare)
                         && m.replaces.is_none()
                         && members[*i].is_some()
+                        && !leaving.contains(&(*i as u16))
                 })
                 .map(|(i, _)| i as u16)
                 .collect();
@@ -588,6 +685,112 @@ impl Array {
         let i = (0..p.data_count()).find(|&i| p.data_positions(row, i).contains(&pos))?;
         let off = row * p.row_bytes() + i as u64 * p.stripe_unit + col;
         (off < self.chunk_size).then(|| idx as u64 * self.chunk_size + off)
+    }
+
+    /// Fills `out` (rows `row0..` of slice position `pos`, whole stripe units) the fast way:
+    /// one read per source for all rows, each verified. Returns which rows it did; the
+    /// others (a read error or checksum failure among their sources) need the slow path.
+    fn rebuild_rows(
+        &self,
+        c: &Chunk,
+        members: &[Option<Dev>],
+        pos: usize,
+        need: Need,
+        row0: u64,
+        out: &mut [u8],
+    ) -> Vec<bool> {
+        let p = &c.profile;
+        let su = p.stripe_unit as usize;
+        let len = out.len();
+        let nrows = len / su;
+        // Per source position: its bytes for these rows and which rows are trustworthy.
+        let fetch = |q: usize| -> Option<(Vec<u8>, Vec<bool>)> {
+            let m = c.slices[q].member;
+            let d = members[m as usize].as_ref()?;
+            let off = c.slices[q].offset + row0 * p.stripe_unit;
+            let mut b = vec![0u8; len];
+            read(d.as_ref(), &mut b, off).ok()?;
+            let ok = (0..nrows)
+                .map(|r| {
+                    self.csums.as_ref().is_none_or(|cs| {
+                        cs.first_bad(m, d, off + (r * su) as u64, &b[r * su..(r + 1) * su])
+                            .is_none()
+                    })
+                })
+                .collect();
+            Some((b, ok))
+        };
+        let mut done = vec![false; nrows];
+        if matches!(need, Need::Copy { .. }) {
+            if let Some((b, ok)) = fetch(pos) {
+                out.copy_from_slice(&b);
+                done = ok;
+                if done.iter().all(|&g| g) {
+                    return done;
+                }
+            }
+            // Reconstruct the rows the old member could not give.
+        }
+        let sources: Vec<Option<(Vec<u8>, Vec<bool>)>> = (0..p.width)
+            .map(|q| if q == pos { None } else { fetch(q) })
+            .collect();
+        let col = |q: usize, r: usize| -> Option<&[u8]> {
+            sources[q]
+                .as_ref()
+                .filter(|(_, ok)| ok[r])
+                .map(|(b, _)| &b[r * su..(r + 1) * su])
+        };
+        for r in 0..nrows {
+            if done[r] {
+                continue;
+            }
+            let row = row0 + r as u64;
+            let dst = &mut out[r * su..(r + 1) * su];
+            if !matches!(p.level, Level::Raid5 | Level::Raid6) {
+                let i = (0..p.data_count()).find(|&i| p.data_positions(row, i).contains(&pos));
+                if let Some(src) = i.and_then(|i| {
+                    p.data_positions(row, i)
+                        .filter(|&q| q != pos)
+                        .find_map(|q| col(q, r))
+                }) {
+                    dst.copy_from_slice(src);
+                    done[r] = true;
+                }
+                continue;
+            }
+            let d = p.data_count();
+            let dpos: Vec<usize> = (0..d).map(|i| p.data_positions(row, i).start).collect();
+            let ppos = p.parity_position(row);
+            let qpos = (p.level == Level::Raid6).then(|| p.q_position(row));
+            let owned = |q: usize| col(q, r).map(<[u8]>::to_vec);
+            let mut sub = crate::io::SubRow {
+                data: dpos.iter().map(|&q| owned(q)).collect(),
+                p: owned(ppos),
+                q: qpos.and_then(owned),
+            };
+            if self.reconstruct(0, p, &mut sub).is_err() {
+                continue;
+            }
+            if let Some(i) = dpos.iter().position(|&q| q == pos) {
+                dst.copy_from_slice(sub.data[i].as_ref().expect("reconstructed"));
+            } else {
+                let views: Vec<&[u8]> = sub
+                    .data
+                    .iter()
+                    .map(|b| b.as_deref().expect("complete"))
+                    .collect();
+                let mut pb = vec![0u8; su];
+                let mut qb = vec![0u8; su];
+                if qpos.is_some() {
+                    self.parity.gen_pq(&views, &mut pb, &mut qb);
+                } else {
+                    self.parity.gen_p(&views, &mut pb);
+                }
+                dst.copy_from_slice(if pos == ppos { &pb } else { &qb });
+            }
+            done[r] = true;
+        }
+        done
     }
 
     /// Rebuilds the block of slice position `pos` at (`row`, `col`) from the other
