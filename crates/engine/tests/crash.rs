@@ -27,6 +27,9 @@ struct Case {
     stripe_unit: u64,
     /// The journal on a separate device (the last image), never failed.
     external_journal: bool,
+    /// A blank device joins as a hot spare mid-workload and a rebuild onto it runs between
+    /// writes (needs `degraded`).
+    rebuild: bool,
 }
 
 /// What each block may read back as: its content at the last completed flush, or any
@@ -86,6 +89,9 @@ fn fresh_images(case: &Case) -> Vec<Vec<u8>> {
     if case.external_journal {
         images.push(journal.snapshot());
     }
+    if case.rebuild {
+        images.push(vec![0; 4 * MIB as usize]);
+    }
     images
 }
 
@@ -100,9 +106,27 @@ fn assemble(devs: Vec<Dev>, budget: u64) -> damocles_engine::Result<Array> {
 }
 
 /// Runs the workload until it ends or the power fails; the model sees what was asked.
-fn workload(a: &Array, model: &mut Model, rng: &mut Rng) {
+/// With `spare`, the spare joins at a random op and a rebuild onto it runs at a later one.
+fn workload(a: &Array, model: &mut Model, rng: &mut Rng, spare: Option<Dev>) {
     let size = model.current.len();
+    let join_at = rng.below(20);
+    let rebuild_at = join_at + 1 + rng.below(15);
+    let mut spare = spare;
     for op in 0..40u64 {
+        if op == join_at {
+            if let Some(s) = spare.take() {
+                if a.add_member(s, false).is_err() {
+                    return;
+                }
+            }
+        }
+        if op == rebuild_at
+            && spare.is_none()
+            && a.rebuild(std::sync::Arc::new(damocles_engine::JobControl::new(0)))
+                .is_err()
+        {
+            return;
+        }
         let kind = rng.below(10);
         if kind == 0 {
             if a.flush().is_err() {
@@ -172,7 +196,10 @@ fn crash_point(
         None
     };
     let budget = [16 << 10, 64 << 10, 1 << 20][rng.below(3) as usize];
-    let devs: Vec<Dev> = sims
+    // The spare (last image) is not a member yet.
+    let spare = case.rebuild.then(|| sims.last().unwrap().clone());
+    let n_array = sims.len() - case.rebuild as usize;
+    let devs: Vec<Dev> = sims[..n_array]
         .iter()
         .enumerate()
         .filter(|(i, _)| Some(*i) != missing)
@@ -184,7 +211,7 @@ fn crash_point(
         grid.cut_at_io(before + rng.below(n.max(1)));
     }
     let mut model = Model::new(a.size() as usize);
-    workload(&a, &mut model, &mut rng);
+    workload(&a, &mut model, &mut rng, spare);
     let ios = grid.io_count() - before;
     let died = grid.is_dead();
     // Cut before dropping: a dead machine does not get to close the array cleanly.
@@ -206,7 +233,10 @@ fn crash_point(
             .filter(|(i, _)| Some(*i) != missing)
             .map(|(_, d)| d.clone())
             .collect();
-        let a = assemble(devs, budget);
+        let a = match assemble(devs.clone(), budget) {
+            Err(_) if case.rebuild => assemble(devs[..devs.len() - 1].to_vec(), budget),
+            r => r,
+        };
         images = g2.cut(rng.next_u64());
         drop(a);
     }
@@ -222,13 +252,15 @@ fn crash_point(
         .filter(|(i, _)| !gone.contains(i))
         .map(|(_, m)| m.clone() as Dev)
         .collect();
-    let a = Array::assemble(
-        devs,
-        AssembleOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
+    let ro = AssembleOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    let a = match Array::assemble(devs.clone(), ro) {
+        // A spare whose joining was cut off is no member: assemble without it.
+        Err(_) if case.rebuild => Array::assemble(devs[..devs.len() - 1].to_vec(), ro),
+        r => r,
+    }
     .map_err(|e| format!("reassemble without {gone:?}: {e}"))?;
     let mut image = vec![0u8; a.size() as usize];
     a.read_at(&mut image, 0)
@@ -259,6 +291,7 @@ fn cases() -> Vec<Case> {
         journal: true,
         stripe_unit,
         external_journal: false,
+        rebuild: false,
     };
     let ext = |level, members, degraded, extra_failure| Case {
         external_journal: true,
@@ -276,6 +309,14 @@ fn cases() -> Vec<Case> {
         c(Level::Raid10, 4, true, false, 4096),
         ext(Level::Raid5, 4, false, true),
         ext(Level::Raid6, 5, true, true),
+        Case {
+            rebuild: true,
+            ..c(Level::Raid6, 5, true, true, 8192)
+        },
+        Case {
+            rebuild: true,
+            ..c(Level::Raid1, 3, true, false, 4096)
+        },
     ]
 }
 
@@ -347,6 +388,7 @@ fn the_harness_finds_the_write_hole_without_a_journal() {
         journal: false,
         stripe_unit: 4096,
         external_journal: false,
+        rebuild: false,
     };
     let (failures, _) = run_cases(&[case], 150);
     assert!(!failures.is_empty(), "no violation found without a journal");
