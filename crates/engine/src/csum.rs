@@ -137,55 +137,56 @@ impl Csums {
         None
     }
 
-    /// The checksum block writes that go with `writes` (whole 4 KiB blocks in data areas),
-    /// computed over the current cache: to be journaled and written with them. Loads the
-    /// blocks it needs into the cache, where they stay until the commit ends.
-    pub fn plan(&self, writes: &[MemberWrite], members: &[Option<Dev>]) -> Vec<MemberWrite> {
-        let mut work: HashMap<(u16, u64), Vec<u32>> = HashMap::new();
+    /// The checksum entry writes that go with `writes` (whole 4 KiB blocks in data areas):
+    /// one write per run of consecutive entries, to be journaled and applied with them.
+    /// Entry-sized writes (not whole checksum blocks) matter at replay: a replayed txg then
+    /// puts back only its own blocks' entries, never older values of entries that were
+    /// changed since outside the journal (a rebuild's new slice, zeroing at allocation).
+    pub fn plan(&self, writes: &[MemberWrite]) -> Vec<MemberWrite> {
+        let mut out: Vec<MemberWrite> = Vec::new();
+        for w in writes {
+            let Some(end) = self.ends.read().get(w.member as usize).copied() else {
+                continue;
+            };
+            for (k, blk) in w.data.chunks_exact(BLOCK as usize).enumerate() {
+                let at = w.offset + k as u64 * BLOCK;
+                if at < self.data_offset || at >= end {
+                    continue;
+                }
+                let eoff = end + (at - self.data_offset) / BLOCK * 4;
+                let e = entry(blk).to_le_bytes();
+                match out.last_mut() {
+                    Some(p) if p.member == w.member && p.offset + p.data.len() as u64 == eoff => {
+                        p.data.extend_from_slice(&e)
+                    }
+                    _ => out.push(MemberWrite {
+                        member: w.member,
+                        offset: eoff,
+                        data: e.to_vec(),
+                    }),
+                }
+            }
+        }
+        out
+    }
+
+    /// Records in the cache the checksums of `writes`, now in place (their entries reach
+    /// the member right after: the cache must already say so, or a reader loading the
+    /// checksum block from the member in between would see old entries).
+    pub fn note_written(&self, writes: &[MemberWrite], members: &[Option<Dev>]) {
         for w in writes {
             let Some(dev) = members.get(w.member as usize).and_then(|d| d.as_ref()) else {
                 continue;
             };
             for (k, blk) in w.data.chunks_exact(BLOCK as usize).enumerate() {
-                let Some((cb, e)) = self.locate(w.member, w.offset + k as u64 * BLOCK) else {
+                let at = w.offset + k as u64 * BLOCK;
+                let Some((cb, e)) = self.locate(w.member, at) else {
                     continue;
                 };
-                let slot = match work.entry((w.member, cb)) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        let base = self
-                            .get(w.member, cb, dev)
-                            .map_or_else(|| vec![0; PER_BLOCK as usize], |b| (*b).clone());
-                        v.insert(base)
-                    }
-                };
-                slot[e] = entry(blk);
-            }
-        }
-        let mut out: Vec<MemberWrite> = work
-            .into_iter()
-            .map(|((m, cb), v)| MemberWrite {
-                member: m,
-                offset: self.block_offset(m, cb),
-                data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            })
-            .collect();
-        out.sort_by_key(|w| (w.member, w.offset));
-        out
-    }
-
-    /// Records in the cache the checksums of `writes`, now in place.
-    pub fn note_written(&self, writes: &[MemberWrite]) {
-        let mut cache = self.cache.lock();
-        for w in writes {
-            for (k, blk) in w.data.chunks_exact(BLOCK as usize).enumerate() {
-                let Some((cb, e)) = self.locate(w.member, w.offset + k as u64 * BLOCK) else {
-                    continue;
-                };
-                // Blocks a commit touches were loaded by `plan`; one that could not be read
-                // stays out of the cache and is read back from the member once written.
-                if let Some(b) = cache.get_mut(&(w.member, cb)) {
-                    Arc::make_mut(b)[e] = entry(blk);
+                if let Some(b) = self.get(w.member, cb, dev) {
+                    let mut cache = self.cache.lock();
+                    let slot = cache.entry((w.member, cb)).or_insert(b);
+                    Arc::make_mut(slot)[e] = entry(blk);
                 }
             }
         }

@@ -138,16 +138,18 @@ impl Array {
             )));
         }
         let mut failing: Vec<(usize, String)> = vec![(index, reason.to_string())];
+        // What I/O used before; put back if the failure cannot be recorded.
+        let before = self.members();
         loop {
             let idxs: Vec<usize> = failing.iter().map(|f| f.0).collect();
             if !force && !self.survives_without_locked(&st.meta, &idxs) {
+                *self.avail.write() = before;
                 return Err(Error::Unavailable(format!(
                     "failing member{} {idxs:?} would leave data with no copy left to read \
                      (use --force to fail it anyway)",
                     if idxs.len() > 1 { "s" } else { "" }
                 )));
             }
-            let before = self.members();
             let mut avail = (*before).clone();
             for &i in &idxs {
                 avail[i] = None;

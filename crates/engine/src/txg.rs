@@ -254,7 +254,7 @@ impl Array {
                     .iter()
                     .flat_map(|(_, _, w)| w.iter().cloned())
                     .collect();
-                c.plan(&all, &self.members())
+                c.plan(&all)
             }
             None => Vec::new(),
         };
@@ -320,7 +320,7 @@ impl Array {
             self.apply_in_place(&writes)?;
             // Checksums change with their blocks, under the same row lock readers take.
             if let Some(c) = &self.csums {
-                c.note_written(&writes);
+                c.note_written(&writes, &self.members());
             }
         }
         self.apply_in_place(&csum_writes)?;
@@ -488,9 +488,9 @@ impl TxgPlan {
         let mut extra: HashMap<u16, (usize, usize)> = HashMap::new();
         for w in writes {
             let e = extra.entry(owner(w.member)).or_default();
-            // Room for a checksum block per write, in case each touches a new one.
+            // Room for its checksum entries (a second journal entry).
             e.0 += 2;
-            e.1 += w.data.len() + BLOCK as usize;
+            e.1 += w.data.len() + w.data.len() / 1024 + 16;
         }
         extra.iter().all(|(m, (n, d))| {
             let (n0, d0) = self.bytes.get(m).copied().unwrap_or_default();
@@ -507,7 +507,7 @@ impl TxgPlan {
             };
             let e = self.bytes.entry(owner).or_default();
             e.0 += 2;
-            e.1 += w.data.len() + BLOCK as usize;
+            e.1 += w.data.len() + w.data.len() / 1024 + 16;
         }
         self.rows.push((idx, row, writes));
     }

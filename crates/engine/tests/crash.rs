@@ -27,8 +27,9 @@ struct Case {
     stripe_unit: u64,
     /// The journal on a separate device (the last image), never failed.
     external_journal: bool,
-    /// A blank device joins as a hot spare mid-workload and a rebuild onto it runs between
-    /// writes (needs `degraded`).
+    /// A blank device joins as a hot spare mid-workload, before the rebuild that every
+    /// degraded case runs between writes (without a spare that rebuild is distributed:
+    /// chunks move to free space or are laid out anew over the members left).
     rebuild: bool,
 }
 
@@ -106,7 +107,8 @@ fn assemble(devs: Vec<Dev>, budget: u64) -> damocles_engine::Result<Array> {
 }
 
 /// Runs the workload until it ends or the power fails; the model sees what was asked.
-/// With `spare`, the spare joins at a random op and a rebuild onto it runs at a later one.
+/// A rebuild runs at a random op (it has work only while degraded); with `spare`, the spare
+/// joins first.
 fn workload(a: &Array, model: &mut Model, rng: &mut Rng, spare: Option<Dev>) {
     let size = model.current.len();
     let join_at = rng.below(20);
