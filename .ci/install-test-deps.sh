@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the external tools the interop suite (crates/cli/tests/interop.rs) drives.
+# Installs the external tools the black-box suites (crates/cli/tests) drive.
 # Does nothing when they are all present. With CI set, the suite fails on a missing tool.
 set -euo pipefail
 
@@ -19,6 +19,7 @@ deps=(
     umount:mount
     sync:coreutils
     cmp:diffutils
+    nbdkit:nbdkit
 )
 
 export PATH="$PATH:/usr/sbin:/sbin"

@@ -260,7 +260,12 @@ impl ArrayMeta {
                 slices,
             })));
         }
-        let e: HealthRaw = r.take()?;
+        // Payloads written before the health record existed end with the chunk map.
+        let e: HealthRaw = if r.is_empty() {
+            HealthRaw::new_zeroed()
+        } else {
+            r.take()?
+        };
         let lost_count = e.lost_count.get() as usize;
         if lost_count > MAX_LOST {
             return Err(bad(format!("{lost_count} lost ranges recorded")));
