@@ -45,7 +45,10 @@ impl FaultyDisk {
             .expect("spawn nbdkit");
         let start = Instant::now();
         while !sock.exists() {
-            assert!(start.elapsed() < Duration::from_secs(30), "nbdkit did not listen");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nbdkit did not listen"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let fuse_dir = dir.join("fuse");
@@ -61,7 +64,10 @@ impl FaultyDisk {
         let file = fuse_dir.join("nbd");
         let start = Instant::now();
         while !file.exists() {
-            assert!(start.elapsed() < Duration::from_secs(30), "nbdfuse did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nbdfuse did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         FaultyDisk {
@@ -105,7 +111,10 @@ impl Drop for FaultyDisk {
 
 #[test]
 fn nbdkit_error_filter_member_is_failed_and_data_stays_correct() {
-    if !require_tools("faulty member", &["nbdkit", "nbdfuse", "nbdcopy", "fusermount3"]) {
+    if !require_tools(
+        "faulty member",
+        &["nbdkit", "nbdfuse", "nbdcopy", "fusermount3"],
+    ) {
         return;
     }
     if let Some(why) = mount_unavailable() {
