@@ -178,15 +178,25 @@ impl Csums {
             let Some(dev) = members.get(w.member as usize).and_then(|d| d.as_ref()) else {
                 continue;
             };
+            // Entries first, then one cache update per checksum block.
+            let mut by_block: Vec<(u64, Vec<(usize, u32)>)> = Vec::new();
             for (k, blk) in w.data.chunks_exact(BLOCK as usize).enumerate() {
                 let at = w.offset + k as u64 * BLOCK;
                 let Some((cb, e)) = self.locate(w.member, at) else {
                     continue;
                 };
+                match by_block.last_mut() {
+                    Some((c, v)) if *c == cb => v.push((e, entry(blk))),
+                    _ => by_block.push((cb, vec![(e, entry(blk))])),
+                }
+            }
+            for (cb, entries) in by_block {
                 if let Some(b) = self.get(w.member, cb, dev) {
                     let mut cache = self.cache.lock();
-                    let slot = cache.entry((w.member, cb)).or_insert(b);
-                    Arc::make_mut(slot)[e] = entry(blk);
+                    let slot = Arc::make_mut(cache.entry((w.member, cb)).or_insert(b));
+                    for (e, v) in entries {
+                        slot[e] = v;
+                    }
                 }
             }
         }
