@@ -54,12 +54,11 @@ pub struct JobArgs {
 /// rebuild. A served array also starts rebuilds by itself when a member fails or a spare is
 /// added. Not served: the rebuild runs here in the foreground; Ctrl-C stops it at the next
 /// chunk.
-///
-/// Examples:
-///   damocles rebuild --watch
-///   damocles rebuild --array tank --rate 500M
-///   damocles rebuild d0.img d2.img d3.img d4.img
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  damocles rebuild --watch
+  damocles rebuild --array tank --rate 500M
+  damocles rebuild d0.img d2.img d3.img d4.img")]
 pub struct RebuildArgs {
     #[command(flatten)]
     job: JobArgs,
@@ -74,12 +73,11 @@ pub struct RebuildArgs {
 /// follows it with a progress bar and ETA until it ends (--background returns at once;
 /// Ctrl-C stops following, not the scrub). Not served: the scrub runs here in the
 /// foreground; Ctrl-C stops it.
-///
-/// Examples:
-///   damocles scrub --background
-///   damocles scrub --watch
-///   damocles scrub d0.img d1.img d2.img d3.img
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  damocles scrub --background
+  damocles scrub --watch
+  damocles scrub d0.img d1.img d2.img d3.img")]
 pub struct ScrubArgs {
     #[command(flatten)]
     job: JobArgs,
@@ -193,7 +191,7 @@ fn follow(
         }
     }
     let st = c
-        .call(&Request::Status)?
+        .call(&Request::Status {})?
         .status
         .context("the server sent no status")?;
     println!("{}", summary(&serde_json::from_value::<StatusView>(st)?));

@@ -27,12 +27,11 @@ pub struct Which {
 /// The metadata on the other members records it at once, so it is never trusted again. On
 /// a served array a hot spare (if there is one) takes over and a rebuild starts by itself.
 /// Refused when some data would have no copy left to read, unless --force.
-///
-/// Examples:
-///   damocles fail /dev/sdb                      (the one served array)
-///   damocles fail --array tank 2
-///   damocles fail d1.img -- d0.img d1.img d2.img d3.img   (not served)
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  damocles fail /dev/sdb                      (the one served array)
+  damocles fail --array tank 2
+  damocles fail d1.img -- d0.img d1.img d2.img d3.img   (not served)")]
 pub struct FailArgs {
     /// The member: its index (as `status` shows), device path or member UUID.
     #[arg(value_name = "MEMBER")]
@@ -48,11 +47,10 @@ pub struct FailArgs {
 ///
 /// A failed member that still holds data may be removed (its data is rebuilt from
 /// redundancy); a member in service that holds data is refused: fail or replace it first.
-///
-/// Examples:
-///   damocles remove 4
-///   damocles remove d1.img -- d0.img d1.img d2.img d3.img
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  damocles remove 4
+  damocles remove d1.img -- d0.img d1.img d2.img d3.img")]
 pub struct RemoveArgs {
     /// The member: its index (as `status` shows), device path or member UUID.
     #[arg(value_name = "MEMBER")]
@@ -70,11 +68,10 @@ pub struct RemoveArgs {
 ///
 /// For an array that is not served, list the new device with the members in later
 /// commands, and run `damocles rebuild` (or serve the array) to rebuild onto it.
-///
-/// Examples:
-///   damocles add /dev/sde
-///   damocles add d4.img -- d0.img d2.img d3.img
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  damocles add /dev/sde
+  damocles add d4.img -- d0.img d2.img d3.img")]
 pub struct AddArgs {
     /// The new device (block device or file).
     #[arg(value_name = "DEVICE")]
@@ -92,11 +89,10 @@ pub struct AddArgs {
 /// (blocks OLD cannot read are rebuilt from redundancy); then OLD leaves the array. On a
 /// served array the copy starts at once; for one that is not served, run `damocles
 /// rebuild` with NEW among the members.
-///
-/// Examples:
-///   damocles replace /dev/sdb /dev/sde
-///   damocles replace d1.img d4.img -- d0.img d1.img d2.img d3.img
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  damocles replace /dev/sdb /dev/sde
+  damocles replace d1.img d4.img -- d0.img d1.img d2.img d3.img")]
 pub struct ReplaceArgs {
     /// The member to replace: its index, device path or member UUID.
     #[arg(value_name = "OLD")]
@@ -174,7 +170,7 @@ fn run(
                 println!("{m}");
             }
             let st = c
-                .call(&Request::Status)?
+                .call(&Request::Status {})?
                 .status
                 .context("the server sent no status")?;
             println!("{}", summary(&serde_json::from_value::<StatusView>(st)?));

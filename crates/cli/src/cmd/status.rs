@@ -36,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
             serde_json::to_value(array.status())?
         }
         Target::Served(mut c) => c
-            .call(&Request::Status)?
+            .call(&Request::Status {})?
             .status
             .context("the server sent no status")?,
     };

@@ -113,7 +113,7 @@ pub fn discover(dir: &Path) -> Vec<Served> {
         .into_iter()
         .filter_map(|path| {
             let mut c = Client::connect(&path, Duration::from_secs(2)).ok()?;
-            let r = c.call(&Request::Hello).ok()?;
+            let r = c.call(&Request::Hello {}).ok()?;
             Some(Served {
                 name: r.name.unwrap_or_default(),
                 uuid: r.uuid.unwrap_or_default(),

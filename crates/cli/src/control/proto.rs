@@ -13,8 +13,8 @@ pub const MAX_LINE: usize = 64 << 10;
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// Who is there: array name and UUID (used to find an array by name).
-    Hello,
-    Status,
+    Hello {},
+    Status {},
     /// `member`: index, device path (absolute) or member UUID.
     Fail {
         member: String,
@@ -200,7 +200,7 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }
-        let s = serde_json::to_string(&Request::Hello).unwrap();
+        let s = serde_json::to_string(&Request::Hello {}).unwrap();
         assert_eq!(s, r#"{"cmd":"hello"}"#);
     }
 }

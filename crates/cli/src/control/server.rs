@@ -239,7 +239,7 @@ impl Shared {
 /// offline commands' common path.
 pub fn apply(array: &Array, req: Request) -> Result<Response> {
     Ok(match req {
-        Request::Hello => {
+        Request::Hello {} => {
             let st = array.status();
             Response {
                 name: Some(st.name),
@@ -249,7 +249,7 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
                 ..Response::ok()
             }
         }
-        Request::Status => Response {
+        Request::Status {} => Response {
             status: Some(serde_json::to_value(array.status())?),
             ..Response::ok()
         },
