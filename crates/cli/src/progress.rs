@@ -42,7 +42,11 @@ impl Meter {
                 b.set_message(detail(p));
             }
             None => {
-                if self.last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
+                let due = match self.last_line {
+                    None => true,
+                    Some(t) => t.elapsed() >= PLAIN_EVERY,
+                };
+                if due {
                     self.last_line = Some(Instant::now());
                     println!("{}: {}", self.what, line(p));
                 }

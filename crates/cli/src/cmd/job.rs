@@ -7,7 +7,7 @@ use crate::control::proto::{JobKind, ProgressView, Request};
 use crate::control::server::{describe_rebuild, describe_scrub};
 use crate::control::Client;
 use crate::members;
-use crate::progress::{self, Meter};
+use crate::progress::Meter;
 use crate::units;
 use anyhow::{anyhow, bail, Context, Result};
 use damocles_engine::JobControl;
@@ -231,7 +231,7 @@ fn offline(paths: &[PathBuf], kind: JobKind, rate: Option<u64>) -> Result<()> {
     })?;
     println!("{outcome}");
     if ctl.progress().total > 0 {
-        println!("took {}", progress::duration(started.elapsed().as_secs()));
+        println!("took {:.1} s", started.elapsed().as_secs_f64());
     }
     if ctl.is_cancelled() {
         println!(

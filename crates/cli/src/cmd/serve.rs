@@ -295,3 +295,14 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
     eprintln!("stopped; all writes flushed");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_rebuild_rate_is_the_engines() {
+        assert_eq!(
+            crate::units::parse_size("200M").unwrap(),
+            damocles_engine::DEFAULT_RATE
+        );
+    }
+}
