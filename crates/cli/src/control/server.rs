@@ -31,7 +31,6 @@ pub struct Shared {
     connections: AtomicUsize,
 }
 
-#[derive(Default)]
 struct EventLog {
     next: u64,
     items: VecDeque<serde_json::Value>,
@@ -183,7 +182,17 @@ impl Shared {
             .name(format!("damocles-{}", job.name()))
             .spawn(move || {
                 let outcome = match job {
-                    JobKind::Rebuild => a.rebuild(c).map(|r| describe_rebuild(&r)),
+                    // Lost a race with a rebuild the array started by itself: that one runs.
+                    JobKind::Rebuild => match a.rebuild(c) {
+                        Err(_) if a.rebuild_job().is_some() => {
+                            if let (Some(r), Some(j)) = (rate, a.rebuild_job()) {
+                                j.set_rate_limit(r);
+                            }
+                            let _ = tx.send(Ok("a rebuild is already running".into()));
+                            return;
+                        }
+                        r => r.map(|r| describe_rebuild(&r)),
+                    },
                     JobKind::Scrub => {
                         let r = a.scrub(c).map(|r| describe_scrub(&r));
                         *lock(&me.scrub) = None;
