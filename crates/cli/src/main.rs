@@ -2,7 +2,10 @@
 
 mod blockdev;
 mod cmd;
+mod control;
+mod hook;
 mod members;
+mod progress;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -13,6 +16,11 @@ use std::process::ExitCode;
 /// Members are block devices or regular files. Commands that take MEMBER... assemble the
 /// array from the members given; leave out a member that is missing and the array runs
 /// degraded, within what its level tolerates.
+///
+/// While `damocles serve` serves an array, status, fail, remove, add, replace, rebuild and
+/// scrub reach it through its control socket: name it with --array NAME, or leave that out
+/// when only one array is served. For an array that is not served, give its members instead
+/// (after `--` for fail, remove, add and replace).
 #[derive(Parser)]
 #[command(name = "damocles", version, propagate_version = true)]
 struct Cli {
@@ -27,6 +35,12 @@ enum Command {
     Read(cmd::rawio::ReadArgs),
     Write(cmd::rawio::WriteArgs),
     Serve(cmd::serve::Args),
+    Fail(cmd::member::FailArgs),
+    Remove(cmd::member::RemoveArgs),
+    Add(cmd::member::AddArgs),
+    Replace(cmd::member::ReplaceArgs),
+    Rebuild(cmd::job::RebuildArgs),
+    Scrub(cmd::job::ScrubArgs),
     Demo(cmd::demo::Args),
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
@@ -48,6 +62,12 @@ fn main() -> ExitCode {
         Command::Read(a) => cmd::rawio::read(a),
         Command::Write(a) => cmd::rawio::write(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Fail(a) => cmd::member::fail(a),
+        Command::Remove(a) => cmd::member::remove(a),
+        Command::Add(a) => cmd::member::add(a),
+        Command::Replace(a) => cmd::member::replace(a),
+        Command::Rebuild(a) => cmd::job::rebuild(a),
+        Command::Scrub(a) => cmd::job::scrub(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(b) => cmd::bench::run(b),
     };

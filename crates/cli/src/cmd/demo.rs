@@ -75,7 +75,11 @@ pub fn run(a: Args) -> Result<()> {
                 "  nbd-client {host} {port} /dev/nbd0 -N {export}   # needs the nbd kernel module"
             );
         }
-        println!("Fail a member to see degraded mode: stop, move a member file away, start again.");
+        println!(
+            "See degraded mode and a rebuild: `damocles fail 1`, `damocles status`, then \
+             `truncate -s {} spare.img && damocles add spare.img`.",
+            a.member_size
+        );
         println!("Press Ctrl-C to stop.");
     })
 }

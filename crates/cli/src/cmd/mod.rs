@@ -1,6 +1,44 @@
 pub mod bench;
 pub mod create;
 pub mod demo;
+pub mod job;
+pub mod member;
 pub mod rawio;
 pub mod serve;
 pub mod status;
+
+use crate::control::{self, Client};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// What a command works on: a served array, or members it assembles itself.
+pub enum Target {
+    Served(Client),
+    Members(Vec<PathBuf>),
+}
+
+/// Members given: those. Otherwise the served array `array` names (or the only one).
+/// `usage` is the command line that names members instead, for the error message.
+pub fn target(array: Option<&str>, members: Vec<PathBuf>, usage: &str) -> Result<Target> {
+    if !members.is_empty() {
+        return Ok(Target::Members(members));
+    }
+    Ok(Target::Served(control::select(array, usage)?))
+}
+
+/// A member named on the command line, as the server (another process, another working
+/// directory) can match it: an index or UUID as given, an existing path made absolute.
+pub fn member_spec(s: &str) -> Result<String> {
+    if s.parse::<usize>().is_ok() || !Path::new(s).exists() {
+        return Ok(s.to_string());
+    }
+    absolute(Path::new(s))
+}
+
+/// A device path made absolute, for the server to open.
+pub fn absolute(p: &Path) -> Result<String> {
+    let abs = std::fs::canonicalize(p).with_context(|| format!("{}", p.display()))?;
+    abs.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("{}: the path is not UTF-8", abs.display()))
+}

@@ -1,13 +1,18 @@
 //! `damocles serve`: assemble the array and serve it over NBD until SIGINT/SIGTERM.
 
 use crate::blockdev::ArrayDevice;
-use crate::{members, units};
+use crate::control::server::{ControlServer, Shared};
+use crate::{control, hook, members, units};
 use anyhow::{bail, Context, Result};
-use damocles_engine::{Array, Health};
+use damocles_engine::{Array, Event, Health};
 use damocles_nbd::{BlockDevice, Listener, ServerConfig};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a stopping server waits for a running rebuild or scrub to reach a checkpoint.
+const JOB_STOP_WAIT: Duration = Duration::from_secs(30);
 
 /// Where and how to serve.
 #[derive(clap::Args, Clone)]
@@ -33,13 +38,33 @@ pub struct ServeOpts {
     /// and a 5 s timer commit sooner.
     #[arg(long, value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub dirty_budget: Option<u64>,
+    /// Control socket for `damocles status/fail/add/rebuild/...` (default:
+    /// $XDG_RUNTIME_DIR/damocles/UUID.sock, or /run/damocles/UUID.sock without
+    /// XDG_RUNTIME_DIR; its directory is made 0700, the socket 0600). Other commands find a
+    /// socket elsewhere only with --array PATH.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Run CMD (with `sh -c`) for every event: member failed, spare activated, rebuild
+    /// started/finished, checksum repaired, unrecoverable block, ... The event's JSON is on
+    /// its stdin and its kind in $DAMOCLES_EVENT. Hooks run one at a time, off the I/O
+    /// path; one that fails is logged, one that runs over 60 s is killed.
+    #[arg(long, value_name = "CMD")]
+    pub on_event: Option<String>,
+    /// Rate limit of rebuilds, in bytes per second of member I/O (0 = none). Rebuilds
+    /// start by themselves when a member fails or a spare is added.
+    #[arg(long, default_value = "200M", value_parser = crate::units::parse_size, value_name = "RATE")]
+    pub rebuild_rate: u64,
 }
 
 /// Assemble the array on MEMBER... and serve it over NBD.
 ///
-/// Missing members make the array degraded (it says so). SIGINT or SIGTERM stops accepting
-/// clients, lets in-flight requests finish, flushes, and exits 0. The environment variable
-/// DAMOCLES_WORKERS sets the number of network threads (default: half the cores).
+/// Missing members make the array degraded (it says so). A member that fails is marked
+/// failed and a hot spare takes over (a rebuild starts by itself; see --rebuild-rate).
+/// `damocles status`, `fail`, `add`, `rebuild`, ... reach the server through its control
+/// socket (--control). SIGINT or SIGTERM stops accepting clients, lets in-flight requests
+/// finish, flushes, and exits 0 (a running rebuild stops at a checkpoint and resumes at the
+/// next start). The environment variable DAMOCLES_WORKERS sets the number of network
+/// threads (default: half the cores).
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -140,6 +165,44 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         .unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
         });
+    // Events go to the control socket's log (for watchers) and to the --on-event hook.
+    let shared = Shared::new(&array, o.rebuild_rate);
+    let (hook, hook_worker) = match &o.on_event {
+        Some(cmd) => {
+            let (h, w) = hook::start(cmd.clone()).context("starting the --on-event worker")?;
+            (Some(h), Some(w))
+        }
+        None => (None, None),
+    };
+    {
+        let shared = shared.clone();
+        array.set_event_sink(Arc::new(move |e: &Event| {
+            shared.record(e);
+            if let Some(h) = &hook {
+                h.send(e);
+            }
+        }));
+    }
+    let control_path = match &o.control {
+        Some(p) => std::path::absolute(p).with_context(|| format!("--control {}", p.display()))?,
+        None => control::default_path(&st.uuid),
+    };
+    let control = match ControlServer::start(&control_path, shared.clone()) {
+        Ok(c) => {
+            array.set_control_socket(Some(control_path.display().to_string()));
+            Some(c)
+        }
+        Err(e) if o.control.is_none() => {
+            eprintln!(
+                "warning: no control socket ({e:#}); damocles commands cannot reach this \
+                 server (--control PATH puts the socket elsewhere)"
+            );
+            None
+        }
+        Err(e) => return Err(e.context("--control")),
+    };
+    // A failed member with a spare (or free space) at start resumes its rebuild now.
+    array.set_auto_rebuild(o.rebuild_rate);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -147,8 +210,11 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         .context("starting the runtime")?;
     // Buffered writes reach the members within a few seconds even if no client flushes.
     array.spawn_flusher(std::time::Duration::from_secs(5));
-    let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array));
-    rt.block_on(async move {
+    let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array.clone()));
+    let control_line = control
+        .as_ref()
+        .map(|c| format!("control socket {}", c.path().display()));
+    let result = rt.block_on(async move {
         let (listener, uri) = match &o.socket {
             Some(path) => {
                 clear_stale_socket(path)?;
@@ -177,6 +243,9 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
             format!("{:?}", st.health).to_lowercase(),
             if o.read_only { ", read-only" } else { "" }
         );
+        if let Some(l) = control_line {
+            println!("{l}");
+        }
         ready(&uri);
         use std::io::Write;
         std::io::stdout().flush().ok();
@@ -200,8 +269,40 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         if let Some(p) = &o.socket {
             let _ = std::fs::remove_file(p);
         }
-        r.context("NBD server")?;
-        eprintln!("stopped; all writes flushed");
-        Ok(())
-    })
+        r.context("NBD server")
+    });
+    drop(control);
+    // Jobs stop at a checkpoint, and the array closes here (its final commit) rather than
+    // wherever the last job thread lets go of it.
+    shared.cancel_jobs(&array);
+    let start = Instant::now();
+    while Arc::strong_count(&array) > 1 && start.elapsed() < JOB_STOP_WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if Arc::strong_count(&array) > 1 {
+        eprintln!(
+            "warning: a rebuild or scrub did not reach a checkpoint within {} s; it resumes at \
+             the next start",
+            JOB_STOP_WAIT.as_secs()
+        );
+    }
+    drop(array);
+    drop(rt);
+    if let Some(w) = hook_worker {
+        w.finish(Duration::from_secs(5));
+    }
+    result?;
+    eprintln!("stopped; all writes flushed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_rebuild_rate_is_the_engines() {
+        assert_eq!(
+            crate::units::parse_size("200M").unwrap(),
+            damocles_engine::DEFAULT_RATE
+        );
+    }
 }

@@ -1,41 +1,166 @@
 //! `damocles status`
 
+use crate::cmd::{target, Target};
+use crate::control::proto::{ProgressView, Request};
+use crate::progress;
 use crate::{members, units};
-use anyhow::Result;
-use damocles_engine::{Health, MemberHealth};
+use anyhow::{Context, Result};
+use serde::Deserialize;
 use std::path::PathBuf;
 
-/// Show an array's level, size, health and each member's state.
+/// Show an array's level, size, health, members, jobs and errors.
 ///
-/// Opens the members read-only and changes nothing. Members left out are shown as missing;
-/// a member that missed writes while it was away is shown as stale and is not used.
+/// Without MEMBER..., asks the server of a served array (through its control socket), so a
+/// running rebuild or scrub shows with its progress. With MEMBER..., opens those members
+/// read-only and changes nothing (the array must not be served). Members left out are shown
+/// as missing; a member that missed writes while it was away is shown as stale and is not
+/// used.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Print JSON instead of text.
+    /// Print JSON instead of text (docs/control.md describes the fields).
     #[arg(long)]
     json: bool,
-    #[arg(required = true, value_name = "MEMBER")]
+    /// The served array: its name, UUID, or control socket path. Optional when only one
+    /// array is served.
+    #[arg(long, value_name = "NAME", conflicts_with = "members")]
+    array: Option<String>,
+    /// Members of an array that is not served.
+    #[arg(value_name = "MEMBER")]
     members: Vec<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let array = members::assemble(&a.members, true)?;
-    let st = array.status();
+    let value = match target(a.array.as_deref(), a.members, "damocles status MEMBER...")? {
+        Target::Members(paths) => {
+            let array = members::assemble(&paths, true)?;
+            serde_json::to_value(array.status())?
+        }
+        Target::Served(mut c) => c
+            .call(&Request::Status {})?
+            .status
+            .context("the server sent no status")?,
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let health = match st.health {
-        Health::Ok => "ok",
-        Health::Degraded => "DEGRADED",
-        Health::Failed => "FAILED (data beyond redundancy is unreadable)",
+    let st: StatusView =
+        serde_json::from_value(value).context("reading the status the server sent")?;
+    print!("{}", text(&st));
+    Ok(())
+}
+
+/// The engine's `Status` as JSON carries it; every field defaults, so an older or newer
+/// server still shows what it has.
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct StatusView {
+    pub name: String,
+    pub uuid: String,
+    pub level: String,
+    pub copies: usize,
+    pub stripe_unit: u64,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunks_total: usize,
+    pub chunks_allocated: usize,
+    pub tolerance: usize,
+    pub generation: u64,
+    pub health: String,
+    pub journal: String,
+    pub checksums: bool,
+    pub members: Vec<MemberView>,
+    pub chunks_degraded: usize,
+    pub rebuild: Option<JobView>,
+    pub scrub: ScrubView,
+    pub errors: ErrorView,
+    pub lost: Vec<LostView>,
+    pub needs: Option<String>,
+    pub control_socket: Option<String>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct MemberView {
+    pub index: usize,
+    pub device: Option<String>,
+    pub uuid: String,
+    pub size: u64,
+    pub state: String,
+    pub generation: Option<u64>,
+    pub used: u64,
+    pub reason: Option<String>,
+    pub replaces: Option<usize>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct JobView {
+    pub running: bool,
+    #[serde(flatten)]
+    pub progress: ProgressView,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct ScrubView {
+    pub running: Option<ProgressView>,
+    pub resume_at_chunk: Option<u32>,
+    pub blocks_checked: u64,
+    pub repaired: u64,
+    pub unrecoverable: u64,
+    pub last_finished: u64,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct ErrorView {
+    pub read_errors: u64,
+    pub write_errors: u64,
+    pub checksum_errors: u64,
+    pub repaired: u64,
+    pub unrecoverable: u64,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct LostView {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Lost ranges listed one by one before the rest is summed up.
+const LOST_SHOWN: usize = 10;
+
+pub fn health_text(h: &str) -> String {
+    match h {
+        "ok" => "ok".into(),
+        "degraded" => "DEGRADED".into(),
+        "failed" => "FAILED (data beyond redundancy is unreadable)".into(),
+        other => other.to_uppercase(),
+    }
+}
+
+fn state_text(s: &str) -> String {
+    match s {
+        "ok" | "missing" | "stale" | "spare" | "replacing" | "removed" => s.into(),
+        other => other.to_uppercase(),
+    }
+}
+
+pub fn text(st: &StatusView) -> String {
+    let mut o = String::new();
+    let mut line = |s: String| {
+        o.push_str(&s);
+        o.push('\n');
     };
-    println!(
+    line(format!(
         "name:        {}",
         if st.name.is_empty() { "-" } else { &st.name }
-    );
-    println!("uuid:        {}", st.uuid);
-    println!(
+    ));
+    line(format!("uuid:        {}", st.uuid));
+    line(format!(
         "level:       {}{} (stripe unit {})",
         st.level,
         if st.copies > 1 {
@@ -44,46 +169,207 @@ pub fn run(a: Args) -> Result<()> {
             String::new()
         },
         units::human(st.stripe_unit)
-    );
-    println!("size:        {} ({} bytes)", units::human(st.size), st.size);
-    println!(
+    ));
+    line(format!(
+        "size:        {} ({} bytes)",
+        units::human(st.size),
+        st.size
+    ));
+    line(format!(
         "allocated:   {} of {} chunks of {}",
         st.chunks_allocated,
         st.chunks_total,
         units::human(st.chunk_size)
-    );
-    println!("tolerance:   {} member failure(s)", st.tolerance);
-    println!("generation:  {}", st.generation);
-    println!("health:      {health}");
-    match st.journal.as_str() {
-        "none" => println!(
-            "journal:     NONE (a power cut during a write can damage that stripe's parity)"
-        ),
-        "members" => println!("journal:     on the members"),
-        j => println!("journal:     {j}"),
+    ));
+    line(format!("tolerance:   {} member failure(s)", st.tolerance));
+    line(format!("generation:  {}", st.generation));
+    line(format!("health:      {}", health_text(&st.health)));
+    if st.chunks_degraded > 0 {
+        line(format!(
+            "degraded:    {} chunks lack some of their redundancy",
+            st.chunks_degraded
+        ));
     }
-    println!("members:");
+    if let Some(n) = &st.needs {
+        line(format!("needs:       {n}"));
+    }
+    line(match st.journal.as_str() {
+        "none" => {
+            "journal:     NONE (a power cut during a write can damage that stripe's parity)".into()
+        }
+        "members" => "journal:     on the members".into(),
+        j => format!("journal:     {j}"),
+    });
+    line(format!(
+        "checksums:   {}",
+        if st.checksums { "on" } else { "off" }
+    ));
+    if let Some(c) = &st.control_socket {
+        line(format!("control:     {c}"));
+    }
+    line("members:".into());
+    line(format!(
+        "   #  {:<9} {:<10} {:<10} {:<36}  device",
+        "state", "size", "used", "uuid"
+    ));
     for m in &st.members {
-        let state = match m.state {
-            MemberHealth::Ok => "ok",
-            MemberHealth::Missing => "missing",
-            MemberHealth::Stale => "stale",
-            MemberHealth::Failed => "FAILED",
-            MemberHealth::Spare => "spare",
-            MemberHealth::Replacing => "replacing",
-            MemberHealth::Removed => "removed",
-        };
-        println!(
-            "  {:>2}  {:<8} {:<10} {}  {}",
+        let mut s = format!(
+            "  {:>2}  {:<9} {:<10} {:<10} {:<36}  {}",
             m.index,
-            state,
+            state_text(&m.state),
             units::human(m.size),
+            units::human(m.used),
             m.uuid,
             m.device.as_deref().unwrap_or("-")
         );
+        if let Some(r) = m.replaces {
+            s += &format!("  (replacing member {r})");
+        }
+        line(s);
+        if let Some(r) = &m.reason {
+            line(format!("      reason: {r}"));
+        }
+    }
+    if let Some(r) = &st.rebuild {
+        let p = &r.progress;
+        line(if r.running {
+            format!("rebuild:     running, {}", progress::line(p))
+        } else if p.done >= p.total {
+            format!("rebuild:     finished ({} rebuilt)", units::human(p.done))
+        } else {
+            format!("rebuild:     last run ended at {}", progress::line(p))
+        });
+    }
+    let s = &st.scrub;
+    line(match &s.running {
+        Some(p) => format!("scrub:       running, {}", progress::line(p)),
+        None if s.last_finished == 0 && s.blocks_checked == 0 => "scrub:       never run".into(),
+        None => format!(
+            "scrub:       {}{} blocks checked, {} repaired, {} unrecoverable",
+            if s.last_finished > 0 {
+                format!("last finished {}: ", utc(s.last_finished))
+            } else {
+                String::new()
+            },
+            s.blocks_checked,
+            s.repaired,
+            s.unrecoverable
+        ),
+    });
+    if let (None, Some(c)) = (&s.running, s.resume_at_chunk) {
+        line(format!(
+            "             interrupted; `damocles scrub` resumes at chunk {c}"
+        ));
+    }
+    let e = &st.errors;
+    line(format!(
+        "errors:      {} read, {} write, {} checksum; {} repaired, {} unrecoverable",
+        e.read_errors, e.write_errors, e.checksum_errors, e.repaired, e.unrecoverable
+    ));
+    if !st.lost.is_empty() {
+        let bytes: u64 = st.lost.iter().map(|l| l.len).sum();
+        line(format!(
+            "lost:        {} in {} ranges of the volume; reads of them fail:",
+            units::human(bytes),
+            st.lost.len()
+        ));
+        for l in st.lost.iter().take(LOST_SHOWN) {
+            line(format!("             offset {} length {}", l.offset, l.len));
+        }
+        if st.lost.len() > LOST_SHOWN {
+            line(format!(
+                "             ... and {} more (status --json lists all)",
+                st.lost.len() - LOST_SHOWN
+            ));
+        }
     }
     for n in &st.notes {
-        println!("note: {n}");
+        line(format!("note: {n}"));
     }
-    Ok(())
+    o
+}
+
+/// One or two lines after a command changed the array: its health, a running rebuild,
+/// what it needs.
+pub fn summary(st: &StatusView) -> String {
+    let mut s = format!("array health: {}", health_text(&st.health));
+    if let Some(r) = st.rebuild.as_ref().filter(|r| r.running) {
+        s += &format!("; rebuilding, {}", progress::line(&r.progress));
+    }
+    if let Some(n) = &st.needs {
+        s += &format!("\nneeds: {n}");
+    }
+    s
+}
+
+/// Seconds since the epoch as "2024-05-06 07:08:09 UTC".
+fn utc(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let t = secs % 86400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        t / 3600,
+        t % 3600 / 60,
+        t % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+    }
+
+    #[test]
+    fn text_shows_failures_jobs_and_losses() {
+        let v = serde_json::json!({
+            "name": "tank", "uuid": "u", "level": "raid5", "copies": 1, "health": "degraded",
+            "members": [
+                {"index": 0, "state": "ok", "device": "/a", "uuid": "m0"},
+                {"index": 1, "state": "failed", "device": "/b", "uuid": "m1",
+                 "reason": "read on /b at offset 0: EIO"},
+                {"index": 2, "state": "spare", "uuid": "m2"}
+            ],
+            "rebuild": {"running": true, "done": 50, "total": 100, "rate": 10,
+                        "eta_seconds": 5, "rate_limit": 0},
+            "scrub": {"blocks_checked": 7, "repaired": 1, "unrecoverable": 0,
+                      "last_finished": 1700000000},
+            "errors": {"read_errors": 3},
+            "lost": [{"offset": 4096, "len": 4096}],
+            "needs": "a spare",
+            "control_socket": "/run/damocles/u.sock",
+            "some_future_field": 1
+        });
+        let st: StatusView = serde_json::from_value(v).unwrap();
+        let t = text(&st);
+        for want in [
+            "health:      DEGRADED",
+            "FAILED",
+            "reason: read on /b",
+            "spare",
+            "rebuild:     running, 50% (50 B of 100 B, 10 B/s, ETA 5s)",
+            "last finished 2023-11-14 22:13:20 UTC: 7 blocks checked, 1 repaired",
+            "errors:      3 read",
+            "offset 4096 length 4096",
+            "needs:       a spare",
+            "control:     /run/damocles/u.sock",
+        ] {
+            assert!(t.contains(want), "{want:?} missing in\n{t}");
+        }
+    }
 }

@@ -1,0 +1,206 @@
+//! The control protocol: one JSON request per line, one JSON response per line
+//! (docs/control.md).
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when a request or response changes incompatibly.
+pub const PROTOCOL: u32 = 1;
+
+/// Longest request line the server accepts.
+pub const MAX_LINE: usize = 64 << 10;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Who is there: array name and UUID (used to find an array by name).
+    Hello {},
+    Status {},
+    /// `member`: index, device path (absolute) or member UUID.
+    Fail {
+        member: String,
+        #[serde(default)]
+        force: bool,
+    },
+    Remove {
+        member: String,
+    },
+    /// `device`: an absolute path the server opens read-write.
+    Add {
+        device: String,
+        #[serde(default)]
+        force: bool,
+    },
+    Replace {
+        old: String,
+        new: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Starts a job, or sets the rate limit (bytes/s, 0 = none) of the one running.
+    Rebuild {
+        #[serde(default)]
+        rate: Option<u64>,
+    },
+    Scrub {
+        #[serde(default)]
+        rate: Option<u64>,
+    },
+    /// The state of a job.
+    Job {
+        job: JobKind,
+    },
+    Cancel {
+        job: JobKind,
+    },
+    /// Events with a sequence number above `after` (the server keeps the latest 256).
+    Events {
+        #[serde(default)]
+        after: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    Rebuild,
+    Scrub,
+}
+
+impl JobKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Rebuild => "rebuild",
+            JobKind::Scrub => "scrub",
+        }
+    }
+}
+
+/// Every response has `ok`; the other fields depend on the request.
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What was done, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The member index a request acted on or created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<usize>,
+    /// Exactly what `damocles status --json` prints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobState>,
+    /// Events as `serve --on-event` gets them, each with a `seq` number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<serde_json::Value>>,
+    /// The sequence number to ask for events after next time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+impl Response {
+    pub fn ok() -> Response {
+        Response {
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn error(msg: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn with_message(mut self, msg: impl Into<String>) -> Response {
+        self.message = Some(msg.into());
+        self
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
+pub struct JobState {
+    pub running: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressView>,
+    /// How the last run of this job ended, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+    /// Whether that run ended with an error.
+    #[serde(default)]
+    pub last_failed: bool,
+}
+
+/// A job's progress, as the engine's `Progress` serializes.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
+#[serde(default)]
+pub struct ProgressView {
+    pub done: u64,
+    pub total: u64,
+    pub rate: u64,
+    pub eta_seconds: Option<u64>,
+    pub rate_limit: u64,
+}
+
+impl From<damocles_engine::Progress> for ProgressView {
+    fn from(p: damocles_engine::Progress) -> Self {
+        ProgressView {
+            done: p.done,
+            total: p.total,
+            rate: p.rate,
+            eta_seconds: p.eta_seconds,
+            rate_limit: p.rate_limit,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_garbage_is_refused() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"fail","member":"2"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Fail {
+                member: "2".into(),
+                force: false
+            }
+        );
+        let r: Request = serde_json::from_str(r#"{"cmd":"rebuild"}"#).unwrap();
+        assert_eq!(r, Request::Rebuild { rate: None });
+        let r: Request = serde_json::from_str(r#"{"cmd":"job","job":"scrub"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Job {
+                job: JobKind::Scrub
+            }
+        );
+        for bad in [
+            "",
+            "{}",
+            r#"{"cmd":"format-everything"}"#,
+            r#"{"cmd":"fail"}"#,
+            r#"{"cmd":"fail","member":2}"#,
+            r#"{"cmd":"status","extra":1}"#,
+            "[1,2,3]",
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+        let s = serde_json::to_string(&Request::Hello {}).unwrap();
+        assert_eq!(s, r#"{"cmd":"hello"}"#);
+    }
+}

@@ -1,0 +1,508 @@
+//! The server side of the control socket, run by `damocles serve`.
+
+use super::proto::{JobKind, JobState, ProgressView, Request, Response, MAX_LINE, PROTOCOL};
+use crate::{members, units};
+use anyhow::{bail, Context, Result};
+use damocles_engine::{Array, Event, EventKind, JobControl, OpenMode};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Events kept for `damocles rebuild --watch` and friends.
+const EVENT_LOG: usize = 256;
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 32;
+
+/// What the control connections share with the server.
+pub struct Shared {
+    /// Weak, so that a lingering connection never keeps the array (and its final commit
+    /// on close) alive after the server stops.
+    array: Weak<Array>,
+    rebuild_rate: u64,
+    events: Mutex<EventLog>,
+    /// How the last run of each job ended, in words, and whether it failed.
+    last: Mutex<[Option<(String, bool)>; 2]>,
+    /// A scrub this server started and that has not returned yet.
+    scrub: Mutex<Option<Arc<JobControl>>>,
+    connections: AtomicUsize,
+}
+
+struct EventLog {
+    next: u64,
+    items: VecDeque<serde_json::Value>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking connection thread must not take the others down with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn new(array: &Arc<Array>, rebuild_rate: u64) -> Arc<Shared> {
+        Arc::new(Shared {
+            array: Arc::downgrade(array),
+            rebuild_rate,
+            events: Mutex::new(EventLog {
+                next: 1,
+                items: VecDeque::new(),
+            }),
+            last: Mutex::new([None, None]),
+            scrub: Mutex::new(None),
+            connections: AtomicUsize::new(0),
+        })
+    }
+
+    /// Called from the array's event sink: must be quick and never block on I/O.
+    pub fn record(&self, e: &Event) {
+        let Ok(mut v) = serde_json::to_value(e) else {
+            return;
+        };
+        match e.event {
+            EventKind::RebuildFinished => self.set_last(JobKind::Rebuild, e.message.clone(), false),
+            EventKind::ScrubFinished => self.set_last(JobKind::Scrub, e.message.clone(), false),
+            _ => {}
+        }
+        let mut log = lock(&self.events);
+        v["seq"] = log.next.into();
+        log.next += 1;
+        log.items.push_back(v);
+        if log.items.len() > EVENT_LOG {
+            log.items.pop_front();
+        }
+    }
+
+    fn set_last(&self, job: JobKind, msg: String, failed: bool) {
+        lock(&self.last)[job as usize] = Some((msg, failed));
+    }
+
+    pub fn handle(self: &Arc<Self>, req: Request) -> Response {
+        let Some(array) = self.array.upgrade() else {
+            return Response::error("the server is stopping");
+        };
+        match self.dispatch(&array, req) {
+            Ok(r) => r,
+            Err(e) => Response::error(format!("{e:#}")),
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, array: &Arc<Array>, req: Request) -> Result<Response> {
+        Ok(match req {
+            Request::Rebuild { rate } => self.start(array, JobKind::Rebuild, rate)?,
+            Request::Scrub { rate } => self.start(array, JobKind::Scrub, rate)?,
+            Request::Job { job } => Response {
+                job: Some(self.job_state(array, job)),
+                ..Response::ok()
+            },
+            Request::Cancel { job } => match self.running(array, job) {
+                Some(ctl) => {
+                    ctl.cancel();
+                    Response::ok()
+                        .with_message(format!("{} stops at its next checkpoint", job.name()))
+                }
+                None => bail!("no {} is running", job.name()),
+            },
+            Request::Events { after } => {
+                let log = lock(&self.events);
+                let events: Vec<serde_json::Value> = log
+                    .items
+                    .iter()
+                    .filter(|e| e["seq"].as_u64().is_some_and(|s| s > after))
+                    .cloned()
+                    .collect();
+                Response {
+                    events: Some(events),
+                    next: Some(log.next - 1),
+                    ..Response::ok()
+                }
+            }
+            other => apply(array, other)?,
+        })
+    }
+
+    /// Asks running jobs to stop at their next checkpoint (the server is stopping).
+    pub fn cancel_jobs(&self, array: &Array) {
+        for job in [JobKind::Rebuild, JobKind::Scrub] {
+            if let Some(c) = self.running(array, job) {
+                c.cancel();
+            }
+        }
+    }
+
+    fn running(&self, array: &Array, job: JobKind) -> Option<Arc<JobControl>> {
+        match job {
+            JobKind::Rebuild => array.rebuild_job(),
+            JobKind::Scrub => array.scrub_job().or_else(|| lock(&self.scrub).clone()),
+        }
+    }
+
+    fn job_state(&self, array: &Array, job: JobKind) -> JobState {
+        let ctl = self.running(array, job);
+        let last = lock(&self.last)[job as usize].clone();
+        JobState {
+            running: ctl.is_some(),
+            progress: ctl.map(|c| ProgressView::from(c.progress())),
+            last_failed: last.as_ref().is_some_and(|(_, f)| *f),
+            last: last.map(|(m, _)| m),
+        }
+    }
+
+    /// Starts a job on its own thread, or retunes the one running.
+    fn start(
+        self: &Arc<Self>,
+        array: &Arc<Array>,
+        job: JobKind,
+        rate: Option<u64>,
+    ) -> Result<Response> {
+        if let Some(ctl) = self.running(array, job) {
+            let mut msg = format!("a {} is already running", job.name());
+            if let Some(r) = rate {
+                ctl.set_rate_limit(r);
+                msg += &format!("; rate limit now {}", rate_text(r));
+            }
+            return Ok(Response {
+                job: Some(self.job_state(array, job)),
+                ..Response::ok().with_message(msg)
+            });
+        }
+        let default = match job {
+            JobKind::Rebuild => self.rebuild_rate,
+            JobKind::Scrub => damocles_engine::DEFAULT_RATE,
+        };
+        let ctl = Arc::new(JobControl::new(rate.unwrap_or(default)));
+        if job == JobKind::Scrub {
+            *lock(&self.scrub) = Some(ctl.clone());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (me, a, c) = (self.clone(), array.clone(), ctl.clone());
+        std::thread::Builder::new()
+            .name(format!("damocles-{}", job.name()))
+            .spawn(move || {
+                let outcome = match job {
+                    // Lost a race with a rebuild the array started by itself: that one runs.
+                    JobKind::Rebuild => match a.rebuild(c) {
+                        Err(_) if a.rebuild_job().is_some() => {
+                            if let (Some(r), Some(j)) = (rate, a.rebuild_job()) {
+                                j.set_rate_limit(r);
+                            }
+                            let _ = tx.send(Ok("a rebuild is already running".into()));
+                            return;
+                        }
+                        r => r.map(|r| describe_rebuild(&r)),
+                    },
+                    JobKind::Scrub => {
+                        let r = a.scrub(c).map(|r| describe_scrub(&r));
+                        *lock(&me.scrub) = None;
+                        r
+                    }
+                };
+                let outcome = outcome.map_err(|e| format!("{} failed: {e}", job.name()));
+                if let Err(e) = &outcome {
+                    tracing::error!("{e}");
+                }
+                match &outcome {
+                    Ok(m) => me.set_last(job, m.clone(), false),
+                    Err(e) => me.set_last(job, e.clone(), true),
+                }
+                let _ = tx.send(outcome);
+            })
+            .context("starting a thread")?;
+        // Answer once the job is visible (or over), so a watcher's first poll sees it.
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(2);
+        loop {
+            if let Ok(outcome) = rx.try_recv() {
+                return match outcome {
+                    Ok(msg) => Ok(Response {
+                        job: Some(self.job_state(array, job)),
+                        ..Response::ok().with_message(msg)
+                    }),
+                    Err(e) => bail!(e),
+                };
+            }
+            // The short minimum catches a job that fails at once (a refused request).
+            let visible = self
+                .running(array, job)
+                .is_some_and(|r| Arc::ptr_eq(&r, &ctl));
+            if (visible && started.elapsed() > Duration::from_millis(100))
+                || Instant::now() > deadline
+            {
+                return Ok(Response {
+                    job: Some(self.job_state(array, job)),
+                    ..Response::ok().with_message(format!(
+                        "{} started (rate limit {})",
+                        job.name(),
+                        rate_text(rate.unwrap_or(default))
+                    ))
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Requests that change membership or only read, on an open array: the server's and the
+/// offline commands' common path.
+pub fn apply(array: &Array, req: Request) -> Result<Response> {
+    Ok(match req {
+        Request::Hello {} => {
+            let st = array.status();
+            Response {
+                name: Some(st.name),
+                uuid: Some(st.uuid),
+                protocol: Some(PROTOCOL),
+                pid: Some(std::process::id()),
+                ..Response::ok()
+            }
+        }
+        Request::Status {} => Response {
+            status: Some(serde_json::to_value(array.status())?),
+            ..Response::ok()
+        },
+        Request::Fail { member, force } => {
+            let i = array.find_member(&member)?;
+            let name = member_name(array, i);
+            array.fail_member(i, "failed by request (damocles fail)", force)?;
+            Response {
+                member: Some(i),
+                ..Response::ok().with_message(format!("member {i}{name} marked failed"))
+            }
+        }
+        Request::Remove { member } => {
+            let i = array.find_member(&member)?;
+            let name = member_name(array, i);
+            array.remove_member(i)?;
+            Response {
+                member: Some(i),
+                ..Response::ok().with_message(format!("member {i}{name} removed"))
+            }
+        }
+        Request::Add { device, force } => {
+            let dev = open_device(array, &device)?;
+            let i = array.add_member(dev, force)?;
+            Response {
+                member: Some(i),
+                ..Response::ok().with_message(format!("{device} added as hot spare (member {i})"))
+            }
+        }
+        Request::Replace { old, new, force } => {
+            let o = array.find_member(&old)?;
+            let name = member_name(array, o);
+            let dev = open_device(array, &new)?;
+            let i = array.replace_member(o, dev, force)?;
+            Response {
+                member: Some(i),
+                ..Response::ok().with_message(format!(
+                    "{new} added as member {i}, to replace member {o}{name}"
+                ))
+            }
+        }
+        other => bail!("{other:?} needs a served array"),
+    })
+}
+
+/// " (/dev/sdb)", or "" for a member without a device.
+fn member_name(array: &Array, i: usize) -> String {
+    array
+        .status()
+        .members
+        .get(i)
+        .and_then(|m| m.device.clone())
+        .map_or(String::new(), |d| format!(" ({d})"))
+}
+
+/// Opens a new member read-write, refusing one of the array's own members by name (opening
+/// it would only fail on its lock, with a misleading message).
+fn open_device(array: &Array, path: &str) -> Result<damocles_engine::Dev> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        bail!("{path}: the server needs an absolute path");
+    }
+    if let Ok(want) = std::fs::canonicalize(p) {
+        for m in array.status().members {
+            let same = m
+                .device
+                .as_ref()
+                .and_then(|d| std::fs::canonicalize(d).ok())
+                .is_some_and(|d| d == want);
+            if same {
+                bail!("{path} is already member {} of this array", m.index);
+            }
+        }
+    }
+    let mut devs = members::open(&[p.to_path_buf()], OpenMode::ReadWrite)?;
+    Ok(devs.remove(0))
+}
+
+pub fn rate_text(r: u64) -> String {
+    if r == 0 {
+        "none".into()
+    } else {
+        format!("{}/s", units::human(r))
+    }
+}
+
+pub fn describe_rebuild(r: &damocles_engine::RebuildReport) -> String {
+    if r.chunks_rebuilt == 0 && r.chunks_stuck == 0 && r.lost.is_empty() {
+        return "nothing to rebuild".into();
+    }
+    let mut s = format!(
+        "rebuilt {} chunk{} ({})",
+        r.chunks_rebuilt,
+        if r.chunks_rebuilt == 1 { "" } else { "s" },
+        units::human(r.bytes)
+    );
+    if r.chunks_stuck > 0 {
+        s += &format!(
+            "; {} chunks have nowhere to go (add a spare)",
+            r.chunks_stuck
+        );
+    }
+    if !r.lost.is_empty() {
+        let bytes: u64 = r.lost.iter().map(|(_, l)| l).sum();
+        s += &format!(
+            "; {} lost in {} ranges (reads of them fail; `damocles status` lists them)",
+            units::human(bytes),
+            r.lost.len()
+        );
+    }
+    s
+}
+
+pub fn describe_scrub(r: &damocles_engine::ScrubReport) -> String {
+    format!(
+        "scrub {}: {} blocks checked, {} repaired, {} unrecoverable",
+        if r.complete { "finished" } else { "stopped" },
+        r.blocks_checked,
+        r.repaired,
+        r.unrecoverable
+    )
+}
+
+/// The listening control socket; dropping it removes the socket file.
+pub struct ControlServer {
+    path: PathBuf,
+}
+
+impl ControlServer {
+    /// Creates the socket (directory 0700, socket 0600) and serves it on a thread.
+    pub fn start(path: &Path, shared: Arc<Shared>) -> Result<ControlServer> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        clear_stale(path)?;
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        // The socket exists with umask permissions for a moment; its directory is 0700 by
+        // default, and changing the process-wide umask would race other threads.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 600 {}", path.display()))?;
+        std::thread::Builder::new()
+            .name("damocles-control".into())
+            .spawn(move || accept_loop(listener, shared))
+            .context("starting the control thread")?;
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes a leftover socket file that nobody answers on; refuses one in use.
+fn clear_stale(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        bail!("{} exists and is not a socket", path.display());
+    }
+    if UnixStream::connect(path).is_ok() {
+        bail!(
+            "{}: another damocles server answers there (give this one --control PATH)",
+            path.display()
+        );
+    }
+    std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))
+}
+
+fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("control socket: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            let mut s = stream;
+            let _ = writeln!(s, "{}", encode(&Response::error("too many connections")));
+            continue;
+        }
+        let sh = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("damocles-control-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve_connection(stream, &sh) {
+                    tracing::debug!("control connection: {e}");
+                }
+                sh.connections.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("control socket: cannot start a thread: {e}");
+        }
+    }
+}
+
+fn encode(r: &Response) -> String {
+    serde_json::to_string(r).unwrap_or_else(|e| format!(r#"{{"ok":false,"error":"{e}"}}"#))
+}
+
+fn serve_connection(stream: UnixStream, shared: &Arc<Shared>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut line = Vec::new();
+        let n = reader
+            .by_ref()
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_LINE {
+            writeln!(out, "{}", encode(&Response::error("request line too long")))?;
+            return Ok(());
+        }
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let resp = match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => shared.handle(req),
+            Err(e) => Response::error(format!("bad request: {e}")),
+        };
+        writeln!(out, "{}", encode(&resp))?;
+    }
+}
