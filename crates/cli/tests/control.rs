@@ -537,7 +537,6 @@ fn help_exists_for_the_lifecycle_commands() {
 }
 
 #[test]
-#[ignore = "needs the engine's scrub (crates/engine/src/scrub.rs says 'not built yet')"]
 fn scrub_served_and_offline_reports_blocks_checked() {
     let arr = Array::raid5(Some("s"));
     let rt = runtime_dir(&arr);

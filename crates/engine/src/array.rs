@@ -1130,6 +1130,8 @@ impl Array {
                 state: match (&slot.dev, info.state) {
                     (_, MemberState::Removed) => MemberHealth::Removed,
                     (_, MemberState::Faulty) if slot.failed.is_some() => MemberHealth::Failed,
+                    // Recorded faulty (failed, or missed writes) and not here: failed.
+                    (None, MemberState::Faulty) => MemberHealth::Failed,
                     (None, _) => MemberHealth::Missing,
                     (Some(_), MemberState::Faulty) => MemberHealth::Stale,
                     (Some(_), MemberState::Spare) if info.replaces.is_some() => {
@@ -1158,12 +1160,12 @@ impl Array {
             .any(|(_, c)| !Self::chunk_intact(c, &members_now))
         {
             Some(
-                "some data has lost more members than its redundancy allows: bring back the                  missing members (or restore from backup)"
+                "some data has lost more members than its redundancy allows: bring back the missing members (or restore from backup)"
                     .to_string(),
             )
         } else if chunks_degraded > 0 && !has_spare && rebuild.as_ref().is_none_or(|r| !r.running) {
             Some(format!(
-                "{chunks_degraded} chunks lack redundancy: add a spare (`damocles add`) or                  run `damocles rebuild` to use free space on the other members"
+                "{chunks_degraded} chunks lack redundancy: add a spare (`damocles add`) or run `damocles rebuild` to use free space on the other members"
             ))
         } else {
             None

@@ -138,7 +138,7 @@ impl Array {
             .find(|&&(o, l)| o < offset + len && offset < o + l)
         {
             Some(&(o, l)) => Err(Error::Lost(format!(
-                "volume bytes {o}..{} are lost (could not be rebuilt); rewrite them to use                  them again",
+                "volume bytes {o}..{} are lost (could not be rebuilt); rewrite them to use them again",
                 o + l
             ))),
             None => Ok(()),

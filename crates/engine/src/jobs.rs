@@ -78,7 +78,12 @@ impl JobControl {
         let done = self.done.load(Ordering::Relaxed);
         let total = self.total.load(Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = (self.this_run.load(Ordering::Relaxed) as f64 / secs) as u64;
+        let mut rate = (self.this_run.load(Ordering::Relaxed) as f64 / secs) as u64;
+        // The first batch lands before the limiter has slept: do not promise more.
+        let limit = self.rate.load(Ordering::Relaxed);
+        if limit > 0 {
+            rate = rate.min(limit);
+        }
         Progress {
             done,
             total,

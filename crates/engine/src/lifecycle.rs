@@ -40,10 +40,10 @@ impl Array {
                 .and_then(|s| s.dev.as_ref().map(|d| d.name().to_string()))
         });
         match event {
-            EventKind::MemberFailed | EventKind::Unrecoverable => {
+            EventKind::Unrecoverable => {
                 tracing::error!(?event, ?member, ?device, ?offset, "{message}")
             }
-            EventKind::ChecksumRepaired => {
+            EventKind::MemberFailed | EventKind::ChecksumRepaired => {
                 tracing::warn!(?event, ?member, ?device, ?offset, "{message}")
             }
             _ => tracing::info!(?event, ?member, ?device, "{message}"),

@@ -218,7 +218,19 @@ impl Array {
             return Ok(report);
         }
         let total_chunks = self.state.lock().meta.map.allocated().count();
-        let slice_bytes = |i: usize| self.chunks.read()[i].as_ref().map_or(0, |c| c.slice_len);
+        // Bytes of slices to write: what progress counts.
+        let failed = self.failed_members();
+        let replacing = self.replacements();
+        let slice_bytes = |i: usize| {
+            self.chunks.read()[i].as_ref().map_or(0, |c| {
+                let moving = self
+                    .needs(c, &failed, &replacing)
+                    .iter()
+                    .filter(|n| **n != Need::Copy { to: u16::MAX })
+                    .count() as u64;
+                c.slice_len * moving.max(1)
+            })
+        };
         let total: u64 = work.iter().map(|&i| slice_bytes(i)).sum();
         ctl.set_total(total);
         self.emit(
@@ -634,6 +646,15 @@ impl Array {
             let mut plan = Vec::new();
             self.plan_row(idx, members, &new, row, &segs, &mut plan)?;
             crate::io::execute(members, &plan)?;
+            // Progress is counted in the old slice's bytes, as the rebuild's total is.
+            ctl.advance(
+                old.slice_len / rows
+                    + if row + 1 == rows {
+                        old.slice_len % rows
+                    } else {
+                        0
+                    },
+            );
             if let Some(cs) = &self.csums {
                 for w in &plan {
                     if let Some(d) = &members[w.member as usize] {
@@ -644,7 +665,6 @@ impl Array {
                     }
                 }
             }
-            ctl.advance(rb);
         }
         self.write_csum_blocks(members, csum_blocks)?;
         for s in &new.slices {
