@@ -61,7 +61,9 @@ impl JobControl {
     }
     /// Counts `bytes` of work done and sleeps as long as the rate limit asks.
     pub(crate) fn advance(&self, bytes: u64) {
-        self.done.fetch_add(bytes, Ordering::Relaxed);
+        let all = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        // Work found along the way (a member failing mid-run) grows the total.
+        self.total.fetch_max(all, Ordering::Relaxed);
         let done = self.this_run.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let rate = self.rate.load(Ordering::Relaxed);
         if rate == 0 {

@@ -219,9 +219,10 @@ impl Array {
         }
         let total_chunks = self.state.lock().meta.map.allocated().count();
         // Bytes of slices to write: what progress counts.
-        let failed = self.failed_members();
-        let replacing = self.replacements();
+        // Fresh each time: a member may fail while the rebuild runs.
         let slice_bytes = |i: usize| {
+            let failed = self.failed_members();
+            let replacing = self.replacements();
             self.chunks.read()[i].as_ref().map_or(0, |c| {
                 let moving = self
                     .needs(c, &failed, &replacing)
@@ -245,6 +246,8 @@ impl Array {
         // Chunks move in groups (up to half a second or 256 MiB of slices): one flush and
         // one map commit per group, not per chunk. Commits wait while a group moves.
         let mut i = 0;
+        let mut work = work;
+        let mut passes_done = 0;
         while i < work.len() && !ctl.is_cancelled() {
             let commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
             let next_txg = commits.as_ref().map(|g| **g);
@@ -287,8 +290,23 @@ impl Array {
                 }
             }
             self.commit_group(group, &mut report)?;
+            if i == work.len() && !ctl.is_cancelled() {
+                // Chunks allocated meanwhile (born degraded) or a member that failed during
+                // the pass: go on with them, as long as the last pass got somewhere.
+                let before = report.chunks_rebuilt;
+                let more = self.rebuild_work();
+                if !more.is_empty() && before > passes_done {
+                    passes_done = before;
+                    let extra: u64 = more.iter().map(|&c| slice_bytes(c)).sum();
+                    ctl.set_total(ctl.progress().total + extra);
+                    work = more;
+                    i = 0;
+                }
+            }
         }
         if !ctl.is_cancelled() {
+            // Estimates made before the work was seen end at what it really was: 100%.
+            ctl.set_total(ctl.progress().done);
             self.finish_rebuild()?;
         }
         let msg = format!(
