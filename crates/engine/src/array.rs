@@ -1044,15 +1044,6 @@ impl Array {
         meta.map.chunks[idx] = Some(chunk.clone());
         self.commit_meta(&mut st, meta)?;
         self.chunks.write()[idx] = Some(chunk.clone());
-        drop(st);
-        // Born degraded on a failed member: a rebuild (if the server runs them) takes it.
-        if chunk
-            .slices
-            .iter()
-            .any(|s| members[s.member as usize].is_none())
-        {
-            self.kick_rebuild();
-        }
         Ok(chunk)
     }
 

@@ -333,13 +333,6 @@ impl Array {
             }
         );
         self.emit(EventKind::RebuildFinished, None, None, msg);
-        drop(_running);
-        // Work that arrived after the last look (a chunk placed on a failed member while
-        // this run was finishing) gets a run of its own — only after progress, so chunks
-        // with nowhere to go do not spin.
-        if report.chunks_rebuilt > 0 && !ctl.is_cancelled() {
-            self.kick_rebuild();
-        }
         Ok(report)
     }
 
