@@ -1,6 +1,8 @@
 //! Checksums: silent corruption in data and parity is detected, healed on read and by
 //! scrub, and never returned; scrub resumes after an interruption.
 
+mod common;
+
 use damocles_engine::{
     Array, AssembleOptions, CreateOptions, Dev, FaultMember, JobControl, Level, MemMember,
 };
@@ -25,15 +27,7 @@ fn rig(n: usize, level: Level) -> (Vec<Arc<MemMember>>, Vec<Arc<FaultMember>>, A
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::pattern(seed, len)
 }
 
 fn fill(a: &Array, seed: u64) -> Vec<u8> {

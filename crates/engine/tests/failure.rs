@@ -1,6 +1,8 @@
 //! Member failure while in use, hot spares, rebuild (also distributed, with read errors,
 //! interrupted and resumed), and replace — on fault-injecting members.
 
+mod common;
+
 use damocles_engine::{
     Array, AssembleOptions, CreateOptions, Dev, FaultMember, Health, JobControl, Level, MemMember,
     MemberHealth,
@@ -45,15 +47,7 @@ impl Rig {
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::pattern(seed, len)
 }
 
 fn read_all(a: &Array) -> Vec<u8> {
