@@ -38,6 +38,9 @@ pub struct CreateOptions {
     pub journal: bool,
     /// Keep the journal on this separate device (an SSD, say) instead of on the members.
     pub journal_device: Option<Dev>,
+    /// Volume size (rounded down to whole chunks); all the members can hold when `None`.
+    /// Room left over lets a rebuild without a spare restore redundancy on the others.
+    pub size: Option<u64>,
 }
 
 impl CreateOptions {
@@ -49,6 +52,7 @@ impl CreateOptions {
             name: String::new(),
             force: false,
             chunk_size: None,
+            size: None,
             journal: true,
             journal_device: None,
         }
@@ -541,6 +545,7 @@ impl Array {
                 size: data_end(d),
                 state: MemberState::Active,
                 replaces: None,
+                failed: false,
             })
             .collect();
         let spaces = member_spaces(&members, data_offset);
@@ -554,6 +559,21 @@ impl Array {
                 level, chunk_size
             )));
         }
+        let count = match opts.size {
+            None => count,
+            Some(s) if s > count as u64 * chunk_size => {
+                return Err(Error::NoSpace(format!(
+                    "size {s} is more than these members can hold as {level}: at most {} bytes",
+                    count as u64 * chunk_size
+                )))
+            }
+            Some(s) if s < chunk_size => {
+                return Err(Error::Invalid(format!(
+                    "size {s} is less than one chunk ({chunk_size} bytes)"
+                )))
+            }
+            Some(s) => (s / chunk_size) as usize,
+        };
         let meta = ArrayMeta {
             name: opts.name.clone(),
             template,
@@ -988,8 +1008,10 @@ impl Array {
             return Ok(c.clone());
         }
         // Zeroing checksums writes checksum blocks outside the journal: no commit may be
-        // writing them meanwhile (lock order: commit lock, then metadata state).
-        let _commit = self.csums.as_ref().map(|_| self.cache.next_txg.lock());
+        // writing them meanwhile (lock order: commit lock, then metadata state). A rebuild
+        // holds the commit lock while it places slices the map does not show yet.
+        let _commit =
+            (self.csums.is_some() || self.journal.is_some()).then(|| self.cache.next_txg.lock());
         self.chunk_for_write_locked(idx)
     }
 
@@ -1006,15 +1028,7 @@ impl Array {
         let members = self.members();
         let spaces = member_spaces(&st.meta.members, self.sb_layout.data_offset);
         let mut alloc = Allocator::new(&spaces, &st.meta.map);
-        // Spares wait for a failure; removed members are gone for good.
-        let all: Vec<u16> = (0..members.len() as u16)
-            .filter(|&i| {
-                matches!(
-                    st.meta.members[i as usize].state,
-                    MemberState::Active | MemberState::Faulty
-                )
-            })
-            .collect();
+        let all = alloc_candidates(&st.meta);
         // Always the same greedy step over all members that `create` used to size the array,
         // so the advertised capacity stays reachable; while degraded, a new chunk is born
         // degraded (its slice on the missing member is written by a later rebuild).
@@ -1044,7 +1058,29 @@ impl Array {
         meta.map.chunks[idx] = Some(chunk.clone());
         self.commit_meta(&mut st, meta)?;
         self.chunks.write()[idx] = Some(chunk.clone());
+        drop(st);
+        if chunk
+            .slices
+            .iter()
+            .any(|s| members[s.member as usize].is_none())
+        {
+            // Born degraded: a failed member's slice waits for the rebuild.
+            self.kick_rebuild();
+        }
         Ok(chunk)
+    }
+
+    /// Whether every chunk never written yet still fits in what `alloc` leaves free, placed
+    /// as `chunk_for_write` would place it (on `candidates`, see [`alloc_candidates`]).
+    pub(crate) fn room_for_unwritten(
+        &self,
+        alloc: &Allocator,
+        t: &Template,
+        candidates: &[u16],
+    ) -> bool {
+        let unwritten = self.chunks.read().iter().filter(|c| c.is_none()).count();
+        unwritten == 0
+            || alloc.count_fitting(t, self.chunk_size, candidates, unwritten) >= unwritten
     }
 
     /// Whether a chunk can still serve every block (within its tolerance of missing slices).
@@ -1129,9 +1165,9 @@ impl Array {
                 size: info.size,
                 state: match (&slot.dev, info.state) {
                     (_, MemberState::Removed) => MemberHealth::Removed,
-                    (_, MemberState::Faulty) if slot.failed.is_some() => MemberHealth::Failed,
-                    // Recorded faulty (failed, or missed writes) and not here: failed.
-                    (None, MemberState::Faulty) => MemberHealth::Failed,
+                    (_, MemberState::Faulty) if slot.failed.is_some() || info.failed => {
+                        MemberHealth::Failed
+                    }
                     (None, _) => MemberHealth::Missing,
                     (Some(_), MemberState::Faulty) => MemberHealth::Stale,
                     (Some(_), MemberState::Spare) if info.replaces.is_some() => {
@@ -1163,12 +1199,37 @@ impl Array {
                 "some data has lost more members than its redundancy allows: bring back the missing members (or restore from backup)"
                     .to_string(),
             )
-        } else if chunks_degraded > 0 && !has_spare && rebuild.as_ref().is_none_or(|r| !r.running) {
-            Some(format!(
-                "{chunks_degraded} chunks lack redundancy: add a spare (`damocles add`) or run `damocles rebuild` to use free space on the other members"
-            ))
-        } else {
+        } else if rebuild.as_ref().is_some_and(|r| r.running) {
             None
+        } else {
+            let with = |h: MemberHealth| -> Vec<usize> {
+                members
+                    .iter()
+                    .filter(|x| x.state == h && m.members[x.index].state != MemberState::Spare)
+                    .map(|x| x.index)
+                    .collect()
+            };
+            let (missing, failed) = (with(MemberHealth::Missing), with(MemberHealth::Failed));
+            if !missing.is_empty() {
+                Some(format!(
+                    "member{} {missing:?} missing: reconnect {}, or run `damocles rebuild` to rebuild without {} (onto a spare, or free space on the other members)",
+                    if missing.len() > 1 { "s are" } else { " is" },
+                    if missing.len() > 1 { "them" } else { "it" },
+                    if missing.len() > 1 { "them" } else { "it" },
+                ))
+            } else if chunks_degraded > 0 && !has_spare {
+                Some(format!(
+                    "{chunks_degraded} chunks lack redundancy: add a spare (`damocles add`), or run `damocles rebuild` to rebuild into free space on the other members where it fits"
+                ))
+            } else if !failed.is_empty() && !has_spare {
+                Some(format!(
+                    "failed member{} {failed:?} still count{} for the part of the volume not written yet (the others have no room for it with redundancy): add a spare (`damocles add`)",
+                    if failed.len() > 1 { "s" } else { "" },
+                    if failed.len() > 1 { "" } else { "s" },
+                ))
+            } else {
+                None
+            }
         };
         let h = &m.health;
         let c = &self.counters;
@@ -1234,6 +1295,20 @@ impl Array {
     pub fn checksums_enabled(&self) -> bool {
         self.csums.is_some()
     }
+}
+
+/// Members new chunks go on: active and failed ones (a chunk is born degraded on a failed
+/// member, so the capacity `create` promised stays reachable); spares wait for a failure,
+/// removed members are gone for good.
+pub(crate) fn alloc_candidates(meta: &ArrayMeta) -> Vec<u16> {
+    (0..meta.members.len() as u16)
+        .filter(|&i| {
+            matches!(
+                meta.members[i as usize].state,
+                MemberState::Active | MemberState::Faulty
+            )
+        })
+        .collect()
 }
 
 pub(crate) fn member_spaces(members: &[MemberInfo], data_offset: u64) -> Vec<MemberSpace> {

@@ -94,7 +94,8 @@ pub struct MemberRaw {
     pub uuid: [u8; 16],
     pub size: U64,
     pub state: u8,
-    pub reserved0: u8,
+    /// Bit 0: failed (by an I/O error or `fail`), not merely missing.
+    pub flags: u8,
     /// Index + 1 of the member this one replaces (0: none).
     pub replaces: U16,
     pub reserved1: [u8; 4],

@@ -127,7 +127,9 @@ impl Array {
             .members
             .get(index)
             .ok_or_else(|| Error::Invalid(format!("no member {index}")))?;
-        if matches!(m.state, MemberState::Faulty | MemberState::Removed) {
+        // A member recorded faulty only because it was missing can still be declared
+        // failed: that is what lets a rebuild replace it by itself.
+        if m.state == MemberState::Removed || (m.state == MemberState::Faulty && m.failed) {
             return Err(Error::Invalid(format!(
                 "member {index} is already {}",
                 if m.state == MemberState::Faulty {
@@ -158,6 +160,7 @@ impl Array {
             let mut meta = st.meta.clone();
             for &i in &idxs {
                 meta.members[i].state = MemberState::Faulty;
+                meta.members[i].failed = true;
             }
             match self.commit_meta(&mut st, meta) {
                 Ok(()) => break,
@@ -313,6 +316,7 @@ impl Array {
             size,
             state: MemberState::Spare,
             replaces,
+            failed: false,
         };
         let sb = Superblock {
             member_uuid: info.uuid,

@@ -49,6 +49,9 @@ pub struct MemberInfo {
     pub state: MemberState,
     /// For a member added by `replace`: the member whose slices it takes over.
     pub replaces: Option<u16>,
+    /// Faulty because it failed (an I/O error, or `damocles fail`), not because it was
+    /// missing while the array was written: a rebuild starts by itself only for these.
+    pub failed: bool,
 }
 
 /// Progress and results that must survive a restart, and blocks known lost.
@@ -107,6 +110,7 @@ impl ArrayMeta {
             r.size.set(m.size);
             r.state = m.state.code();
             r.replaces.set(m.replaces.map_or(0, |i| i + 1));
+            r.flags = u8::from(m.failed);
             out.extend_from_slice(r.as_bytes());
         }
         for (i, c) in self.map.allocated() {
@@ -191,11 +195,15 @@ impl ArrayMeta {
                 r if (r as usize) <= member_count => Some(r - 1),
                 r => return Err(bad(format!("member replaces unknown member {}", r - 1))),
             };
+            if m.flags & !1 != 0 {
+                return Err(bad(format!("unknown member flags {:#x}", m.flags)));
+            }
             members.push(MemberInfo {
                 uuid: m.uuid,
                 size: m.size.get(),
                 state,
                 replaces,
+                failed: m.flags & 1 != 0,
             });
         }
         // The virtual disk can never be larger than the raw space under it.
@@ -333,6 +341,7 @@ mod tests {
                 size: 64 << 20,
                 state: MemberState::Active,
                 replaces: None,
+                failed: i == 2,
             })
             .collect();
         let mut map = ChunkMap::new(4 << 20, 12);

@@ -11,7 +11,6 @@ use crate::events::EventKind;
 use crate::jobs::JobControl;
 use crate::metadata::MemberState;
 use crate::profile::Level;
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
@@ -22,6 +21,8 @@ const BLOCK: usize = 4096;
 pub(crate) struct Jobs {
     pub rebuild: Option<Arc<JobControl>>,
     pub rebuild_running: bool,
+    /// Asked to start while one was running: look again when it ends.
+    pub rebuild_pending: bool,
     pub scrub: Option<Arc<JobControl>>,
     /// Start a rebuild by itself when a member fails or a spare arrives (serve sets this).
     pub auto: Option<(Weak<Array>, u64)>,
@@ -73,11 +74,23 @@ impl Array {
     }
 
     pub(crate) fn kick_rebuild(&self) {
+        if self.jobs.lock().auto.is_none() {
+            return;
+        }
+        // A spare takes over at once, even while a rebuild for an earlier failure runs.
+        if let Err(e) = self.assign_spares() {
+            tracing::warn!("could not assign a hot spare: {e}");
+        }
         let (weak, rate) = {
-            let jobs = self.jobs.lock();
+            let mut jobs = self.jobs.lock();
+            if jobs.rebuild_running {
+                // The running one may have looked already: it starts another when it ends.
+                jobs.rebuild_pending = true;
+                return;
+            }
             match &jobs.auto {
-                Some((w, r)) if !jobs.rebuild_running => (w.clone(), *r),
-                _ => return,
+                Some((w, r)) => (w.clone(), *r),
+                None => return,
             }
         };
         if !self.rebuild_possible() {
@@ -88,7 +101,7 @@ impl Array {
         std::thread::Builder::new()
             .name("damocles-rebuild".into())
             .spawn(move || {
-                if let Err(e) = me.rebuild(ctl) {
+                if let Err(e) = me.run_rebuild(ctl) {
                     tracing::error!("rebuild failed: {e}");
                 }
             })
@@ -136,7 +149,8 @@ impl Array {
             .collect()
     }
 
-    /// Per member: known failed or removed (so its slices are rebuilt elsewhere).
+    /// Per member: failed or removed (so its slices are rebuilt elsewhere). A member that is
+    /// only missing is not: it may come back, until `damocles fail` or `rebuild` says not.
     fn failed_members(&self) -> Vec<bool> {
         let members = self.members();
         let st = self.state.lock();
@@ -146,7 +160,8 @@ impl Array {
             .enumerate()
             .map(|(i, m)| {
                 members[i].is_none()
-                    && matches!(m.state, MemberState::Faulty | MemberState::Removed)
+                    && (m.state == MemberState::Removed
+                        || (m.state == MemberState::Faulty && m.failed))
             })
             .collect()
     }
@@ -190,9 +205,54 @@ impl Array {
         !self.read_only && !self.rebuild_work().is_empty()
     }
 
-    /// Rebuilds every chunk that has a slice on a gone or replaced member. Runs while I/O is
-    /// served; resumable (each chunk is committed on its own).
+    /// Rebuilds every chunk that has a slice on a failed, missing or replaced member: a
+    /// member that is missing now is declared failed first (it will not be waited for).
+    /// Runs while I/O is served; resumable (each group of chunks is committed on its own).
     pub fn rebuild(&self, ctl: Arc<JobControl>) -> Result<RebuildReport> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.declare_missing_failed()?;
+        self.run_rebuild(ctl)
+    }
+
+    /// Records every member that is missing now as failed.
+    fn declare_missing_failed(&self) -> Result<()> {
+        let members = self.members();
+        let mut st = self.state.lock();
+        let mut meta = st.meta.clone();
+        let mut declared = Vec::new();
+        for (i, m) in meta.members.iter_mut().enumerate() {
+            if members[i].is_none()
+                && matches!(m.state, MemberState::Active | MemberState::Faulty)
+                && !m.failed
+            {
+                m.state = MemberState::Faulty;
+                m.failed = true;
+                declared.push(i);
+            }
+        }
+        if declared.is_empty() {
+            return Ok(());
+        }
+        if members.iter().all(Option::is_none) {
+            return Err(Error::Unavailable("no member is available".into()));
+        }
+        self.commit_meta(&mut st, meta)?;
+        drop(st);
+        for i in declared {
+            self.emit(
+                EventKind::MemberFailed,
+                Some(i),
+                None,
+                format!("member {i} is missing and now counted as failed: the rebuild replaces it"),
+            );
+        }
+        Ok(())
+    }
+
+    /// The rebuild proper: what `rebuild` does once every member it replaces is failed.
+    fn run_rebuild(&self, ctl: Arc<JobControl>) -> Result<RebuildReport> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -204,13 +264,21 @@ impl Array {
             j.rebuild_running = true;
             j.rebuild = Some(ctl.clone());
         }
-        struct Running<'a>(&'a Mutex<Jobs>);
+        struct Running<'a>(&'a Array);
         impl Drop for Running<'_> {
             fn drop(&mut self) {
-                self.0.lock().rebuild_running = false;
+                let again = {
+                    let mut j = self.0.jobs.lock();
+                    j.rebuild_running = false;
+                    std::mem::take(&mut j.rebuild_pending)
+                };
+                if again {
+                    self.0.kick_rebuild();
+                }
             }
         }
-        let _running = Running(&self.jobs);
+        let _running = Running(self);
+        self.assign_spares()?;
         let work = self.rebuild_work();
         let mut report = RebuildReport::default();
         if work.is_empty() {
@@ -297,6 +365,7 @@ impl Array {
                 let more = self.rebuild_work();
                 if !more.is_empty() && before > passes_done {
                     passes_done = before;
+                    self.assign_spares()?;
                     let extra: u64 = more.iter().map(|&c| slice_bytes(c)).sum();
                     ctl.set_total(ctl.progress().total + extra);
                     work = more;
@@ -336,6 +405,67 @@ impl Array {
         Ok(report)
     }
 
+    /// Gives each failed member that still holds slices a hot spare of its own (the
+    /// smallest one at least as large, else the largest), recorded as its replacement: one
+    /// failure takes one spare.
+    fn assign_spares(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let failed = self.failed_members();
+        let members = self.members();
+        let mut st = self.state.lock();
+        let mut meta = st.meta.clone();
+        let n = meta.members.len();
+        let holds: Vec<bool> = (0..n)
+            .map(|i| {
+                meta.map
+                    .allocated()
+                    .any(|(_, c)| c.slices.iter().any(|s| s.member as usize == i))
+            })
+            .collect();
+        let mut assigned = Vec::new();
+        for f in 0..n {
+            if !failed[f] || !holds[f] || meta.members.iter().any(|o| o.replaces == Some(f as u16))
+            {
+                continue;
+            }
+            let spares: Vec<usize> = (0..n)
+                .filter(|&i| {
+                    let m = &meta.members[i];
+                    m.state == MemberState::Spare && m.replaces.is_none() && members[i].is_some()
+                })
+                .collect();
+            let size = |i: usize| meta.members[i].size;
+            let need = size(f);
+            let Some(spare) = spares
+                .iter()
+                .copied()
+                .filter(|&i| size(i) >= need)
+                .min_by_key(|&i| size(i))
+                .or_else(|| spares.iter().copied().max_by_key(|&i| size(i)))
+            else {
+                break;
+            };
+            meta.members[spare].replaces = Some(f as u16);
+            assigned.push((spare, f));
+        }
+        if assigned.is_empty() {
+            return Ok(());
+        }
+        self.commit_meta(&mut st, meta)?;
+        drop(st);
+        for (spare, f) in assigned {
+            self.emit(
+                EventKind::SpareActivated,
+                Some(spare),
+                None,
+                format!("hot spare {spare} takes over from failed member {f}"),
+            );
+        }
+        Ok(())
+    }
+
     /// After a rebuild: members that are gone or replaced and hold nothing any more leave
     /// the array; spares that took data become active; replacements are done.
     fn finish_rebuild(&self) -> Result<()> {
@@ -347,31 +477,50 @@ impl Array {
                 .allocated()
                 .any(|(_, c)| c.slices.iter().any(|s| s.member as usize == i))
         };
-        let mut changes = Vec::new();
+        let mut leaving = Vec::new();
         for i in 0..meta.members.len() {
             let m = &meta.members[i];
             let replaced = meta.members.iter().any(|o| o.replaces == Some(i as u16));
-            let gone = members[i].is_none() && m.state == MemberState::Faulty;
+            let gone = members[i].is_none() && m.state == MemberState::Faulty && m.failed;
             if (gone || replaced) && !holds(i) && m.state != MemberState::Removed {
-                changes.push((i, MemberState::Removed));
+                leaving.push((i, replaced));
             }
         }
-        if changes.is_empty() {
+        if leaving.is_empty() {
             return Ok(());
         }
-        for (i, s) in &changes {
-            meta.members[*i].state = *s;
-            for o in meta.members.iter_mut() {
-                if o.replaces == Some(*i as u16) {
-                    o.replaces = None;
-                    if o.state == MemberState::Spare {
-                        o.state = MemberState::Active;
+        let apply = |meta: &mut crate::metadata::ArrayMeta, leaving: &[(usize, bool)]| {
+            for &(i, _) in leaving {
+                meta.members[i].state = MemberState::Removed;
+                for o in meta.members.iter_mut() {
+                    if o.replaces == Some(i as u16) {
+                        o.replaces = None;
+                        if o.state == MemberState::Spare {
+                            o.state = MemberState::Active;
+                        }
                     }
                 }
             }
+        };
+        let mut after = meta.clone();
+        apply(&mut after, &leaving);
+        let spaces = crate::array::member_spaces(&after.members, self.sb_layout.data_offset);
+        let alloc = Allocator::new(&spaces, &after.map);
+        if !self.room_for_unwritten(
+            &alloc,
+            &after.template,
+            &crate::array::alloc_candidates(&after),
+        ) {
+            // The volume not written yet needs a failed member's space (new chunks are born
+            // degraded there): it stays, and the array says it needs a spare.
+            leaving.retain(|&(_, replaced)| replaced);
+            if leaving.is_empty() {
+                return Ok(());
+            }
         }
+        apply(&mut meta, &leaving);
         let mut avail = (*members).clone();
-        for (i, _) in &changes {
+        for (i, _) in &leaving {
             avail[*i] = None;
         }
         *self.avail.write() = Arc::new(avail);
@@ -394,20 +543,13 @@ impl Array {
         let needs = self.needs(&chunk, &failed, &replacing);
         // Choose a target for each slice that must move.
         let leaving: Vec<u16> = replacing.iter().map(|(old, _)| *old).collect();
-        let (spares, spaces) = {
+        let (spaces, template, future) = {
             let st = self.state.lock();
-            let spares: Vec<u16> = st
-                .meta
-                .members
-                .iter()
-                .enumerate()
-                .filter(|(i, m)| {
-                    m.state == MemberState::Spare && m.replaces.is_none() && members[*i].is_some()
-                })
-                .map(|(i, _)| i as u16)
-                .collect();
-            let spaces = crate::array::member_spaces(&st.meta.members, self.sb_layout.data_offset);
-            (spares, spaces)
+            (
+                crate::array::member_spaces(&st.meta.members, self.sb_layout.data_offset),
+                st.meta.template,
+                crate::array::alloc_candidates(&st.meta),
+            )
         };
         // Slices placed earlier in the group are taken; slices they replace stay taken
         // until the group's commit (their data is live until then).
@@ -415,6 +557,7 @@ impl Array {
         let in_chunk: Vec<u16> = chunk.slices.iter().map(|s| s.member).collect();
         let mut targets: Vec<Option<Slice>> = vec![None; chunk.slices.len()];
         let mut taken: Vec<u16> = Vec::new();
+        let mut distributed = false;
         let actives: Vec<u16> = {
             let st = self.state.lock();
             st.meta
@@ -434,17 +577,18 @@ impl Array {
                 Need::Copy { to } if *to == u16::MAX => continue,
                 Need::Copy { to } => vec![*to],
                 Need::Reconstruct => {
-                    let free = |v: &Vec<u16>| -> Vec<u16> {
-                        v.iter()
-                            .copied()
-                            .filter(|m| !in_chunk.contains(m) && !taken.contains(m))
-                            .collect()
-                    };
-                    let s = free(&spares);
-                    if s.is_empty() {
-                        free(&actives)
-                    } else {
-                        s
+                    let from = chunk.slices[pos].member;
+                    match replacing.iter().find(|(old, _)| *old == from) {
+                        // The spare (or replacement) that took this member's place.
+                        Some(&(_, to)) => vec![to],
+                        None => {
+                            distributed = true;
+                            actives
+                                .iter()
+                                .copied()
+                                .filter(|m| !in_chunk.contains(m) && !taken.contains(m))
+                                .collect()
+                        }
                     }
                 }
             };
@@ -460,6 +604,11 @@ impl Array {
                     "replacement member has no room for chunk {idx}"
                 )));
             }
+        }
+        // Free space is only free if the part of the volume never written yet still fits
+        // after the move: the size the array promised its users comes first.
+        if distributed && !self.room_for_unwritten(&alloc, &template, &future) {
+            return Ok(Step::Stuck);
         }
         let p = chunk.profile;
         let su = p.stripe_unit;
@@ -542,18 +691,10 @@ impl Array {
         crate::array::flush_all(&holders)?;
         let mut lost = group.lost;
         lost.sort_unstable();
-        let mut activated = Vec::new();
         let mut st = self.state.lock();
         let mut meta = st.meta.clone();
         for (idx, new) in &group.moved {
             meta.map.chunks[*idx] = Some(new.clone());
-            for s in &new.slices {
-                let m = &mut meta.members[s.member as usize];
-                if m.state == MemberState::Spare && m.replaces.is_none() {
-                    m.state = MemberState::Active;
-                    activated.push(s.member as usize);
-                }
-            }
         }
         for &(o, l) in &lost {
             self.counters
@@ -570,14 +711,6 @@ impl Array {
             }
         }
         drop(st);
-        for i in activated {
-            self.emit(
-                EventKind::SpareActivated,
-                Some(i),
-                None,
-                format!("hot spare {i} takes over"),
-            );
-        }
         for &(o, l) in &lost {
             self.emit(
                 EventKind::Unrecoverable,
@@ -602,7 +735,7 @@ impl Array {
         next_txg: Option<u64>,
     ) -> Result<Option<Vec<(u64, u64)>>> {
         let leaving: Vec<u16> = self.replacements().iter().map(|(old, _)| *old).collect();
-        let (spaces, map, template, candidates) = {
+        let (spaces, map, template, candidates, array_template, future) = {
             let st = self.state.lock();
             let candidates: Vec<u16> = st
                 .meta
@@ -626,6 +759,8 @@ impl Array {
                 st.meta.map.clone(),
                 t,
                 candidates,
+                st.meta.template,
+                crate::array::alloc_candidates(&st.meta),
             )
         };
         // The old slices stay allocated in `map` until the commit: the new chunk never
@@ -634,6 +769,9 @@ impl Array {
         let Some(new) = alloc.allocate(&template, self.chunk_size, &candidates) else {
             return Ok(None);
         };
+        if !self.room_for_unwritten(&alloc, &array_template, &future) {
+            return Ok(None);
+        }
         let p = new.profile;
         let rb = p.row_bytes();
         let rows = new.slice_len / p.stripe_unit;

@@ -136,22 +136,57 @@ fn raid6_two_failures_two_spares() {
 #[test]
 fn distributed_rebuild_uses_free_space() {
     let rig = Rig::new(5, 16 * MIB);
-    let a = rig.create(Level::Raid5, 256 << 10);
-    // A quarter of the array in use leaves room on the survivors.
-    let model = pattern(a.size() as usize / 4, 4);
+    // A volume of half what the members hold leaves room to rebuild without a spare.
+    let full = rig.create(Level::Raid5, 256 << 10).size();
+    let mut o = CreateOptions::new(Level::Raid5);
+    o.stripe_unit = 16 << 10;
+    o.chunk_size = Some(256 << 10);
+    o.size = Some(full / 2);
+    o.force = true;
+    let a = Array::create(rig.devs(), &o).unwrap();
+    assert_eq!(a.size(), full / 2 / (256 << 10) * (256 << 10));
+    let model = pattern(a.size() as usize / 2, 4);
     a.write_at(&model, 0).unwrap();
     a.flush().unwrap();
     a.fail_member(3, "test", false).unwrap();
     let r = rebuild(&a);
     assert!(r.chunks_rebuilt > 0 && r.chunks_stuck == 0, "{r:?}");
-    assert_eq!(a.status().chunks_degraded, 0);
-    assert_eq!(a.health(), Health::Ok);
+    let st = a.status();
+    assert_eq!(st.chunks_degraded, 0);
+    assert_eq!(st.members[3].state, MemberHealth::Removed, "{st:?}");
+    assert_eq!(st.health, Health::Ok);
+    assert_eq!(st.needs, None);
     let mut got = vec![0u8; model.len()];
     a.read_at(&mut got, 0).unwrap();
     assert_eq!(got, model);
     rig.faults[1].vanish();
     a.read_at(&mut got, 0).unwrap();
     assert_eq!(got, model);
+}
+
+#[test]
+fn distributed_rebuild_never_takes_the_unwritten_volume_space() {
+    let rig = Rig::new(5, 16 * MIB);
+    let a = rig.create(Level::Raid5, 256 << 10);
+    // A quarter written: the other three quarters need the space the rebuild would use.
+    let model = pattern(a.size() as usize / 4, 6);
+    a.write_at(&model, 0).unwrap();
+    a.flush().unwrap();
+    a.fail_member(3, "test", false).unwrap();
+    let r = rebuild(&a);
+    assert!(r.chunks_stuck > 0, "{r:?}");
+    let st = a.status();
+    assert_eq!(st.health, Health::Degraded);
+    assert_eq!(st.members[3].state, MemberHealth::Failed);
+    let needs = st.needs.expect("says what it needs");
+    assert!(needs.contains("add a spare"), "{needs}");
+    // The whole volume stays writable: new chunks are born degraded, none runs out.
+    let rest = pattern(a.size() as usize - model.len(), 7);
+    a.write_at(&rest, model.len() as u64).unwrap();
+    a.flush().unwrap();
+    let mut want = model.clone();
+    want.extend_from_slice(&rest);
+    assert_eq!(read_all(&a), want);
 }
 
 #[test]

@@ -22,6 +22,11 @@ pub struct Args {
     /// gives half the total space, as btrfs raid1 does).
     #[arg(long)]
     copies: Option<usize>,
+    /// Volume size (e.g. 500G), rounded down to whole chunks; default: all the members
+    /// can hold. Room left free lets a rebuild without a spare restore redundancy on the
+    /// other members (distributed rebuild).
+    #[arg(long, value_parser = units::parse_size)]
+    size: Option<u64>,
     /// A name for the array (at most 64 bytes).
     #[arg(long, default_value = "")]
     name: String,
@@ -54,6 +59,7 @@ pub fn run(a: Args) -> Result<()> {
     o.copies = a.copies;
     o.stripe_unit = a.stripe_unit;
     o.name = a.name;
+    o.size = a.size;
     o.force = a.force;
     o.journal = !a.no_journal;
     o.journal_device = journal_device;
