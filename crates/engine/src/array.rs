@@ -546,6 +546,7 @@ impl Array {
                 state: MemberState::Active,
                 replaces: None,
                 failed: false,
+                leaving: false,
             })
             .collect();
         let spaces = member_spaces(&members, data_offset);
@@ -585,6 +586,7 @@ impl Array {
                 .as_ref()
                 .map(|_| *uuid::Uuid::new_v4().as_bytes()),
             health: Default::default(),
+            balancing: false,
         };
         let payload = meta.encode();
         let slot = format::encode_slot(array_uuid, 1, 1, &payload);
@@ -1299,14 +1301,12 @@ impl Array {
 
 /// Members new chunks go on: active and failed ones (a chunk is born degraded on a failed
 /// member, so the capacity `create` promised stays reachable); spares wait for a failure,
-/// removed members are gone for good.
+/// members being removed are on their way out, removed members are gone for good.
 pub(crate) fn alloc_candidates(meta: &ArrayMeta) -> Vec<u16> {
     (0..meta.members.len() as u16)
         .filter(|&i| {
-            matches!(
-                meta.members[i as usize].state,
-                MemberState::Active | MemberState::Faulty
-            )
+            let m = &meta.members[i as usize];
+            matches!(m.state, MemberState::Active | MemberState::Faulty) && !m.leaving
         })
         .collect()
 }
@@ -1333,7 +1333,7 @@ impl std::fmt::Debug for Array {
     }
 }
 
-fn template_tolerance(t: &Template) -> usize {
+pub(crate) fn template_tolerance(t: &Template) -> usize {
     Profile {
         level: t.level,
         width: t.level.min_width(t.copies),

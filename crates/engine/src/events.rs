@@ -17,6 +17,8 @@ pub enum EventKind {
     Unrecoverable,
     ScrubStarted,
     ScrubFinished,
+    ReshapeStarted,
+    ReshapeFinished,
 }
 
 /// One event, as `serve --on-event` hands it to its command (JSON on stdin).

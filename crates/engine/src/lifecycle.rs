@@ -268,7 +268,17 @@ impl Array {
         Ok(i)
     }
 
+    /// Adds a member that holds data from the start (active), for growth: new chunks use it
+    /// at once, and a `balance` spreads the old ones over it.
+    pub fn add_member_grow(&self, dev: Dev, force: bool) -> Result<usize> {
+        self.add_as(dev, force, None, true)
+    }
+
     fn add(&self, dev: Dev, force: bool, replaces: Option<u16>) -> Result<usize> {
+        self.add_as(dev, force, replaces, false)
+    }
+
+    fn add_as(&self, dev: Dev, force: bool, replaces: Option<u16>, grow: bool) -> Result<usize> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -314,9 +324,14 @@ impl Array {
         let info = MemberInfo {
             uuid: *uuid::Uuid::new_v4().as_bytes(),
             size,
-            state: MemberState::Spare,
+            state: if grow {
+                MemberState::Active
+            } else {
+                MemberState::Spare
+            },
             replaces,
             failed: false,
+            leaving: false,
         };
         let sb = Superblock {
             member_uuid: info.uuid,
@@ -375,6 +390,7 @@ impl Array {
                 "{} added as member {index}, to replace member {old}",
                 dev.name()
             ),
+            None if grow => format!("{} added as member {index}", dev.name()),
             None => format!("{} added as hot spare (member {index})", dev.name()),
         };
         self.emit(EventKind::MemberAdded, Some(index), None, what);

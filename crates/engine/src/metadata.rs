@@ -52,6 +52,8 @@ pub struct MemberInfo {
     /// Faulty because it failed (an I/O error, or `damocles fail`), not because it was
     /// missing while the array was written: a rebuild starts by itself only for these.
     pub failed: bool,
+    /// Being removed: its slices move to the other members, and new chunks avoid it.
+    pub leaving: bool,
 }
 
 /// Progress and results that must survive a restart, and blocks known lost.
@@ -83,6 +85,9 @@ pub struct ArrayMeta {
     /// UUID of the external journal device, if the array has one.
     pub journal_device: Option<[u8; 16]>,
     pub health: Health,
+    /// A `balance` is under way (resumed after a restart until every chunk is as wide as
+    /// the members allow).
+    pub balancing: bool,
 }
 
 pub const MAX_NAME: usize = 64;
@@ -102,6 +107,7 @@ impl ArrayMeta {
         a.member_count.set(self.members.len() as u32);
         a.allocated_count.set(self.map.allocated().count() as u32);
         a.created.set(self.created);
+        a.flags.set(u32::from(self.balancing));
         a.journal_device = self.journal_device.unwrap_or([0; 16]);
         let mut out = a.as_bytes().to_vec();
         for m in &self.members {
@@ -110,7 +116,7 @@ impl ArrayMeta {
             r.size.set(m.size);
             r.state = m.state.code();
             r.replaces.set(m.replaces.map_or(0, |i| i + 1));
-            r.flags = u8::from(m.failed);
+            r.flags = u8::from(m.failed) | (u8::from(m.leaving) << 1);
             out.extend_from_slice(r.as_bytes());
         }
         for (i, c) in self.map.allocated() {
@@ -157,6 +163,9 @@ impl ArrayMeta {
         let name = std::str::from_utf8(&a.name[..name_len])
             .map_err(|_| bad("array name is not UTF-8".into()))?
             .to_string();
+        if a.flags.get() & !1 != 0 {
+            return Err(bad(format!("unknown array flags {:#x}", a.flags.get())));
+        }
         let level =
             Level::from_code(a.level).ok_or_else(|| bad(format!("unknown level {}", a.level)))?;
         let template = Template {
@@ -195,7 +204,7 @@ impl ArrayMeta {
                 r if (r as usize) <= member_count => Some(r - 1),
                 r => return Err(bad(format!("member replaces unknown member {}", r - 1))),
             };
-            if m.flags & !1 != 0 {
+            if m.flags & !3 != 0 {
                 return Err(bad(format!("unknown member flags {:#x}", m.flags)));
             }
             members.push(MemberInfo {
@@ -204,6 +213,7 @@ impl ArrayMeta {
                 state,
                 replaces,
                 failed: m.flags & 1 != 0,
+                leaving: m.flags & 2 != 0,
             });
         }
         // The virtual disk can never be larger than the raw space under it.
@@ -320,6 +330,7 @@ impl ArrayMeta {
             map,
             journal_device: (a.journal_device != [0; 16]).then_some(a.journal_device),
             health,
+            balancing: a.flags.get() & 1 != 0,
         })
     }
 }
@@ -342,6 +353,7 @@ mod tests {
                 state: MemberState::Active,
                 replaces: None,
                 failed: i == 2,
+                leaving: i == 3,
             })
             .collect();
         let mut map = ChunkMap::new(4 << 20, 12);
@@ -373,6 +385,7 @@ mod tests {
                 scrub_finished: 99,
                 lost: vec![(8192, 4096)],
             },
+            balancing: true,
         }
     }
 

@@ -4,7 +4,7 @@
 //! that points to it, so the map is the checkpoint: a restart resumes with the chunks not
 //! yet moved, and a crash at any point leaves the old (degraded) or the new slice in force.
 
-use crate::array::{flush, read, write, Array, Dev};
+use crate::array::{read, write, Array, Dev};
 use crate::chunkmap::{Allocator, Chunk, Slice};
 use crate::error::{Error, Result};
 use crate::events::EventKind;
@@ -24,6 +24,8 @@ pub(crate) struct Jobs {
     /// Asked to start while one was running: look again when it ends.
     pub rebuild_pending: bool,
     pub scrub: Option<Arc<JobControl>>,
+    pub reshape: Option<Arc<JobControl>>,
+    pub reshape_running: bool,
     /// Start a rebuild by itself when a member fails or a spare arrives (serve sets this).
     pub auto: Option<(Weak<Array>, u64)>,
 }
@@ -71,6 +73,7 @@ impl Array {
     pub fn set_auto_rebuild(self: &Arc<Self>, rate: u64) {
         self.jobs.lock().auto = Some((Arc::downgrade(self), rate));
         self.kick_rebuild();
+        self.kick_reshape();
     }
 
     pub(crate) fn kick_rebuild(&self) {
@@ -566,6 +569,7 @@ impl Array {
                 .enumerate()
                 .filter(|(i, m)| {
                     m.state == MemberState::Active
+                        && !m.leaving
                         && members[*i].is_some()
                         && !leaving.contains(&(*i as u16))
                 })
@@ -745,6 +749,7 @@ impl Array {
                 .filter(|(i, m)| {
                     matches!(m.state, MemberState::Active | MemberState::Spare)
                         && m.replaces.is_none()
+                        && !m.leaving
                         && members[*i].is_some()
                         && !leaving.contains(&(*i as u16))
                 })
@@ -772,78 +777,7 @@ impl Array {
         if !self.room_for_unwritten(&alloc, &array_template, &future) {
             return Ok(None);
         }
-        let p = new.profile;
-        let rb = p.row_bytes();
-        let rows = new.slice_len / p.stripe_unit;
-        let mut lost: Vec<(u64, u64)> = Vec::new();
-        let mut csum_blocks: HashMap<u16, Vec<u64>> = HashMap::new();
-        let mut buf = vec![0u8; rb as usize];
-        for row in 0..rows {
-            let start = row * rb;
-            buf.fill(0);
-            let n = (self.chunk_size.saturating_sub(start)).min(rb) as usize;
-            if n > 0 && self.read_chunk(idx, old, start, &mut buf[..n]).is_err() {
-                // Block by block, so one bad spot loses only itself.
-                for (b, blk) in buf[..n].chunks_mut(BLOCK).enumerate() {
-                    let co = start + (b * BLOCK) as u64;
-                    if self.read_chunk(idx, old, co, blk).is_err() {
-                        blk.fill(0);
-                        lost.push((idx as u64 * self.chunk_size + co, blk.len() as u64));
-                    }
-                }
-            }
-            let segs: Vec<crate::io::Seg> = (0..p.data_count())
-                .map(|i| crate::io::Seg {
-                    i,
-                    col: 0,
-                    data: &buf[i * p.stripe_unit as usize..(i + 1) * p.stripe_unit as usize],
-                })
-                .collect();
-            let mut plan = Vec::new();
-            self.plan_row(idx, members, &new, row, &segs, &mut plan)?;
-            crate::io::execute(members, &plan)?;
-            // Progress is counted in the old slice's bytes, as the rebuild's total is.
-            ctl.advance(
-                old.slice_len / rows
-                    + if row + 1 == rows {
-                        old.slice_len % rows
-                    } else {
-                        0
-                    },
-            );
-            if let Some(cs) = &self.csums {
-                for w in &plan {
-                    if let Some(d) = &members[w.member as usize] {
-                        csum_blocks
-                            .entry(w.member)
-                            .or_default()
-                            .extend(cs.record(w.member, d, w.offset, &w.data));
-                    }
-                }
-            }
-        }
-        self.write_csum_blocks(members, csum_blocks)?;
-        for s in &new.slices {
-            if let Some(d) = &members[s.member as usize] {
-                flush(d.as_ref())?;
-            }
-        }
-        let new = Arc::new(new);
-        let mut st = self.state.lock();
-        let mut meta = st.meta.clone();
-        meta.map.chunks[idx] = Some(new.clone());
-        for &(o, l) in &lost {
-            meta.health.lost.push((o, l));
-        }
-        meta.health.lost = merge_ranges(std::mem::take(&mut meta.health.lost));
-        self.commit_meta(&mut st, meta)?;
-        self.chunks.write()[idx] = Some(new);
-        drop(st);
-        // The old slices are free from now on; the journal may still name them, so it is
-        // retired before anything can be allocated there.
-        if let Some(next) = next_txg {
-            self.retire_journal_at(next)?;
-        }
+        let lost = self.move_chunk(idx, old, new, members, ctl, next_txg)?;
         Ok(Some(lost))
     }
 

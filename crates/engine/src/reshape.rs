@@ -1,0 +1,697 @@
+//! Reshape: level conversion, balance and member evacuation, all as chunk moves. A move
+//! writes the chunk's content in its new place, flushes it, and only then does one map
+//! commit point the chunk there; the old slices are never written, so a crash leaves the old
+//! or the new chunk in force, and the goal (template, `balancing`, members `leaving`) is in
+//! the metadata: a restarted array picks up where it stopped. The planner is a pure function
+//! of the map, so `plan` runs the very same steps without I/O and its figures are the
+//! operation's.
+
+use crate::array::{alloc_candidates, flush, member_spaces, Array, Dev};
+use crate::rebuild::merge_ranges;
+use std::collections::HashMap;
+
+const BLOCK: usize = 4096;
+use crate::chunkmap::{Allocator, Chunk, ChunkMap, MemberSpace, Template};
+use crate::error::{Error, Result};
+use crate::events::EventKind;
+use crate::jobs::JobControl;
+use crate::metadata::{ArrayMeta, MemberState};
+use crate::profile::Profile;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// What the array is being reshaped towards, and where chunks may go.
+#[derive(Clone, Debug)]
+pub(crate) struct Goal {
+    pub template: Template,
+    pub leaving: Vec<u16>,
+    pub balance: bool,
+    /// Members a moved chunk may use: active, present, not leaving.
+    pub targets: Vec<u16>,
+    /// Members never-written chunks will use (see `alloc_candidates`).
+    pub future: Vec<u16>,
+}
+
+/// One chunk move: `staging` moves it as it is, only to make room on full members.
+#[derive(Clone, Debug)]
+pub(crate) struct Move {
+    pub idx: usize,
+    pub to: Chunk,
+    pub staging: bool,
+}
+
+pub(crate) struct Planner<'a> {
+    pub spaces: &'a [MemberSpace],
+    pub chunk_size: u64,
+    pub goal: &'a Goal,
+}
+
+impl Planner<'_> {
+    fn converted(&self, c: &Chunk) -> bool {
+        let (p, t) = (&c.profile, &self.goal.template);
+        p.level == t.level && p.copies == t.copies && p.stripe_unit == t.stripe_unit
+    }
+
+    fn on_leaving(&self, c: &Chunk) -> bool {
+        c.slices
+            .iter()
+            .any(|s| self.goal.leaving.contains(&s.member))
+    }
+
+    /// Would the chunk be wider laid out afresh (its own space counted as free)?
+    fn narrow(&self, map: &ChunkMap, idx: usize, c: &Chunk) -> bool {
+        let mut without = map.clone();
+        without.chunks[idx] = None;
+        let mut a = Allocator::new(self.spaces, &without);
+        a.allocate(&self.goal.template, self.chunk_size, &self.goal.targets)
+            .is_some_and(|n| n.profile.width > c.profile.width)
+    }
+
+    pub fn wants(&self, map: &ChunkMap, idx: usize, c: &Chunk) -> bool {
+        !self.converted(c) || self.on_leaving(c) || (self.goal.balance && self.narrow(map, idx, c))
+    }
+
+    /// Whether every never-written chunk still fits in what `a` leaves free.
+    fn room(&self, map: &ChunkMap, a: &Allocator) -> bool {
+        let unwritten = map.chunks.iter().filter(|c| c.is_none()).count();
+        unwritten == 0
+            || a.count_fitting(
+                &self.goal.template,
+                self.chunk_size,
+                &self.goal.future,
+                unwritten,
+            ) >= unwritten
+    }
+
+    /// The next move, or `None` when the goal is reached or nothing more can move.
+    pub fn next(&self, map: &ChunkMap, staged: &HashSet<usize>) -> Option<Move> {
+        let alloc = Allocator::new(self.spaces, map);
+        let work: Vec<(usize, &Arc<Chunk>)> = map
+            .allocated()
+            .filter(|(i, c)| self.wants(map, *i, c))
+            .collect();
+        for &(idx, c) in &work {
+            let mut a = alloc.clone();
+            if let Some(to) = a.allocate(&self.goal.template, self.chunk_size, &self.goal.targets) {
+                let better =
+                    !self.converted(c) || self.on_leaving(c) || to.profile.width > c.profile.width;
+                if better && self.room(map, &a) {
+                    return Some(Move {
+                        idx,
+                        to,
+                        staging: false,
+                    });
+                }
+            }
+        }
+        // Nothing fits as wanted: move a chunk as it is to the members with the most room,
+        // which frees room on the full ones (a full 2-member raid0 going to raid5 over 4).
+        for &(idx, c) in &work {
+            if staged.contains(&idx) {
+                continue;
+            }
+            let p = c.profile;
+            let t = Template {
+                level: p.level,
+                copies: p.copies,
+                stripe_unit: p.stripe_unit,
+            };
+            let mut a = alloc.clone();
+            if let Some(to) = a.allocate(&t, self.chunk_size, &self.goal.targets) {
+                let set = |c: &Chunk| {
+                    let mut v: Vec<u16> = c.slices.iter().map(|s| s.member).collect();
+                    v.sort_unstable();
+                    v
+                };
+                if set(&to) != set(c) && self.room(map, &a) {
+                    return Some(Move {
+                        idx,
+                        to,
+                        staging: true,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Runs the plan on a copy of the map: what the reshape will do.
+    pub fn simulate(&self, map: &ChunkMap) -> Plan {
+        let mut map = map.clone();
+        let mut staged = HashSet::new();
+        let mut plan = Plan::default();
+        while let Some(m) = self.next(&map, &staged) {
+            let old = map.chunks[m.idx]
+                .clone()
+                .expect("moves are of allocated chunks");
+            plan.moves += 1;
+            plan.bytes_read += old.slice_len * old.slices.len() as u64;
+            plan.bytes_written += m.to.slice_len * m.to.slices.len() as u64;
+            if m.staging {
+                plan.staging_moves += 1;
+                staged.insert(m.idx);
+            }
+            map.chunks[m.idx] = Some(Arc::new(m.to));
+        }
+        plan.stuck = map
+            .allocated()
+            .filter(|(i, c)| self.wants(&map, *i, c))
+            .count();
+        plan
+    }
+}
+
+/// What a reshape does (from [`Planner::simulate`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Chunk moves, staging moves included.
+    pub moves: usize,
+    pub staging_moves: usize,
+    /// Member bytes read and written by the moves.
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Chunks that still need a move when it ends (no room for them).
+    pub stuck: usize,
+}
+
+/// A reshape request and its forecast, for `plan` and the changing commands.
+#[derive(Clone, Debug, Serialize)]
+pub struct Forecast {
+    pub plan: Plan,
+    pub tolerance_before: usize,
+    pub tolerance_after: usize,
+    /// Volume size, and what the members could hold with the new layout.
+    pub size: u64,
+    pub capacity_after: u64,
+    /// Problems that make the change refused (unless forced, where that is allowed).
+    pub refusals: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// A change of shape the user asks for.
+#[derive(Clone, Debug, Default)]
+pub struct Change {
+    /// New level/copies/stripe unit (`None`: keep).
+    pub template: Option<Template>,
+    /// Members to evacuate and remove.
+    pub remove: Vec<usize>,
+    /// Re-lay chunks as wide as the members allow.
+    pub balance: bool,
+}
+
+impl Array {
+    fn goal_of(&self, meta: &ArrayMeta) -> Goal {
+        let members = self.members();
+        let leaving: Vec<u16> = (0..meta.members.len() as u16)
+            .filter(|&i| meta.members[i as usize].leaving)
+            .collect();
+        let targets = (0..meta.members.len() as u16)
+            .filter(|&i| {
+                let m = &meta.members[i as usize];
+                m.state == MemberState::Active && !m.leaving && members[i as usize].is_some()
+            })
+            .collect();
+        Goal {
+            template: meta.template,
+            leaving,
+            balance: meta.balancing,
+            targets,
+            future: alloc_candidates(meta),
+        }
+    }
+
+    /// The metadata as it would be with `change` applied (not committed).
+    fn with_change(&self, meta: &ArrayMeta, change: &Change) -> Result<ArrayMeta> {
+        let mut next = meta.clone();
+        if let Some(t) = change.template {
+            Profile {
+                level: t.level,
+                width: t.level.min_width(t.copies),
+                copies: t.copies,
+                stripe_unit: t.stripe_unit,
+            }
+            .validate()?;
+            next.template = t;
+        }
+        for &i in &change.remove {
+            let m = next
+                .members
+                .get_mut(i)
+                .ok_or_else(|| Error::Invalid(format!("no member {i}")))?;
+            if m.state == MemberState::Removed {
+                return Err(Error::Invalid(format!("member {i} is already removed")));
+            }
+            m.leaving = true;
+        }
+        next.balancing |= change.balance;
+        Ok(next)
+    }
+
+    /// What `change` would do: moves, capacity, tolerance, and why it would be refused.
+    pub fn forecast(&self, change: &Change) -> Result<Forecast> {
+        let meta = self.state.lock().meta.clone();
+        let next = self.with_change(&meta, change)?;
+        let goal = self.goal_of(&next);
+        let spaces = member_spaces(&next.members, self.sb_layout.data_offset);
+        let planner = Planner {
+            spaces: &spaces,
+            chunk_size: self.chunk_size,
+            goal: &goal,
+        };
+        let plan = planner.simulate(&next.map);
+        let t_before = crate::array::template_tolerance(&meta.template);
+        let t_after = crate::array::template_tolerance(&next.template);
+        let fit = Allocator::new(&spaces, &ChunkMap::new(self.chunk_size, 0)).count_fitting(
+            &next.template,
+            self.chunk_size,
+            &goal.targets,
+            u32::MAX as usize,
+        );
+        let capacity_after = fit as u64 * self.chunk_size;
+        let mut refusals = Vec::new();
+        let mut warnings = Vec::new();
+        if capacity_after < self.size() {
+            refusals.push(format!(
+                "the members left can hold {capacity_after} bytes as {}, less than the volume's {} bytes: add members first",
+                next.template.level,
+                self.size()
+            ));
+        } else if plan.stuck > 0 {
+            refusals.push(format!(
+                "{} chunks would have no room to move into (the members are too full to work in): add a member or free space first",
+                plan.stuck
+            ));
+        }
+        if t_after < t_before {
+            warnings.push(format!(
+                "redundancy goes down: survives {t_after} member failure(s) instead of {t_before}"
+            ));
+        }
+        if self.health() != crate::array::Health::Ok {
+            warnings.push("the array is not healthy: a rebuild may be needed first".into());
+        }
+        Ok(Forecast {
+            plan,
+            tolerance_before: t_before,
+            tolerance_after: t_after,
+            size: self.size(),
+            capacity_after,
+            refusals,
+            warnings,
+        })
+    }
+
+    /// Records `change` as the array's goal (after checking it, see [`Array::forecast`]);
+    /// [`Array::reshape`] then moves the chunks. Lowering redundancy needs `force`.
+    pub fn start_reshape(&self, change: &Change, force: bool) -> Result<Forecast> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let f = self.forecast(change)?;
+        if let Some(r) = f.refusals.first() {
+            return Err(Error::Invalid(r.clone()));
+        }
+        if f.tolerance_after < f.tolerance_before && !force {
+            return Err(Error::Invalid(format!(
+                "this lowers redundancy (survives {} member failure(s) instead of {}); use --force to do it anyway",
+                f.tolerance_after, f.tolerance_before
+            )));
+        }
+        let _commit = self.cache.next_txg.lock();
+        let mut st = self.state.lock();
+        let next = self.with_change(&st.meta, change)?;
+        self.commit_meta(&mut st, next)?;
+        drop(st);
+        drop(_commit);
+        self.kick_reshape();
+        Ok(f)
+    }
+
+    /// Whether chunks still wait for a move towards the recorded goal.
+    pub fn reshape_pending(&self) -> bool {
+        let st = self.state.lock();
+        let goal = self.goal_of(&st.meta);
+        let spaces = member_spaces(&st.meta.members, self.sb_layout.data_offset);
+        let p = Planner {
+            spaces: &spaces,
+            chunk_size: self.chunk_size,
+            goal: &goal,
+        };
+        st.meta.balancing
+            || !goal.leaving.is_empty()
+            || st
+                .meta
+                .map
+                .allocated()
+                .any(|(i, c)| p.wants(&st.meta.map, i, c))
+    }
+
+    /// Moves chunks towards the recorded goal until it is reached (or nothing can move),
+    /// one chunk per commit. Runs while I/O is served; resumable; `ctl` cancels (pauses).
+    pub fn reshape(&self, ctl: Arc<JobControl>) -> Result<Plan> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        {
+            let mut j = self.jobs.lock();
+            if j.reshape_running {
+                return Err(Error::Invalid("a reshape is already running".into()));
+            }
+            j.reshape_running = true;
+            j.reshape = Some(ctl.clone());
+        }
+        struct Running<'a>(&'a Array);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.jobs.lock().reshape_running = false;
+            }
+        }
+        let _running = Running(self);
+        let forecast = {
+            let meta = self.state.lock().meta.clone();
+            let goal = self.goal_of(&meta);
+            let spaces = member_spaces(&meta.members, self.sb_layout.data_offset);
+            Planner {
+                spaces: &spaces,
+                chunk_size: self.chunk_size,
+                goal: &goal,
+            }
+            .simulate(&meta.map)
+        };
+        ctl.set_total(forecast.bytes_written);
+        self.emit(
+            EventKind::ReshapeStarted,
+            None,
+            None,
+            format!(
+                "reshape started: {} chunk moves, {} bytes to write",
+                forecast.moves, forecast.bytes_written
+            ),
+        );
+        let mut done = Plan::default();
+        let mut staged = HashSet::new();
+        while !ctl.is_cancelled() {
+            // As a rebuild does: commits and journal-less writes wait while a chunk moves.
+            let commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
+            let next_txg = commits.as_ref().map(|g| **g);
+            let _direct = self.chunk_gate.write();
+            let (m, old) = {
+                let st = self.state.lock();
+                let goal = self.goal_of(&st.meta);
+                let spaces = member_spaces(&st.meta.members, self.sb_layout.data_offset);
+                let p = Planner {
+                    spaces: &spaces,
+                    chunk_size: self.chunk_size,
+                    goal: &goal,
+                };
+                match p.next(&st.meta.map, &staged) {
+                    Some(m) => {
+                        let old = st.meta.map.chunks[m.idx].clone().expect("allocated");
+                        (m, old)
+                    }
+                    None => break,
+                }
+            };
+            let members = self.members();
+            let new = m.to.clone();
+            let lost = self.move_chunk(m.idx, &old, new, &members, &ctl, next_txg)?;
+            if !lost.is_empty() {
+                tracing::warn!(
+                    "reshape: {} ranges of chunk {} unreadable",
+                    lost.len(),
+                    m.idx
+                );
+            }
+            done.moves += 1;
+            done.bytes_read += old.slice_len * old.slices.len() as u64;
+            done.bytes_written += m.to.slice_len * m.to.slices.len() as u64;
+            if m.staging {
+                done.staging_moves += 1;
+                staged.insert(m.idx);
+            }
+        }
+        if !ctl.is_cancelled() {
+            ctl.set_total(ctl.progress().done);
+            done.stuck = self.finish_reshape()?;
+        }
+        self.emit(
+            EventKind::ReshapeFinished,
+            None,
+            None,
+            format!(
+                "reshape {}: {} chunk moves, {} bytes written{}",
+                if ctl.is_cancelled() {
+                    "paused"
+                } else {
+                    "finished"
+                },
+                done.moves,
+                done.bytes_written,
+                if done.stuck > 0 {
+                    format!("; {} chunks have no room to move", done.stuck)
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        Ok(done)
+    }
+
+    /// The goal is reached: leaving members that hold nothing are removed, the balance flag
+    /// is cleared. Returns the chunks that still want a move.
+    fn finish_reshape(&self) -> Result<usize> {
+        let _commit = self.cache.next_txg.lock();
+        let mut st = self.state.lock();
+        let goal = self.goal_of(&st.meta);
+        let spaces = member_spaces(&st.meta.members, self.sb_layout.data_offset);
+        let p = Planner {
+            spaces: &spaces,
+            chunk_size: self.chunk_size,
+            goal: &goal,
+        };
+        let stuck = st
+            .meta
+            .map
+            .allocated()
+            .filter(|(i, c)| p.wants(&st.meta.map, *i, c))
+            .count();
+        let mut meta = st.meta.clone();
+        let holds = |i: usize| {
+            meta.map
+                .allocated()
+                .any(|(_, c)| c.slices.iter().any(|s| s.member as usize == i))
+        };
+        let gone: Vec<usize> = (0..meta.members.len())
+            .filter(|&i| meta.members[i].leaving && !holds(i))
+            .collect();
+        for &i in &gone {
+            meta.members[i].state = MemberState::Removed;
+            meta.members[i].leaving = false;
+        }
+        let changed = !gone.is_empty() || (meta.balancing && stuck == 0);
+        if stuck == 0 {
+            meta.balancing = false;
+        }
+        if changed {
+            self.commit_meta(&mut st, meta)?;
+            let mut avail = (*self.members()).clone();
+            for &i in &gone {
+                avail[i] = None;
+            }
+            *self.avail.write() = Arc::new(avail);
+        }
+        drop(st);
+        for i in gone {
+            self.emit(
+                EventKind::MemberRemoved,
+                Some(i),
+                None,
+                format!("member {i} holds nothing any more and is removed"),
+            );
+        }
+        Ok(stuck)
+    }
+
+    /// Writes chunk `idx` (now laid out as `old`) anew as `new`, flushes it, and points the
+    /// map at it; then retires the journal, which may name the old slices that are free from
+    /// now on. Caller holds the commit lock and chunk gate. Returns the volume ranges that
+    /// could not be read (written as zeros and recorded lost).
+    pub(crate) fn move_chunk(
+        &self,
+        idx: usize,
+        old: &Chunk,
+        new: Chunk,
+        members: &[Option<Dev>],
+        ctl: &JobControl,
+        next_txg: Option<u64>,
+    ) -> Result<Vec<(u64, u64)>> {
+        let p = new.profile;
+        let rb = p.row_bytes();
+        let rows = new.slice_len / p.stripe_unit;
+        let mut lost: Vec<(u64, u64)> = Vec::new();
+        let mut csum_blocks: HashMap<u16, Vec<u64>> = HashMap::new();
+        let mut buf = vec![0u8; rb as usize];
+        for row in 0..rows {
+            let start = row * rb;
+            buf.fill(0);
+            let n = (self.chunk_size.saturating_sub(start)).min(rb) as usize;
+            if n > 0 && self.read_chunk(idx, old, start, &mut buf[..n]).is_err() {
+                // Block by block, so one bad spot loses only itself.
+                for (b, blk) in buf[..n].chunks_mut(BLOCK).enumerate() {
+                    let co = start + (b * BLOCK) as u64;
+                    if self.read_chunk(idx, old, co, blk).is_err() {
+                        blk.fill(0);
+                        lost.push((idx as u64 * self.chunk_size + co, blk.len() as u64));
+                    }
+                }
+            }
+            let segs: Vec<crate::io::Seg> = (0..p.data_count())
+                .map(|i| crate::io::Seg {
+                    i,
+                    col: 0,
+                    data: &buf[i * p.stripe_unit as usize..(i + 1) * p.stripe_unit as usize],
+                })
+                .collect();
+            let mut plan = Vec::new();
+            self.plan_row(idx, members, &new, row, &segs, &mut plan)?;
+            crate::io::execute(members, &plan)?;
+            // Progress is counted in the old slice's bytes, as the rebuild's total is.
+            ctl.advance(
+                old.slice_len / rows
+                    + if row + 1 == rows {
+                        old.slice_len % rows
+                    } else {
+                        0
+                    },
+            );
+            if let Some(cs) = &self.csums {
+                for w in &plan {
+                    if let Some(d) = &members[w.member as usize] {
+                        csum_blocks
+                            .entry(w.member)
+                            .or_default()
+                            .extend(cs.record(w.member, d, w.offset, &w.data));
+                    }
+                }
+            }
+        }
+        self.write_csum_blocks(members, csum_blocks)?;
+        for s in &new.slices {
+            if let Some(d) = &members[s.member as usize] {
+                flush(d.as_ref())?;
+            }
+        }
+        let new = Arc::new(new);
+        let mut st = self.state.lock();
+        let mut meta = st.meta.clone();
+        meta.map.chunks[idx] = Some(new.clone());
+        for &(o, l) in &lost {
+            meta.health.lost.push((o, l));
+        }
+        meta.health.lost = merge_ranges(std::mem::take(&mut meta.health.lost));
+        self.commit_meta(&mut st, meta)?;
+        self.chunks.write()[idx] = Some(new);
+        drop(st);
+        // The old slices are free from now on; the journal may still name them, so it is
+        // retired before anything can be allocated there.
+        if let Some(next) = next_txg {
+            self.retire_journal_at(next)?;
+        }
+        Ok(lost)
+    }
+
+    /// Starts the reshape by itself when the metadata says one is under way (serve).
+    pub(crate) fn kick_reshape(&self) {
+        let (weak, rate) = {
+            let jobs = self.jobs.lock();
+            if jobs.reshape_running {
+                return;
+            }
+            match &jobs.auto {
+                Some((w, r)) => (w.clone(), *r),
+                None => return,
+            }
+        };
+        if self.read_only || !self.reshape_pending() {
+            return;
+        }
+        let Some(me) = weak.upgrade() else { return };
+        let ctl = Arc::new(JobControl::new(rate));
+        std::thread::Builder::new()
+            .name("damocles-reshape".into())
+            .spawn(move || {
+                if let Err(e) = me.reshape(ctl) {
+                    tracing::error!("reshape failed: {e}");
+                }
+            })
+            .ok();
+    }
+
+    /// The reshape running now, if any.
+    pub fn reshape_job(&self) -> Option<Arc<JobControl>> {
+        let j = self.jobs.lock();
+        j.reshape_running.then(|| j.reshape.clone()).flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunkmap::Slice;
+    use crate::profile::Level;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Two members filled to the last byte by raid0, two empty ones: going to raid5 over
+    /// four needs chunks moved aside first, and then everything converts.
+    #[test]
+    fn a_full_raid0_is_converted_by_making_room_first() {
+        let spaces: Vec<MemberSpace> = (0..4)
+            .map(|m| MemberSpace {
+                member: m,
+                start: 0,
+                end: 5 * MIB,
+            })
+            .collect();
+        let raid0 = Profile {
+            level: Level::Raid0,
+            width: 2,
+            copies: 1,
+            stripe_unit: 64 << 10,
+        };
+        let mut map = ChunkMap::new(MIB, 10);
+        for i in 0..10u64 {
+            map.chunks[i as usize] = Some(Arc::new(Chunk {
+                profile: raid0,
+                slice_len: MIB / 2,
+                slices: (0..2)
+                    .map(|m| Slice {
+                        member: m,
+                        offset: i * MIB / 2,
+                    })
+                    .collect(),
+            }));
+        }
+        let goal = Goal {
+            template: Template {
+                level: Level::Raid5,
+                copies: 1,
+                stripe_unit: 64 << 10,
+            },
+            leaving: vec![],
+            balance: false,
+            targets: vec![0, 1, 2, 3],
+            future: vec![0, 1, 2, 3],
+        };
+        let p = Planner {
+            spaces: &spaces,
+            chunk_size: MIB,
+            goal: &goal,
+        };
+        let plan = p.simulate(&map);
+        assert_eq!(plan.stuck, 0, "{plan:?}");
+        assert!(plan.staging_moves > 0, "{plan:?}");
+        assert_eq!(plan.moves, 10 + plan.staging_moves, "{plan:?}");
+    }
+}
