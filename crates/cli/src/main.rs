@@ -17,8 +17,8 @@ use std::process::ExitCode;
 /// array from the members given; leave out a member that is missing and the array runs
 /// degraded, within what its level tolerates.
 ///
-/// While `damocles serve` serves an array, status, fail, remove, add, replace, rebuild and
-/// scrub reach it through its control socket: name it with --array NAME, or leave that out
+/// While `damocles serve` serves an array, status, fail, remove, add, replace, rebuild,
+/// scrub, convert, balance and plan reach it through its control socket: name it with --array NAME, or leave that out
 /// when only one array is served. For an array that is not served, give its members instead
 /// (after `--` for fail, remove, add and replace).
 #[derive(Parser)]
@@ -41,6 +41,10 @@ enum Command {
     Replace(cmd::member::ReplaceArgs),
     Rebuild(cmd::job::RebuildArgs),
     Scrub(cmd::job::ScrubArgs),
+    Convert(cmd::reshape::ConvertArgs),
+    Balance(cmd::reshape::BalanceArgs),
+    #[command(subcommand)]
+    Plan(cmd::reshape::PlanArgs),
     Demo(cmd::demo::Args),
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
@@ -68,6 +72,9 @@ fn main() -> ExitCode {
         Command::Replace(a) => cmd::member::replace(a),
         Command::Rebuild(a) => cmd::job::rebuild(a),
         Command::Scrub(a) => cmd::job::scrub(a),
+        Command::Convert(a) => cmd::reshape::convert(a),
+        Command::Balance(a) => cmd::reshape::balance(a),
+        Command::Plan(p) => cmd::reshape::plan(p),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(b) => cmd::bench::run(b),
     };

@@ -17,7 +17,7 @@ use crate::events::EventKind;
 use crate::jobs::JobControl;
 use crate::metadata::{ArrayMeta, MemberState};
 use crate::profile::Profile;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -148,6 +148,7 @@ impl Planner<'_> {
             plan.moves += 1;
             plan.bytes_read += old.slice_len * old.slices.len() as u64;
             plan.bytes_written += m.to.slice_len * m.to.slices.len() as u64;
+            plan.progress_bytes += old.slice_len;
             if m.staging {
                 plan.staging_moves += 1;
                 staged.insert(m.idx);
@@ -163,7 +164,7 @@ impl Planner<'_> {
 }
 
 /// What a reshape does (from [`Planner::simulate`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// Chunk moves, staging moves included.
     pub moves: usize,
@@ -171,12 +172,14 @@ pub struct Plan {
     /// Member bytes read and written by the moves.
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// What progress counts: the bytes of one old slice per move.
+    pub progress_bytes: u64,
     /// Chunks that still need a move when it ends (no room for them).
     pub stuck: usize,
 }
 
 /// A reshape request and its forecast, for `plan` and the changing commands.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Forecast {
     pub plan: Plan,
     pub tolerance_before: usize,
@@ -379,7 +382,7 @@ impl Array {
             }
             .simulate(&meta.map)
         };
-        ctl.set_total(forecast.bytes_written);
+        ctl.set_total(forecast.progress_bytes);
         self.emit(
             EventKind::ReshapeStarted,
             None,
@@ -426,6 +429,7 @@ impl Array {
             done.moves += 1;
             done.bytes_read += old.slice_len * old.slices.len() as u64;
             done.bytes_written += m.to.slice_len * m.to.slices.len() as u64;
+            done.progress_bytes += old.slice_len;
             if m.staging {
                 done.staging_moves += 1;
                 staged.insert(m.idx);

@@ -4,7 +4,7 @@
 use crate::cmd::status::{summary, StatusView};
 use crate::cmd::{target, Target};
 use crate::control::proto::{JobKind, ProgressView, Request};
-use crate::control::server::{describe_rebuild, describe_scrub};
+use crate::control::server::{describe_rebuild, describe_reshape, describe_scrub};
 use crate::control::Client;
 use crate::members;
 use crate::progress::Meter;
@@ -23,24 +23,24 @@ pub struct JobArgs {
     /// The served array: its name, UUID, or control socket path. Optional when only one
     /// array is served.
     #[arg(long, value_name = "NAME", conflicts_with = "members")]
-    array: Option<String>,
+    pub(crate) array: Option<String>,
     /// Rate limit in bytes per second of member I/O (suffixes K, M, G; 0 = none). Served:
     /// defaults to 200M (the server's --rebuild-rate for rebuilds), and sets the limit of
     /// a job already running. Not served: no limit unless given.
     #[arg(long, value_parser = units::parse_size, value_name = "RATE")]
-    rate: Option<u64>,
+    pub(crate) rate: Option<u64>,
     /// Served only: follow the running job with a progress bar; start nothing.
     #[arg(long, conflicts_with_all = ["background", "cancel", "rate", "members"])]
-    watch: bool,
+    pub(crate) watch: bool,
     /// Served only: start the job and return at once (`status` or --watch show progress).
     #[arg(long, conflicts_with_all = ["cancel", "members"])]
-    background: bool,
+    pub(crate) background: bool,
     /// Served only: stop the running job at its next checkpoint (a later run resumes).
     #[arg(long, conflicts_with_all = ["rate", "members"])]
-    cancel: bool,
+    pub(crate) cancel: bool,
     /// Members of an array that is not served: the job runs here, in the foreground.
     #[arg(value_name = "MEMBER")]
-    members: Vec<PathBuf>,
+    pub(crate) members: Vec<PathBuf>,
 }
 
 /// Rebuild redundancy onto spares, replacements or free space on the other members.
@@ -92,24 +92,38 @@ pub fn scrub(a: ScrubArgs) -> Result<()> {
 }
 
 fn run(kind: JobKind, a: JobArgs) -> Result<()> {
-    let usage = format!("damocles {} MEMBER...", kind.name());
-    match target(a.array.as_deref(), a.members, &usage)? {
-        Target::Served(c) => served(c, kind, a.rate, a.watch, a.background, a.cancel),
-        Target::Members(paths) => offline(&paths, kind, a.rate),
-    }
+    let start = match kind {
+        JobKind::Rebuild => Request::Rebuild { rate: a.rate },
+        JobKind::Scrub => Request::Scrub { rate: a.rate },
+        JobKind::Reshape => Request::Reshape {
+            change: Default::default(),
+            force: false,
+            dry_run: false,
+            rate: a.rate,
+        },
+    };
+    run_job(kind, a, start, &|_| Ok(()))
 }
 
-fn start_request(kind: JobKind, rate: Option<u64>) -> Request {
-    match kind {
-        JobKind::Rebuild => Request::Rebuild { rate },
-        JobKind::Scrub => Request::Scrub { rate },
+/// Runs a job: served, by sending `start` (then following it); not served, by running
+/// `prepare` and then the job on the members here.
+pub(crate) fn run_job(
+    kind: JobKind,
+    a: JobArgs,
+    start: Request,
+    prepare: &dyn Fn(&damocles_engine::Array) -> Result<()>,
+) -> Result<()> {
+    let usage = format!("damocles {} MEMBER...", kind.name());
+    match target(a.array.as_deref(), a.members, &usage)? {
+        Target::Served(c) => served(c, kind, start, a.watch, a.background, a.cancel),
+        Target::Members(paths) => offline(&paths, kind, a.rate, prepare),
     }
 }
 
 fn served(
     mut c: Client,
     kind: JobKind,
-    rate: Option<u64>,
+    start: Request,
     watch: bool,
     background: bool,
     cancel: bool,
@@ -126,7 +140,7 @@ fn served(
         .unwrap_or(0);
     let mut said = Vec::new();
     if !watch {
-        let r = c.call(&start_request(kind, rate))?;
+        let r = c.call(&start)?;
         if let Some(m) = r.message {
             println!("{m}");
             said.push(m);
@@ -202,8 +216,14 @@ fn follow(
 }
 
 /// Runs the job on the members here, with a progress bar, until it ends or Ctrl-C.
-fn offline(paths: &[PathBuf], kind: JobKind, rate: Option<u64>) -> Result<()> {
+fn offline(
+    paths: &[PathBuf],
+    kind: JobKind,
+    rate: Option<u64>,
+    prepare: &dyn Fn(&damocles_engine::Array) -> Result<()>,
+) -> Result<()> {
     let array = members::assemble(paths, false)?;
+    prepare(&array)?;
     let ctl = Arc::new(JobControl::new(rate.unwrap_or(0)));
     stop_on_signal(ctl.clone(), kind.name());
     let started = Instant::now();
@@ -212,6 +232,7 @@ fn offline(paths: &[PathBuf], kind: JobKind, rate: Option<u64>) -> Result<()> {
             Ok(match kind {
                 JobKind::Rebuild => describe_rebuild(&array.rebuild(ctl.clone())?),
                 JobKind::Scrub => describe_scrub(&array.scrub(ctl.clone())?),
+                JobKind::Reshape => describe_reshape(&array.reshape(ctl.clone())?),
             })
         });
         let mut meter = Meter::new(kind.name());

@@ -43,10 +43,13 @@ pub struct FailArgs {
     which: Which,
 }
 
-/// Remove a member from the array: a spare, a failed member, or one that holds no data.
+/// Remove a member from the array.
 ///
-/// A failed member that still holds data may be removed (its data is rebuilt from
-/// redundancy); a member in service that holds data is refused: fail or replace it first.
+/// A spare, a failed member or an empty member leaves at once (a failed member's data is
+/// rebuilt from redundancy). A working member that holds data leaves after its data has
+/// moved to the others, chunk by chunk (a reshape: resumable, with progress in `status`;
+/// `damocles plan remove MEMBER` shows the moves first). Refused, with the numbers, when the
+/// others cannot hold the volume at its redundancy.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   damocles remove 4
@@ -59,7 +62,7 @@ pub struct RemoveArgs {
     which: Which,
 }
 
-/// Add a device to the array as a hot spare.
+/// Add a device to the array as a hot spare, or with --grow as a member that holds data.
 ///
 /// A spare takes over when a member fails; on a served array that is also the moment a
 /// rebuild starts by itself, and adding a spare to a degraded served array starts one at
@@ -79,6 +82,10 @@ pub struct AddArgs {
     /// Use the device even if it holds data.
     #[arg(long)]
     force: bool,
+    /// Join as an active member (not a spare) and balance the data over it: the array's
+    /// chunks get wider, so more of the space holds data (see `damocles plan balance`).
+    #[arg(long)]
+    grow: bool,
     #[command(flatten)]
     which: Which,
 }
@@ -135,6 +142,7 @@ pub fn add(a: AddArgs) -> Result<()> {
     let req = Request::Add {
         device,
         force: a.force,
+        grow: a.grow,
     };
     run(a.which, usage, req.clone(), req, Some(a.device))
 }

@@ -4,6 +4,7 @@ pub mod demo;
 pub mod job;
 pub mod member;
 pub mod rawio;
+pub mod reshape;
 pub mod serve;
 pub mod status;
 

@@ -29,6 +29,9 @@ pub enum Request {
         device: String,
         #[serde(default)]
         force: bool,
+        /// Join as an active member and balance the data over it (not as a spare).
+        #[serde(default)]
+        grow: bool,
     },
     Replace {
         old: String,
@@ -42,6 +45,18 @@ pub enum Request {
         rate: Option<u64>,
     },
     Scrub {
+        #[serde(default)]
+        rate: Option<u64>,
+    },
+    /// Records a reshape goal (new level, members to remove, balance) and starts moving
+    /// chunks towards it; `dry_run` only answers with the forecast.
+    Reshape {
+        #[serde(default)]
+        change: ChangeSpec,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        dry_run: bool,
         #[serde(default)]
         rate: Option<u64>,
     },
@@ -64,6 +79,24 @@ pub enum Request {
 pub enum JobKind {
     Rebuild,
     Scrub,
+    Reshape,
+}
+
+/// A reshape request: what changes (unset fields keep their value).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeSpec {
+    #[serde(default)]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub copies: Option<usize>,
+    #[serde(default)]
+    pub stripe_unit: Option<u64>,
+    /// Members to move data off and remove: index, device path or member UUID.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    #[serde(default)]
+    pub balance: bool,
 }
 
 impl JobKind {
@@ -71,6 +104,7 @@ impl JobKind {
         match self {
             JobKind::Rebuild => "rebuild",
             JobKind::Scrub => "scrub",
+            JobKind::Reshape => "reshape",
         }
     }
 }
@@ -106,6 +140,9 @@ pub struct Response {
     /// The sequence number to ask for events after next time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<u64>,
+    /// What a reshape will do (`damocles plan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<serde_json::Value>,
 }
 
 impl Response {

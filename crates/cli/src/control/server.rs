@@ -1,9 +1,11 @@
 //! The server side of the control socket, run by `damocles serve`.
 
-use super::proto::{JobKind, JobState, ProgressView, Request, Response, MAX_LINE, PROTOCOL};
+use super::proto::{
+    ChangeSpec, JobKind, JobState, ProgressView, Request, Response, MAX_LINE, PROTOCOL,
+};
 use crate::{members, units};
 use anyhow::{bail, Context, Result};
-use damocles_engine::{Array, Event, EventKind, JobControl, OpenMode};
+use damocles_engine::{Array, Change, Event, EventKind, JobControl, Level, MemberHealth, OpenMode};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -25,7 +27,7 @@ pub struct Shared {
     rebuild_rate: u64,
     events: Mutex<EventLog>,
     /// How the last run of each job ended, in words, and whether it failed.
-    last: Mutex<[Option<(String, bool)>; 2]>,
+    last: Mutex<[Option<(String, bool)>; 3]>,
     /// A scrub this server started and that has not returned yet.
     scrub: Mutex<Option<Arc<JobControl>>>,
     connections: AtomicUsize,
@@ -50,7 +52,7 @@ impl Shared {
                 next: 1,
                 items: VecDeque::new(),
             }),
-            last: Mutex::new([None, None]),
+            last: Mutex::new([None, None, None]),
             scrub: Mutex::new(None),
             connections: AtomicUsize::new(0),
         })
@@ -64,6 +66,7 @@ impl Shared {
         match e.event {
             EventKind::RebuildFinished => self.set_last(JobKind::Rebuild, e.message.clone(), false),
             EventKind::ScrubFinished => self.set_last(JobKind::Scrub, e.message.clone(), false),
+            EventKind::ReshapeFinished => self.set_last(JobKind::Reshape, e.message.clone(), false),
             _ => {}
         }
         let mut log = lock(&self.events);
@@ -93,6 +96,25 @@ impl Shared {
         Ok(match req {
             Request::Rebuild { rate } => self.start(array, JobKind::Rebuild, rate)?,
             Request::Scrub { rate } => self.start(array, JobKind::Scrub, rate)?,
+            Request::Reshape {
+                change,
+                force,
+                dry_run,
+                rate,
+            } => {
+                let ch = to_change(array, &change)?;
+                if dry_run {
+                    return Ok(Response {
+                        forecast: Some(serde_json::to_value(array.forecast(&ch)?)?),
+                        ..Response::ok()
+                    });
+                }
+                let f = array.start_reshape(&ch, force)?;
+                Response {
+                    forecast: Some(serde_json::to_value(f)?),
+                    ..self.start(array, JobKind::Reshape, rate)?
+                }
+            }
             Request::Job { job } => Response {
                 job: Some(self.job_state(array, job)),
                 ..Response::ok()
@@ -125,7 +147,7 @@ impl Shared {
 
     /// Asks running jobs to stop at their next checkpoint (the server is stopping).
     pub fn cancel_jobs(&self, array: &Array) {
-        for job in [JobKind::Rebuild, JobKind::Scrub] {
+        for job in [JobKind::Rebuild, JobKind::Scrub, JobKind::Reshape] {
             if let Some(c) = self.running(array, job) {
                 c.cancel();
             }
@@ -136,6 +158,7 @@ impl Shared {
         match job {
             JobKind::Rebuild => array.rebuild_job(),
             JobKind::Scrub => array.scrub_job().or_else(|| lock(&self.scrub).clone()),
+            JobKind::Reshape => array.reshape_job(),
         }
     }
 
@@ -169,7 +192,7 @@ impl Shared {
             });
         }
         let default = match job {
-            JobKind::Rebuild => self.rebuild_rate,
+            JobKind::Rebuild | JobKind::Reshape => self.rebuild_rate,
             JobKind::Scrub => damocles_engine::DEFAULT_RATE,
         };
         let ctl = Arc::new(JobControl::new(rate.unwrap_or(default)));
@@ -198,6 +221,17 @@ impl Shared {
                         *lock(&me.scrub) = None;
                         r
                     }
+                    // The array may have started it by itself a moment ago.
+                    JobKind::Reshape => match a.reshape(c) {
+                        Err(_) if a.reshape_job().is_some() => {
+                            if let (Some(r), Some(j)) = (rate, a.reshape_job()) {
+                                j.set_rate_limit(r);
+                            }
+                            let _ = tx.send(Ok("the reshape is running".into()));
+                            return;
+                        }
+                        r => r.map(|p| describe_reshape(&p)),
+                    },
                 };
                 let outcome = outcome.map_err(|e| format!("{} failed: {e}", job.name()));
                 if let Err(e) = &outcome {
@@ -274,14 +308,55 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
         Request::Remove { member } => {
             let i = array.find_member(&member)?;
             let name = member_name(array, i);
+            let m = &array.status().members[i];
+            if m.state == MemberHealth::Ok && m.used > 0 {
+                // A working member with data: move the data off first (a reshape).
+                let f = array.start_reshape(
+                    &Change {
+                        remove: vec![i],
+                        ..Default::default()
+                    },
+                    false,
+                )?;
+                return Ok(Response {
+                    member: Some(i),
+                    forecast: Some(serde_json::to_value(&f)?),
+                    ..Response::ok().with_message(format!(
+                        "member {i}{name} is leaving: {} chunk moves take its data to the others, then it is removed",
+                        f.plan.moves
+                    ))
+                });
+            }
             array.remove_member(i)?;
             Response {
                 member: Some(i),
                 ..Response::ok().with_message(format!("member {i}{name} removed"))
             }
         }
-        Request::Add { device, force } => {
+        Request::Add {
+            device,
+            force,
+            grow,
+        } => {
             let dev = open_device(array, &device)?;
+            if grow {
+                let i = array.add_member_grow(dev, force)?;
+                let f = array.start_reshape(
+                    &Change {
+                        balance: true,
+                        ..Default::default()
+                    },
+                    false,
+                )?;
+                return Ok(Response {
+                    member: Some(i),
+                    forecast: Some(serde_json::to_value(&f)?),
+                    ..Response::ok().with_message(format!(
+                        "{device} added as member {i}; balancing spreads data over it ({} chunk moves)",
+                        f.plan.moves
+                    ))
+                });
+            }
             let i = array.add_member(dev, force)?;
             Response {
                 member: Some(i),
@@ -370,6 +445,93 @@ pub fn describe_rebuild(r: &damocles_engine::RebuildReport) -> String {
         );
     }
     s
+}
+
+pub fn describe_reshape(p: &damocles_engine::Plan) -> String {
+    let mut s = format!(
+        "reshape: {} chunk move{} ({} written)",
+        p.moves,
+        if p.moves == 1 { "" } else { "s" },
+        units::human(p.bytes_written)
+    );
+    if p.stuck > 0 {
+        s += &format!(
+            "; {} chunks have no room to move (add a member or free space)",
+            p.stuck
+        );
+    }
+    s
+}
+
+/// A forecast in words: what `plan` prints.
+pub fn describe_forecast(f: &damocles_engine::Forecast, rate: u64) -> String {
+    let p = &f.plan;
+    let mut s = format!(
+        "volume        {} (unchanged); the members could hold {} with the new layout\n",
+        units::human(f.size),
+        units::human(f.capacity_after)
+    );
+    s += &format!(
+        "redundancy    survives {} member failure(s), {} after\n",
+        f.tolerance_before, f.tolerance_after
+    );
+    s += &format!(
+        "data moved    {} chunk moves{}: {} read, {} written\n",
+        p.moves,
+        if p.staging_moves > 0 {
+            format!(" ({} of them to make room)", p.staging_moves)
+        } else {
+            String::new()
+        },
+        units::human(p.bytes_read),
+        units::human(p.bytes_written)
+    );
+    if rate > 0 && p.bytes_written > 0 {
+        s += &format!(
+            "time          at least {} s at the rate limit of {}\n",
+            p.bytes_written.div_ceil(rate),
+            rate_text(rate)
+        );
+    }
+    for w in &f.warnings {
+        s += &format!("warning       {w}\n");
+    }
+    for r in &f.refusals {
+        s += &format!("REFUSED       {r}\n");
+    }
+    s.trim_end().to_string()
+}
+
+/// A reshape request as the engine takes it: unset fields keep the array's values.
+pub fn to_change(array: &Array, c: &ChangeSpec) -> Result<Change> {
+    let st = array.status();
+    let mut ids = Vec::new();
+    for m in &c.remove {
+        ids.push(array.find_member(m)?);
+    }
+    let template = if c.level.is_some() || c.copies.is_some() || c.stripe_unit.is_some() {
+        let level: Level = match &c.level {
+            Some(l) => l.parse()?,
+            None => st.level,
+        };
+        let copies = match c.copies {
+            Some(n) => n,
+            None if level == st.level => st.copies,
+            None => level.default_copies(),
+        };
+        Some(damocles_engine::chunkmap::Template {
+            level,
+            copies,
+            stripe_unit: c.stripe_unit.unwrap_or(st.stripe_unit),
+        })
+    } else {
+        None
+    };
+    Ok(Change {
+        template,
+        remove: ids,
+        balance: c.balance,
+    })
 }
 
 pub fn describe_scrub(r: &damocles_engine::ScrubReport) -> String {
