@@ -303,6 +303,8 @@ fn qemu_io_degraded() {
 
 fn fio(dir: &std::path::Path, uri: &str, name: &str, args: &[&str]) {
     let mut c = Command::new("fio");
+    // Jobs as threads of one process: killing it leaves no job process behind.
+    c.arg("--thread");
     // fio drops *-verify.state files in its working directory: keep them in the tempdir.
     c.current_dir(dir)
         .arg(format!("--name={name}"))

@@ -136,6 +136,7 @@ fn start_server(dir: &Path, members: &[PathBuf], n: usize) -> (Server, PathBuf) 
 fn spawn_fio(dir: &Path, e: &Epoch, uri: &str, n: usize) -> Child {
     let log = std::fs::File::create(dir.join(format!("fio-{n}.log"))).unwrap();
     Command::new("fio")
+        .arg("--thread")
         .current_dir(dir)
         .args(e.args(uri, false))
         .stdin(Stdio::null())
@@ -161,6 +162,8 @@ fn fio_verify(dir: &Path, uri: &str, epochs: &[&Epoch]) {
         return;
     }
     let mut c = Command::new("fio");
+    // Jobs as threads of one process: killing it leaves no job process behind.
+    c.arg("--thread");
     c.current_dir(dir).arg("--output-format=json");
     for e in epochs {
         c.args(e.args(uri, true));
@@ -379,6 +382,8 @@ fn kill9_during_fio_then_restart() {
         let slot = slots.remove(rng.below(slots.len() as u64) as usize);
         let e = new_epoch(&mut rng, slot);
         let mut c = Command::new("fio");
+        // Jobs as threads of one process: killing it leaves no job process behind.
+        c.arg("--thread");
         c.current_dir(d).args(e.args(&srv.uri, false));
         run_ok(&mut c);
         image[slot_range(slot)].copy_from_slice(&e.content());

@@ -314,6 +314,8 @@ const FIO_BYTES: u64 = 36 * MIB;
 
 fn fio_command(dir: &Path, uri: &str, verify_only: bool) -> Command {
     let mut c = Command::new("fio");
+    // Jobs as threads of one process: killing it leaves no job process behind.
+    c.arg("--thread");
     // fio drops *-verify.state files in its working directory: keep them in the tempdir.
     c.current_dir(dir)
         .args(FIO_COMMON)
