@@ -14,7 +14,9 @@ ROUNDS=${ROUNDS:-3}
 BASE=${BENCH_TMPDIR:-/var/tmp}
 echo "## cargo build --release -p damocles" >&2
 cargo build --release -q -p damocles >&2
-BIN="$(pwd)/${CARGO_TARGET_DIR:-target}/release/damocles"
+TD=${CARGO_TARGET_DIR:-target}
+case $TD in /*) ;; *) TD="$(pwd)/$TD" ;; esac
+BIN="$TD/release/damocles"
 T=$(mktemp -d "$BASE/damocles-convbench.XXXXXX")
 trap 'rm -rf "$T"' EXIT
 head -c "$((DATA_MIB << 20))" /dev/urandom > "$T/data"
