@@ -18,6 +18,7 @@ mod device;
 mod handshake;
 mod server;
 mod transmission;
+mod transport;
 pub mod wire;
 
 use std::time::Duration;
@@ -39,6 +40,7 @@ pub struct ServerConfig {
     /// Maximum payload of a single READ/WRITE, advertised via NBD_INFO_BLOCK_SIZE.
     pub max_request: u32,
     /// Per-connection bound on requests being processed or awaiting their reply.
+    /// A connection runs at most one thread more than this (started on demand).
     pub max_inflight_requests: usize,
     /// Per-connection bound on READ/WRITE payload bytes held in memory. Budgets
     /// are per connection so a client that never reads its replies only stalls

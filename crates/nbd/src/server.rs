@@ -1,5 +1,6 @@
 //! Connection entry points, listeners and graceful shutdown.
 
+use std::any::Any;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use tokio::task::JoinSet;
 
 use crate::device::BlockDevice;
 use crate::handshake::{negotiate, ExportInfo};
-use crate::transmission::Transmission;
+use crate::transmission;
+use crate::transport::{Bridge, Sock};
 use crate::{NbdError, ServerConfig};
 
 /// A socket to accept NBD clients on.
@@ -84,7 +86,7 @@ pub async fn serve_connection<S>(
     cfg: Arc<ServerConfig>,
 ) -> Result<(), NbdError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (_keep, rx) = watch::channel(false);
     serve_connection_with_shutdown(stream, dev, cfg, rx).await
@@ -93,6 +95,10 @@ where
 /// Serve one client connection; once `true` is sent on `shutdown` the
 /// connection stops reading requests, answers those already received, and
 /// closes (a connection still in the handshake is closed at once).
+///
+/// After the handshake, requests are served by blocking threads of their own
+/// (see the transmission module). Tokio TCP and Unix streams are switched to
+/// blocking mode for that; other streams are driven through the runtime.
 pub async fn serve_connection_with_shutdown<S>(
     mut stream: S,
     dev: Arc<dyn BlockDevice>,
@@ -100,7 +106,7 @@ pub async fn serve_connection_with_shutdown<S>(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NbdError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     cfg.validate()?;
     let export = ExportInfo {
@@ -120,10 +126,19 @@ where
         return Ok(());
     };
     tracing::debug!(?neg, "entering transmission");
-    let (r, w) = tokio::io::split(stream);
-    Transmission { dev, cfg, neg }
-        .run(r, w, wait_shutdown(shutdown))
-        .await
+    let stop = wait_shutdown(shutdown);
+    let any: Box<dyn Any + Send> = Box::new(stream);
+    let any = match any.downcast::<TcpStream>() {
+        Ok(s) => return transmission::run(Sock::from_tokio_tcp(*s)?, dev, &cfg, neg, stop).await,
+        Err(any) => any,
+    };
+    #[cfg(unix)]
+    let any = match any.downcast::<tokio::net::UnixStream>() {
+        Ok(s) => return transmission::run(Sock::from_tokio_unix(*s)?, dev, &cfg, neg, stop).await,
+        Err(any) => any,
+    };
+    let stream = *any.downcast::<S>().expect("the stream's own type");
+    transmission::run(Bridge::new(stream), dev, &cfg, neg, stop).await
 }
 
 /// Accept clients on all `listeners` until `true` is sent on `shutdown`.
