@@ -33,6 +33,9 @@ mod pool {
     static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
     const KEEP: usize = 64;
     const KEEP_MAX_CAP: usize = 33 << 20;
+    /// Most bytes kept in all: without it, 64 buffers of up to 33 MiB could pin
+    /// 2 GiB long after the clients that needed them are gone.
+    const KEEP_TOTAL: usize = 128 << 20;
 
     /// A buffer of exactly `len` bytes (contents unspecified).
     pub fn take(len: usize) -> Vec<u8> {
@@ -56,7 +59,8 @@ mod pool {
             return;
         }
         let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
-        if free.len() < KEEP {
+        let kept: usize = free.iter().map(Vec::capacity).sum();
+        if free.len() < KEEP && kept + b.capacity() <= KEEP_TOTAL {
             free.push(b);
         }
     }
@@ -548,6 +552,23 @@ impl<T: Transport> Conn<T> {
         lock(&self.error).get_or_insert(e);
     }
 
+    /// End the connection at once: no more reads, queued and later replies are
+    /// dropped (their permits too, so a reader waiting for budget wakes up).
+    fn cut(&self, e: NbdError) {
+        self.fail(e);
+        self.stopping.store(true, Relaxed);
+        self.t.abort();
+        let dropped = {
+            let mut tx = lock(&self.tx);
+            tx.broken = true;
+            // A writer that panicked left `busy` set; nobody writes any more anyway.
+            tx.busy = false;
+            std::mem::take(&mut tx.queue)
+        };
+        drop(dropped);
+        lock(&self.rx).done = true;
+    }
+
     /// Start another worker unless there are enough.
     fn spawn(self: &Arc<Self>, alive: &Alive) -> io::Result<()> {
         if self.threads.fetch_add(1, Relaxed) >= self.max_threads {
@@ -565,10 +586,18 @@ impl<T: Transport> Conn<T> {
     }
 
     fn worker(self: Arc<Self>, alive: Alive) {
-        let mut batch = Vec::new();
-        while let Some(req) = self.next_request(&alive) {
-            let reply = self.handle(req);
-            self.send(reply, &mut batch);
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            let mut batch = Vec::new();
+            while let Some(req) = self.next_request(&alive) {
+                let reply = self.handle(req);
+                self.send(reply, &mut batch);
+            }
+        }));
+        if served.is_err() {
+            // A bug of ours (device panics are caught in `execute`). A request may be
+            // half read or left unanswered, so this connection ends; others go on.
+            tracing::error!("NBD connection thread panicked; closing the connection");
+            self.cut(NbdError::Io(io::Error::other("connection thread panicked")));
         }
         self.threads.fetch_sub(1, Relaxed);
         // The socket and the device go before the connection is reported done.
@@ -699,9 +728,13 @@ impl<T: Transport> Conn<T> {
                 // The client is gone or broken: stop reading too.
                 tx.broken = true;
                 tx.busy = false;
-                tx.queue.clear();
+                let dropped = std::mem::take(&mut tx.queue);
                 drop(tx);
-                self.fail(e.into());
+                drop(dropped);
+                // After a deliberate cut, a failed write is expected, not news.
+                if !self.stopping.load(Relaxed) {
+                    self.fail(e.into());
+                }
                 self.t.abort();
                 return;
             }
@@ -726,13 +759,17 @@ impl<T: Transport> Drop for AbortOnDrop<'_, T> {
 }
 
 /// Serve requests on `t` until DISC, EOF, a protocol error, a socket error or
-/// `shutdown` resolves; requests already read are always answered first.
+/// `shutdown` resolves; requests already read are answered first. Once `abort`
+/// resolves the socket is cut instead: requests already running still finish
+/// on the device (so a flush after this returns covers them), but their
+/// replies are dropped. Returns only when no thread of the connection is left.
 pub(crate) async fn run<T: Transport>(
     t: T,
     dev: Arc<dyn BlockDevice>,
     cfg: &ServerConfig,
     neg: Negotiated,
     shutdown: impl Future<Output = ()>,
+    abort: impl Future<Output = ()>,
 ) -> Result<(), NbdError> {
     let conn = Arc::new(Conn {
         t,
@@ -766,13 +803,23 @@ pub(crate) async fn run<T: Transport>(
     let mut guard = AbortOnDrop(Some(&*conn));
     conn.spawn(&alive)?;
     drop(alive);
-    tokio::pin!(shutdown);
-    tokio::select! {
-        _ = all_done.recv() => {}
-        _ = &mut shutdown => {
-            conn.stopping.store(true, Relaxed);
-            conn.t.stop_reading();
-            all_done.recv().await;
+    tokio::pin!(shutdown, abort);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = all_done.recv() => break,
+            _ = &mut shutdown, if !stopping => {
+                stopping = true;
+                conn.stopping.store(true, Relaxed);
+                conn.t.stop_reading();
+            }
+            _ = &mut abort => {
+                conn.stopping.store(true, Relaxed);
+                conn.t.abort();
+                // Threads still in a device call finish it; the rest see the cut socket.
+                all_done.recv().await;
+                break;
+            }
         }
     }
     guard.0 = None;

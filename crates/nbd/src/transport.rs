@@ -85,30 +85,13 @@ impl Transport for Sock {
 /// into several sleeps and wake-ups on both sides; this made sequential 1 MiB
 /// reads about 20% faster. TCP tunes its own buffers.
 #[cfg(target_os = "linux")]
-const UNIX_SNDBUF: i32 = 1 << 20;
+const UNIX_SNDBUF: usize = 1 << 20;
 
 #[cfg(target_os = "linux")]
-fn set_send_buffer(s: &std::os::unix::net::UnixStream, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    const SOL_SOCKET: i32 = 1;
-    const SO_SNDBUF: i32 = 7;
-    extern "C" {
-        fn setsockopt(fd: i32, level: i32, name: i32, value: *const i32, len: u32) -> i32;
-    }
-    // SAFETY: `s` owns an open socket for the whole call, and `value` points to
-    // an i32 that outlives it, with `len` its size, as SO_SNDBUF expects.
-    let r = unsafe {
-        setsockopt(
-            s.as_raw_fd(),
-            SOL_SOCKET,
-            SO_SNDBUF,
-            &bytes,
-            std::mem::size_of::<i32>() as u32,
-        )
-    };
-    if r != 0 {
+fn set_send_buffer(s: &std::os::unix::net::UnixStream, bytes: usize) {
+    if let Err(e) = rustix::net::sockopt::set_socket_send_buffer_size(s, bytes) {
         // Only a performance hint.
-        tracing::debug!(error = %io::Error::last_os_error(), "SO_SNDBUF not set");
+        tracing::debug!(error = %e, "SO_SNDBUF not set");
     }
 }
 
