@@ -169,6 +169,14 @@ runfio() {
     fi
 }
 
+# cpu_ticks PID — user + system CPU time of a process so far, in clock ticks
+# (fields 14 and 15 of /proc/PID/stat, counted after the parenthesised name).
+cpu_ticks() {
+    local st
+    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    echo "$st" | awk '{print $12 + $13}'
+}
+
 # array_size MEMBER... — the array's size in bytes (damocles status --json).
 array_size() {
     "$DAMOCLES" status --json "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["size"])'

@@ -96,13 +96,18 @@ done
 sync
 
 n=${#SERVERS[@]}
+CLK_TCK=$(getconf CLK_TCK)
 for r in $(seq 1 "$ROUNDS"); do
     for w in "${WORKLOADS[@]}"; do
         echo "## round $r/$ROUNDS: $w" >&2
         for k in $(seq 0 $((n - 1))); do
             s=${SERVERS[$(((k + r - 1) % n))]}
+            pid=$(server_pid "$s")
+            c0=$(cpu_ticks "$pid"); t0=$(date +%s%N)
             runfio "$T/res/$w.$s.$r.json" "$s" --rw="${RW[$w]}" --bs="${BS[$w]}" \
                 --time_based --runtime="$RUNTIME" --ramp_time="$RAMP"
+            # The server's CPU over the whole fio run (ramp included), for µs per I/O.
+            echo "$((CLK_TCK)) $c0 $(cpu_ticks "$pid") $t0 $(date +%s%N)" >"$T/res/$w.$s.$r.cpu"
         done
     done
 done
@@ -125,11 +130,21 @@ def load(path):
     if job.get("error"):
         return None
     side = job["read"] if job["read"]["io_bytes"] else job["write"]
-    return side["iops"], side["bw_bytes"] / 1e6
+    return side["iops"], side["bw_bytes"] / 1e6, cpu_per_io(path, side["iops"])
+
+def cpu_per_io(json_path, iops):
+    """Server CPU µs per I/O: CPU share over the run / IOPS (None if unknown)."""
+    try:
+        with open(json_path[:-len(".json")] + ".cpu") as f:
+            hz, c0, c1, t0, t1 = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return None
+    share = (c1 - c0) / hz / ((t1 - t0) / 1e9)
+    return share / iops * 1e6 if iops else None
 
 med = {}
 print()
-print(f"{'workload':<14}{'server':<16}{'IOPS':>10}{'MB/s':>10}{'spread':>9}{'runs':>6}")
+print(f"{'workload':<14}{'server':<16}{'IOPS':>10}{'MB/s':>10}{'spread':>9}{'runs':>6}{'CPU us/IO':>11}")
 for w, label in workloads:
     for s in servers:
         vals = []
@@ -146,10 +161,14 @@ for w, label in workloads:
         mbs = statistics.median(v[1] for v in vals)
         bw = [v[1] for v in vals]
         spread = f"{(max(bw) - min(bw)) / mbs * 100:.0f}%" if len(vals) > 1 and mbs else "-"
+        cpu = [v[2] for v in vals if v[2] is not None]
+        cpu = f"{statistics.median(cpu):.1f}" if cpu else "-"
         med[(w, s)] = mbs
-        print(f"{label:<14}{s:<16}{iops:>10.0f}{mbs:>10.1f}{spread:>9}{len(vals):>6}")
+        print(f"{label:<14}{s:<16}{iops:>10.0f}{mbs:>10.1f}{spread:>9}{len(vals):>6}{cpu:>11}")
     print()
 print("spread = (max - min) / median of MB/s over the runs")
+print("CPU us/IO = median of the server's CPU time (user + system, all threads) per I/O;")
+print("  steadier than throughput on a busy machine (lower is better)")
 print()
 print("targets (ratios of median MB/s):")
 targets = [

@@ -14,9 +14,10 @@ pub struct Extent {
     pub zero: bool,
 }
 
-/// A blocking block device. The server calls every method from a blocking
-/// thread pool, never from async executor threads, and concurrently from
-/// many connections, so implementations must be internally synchronised.
+/// A blocking block device. The server calls every method from its own
+/// blocking threads, never from async executor threads, and concurrently
+/// (several threads per connection, many connections), so implementations
+/// must be internally synchronised.
 ///
 /// Durability contract (required for `NBD_FLAG_CAN_MULTI_CONN`, which the
 /// server always advertises): once `flush` returns `Ok`, every write, trim

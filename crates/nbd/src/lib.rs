@@ -14,10 +14,13 @@
 //! not advertised. Oldstyle negotiation is never offered; non-fixed newstyle
 //! clients may only use `NBD_OPT_EXPORT_NAME`.
 
+#![forbid(unsafe_code)]
+
 mod device;
 mod handshake;
 mod server;
 mod transmission;
+mod transport;
 pub mod wire;
 
 use std::time::Duration;
@@ -39,6 +42,7 @@ pub struct ServerConfig {
     /// Maximum payload of a single READ/WRITE, advertised via NBD_INFO_BLOCK_SIZE.
     pub max_request: u32,
     /// Per-connection bound on requests being processed or awaiting their reply.
+    /// A connection runs at most one thread more than this (started on demand).
     pub max_inflight_requests: usize,
     /// Per-connection bound on READ/WRITE payload bytes held in memory. Budgets
     /// are per connection so a client that never reads its replies only stalls
@@ -51,7 +55,8 @@ pub struct ServerConfig {
     /// Options with more data than this are skipped and refused.
     pub max_option_len: u32,
     /// After shutdown is signalled, how long [`serve`] waits for connections
-    /// to drain before dropping them.
+    /// to drain before cutting them off (requests already running on the
+    /// device still finish, unanswered, before the final flush).
     pub shutdown_grace: Duration,
 }
 
@@ -90,6 +95,10 @@ impl ServerConfig {
         }
         if self.max_request < 4096 {
             return bad("max_request must be at least 4096");
+        }
+        if self.max_request > 1 << 31 {
+            // A READ's data chunk (8 + length bytes) must fit a 32-bit chunk length.
+            return bad("max_request must be at most 2 GiB");
         }
         if self.max_inflight_bytes < self.max_request as usize {
             return bad("max_inflight_bytes must be >= max_request");

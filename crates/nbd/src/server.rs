@@ -1,5 +1,7 @@
 //! Connection entry points, listeners and graceful shutdown.
 
+use std::any::Any;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +14,8 @@ use tokio::task::JoinSet;
 
 use crate::device::BlockDevice;
 use crate::handshake::{negotiate, ExportInfo};
-use crate::transmission::Transmission;
+use crate::transmission;
+use crate::transport::{Bridge, Sock};
 use crate::{NbdError, ServerConfig};
 
 /// A socket to accept NBD clients on.
@@ -84,7 +87,7 @@ pub async fn serve_connection<S>(
     cfg: Arc<ServerConfig>,
 ) -> Result<(), NbdError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (_keep, rx) = watch::channel(false);
     serve_connection_with_shutdown(stream, dev, cfg, rx).await
@@ -93,14 +96,34 @@ where
 /// Serve one client connection; once `true` is sent on `shutdown` the
 /// connection stops reading requests, answers those already received, and
 /// closes (a connection still in the handshake is closed at once).
+///
+/// After the handshake, requests are served by blocking threads of their own
+/// (see the transmission module). Tokio TCP and Unix streams are switched to
+/// blocking mode for that; other streams are driven through the runtime.
 pub async fn serve_connection_with_shutdown<S>(
-    mut stream: S,
+    stream: S,
     dev: Arc<dyn BlockDevice>,
     cfg: Arc<ServerConfig>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NbdError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_one(stream, dev, cfg, shutdown, std::future::pending()).await
+}
+
+/// [`serve_connection_with_shutdown`], plus `abort`: once it resolves the
+/// socket is cut, and this returns when the requests still running on the
+/// device have finished (their replies are dropped).
+async fn serve_one<S>(
+    mut stream: S,
+    dev: Arc<dyn BlockDevice>,
+    cfg: Arc<ServerConfig>,
+    shutdown: watch::Receiver<bool>,
+    abort: impl Future<Output = ()> + Send,
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     cfg.validate()?;
     let export = ExportInfo {
@@ -120,15 +143,35 @@ where
         return Ok(());
     };
     tracing::debug!(?neg, "entering transmission");
-    let (r, w) = tokio::io::split(stream);
-    Transmission { dev, cfg, neg }
-        .run(r, w, wait_shutdown(shutdown))
-        .await
+    let stop = wait_shutdown(shutdown);
+    let any: Box<dyn Any + Send> = Box::new(stream);
+    let any = match any.downcast::<TcpStream>() {
+        Ok(s) => {
+            let t = Sock::from_tokio_tcp(*s)?;
+            return transmission::run(t, dev, &cfg, neg, stop, abort).await;
+        }
+        Err(any) => any,
+    };
+    #[cfg(unix)]
+    let any = match any.downcast::<tokio::net::UnixStream>() {
+        Ok(s) => {
+            let t = Sock::from_tokio_unix(*s)?;
+            return transmission::run(t, dev, &cfg, neg, stop, abort).await;
+        }
+        Err(any) => any,
+    };
+    match any.downcast::<S>() {
+        Ok(s) => transmission::run(Bridge::new(*s), dev, &cfg, neg, stop, abort).await,
+        // Cannot happen: `any` was made from an `S` just above.
+        Err(_) => Err(NbdError::Io(io::Error::other("stream of unexpected type"))),
+    }
 }
 
 /// Accept clients on all `listeners` until `true` is sent on `shutdown`.
 /// Then stop accepting, let connections answer their in-flight requests
-/// (up to `cfg.shutdown_grace`), flush the device and return.
+/// (up to `cfg.shutdown_grace`; after that their sockets are cut and only
+/// the device calls already running are waited for), flush the device and
+/// return.
 pub async fn serve(
     listeners: Vec<Listener>,
     dev: Arc<dyn BlockDevice>,
@@ -157,6 +200,7 @@ pub async fn serve(
     drop(tx);
 
     let mut conns = JoinSet::new();
+    let (abort_tx, abort_rx) = watch::channel(false);
     let stop = wait_shutdown(shutdown.clone());
     tokio::pin!(stop);
     loop {
@@ -177,15 +221,16 @@ pub async fn serve(
                     continue;
                 }
                 let (dev, cfg, sd) = (dev.clone(), cfg.clone(), shutdown.clone());
+                let abort = wait_shutdown(abort_rx.clone());
                 match acc {
                     Accepted::Tcp(s, addr) => {
                         tracing::debug!(%addr, "client connected");
-                        conns.spawn(serve_connection_with_shutdown(s, dev, cfg, sd));
+                        conns.spawn(serve_one(s, dev, cfg, sd, abort));
                     }
                     #[cfg(unix)]
                     Accepted::Unix(s) => {
                         tracing::debug!("unix client connected");
-                        conns.spawn(serve_connection_with_shutdown(s, dev, cfg, sd));
+                        conns.spawn(serve_one(s, dev, cfg, sd, abort));
                     }
                 }
             }
@@ -203,8 +248,13 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("connections did not drain in time; dropping them");
-        conns.shutdown().await;
+        tracing::warn!("connections did not drain in time; cutting them off");
+        let _ = abort_tx.send(true);
+        // Only device calls already under way are left; the flush below must
+        // come after them.
+        while let Some(done) = conns.join_next().await {
+            log_conn_end(done);
+        }
     }
     let d = dev.clone();
     tokio::task::spawn_blocking(move || d.flush())

@@ -1,24 +1,30 @@
-//! Transmission phase: a reader that parses and validates requests and hands
-//! device work to the blocking pool, and a writer that sends whole replies
-//! (possibly out of order) from a channel.
+//! Transmission phase, served by blocking threads of the connection's own
+//! (leaders/followers, as in nbdkit): the thread holding the reader role parses
+//! one request, passes the role on, runs the request and writes its reply
+//! itself. Replies go out whole, possibly out of order, and a slow request
+//! holds up only its own thread.
+//!
+//! Why not tokio here: a reader task handing each request to the blocking pool
+//! and each reply to a writer task woke three threads per request, and those
+//! wake-ups were over half the server's time on small requests.
 
 use std::future::Future;
+use std::io::{self, IoSlice};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::device::{BlockDevice, Extent};
-use crate::handshake::{read_exact_or_eof, Negotiated};
+use crate::handshake::Negotiated;
+use crate::transport::Transport;
 use crate::wire::{self, *};
 use crate::{NbdError, ServerConfig};
 
 /// Most descriptors we put in one block status chunk (spec: SHOULD NOT exceed 2^20).
 const MAX_STATUS_DESCRIPTORS: usize = 8192;
 
-/// A fully-encoded reply. The permits bound in-flight work and are released
-/// only once the reply has been handed to the socket.
 /// Recycled I/O buffers: a reused buffer is already initialised, so reads and write
 /// payloads need neither fresh zeroed memory nor page faults.
 mod pool {
@@ -27,6 +33,9 @@ mod pool {
     static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
     const KEEP: usize = 64;
     const KEEP_MAX_CAP: usize = 33 << 20;
+    /// Most bytes kept in all: without it, 64 buffers of up to 33 MiB could pin
+    /// 2 GiB long after the clients that needed them are gone.
+    const KEEP_TOTAL: usize = 128 << 20;
 
     /// A buffer of exactly `len` bytes (contents unspecified).
     pub fn take(len: usize) -> Vec<u8> {
@@ -50,16 +59,11 @@ mod pool {
             return;
         }
         let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
-        if free.len() < KEEP {
+        let kept: usize = free.iter().map(Vec::capacity).sum();
+        if free.len() < KEEP && kept + b.capacity() <= KEEP_TOTAL {
             free.push(b);
         }
     }
-}
-
-struct Reply {
-    buf: Vec<u8>,
-    _slot: OwnedSemaphorePermit,
-    _bytes: Option<OwnedSemaphorePermit>,
 }
 
 /// A validated request.
@@ -361,159 +365,466 @@ fn execute(
     }
 }
 
-pub(crate) struct Transmission {
-    pub dev: Arc<dyn BlockDevice>,
-    pub cfg: Arc<ServerConfig>,
-    pub neg: Negotiated,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves its state consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Transmission {
-    /// Serve requests until DISC, EOF, a protocol error, a socket error or
-    /// `shutdown` resolves; in-flight requests are always answered first.
-    pub async fn run<R, W>(
-        self,
-        reader: R,
-        writer: W,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), NbdError>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let (tx, rx) = mpsc::unbounded_channel::<Reply>();
-        let writer = write_loop(writer, rx);
-        tokio::pin!(writer);
-        let read_result = tokio::select! {
-            // Buffered so small headers do not cost a syscall each; created only
-            // now so no handshake bytes can be stranded in it.
-            r = self.read_loop(BufReader::with_capacity(64 << 10, reader), tx, shutdown) => r,
-            // The writer only finishes early on a socket error; stop reading then.
-            w = &mut writer => return w,
-        };
-        // The reader dropped its sender; the writer drains every in-flight reply.
-        let write_result = writer.await;
-        read_result.and(write_result)
-    }
+/// Per-connection bound on requests, and on READ/WRITE payload bytes, from
+/// parsing a request until its reply has been handed to the socket.
+struct Limits {
+    st: Mutex<LimitState>,
+    cv: Condvar,
+}
 
-    async fn read_loop<R: AsyncRead + Unpin>(
-        &self,
-        mut reader: R,
-        tx: mpsc::UnboundedSender<Reply>,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), NbdError> {
-        let slots = Arc::new(Semaphore::new(self.cfg.max_inflight_requests));
-        let bytes = Arc::new(Semaphore::new(self.cfg.max_inflight_bytes));
-        tokio::pin!(shutdown);
-        loop {
-            let mut hdr = [0u8; REQUEST_HEADER_LEN];
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => return Ok(()),
-                r = read_exact_or_eof(&mut reader, &mut hdr) => {
-                    if !r? {
-                        return Ok(());
-                    }
-                }
-            }
-            // Bad magic means we lost framing: drop the connection.
-            let h = wire::parse_request_header(&hdr)?;
-            let op = validate(&h, &self.neg, self.cfg.max_request);
-            if op == Ok(Op::Disc) {
-                return Ok(());
-            }
-            let slot = slots.clone().acquire_owned().await.expect("never closed");
+struct LimitState {
+    requests: usize,
+    bytes: usize,
+    /// Only the reader-role holder ever waits.
+    waiting: bool,
+}
 
-            // Only WRITE carries a payload; it must be consumed even when refused.
-            let mut payload = Vec::new();
-            // READ and WRITE payloads count against the connection's byte budget.
-            let byte_permit = match op {
-                Ok(Op::Write { len, .. } | Op::Read { len, .. }) => Some(
-                    bytes
-                        .clone()
-                        .acquire_many_owned(len)
-                        .await
-                        .expect("never closed"),
-                ),
-                _ => None,
-            };
-            match op {
-                Ok(Op::Write { len, .. }) => {
-                    payload = pool::take(len as usize);
-                    reader.read_exact(&mut payload).await?;
-                }
-                Err(_) if h.command == CMD_WRITE => {
-                    let mut skip = (&mut reader).take(u64::from(h.len));
-                    let n = tokio::io::copy(&mut skip, &mut tokio::io::sink()).await?;
-                    if n != u64::from(h.len) {
-                        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-                    }
-                }
-                _ => {}
-            }
-
-            let op = match op {
-                Ok(Op::Cache) => {
-                    send(&tx, ok_reply(h.cookie), slot, byte_permit);
-                    continue;
-                }
-                Ok(op) => op,
-                Err((e, msg)) => {
-                    tracing::debug!(
-                        cookie = h.cookie,
-                        cmd = h.command,
-                        ?e,
-                        msg,
-                        "request refused"
-                    );
-                    let mut v = Vec::new();
-                    error_reply(&mut v, &self.neg, h.cookie, e, msg, None);
-                    send(&tx, v, slot, byte_permit);
-                    continue;
-                }
-            };
-            let dev = self.dev.clone();
-            let neg = self.neg;
-            let tx = tx.clone();
-            tokio::task::spawn_blocking(move || {
-                let buf = execute(&*dev, &neg, h.cookie, op, payload);
-                send(&tx, buf, slot, byte_permit);
-            });
+impl Limits {
+    /// `bytes` must not exceed the budget (ensured by `ServerConfig::validate`).
+    fn acquire(self: &Arc<Self>, bytes: usize) -> Permit {
+        let mut st = lock(&self.st);
+        while st.requests == 0 || st.bytes < bytes {
+            st.waiting = true;
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.waiting = false;
+        st.requests -= 1;
+        st.bytes -= bytes;
+        Permit {
+            limits: self.clone(),
+            bytes,
         }
     }
 }
 
-fn send(
-    tx: &mpsc::UnboundedSender<Reply>,
+struct Permit {
+    limits: Arc<Limits>,
+    bytes: usize,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut st = lock(&self.limits.st);
+        st.requests += 1;
+        st.bytes += self.bytes;
+        if st.waiting {
+            self.limits.cv.notify_one();
+        }
+    }
+}
+
+/// A fully-encoded reply; its permit is released once it reached the socket.
+struct Reply {
     buf: Vec<u8>,
-    slot: OwnedSemaphorePermit,
-    bytes: Option<OwnedSemaphorePermit>,
-) {
-    // If the writer is gone the connection is dead; dropping the reply is fine.
-    let _ = tx.send(Reply {
-        buf,
-        _slot: slot,
-        _bytes: bytes,
-    });
+    _permit: Permit,
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    writer: W,
-    mut rx: mpsc::UnboundedReceiver<Reply>,
-) -> Result<(), NbdError> {
-    let mut w = BufWriter::with_capacity(64 << 10, writer);
-    while let Some(reply) = rx.recv().await {
-        w.write_all(&reply.buf).await?;
-        pool::give(reply.buf);
-        // Batch whatever is already queued before paying for a flush.
-        while let Ok(reply) = rx.try_recv() {
-            w.write_all(&reply.buf).await?;
-            pool::give(reply.buf);
+struct Request {
+    cookie: u64,
+    op: Result<Op, Reject>,
+    command: u16,
+    payload: Vec<u8>,
+    permit: Permit,
+}
+
+/// Buffered request input. Whoever holds it has the reader role.
+struct Rx {
+    buf: Box<[u8]>,
+    pos: usize,
+    end: usize,
+    /// No more requests will be read (EOF, DISC, stop or error).
+    done: bool,
+}
+
+impl Rx {
+    fn read<T: Transport>(&mut self, t: &T, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.end {
+            if out.len() >= self.buf.len() {
+                // Large payloads go straight to their buffer.
+                return t.read(out);
+            }
+            self.end = t.read(&mut self.buf)?;
+            self.pos = 0;
         }
-        w.flush().await?;
+        let n = out.len().min(self.end - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
-    w.flush().await?;
-    let _ = w.shutdown().await;
+
+    /// Fill `out`; `Ok(false)` on EOF before the first byte.
+    fn read_exact_or_eof<T: Transport>(&mut self, t: &T, out: &mut [u8]) -> io::Result<bool> {
+        let mut got = 0;
+        while got < out.len() {
+            match self.read(t, &mut out[got..]) {
+                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    fn read_exact<T: Transport>(&mut self, t: &T, out: &mut [u8]) -> io::Result<()> {
+        if self.read_exact_or_eof(t, out)? {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::UnexpectedEof.into())
+        }
+    }
+
+    fn skip<T: Transport>(&mut self, t: &T, mut n: u64) -> io::Result<()> {
+        let mut sink = [0u8; 4096];
+        while n > 0 {
+            let k = n.min(sink.len() as u64) as usize;
+            self.read_exact(t, &mut sink[..k])?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Replies waiting for the socket. One thread at a time writes, taking along
+/// whatever others queued meanwhile, so nobody sleeps on the socket lock.
+#[derive(Default)]
+struct Tx {
+    queue: Vec<Reply>,
+    busy: bool,
+    broken: bool,
+}
+
+/// Most replies per `writev`.
+const MAX_IOV: usize = 64;
+
+fn write_replies<T: Transport>(t: &T, replies: &[Reply]) -> io::Result<()> {
+    // Next unwritten byte: replies[i].buf[off].
+    let (mut i, mut off) = (0, 0);
+    while i < replies.len() {
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let n = (replies.len() - i).min(MAX_IOV);
+        for (k, r) in replies[i..i + n].iter().enumerate() {
+            iov[k] = IoSlice::new(if k == 0 { &r.buf[off..] } else { &r.buf });
+        }
+        let mut done = match t.write_vectored(&iov[..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while i < replies.len() && done >= replies[i].buf.len() - off {
+            done -= replies[i].buf.len() - off;
+            i += 1;
+            off = 0;
+        }
+        off += done;
+    }
     Ok(())
+}
+
+struct Conn<T> {
+    t: T,
+    dev: Arc<dyn BlockDevice>,
+    neg: Negotiated,
+    max_request: u32,
+    max_threads: usize,
+    limits: Arc<Limits>,
+    rx: Mutex<Rx>,
+    tx: Mutex<Tx>,
+    /// Threads waiting for the reader role.
+    idle: AtomicUsize,
+    threads: AtomicUsize,
+    stopping: AtomicBool,
+    error: Mutex<Option<NbdError>>,
+}
+
+/// Held by every worker thread; the connection is over when all are dropped.
+type Alive = mpsc::Sender<()>;
+
+impl<T: Transport> Conn<T> {
+    fn fail(&self, e: NbdError) {
+        lock(&self.error).get_or_insert(e);
+    }
+
+    /// End the connection at once: no more reads, queued and later replies are
+    /// dropped (their permits too, so a reader waiting for budget wakes up).
+    fn cut(&self, e: NbdError) {
+        self.fail(e);
+        self.stopping.store(true, Relaxed);
+        self.t.abort();
+        let dropped = {
+            let mut tx = lock(&self.tx);
+            tx.broken = true;
+            // A writer that panicked left `busy` set; nobody writes any more anyway.
+            tx.busy = false;
+            std::mem::take(&mut tx.queue)
+        };
+        drop(dropped);
+        lock(&self.rx).done = true;
+    }
+
+    /// Start another worker unless there are enough.
+    fn spawn(self: &Arc<Self>, alive: &Alive) -> io::Result<()> {
+        if self.threads.fetch_add(1, Relaxed) >= self.max_threads {
+            self.threads.fetch_sub(1, Relaxed);
+            return Ok(());
+        }
+        let (conn, alive) = (self.clone(), alive.clone());
+        let r = std::thread::Builder::new()
+            .name("nbd-conn".into())
+            .spawn(move || conn.worker(alive));
+        if r.is_err() {
+            self.threads.fetch_sub(1, Relaxed);
+        }
+        r.map(drop)
+    }
+
+    fn worker(self: Arc<Self>, alive: Alive) {
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            let mut batch = Vec::new();
+            while let Some(req) = self.next_request(&alive) {
+                let reply = self.handle(req);
+                self.send(reply, &mut batch);
+            }
+        }));
+        if served.is_err() {
+            // A bug of ours (device panics are caught in `execute`). A request may be
+            // half read or left unanswered, so this connection ends; others go on.
+            tracing::error!("NBD connection thread panicked; closing the connection");
+            self.cut(NbdError::Io(io::Error::other("connection thread panicked")));
+        }
+        self.threads.fetch_sub(1, Relaxed);
+        // The socket and the device go before the connection is reported done.
+        drop(self);
+        drop(alive);
+    }
+
+    /// Take the reader role, read one request, pass the role on.
+    fn next_request(self: &Arc<Self>, alive: &Alive) -> Option<Request> {
+        self.idle.fetch_add(1, Relaxed);
+        let mut rx = lock(&self.rx);
+        self.idle.fetch_sub(1, Relaxed);
+        if rx.done {
+            return None;
+        }
+        let r = self.read_request(&mut rx);
+        match r {
+            Ok(Some(req)) => {
+                // Someone must read on while this request runs; a slow one must
+                // not hold up the rest.
+                let spawn = self.idle.load(Relaxed) == 0;
+                drop(rx);
+                if spawn {
+                    if let Err(e) = self.spawn(alive) {
+                        tracing::warn!(error = %e, "cannot start an NBD worker thread");
+                    }
+                }
+                Some(req)
+            }
+            Ok(None) => {
+                rx.done = true;
+                None
+            }
+            Err(e) => {
+                rx.done = true;
+                // Errors from the stop itself (EOF mid-request) are not the client's.
+                if !self.stopping.load(Relaxed) {
+                    self.fail(e);
+                }
+                None
+            }
+        }
+    }
+
+    /// `Ok(None)`: no more requests (EOF, DISC or stopping).
+    fn read_request(&self, rx: &mut Rx) -> Result<Option<Request>, NbdError> {
+        if self.stopping.load(Relaxed) {
+            return Ok(None);
+        }
+        let mut hdr = [0u8; REQUEST_HEADER_LEN];
+        if !rx.read_exact_or_eof(&self.t, &mut hdr)? {
+            return Ok(None);
+        }
+        // Bad magic means we lost framing: drop the connection.
+        let h = wire::parse_request_header(&hdr)?;
+        let op = validate(&h, &self.neg, self.max_request);
+        if op == Ok(Op::Disc) {
+            return Ok(None);
+        }
+        // READ and WRITE payloads count against the connection's byte budget.
+        let bytes = match op {
+            Ok(Op::Write { len, .. } | Op::Read { len, .. }) => len as usize,
+            _ => 0,
+        };
+        let permit = self.limits.acquire(bytes);
+        // Only WRITE carries a payload; it must be consumed even when refused.
+        let mut payload = Vec::new();
+        match op {
+            Ok(Op::Write { len, .. }) => {
+                payload = pool::take(len as usize);
+                rx.read_exact(&self.t, &mut payload)?;
+            }
+            Err(_) if h.command == CMD_WRITE => rx.skip(&self.t, u64::from(h.len))?,
+            _ => {}
+        }
+        Ok(Some(Request {
+            cookie: h.cookie,
+            op,
+            command: h.command,
+            payload,
+            permit,
+        }))
+    }
+
+    fn handle(&self, req: Request) -> Reply {
+        let buf = match req.op {
+            Ok(Op::Cache) => ok_reply(req.cookie),
+            Ok(op) => execute(&*self.dev, &self.neg, req.cookie, op, req.payload),
+            Err((e, msg)) => {
+                tracing::debug!(
+                    cookie = req.cookie,
+                    cmd = req.command,
+                    ?e,
+                    msg,
+                    "request refused"
+                );
+                let mut v = Vec::new();
+                error_reply(&mut v, &self.neg, req.cookie, e, msg, None);
+                v
+            }
+        };
+        Reply {
+            buf,
+            _permit: req.permit,
+        }
+    }
+
+    /// Queue `reply`, and write the queue unless another thread is at it.
+    fn send(&self, reply: Reply, batch: &mut Vec<Reply>) {
+        let mut tx = lock(&self.tx);
+        if tx.broken {
+            return;
+        }
+        tx.queue.push(reply);
+        if tx.busy {
+            return;
+        }
+        tx.busy = true;
+        loop {
+            std::mem::swap(&mut tx.queue, batch);
+            drop(tx);
+            let r = write_replies(&self.t, batch);
+            for reply in batch.drain(..) {
+                pool::give(reply.buf);
+            }
+            tx = lock(&self.tx);
+            if let Err(e) = r {
+                // The client is gone or broken: stop reading too.
+                tx.broken = true;
+                tx.busy = false;
+                let dropped = std::mem::take(&mut tx.queue);
+                drop(tx);
+                drop(dropped);
+                // After a deliberate cut, a failed write is expected, not news.
+                if !self.stopping.load(Relaxed) {
+                    self.fail(e.into());
+                }
+                self.t.abort();
+                return;
+            }
+            if tx.queue.is_empty() {
+                tx.busy = false;
+                return;
+            }
+        }
+    }
+}
+
+/// Aborts the connection's socket if the future serving it is dropped.
+struct AbortOnDrop<'a, T: Transport>(Option<&'a Conn<T>>);
+
+impl<T: Transport> Drop for AbortOnDrop<'_, T> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.stopping.store(true, Relaxed);
+            c.t.abort();
+        }
+    }
+}
+
+/// Serve requests on `t` until DISC, EOF, a protocol error, a socket error or
+/// `shutdown` resolves; requests already read are answered first. Once `abort`
+/// resolves the socket is cut instead: requests already running still finish
+/// on the device (so a flush after this returns covers them), but their
+/// replies are dropped. Returns only when no thread of the connection is left.
+pub(crate) async fn run<T: Transport>(
+    t: T,
+    dev: Arc<dyn BlockDevice>,
+    cfg: &ServerConfig,
+    neg: Negotiated,
+    shutdown: impl Future<Output = ()>,
+    abort: impl Future<Output = ()>,
+) -> Result<(), NbdError> {
+    let conn = Arc::new(Conn {
+        t,
+        dev,
+        neg,
+        max_request: cfg.max_request,
+        // One more than the requests that may be in flight, for the reader.
+        max_threads: cfg.max_inflight_requests + 1,
+        limits: Arc::new(Limits {
+            st: Mutex::new(LimitState {
+                requests: cfg.max_inflight_requests,
+                bytes: cfg.max_inflight_bytes,
+                waiting: false,
+            }),
+            cv: Condvar::new(),
+        }),
+        rx: Mutex::new(Rx {
+            // Small headers then cost no syscall each.
+            buf: vec![0u8; 64 << 10].into_boxed_slice(),
+            pos: 0,
+            end: 0,
+            done: false,
+        }),
+        tx: Mutex::default(),
+        idle: AtomicUsize::new(0),
+        threads: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+        error: Mutex::new(None),
+    });
+    let (alive, mut all_done) = mpsc::channel::<()>(1);
+    let mut guard = AbortOnDrop(Some(&*conn));
+    conn.spawn(&alive)?;
+    drop(alive);
+    tokio::pin!(shutdown, abort);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = all_done.recv() => break,
+            _ = &mut shutdown, if !stopping => {
+                stopping = true;
+                conn.stopping.store(true, Relaxed);
+                conn.t.stop_reading();
+            }
+            _ = &mut abort => {
+                conn.stopping.store(true, Relaxed);
+                conn.t.abort();
+                // Threads still in a device call finish it; the rest see the cut socket.
+                all_done.recv().await;
+                break;
+            }
+        }
+    }
+    guard.0 = None;
+    let e = lock(&conn.error).take();
+    e.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

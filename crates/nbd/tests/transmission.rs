@@ -17,16 +17,36 @@ const EIO: u32 = 5;
 const ENOSPC: u32 = 28;
 const EOVERFLOW: u32 = 75;
 
-async fn connect(dev: Arc<dyn BlockDevice>, structured: bool, meta: bool) -> Client {
-    let (mut c, _h) = start(dev, ServerConfig::new("d"));
+/// Runs each test over a real socket pair (the blocking socket transport, as
+/// in production) and over an in-memory pipe (the transport bridged through
+/// the runtime).
+macro_rules! both_pipes {
+    ($flavor:meta: $($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[$flavor]
+            async fn socket() {
+                super::$name(super::Pipe::Socket).await
+            }
+            #[$flavor]
+            async fn memory() {
+                super::$name(super::Pipe::Memory).await
+            }
+        }
+    )*};
+}
+
+both_pipes!(tokio::test: simple_replies_all_commands, simple_reply_errors_keep_connection_alive, structured_replies, block_status, block_status_needs_meta_context, read_only_export, device_errors_are_mapped, panicking_device_yields_eio, replies_out_of_order, bounded_in_flight_requests, bad_magic_drops_only_that_connection, disc_answers_in_flight_requests_first, multi_conn_flush_covers_other_connections, oversized_write_then_hang_up, truncated_payload_ends_only_that_connection);
+both_pipes!(tokio::test(flavor = "multi_thread", worker_threads = 2): many_connections, stuck_client_stalls_only_itself);
+
+async fn connect(p: Pipe, dev: Arc<dyn BlockDevice>, structured: bool, meta: bool) -> Client {
+    let (mut c, _h) = start_on(p, dev, ServerConfig::new("d"));
     c.negotiate("d", structured, meta).await;
     c
 }
 
-#[tokio::test]
-async fn simple_replies_all_commands() {
+async fn simple_replies_all_commands(p: Pipe) {
     let dev = Arc::new(MemDevice::new(MIB));
-    let mut c = connect(dev.clone(), false, false).await;
+    let mut c = connect(p, dev.clone(), false, false).await;
     assert_eq!(c.size, MIB);
     let data = pattern(1, 10_000);
     assert_eq!(c.write(1000, &data).await, 0);
@@ -72,9 +92,8 @@ async fn simple_replies_all_commands() {
     assert!(c.closed().await);
 }
 
-#[tokio::test]
-async fn simple_reply_errors_keep_connection_alive() {
-    let mut c = connect(Arc::new(MemDevice::new(MIB)), false, false).await;
+async fn simple_reply_errors_keep_connection_alive(p: Pipe) {
+    let mut c = connect(p, Arc::new(MemDevice::new(MIB)), false, false).await;
     let max = 32u32 << 20;
     // Unknown command and unknown flags.
     assert_eq!(c.call(42, 0, 0, 0, &[]).await.error, EINVAL);
@@ -116,9 +135,8 @@ async fn simple_reply_errors_keep_connection_alive() {
     assert_eq!(c.read(0, 2).await.data, b"ok");
 }
 
-#[tokio::test]
-async fn structured_replies() {
-    let mut c = connect(Arc::new(MemDevice::new(MIB)), true, true).await;
+async fn structured_replies(p: Pipe) {
+    let mut c = connect(p, Arc::new(MemDevice::new(MIB)), true, true).await;
     assert_ne!(c.flags & FLAG_SEND_DF, 0);
     let data = pattern(3, 70_000);
     assert_eq!(c.write(4096, &data).await, 0);
@@ -155,9 +173,8 @@ async fn structured_replies() {
     assert_eq!(c.call(CMD_FLUSH, 0, 0, 0, &[]).await.error, 0);
 }
 
-#[tokio::test]
-async fn block_status() {
-    let mut c = connect(Arc::new(MemDevice::new(MIB)), true, true).await;
+async fn block_status(p: Pipe) {
+    let mut c = connect(p, Arc::new(MemDevice::new(MIB)), true, true).await;
     c.write(8192, &[1u8; 4096]).await;
     let r = c.call(CMD_BLOCK_STATUS, 0, 0, 65536, &[]).await;
     assert_eq!(r.error, 0);
@@ -195,23 +212,21 @@ async fn block_status() {
     assert_eq!(total, MIB);
 }
 
-#[tokio::test]
-async fn block_status_needs_meta_context() {
+async fn block_status_needs_meta_context(p: Pipe) {
     // Structured but no SET_META_CONTEXT.
-    let mut c = connect(Arc::new(MemDevice::new(MIB)), true, false).await;
+    let mut c = connect(p, Arc::new(MemDevice::new(MIB)), true, false).await;
     let r = c.call(CMD_BLOCK_STATUS, 0, 0, 512, &[]).await;
     assert_eq!(r.error, EINVAL);
 }
 
-#[tokio::test]
-async fn read_only_export() {
+async fn read_only_export(p: Pipe) {
     for (dev, forced) in [
         (MemDevice::new(MIB), true),
         (MemDevice::new_read_only(MIB), false),
     ] {
         let mut cfg = ServerConfig::new("d");
         cfg.read_only = forced;
-        let (mut c, _h) = start(Arc::new(dev), cfg);
+        let (mut c, _h) = start_on(p, Arc::new(dev), cfg);
         c.negotiate("d", true, false).await;
         assert_ne!(c.flags & FLAG_READ_ONLY, 0);
         assert_eq!(c.flags & (FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES), 0);
@@ -224,10 +239,9 @@ async fn read_only_export() {
     }
 }
 
-#[tokio::test]
-async fn device_errors_are_mapped() {
+async fn device_errors_are_mapped(p: Pipe) {
     let dev = Arc::new(TestDevice::new(MIB));
-    let mut c = connect(dev.clone(), true, false).await;
+    let mut c = connect(p, dev.clone(), true, false).await;
     *dev.fail.lock().unwrap() = Some(std::io::ErrorKind::PermissionDenied);
     let r = c.read(512, 512).await;
     assert_eq!(r.error, EPERM);
@@ -239,26 +253,24 @@ async fn device_errors_are_mapped() {
     assert_eq!(c.write(0, b"x").await, 0);
 
     // Simple mode, ENOSPC via raw errno.
-    let mut c = connect(dev.clone(), false, false).await;
+    let mut c = connect(p, dev.clone(), false, false).await;
     *dev.fail.lock().unwrap() = Some(std::io::ErrorKind::InvalidInput);
     assert_eq!(c.read(0, 8).await.error, EINVAL);
 }
 
-#[tokio::test]
-async fn panicking_device_yields_eio() {
+async fn panicking_device_yields_eio(p: Pipe) {
     let mut d = TestDevice::new(MIB);
     d.panic_on_read = true;
-    let mut c = connect(Arc::new(d), false, false).await;
+    let mut c = connect(p, Arc::new(d), false, false).await;
     assert_eq!(c.read(0, 8).await.error, EIO);
     assert_eq!(c.write(0, b"still alive").await, 0);
 }
 
-#[tokio::test]
-async fn replies_out_of_order() {
+async fn replies_out_of_order(p: Pipe) {
     let mut d = TestDevice::new(MIB);
     d.slow_offset = Some(0);
     d.delay = Duration::from_millis(300);
-    let mut c = connect(Arc::new(d), true, false).await;
+    let mut c = connect(p, Arc::new(d), true, false).await;
     c.send_req(CMD_READ, 0, 100, 0, 512, &[]).await;
     c.send_req(CMD_WRITE, 0, 101, 4096, 3, b"abc").await;
     c.send_req(CMD_READ, 0, 102, 8192, 512, &[]).await;
@@ -277,14 +289,13 @@ async fn replies_out_of_order() {
     );
 }
 
-#[tokio::test]
-async fn bounded_in_flight_requests() {
+async fn bounded_in_flight_requests(p: Pipe) {
     let mut d = TestDevice::new(MIB);
     d.delay = Duration::from_millis(20);
     let d = Arc::new(d);
     let mut cfg = ServerConfig::new("d");
     cfg.max_inflight_requests = 3;
-    let (mut c, _h) = start(d.clone(), cfg);
+    let (mut c, _h) = start_on(p, d.clone(), cfg);
     c.negotiate("d", false, false).await;
     for i in 0..20u64 {
         c.send_req(CMD_WRITE, 0, 1000 + i, i * 4096, 16, &[i as u8; 16])
@@ -302,11 +313,10 @@ async fn bounded_in_flight_requests() {
     assert!((1..=3).contains(&max), "max in flight {max}");
 }
 
-#[tokio::test]
-async fn bad_magic_drops_only_that_connection() {
+async fn bad_magic_drops_only_that_connection(p: Pipe) {
     let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(MIB));
-    let mut good = connect(dev.clone(), false, false).await;
-    let (mut bad, h) = start(dev.clone(), ServerConfig::new("d"));
+    let mut good = connect(p, dev.clone(), false, false).await;
+    let (mut bad, h) = start_on(p, dev.clone(), ServerConfig::new("d"));
     bad.negotiate("d", false, false).await;
     bad.s.write_all(&[0xffu8; 28]).await.unwrap();
     assert!(bad.closed().await);
@@ -315,11 +325,10 @@ async fn bad_magic_drops_only_that_connection() {
     assert_eq!(good.read(0, 4).await.data, b"fine");
 }
 
-#[tokio::test]
-async fn disc_answers_in_flight_requests_first() {
+async fn disc_answers_in_flight_requests_first(p: Pipe) {
     let mut d = TestDevice::new(MIB);
     d.delay = Duration::from_millis(200);
-    let (mut c, h) = start(Arc::new(d), ServerConfig::new("d"));
+    let (mut c, h) = start_on(p, Arc::new(d), ServerConfig::new("d"));
     c.negotiate("d", false, false).await;
     c.send_req(CMD_WRITE, 0, 7, 0, 4, b"data").await;
     c.disc().await;
@@ -329,14 +338,13 @@ async fn disc_answers_in_flight_requests_first() {
     h.await.unwrap().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_connections() {
+async fn many_connections(p: Pipe) {
     let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(4 * MIB));
     let mut tasks = Vec::new();
     for i in 0..24u64 {
         let dev = dev.clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = connect(dev, i % 2 == 0, false).await;
+            let mut c = connect(p, dev, i % 2 == 0, false).await;
             let data = pattern(i as u8, 64 * 1024);
             for round in 0..4u64 {
                 let off = i * 128 * 1024 + round * 4096;
@@ -351,11 +359,10 @@ async fn many_connections() {
     }
 }
 
-#[tokio::test]
-async fn multi_conn_flush_covers_other_connections() {
+async fn multi_conn_flush_covers_other_connections(p: Pipe) {
     let dev = Arc::new(TestDevice::new(MIB));
-    let mut a = connect(dev.clone(), false, false).await;
-    let mut b = connect(dev.clone(), true, false).await;
+    let mut a = connect(p, dev.clone(), false, false).await;
+    let mut b = connect(p, dev.clone(), true, false).await;
     assert_ne!(a.flags & FLAG_CAN_MULTI_CONN, 0);
     assert_eq!(a.write(0, b"from-a").await, 0);
     assert!(dev.durable.lock().unwrap().is_empty());
@@ -375,4 +382,65 @@ async fn multi_conn_flush_covers_other_connections() {
         .unwrap()
         .iter()
         .any(|(o, d)| *o == 100 && d == b"fua"));
+}
+
+/// A WRITE header claiming 4 GiB, then the client hangs up: the server refuses
+/// it without allocating the payload, and the connection ends on its own.
+async fn oversized_write_then_hang_up(p: Pipe) {
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(MIB));
+    let mut good = connect(p, dev.clone(), false, false).await;
+    let (mut bad, h) = start_on(p, dev.clone(), ServerConfig::new("d"));
+    bad.negotiate("d", true, false).await;
+    bad.send_req(CMD_WRITE, 0, 1, 0, u32::MAX, &[7u8; 100 << 10])
+        .await;
+    bad.s.shutdown().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), h)
+        .await
+        .expect("connection ended")
+        .unwrap();
+    assert!(r.is_err(), "EOF inside a payload is a protocol error");
+    assert_eq!(good.write(0, b"fine").await, 0);
+    assert_eq!(good.read(0, 4).await.data, b"fine");
+}
+
+/// A WRITE whose payload stops short: nothing is written, no reply is sent for
+/// it, the replies to earlier requests still go out.
+async fn truncated_payload_ends_only_that_connection(p: Pipe) {
+    let dev = Arc::new(TestDevice::new(MIB));
+    let mut good = connect(p, dev.clone(), false, false).await;
+    let (mut bad, h) = start_on(p, dev.clone(), ServerConfig::new("d"));
+    bad.negotiate("d", false, false).await;
+    assert_eq!(bad.write(0, b"first").await, 0);
+    bad.send_req(CMD_WRITE, 0, 2, 4096, 4096, &[1u8; 100]).await;
+    bad.s.shutdown().await.unwrap();
+    assert!(bad.closed().await);
+    assert!(h.await.unwrap().is_err());
+    assert_eq!(good.read(4096, 4).await.data, [0u8; 4]);
+    assert_eq!(good.read(0, 5).await.data, b"first");
+}
+
+/// A client that floods large READs and never reads a reply holds at most its
+/// byte budget in the server, and other connections go on meanwhile.
+async fn stuck_client_stalls_only_itself(p: Pipe) {
+    let dev = Arc::new(TestDevice::new(64 * MIB));
+    let mut cfg = ServerConfig::new("d");
+    cfg.max_request = 4 << 20;
+    cfg.max_inflight_bytes = 8 << 20;
+    let (mut stuck, _h) = start_on(p, dev.clone(), cfg);
+    stuck.negotiate("d", false, false).await;
+    let mut good = connect(p, dev.clone(), true, false).await;
+    // Sending stops once the server no longer reads (budget spent, buffers full;
+    // 28 MB of headers is more than any pipe here buffers).
+    let flood = async {
+        for i in 0..1_000_000u64 {
+            stuck.send_req(CMD_READ, 0, i, 0, 4 << 20, &[]).await;
+        }
+    };
+    let sent = tokio::time::timeout(Duration::from_secs(5), flood).await;
+    assert!(sent.is_err(), "the server kept reading without a budget");
+    for i in 0..20u64 {
+        let data = pattern(i as u8, 4096);
+        assert_eq!(good.write(i * 4096, &data).await, 0);
+        assert_eq!(good.read(i * 4096, 4096).await.data, data);
+    }
 }

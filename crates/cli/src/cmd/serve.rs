@@ -63,8 +63,7 @@ pub struct ServeOpts {
 /// `damocles status`, `fail`, `add`, `rebuild`, ... reach the server through its control
 /// socket (--control). SIGINT or SIGTERM stops accepting clients, lets in-flight requests
 /// finish, flushes, and exits 0 (a running rebuild stops at a checkpoint and resumes at the
-/// next start). The environment variable DAMOCLES_WORKERS sets the number of network
-/// threads (default: half the cores).
+/// next start).
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -155,16 +154,6 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
     for n in &st.notes {
         eprintln!("note: {n}");
     }
-    // The async side only parses requests and moves bytes; device work runs on the blocking
-    // pool. Fewer async workers mean fewer hand-offs: on 2 cores one worker served 27% more
-    // 4 KiB reads than two (same run).
-    let workers: usize = std::env::var("DAMOCLES_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-        });
     // Events go to the control socket's log (for watchers) and to the --on-event hook.
     let shared = Shared::new(&array, o.rebuild_rate);
     let (hook, hook_worker) = match &o.on_event {
@@ -203,8 +192,9 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
     };
     // A failed member with a spare (or free space) at start resumes its rebuild now.
     array.set_auto_rebuild(o.rebuild_rate);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    // Only accepting and the handshake are async; each connection then serves requests on
+    // threads of its own, so one runtime thread is plenty.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;

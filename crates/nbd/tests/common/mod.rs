@@ -22,9 +22,38 @@ pub fn start(
     dev: Arc<dyn BlockDevice>,
     cfg: ServerConfig,
 ) -> (Client, JoinHandle<Result<(), NbdError>>) {
-    let (a, b) = tokio::io::duplex(8 << 20);
-    let h = tokio::spawn(serve_connection(b, dev, Arc::new(cfg)));
-    (Client::new(Box::new(a)), h)
+    start_on(Pipe::Memory, dev, cfg)
+}
+
+/// What a test connection runs over. The server serves real sockets with
+/// blocking threads and other streams through the runtime: tests cover both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipe {
+    /// A connected Unix socket pair.
+    Socket,
+    /// An in-memory `tokio::io::duplex` pipe.
+    Memory,
+}
+
+/// Start `serve_connection` on a fresh `pipe`.
+pub fn start_on(
+    pipe: Pipe,
+    dev: Arc<dyn BlockDevice>,
+    cfg: ServerConfig,
+) -> (Client, JoinHandle<Result<(), NbdError>>) {
+    let cfg = Arc::new(cfg);
+    match pipe {
+        Pipe::Memory => {
+            let (a, b) = tokio::io::duplex(8 << 20);
+            let h = tokio::spawn(serve_connection(b, dev, cfg));
+            (Client::new(Box::new(a)), h)
+        }
+        Pipe::Socket => {
+            let (a, b) = tokio::net::UnixStream::pair().unwrap();
+            let h = tokio::spawn(serve_connection(b, dev, cfg));
+            (Client::new(Box::new(a)), h)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
