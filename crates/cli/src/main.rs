@@ -43,6 +43,8 @@ enum Command {
     Scrub(cmd::job::ScrubArgs),
     Demo(cmd::demo::Args),
     #[command(subcommand)]
+    Metadata(cmd::metadata::Metadata),
+    #[command(subcommand)]
     Bench(cmd::bench::Bench),
 }
 
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Rebuild(a) => cmd::job::rebuild(a),
         Command::Scrub(a) => cmd::job::scrub(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Metadata(m) => cmd::metadata::run(m),
         Command::Bench(b) => cmd::bench::run(b),
     };
     match result {
