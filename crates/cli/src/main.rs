@@ -47,6 +47,8 @@ enum Command {
     Plan(cmd::reshape::PlanArgs),
     Demo(cmd::demo::Args),
     #[command(subcommand)]
+    Metadata(cmd::metadata::Metadata),
+    #[command(subcommand)]
     Bench(cmd::bench::Bench),
 }
 
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::Balance(a) => cmd::reshape::balance(a),
         Command::Plan(p) => cmd::reshape::plan(p),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Metadata(m) => cmd::metadata::run(m),
         Command::Bench(b) => cmd::bench::run(b),
     };
     match result {

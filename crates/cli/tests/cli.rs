@@ -296,6 +296,9 @@ fn help_exists_for_every_command() {
         bin().args([c, "--help"]).assert().success();
     }
     bin().args(["bench", "parity", "--help"]).assert().success();
+    for c in ["export", "import"] {
+        bin().args(["metadata", c, "--help"]).assert().success();
+    }
 }
 
 #[test]
@@ -346,4 +349,176 @@ fn a_separate_journal_device_round_trips() {
         .stdout
         .clone();
     assert_eq!(got, data(100_000, 5));
+}
+
+#[test]
+fn metadata_export_and_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = members(dir.path(), 4, 64 << 20);
+    let file = dir.path().join("tank.meta");
+    let snapshot = || -> Vec<Vec<u8>> { m.iter().map(|p| fs::read(p).unwrap()).collect() };
+    let status = || -> serde_json::Value {
+        let out = bin()
+            .args(["status", "--json"])
+            .args(&m)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).unwrap()
+    };
+    let read = |off: &str, len: usize| -> Vec<u8> {
+        bin()
+            .args(["read", "--offset", off, "--length", &len.to_string()])
+            .args(&m)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone()
+    };
+    bin()
+        .args(["create", "--level", "raid5", "--name", "tank"])
+        .args(&m)
+        .assert()
+        .success();
+    bin()
+        .args(["write", "--offset", "1M"])
+        .args(&m)
+        .write_stdin(data(1_000_000, 3))
+        .assert()
+        .success();
+    let generation = status()["generation"].as_u64().unwrap();
+    bin()
+        .args(["metadata", "export"])
+        .arg(&file)
+        .arg("--")
+        .args(&m)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains(format!(
+            "saved generation {generation} of array"
+        )));
+    bin()
+        .args(["metadata", "export"])
+        .arg(&file)
+        .arg("--")
+        .args(&m)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("exists (use --force"));
+    let out = bin()
+        .args(["metadata", "export", "--json", "--force"])
+        .arg(&file)
+        .arg("--")
+        .args(&m)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["name"], "tank");
+    assert_eq!(v["level"], "raid5");
+    assert_eq!(v["chunks_allocated"], 1);
+    assert_eq!(v["members"].as_array().unwrap().len(), 4);
+    assert_eq!(v["members"][2]["state"], "active");
+
+    // More data after the export, in a chunk the export does not have.
+    bin()
+        .args(["write", "--offset", "100M"])
+        .args(&m)
+        .write_stdin(data(1_000_000, 4))
+        .assert()
+        .success();
+    assert_eq!(status()["chunks_allocated"], 2);
+    let before = snapshot();
+    bin()
+        .args(["metadata", "import", "--dry-run"])
+        .arg(&file)
+        .arg("--")
+        .args(&m)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains(
+            "ROLL BACK:   1 chunk allocated since the export would be forgotten",
+        ))
+        .stdout(predicates::str::contains(
+            "chunks:      2 allocated now, 1 after",
+        ))
+        .stdout(predicates::str::contains("dry run: nothing written"));
+    bin()
+        .args(["metadata", "import"])
+        .arg(&file)
+        .arg("--")
+        .args(&m)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains(
+            "can lose writes made since the export",
+        ))
+        .stderr(predicates::str::contains("--force"));
+    assert!(snapshot() == before, "a dry run or refused import wrote");
+    bin()
+        .args(["metadata", "import", "--force"])
+        .arg(&file)
+        .arg("--")
+        .args(&m)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("imported"));
+    let st = status();
+    assert_eq!(st["chunks_allocated"], 1);
+    assert_eq!(st["health"], "ok");
+    assert!(st["generation"].as_u64().unwrap() > generation);
+    assert_eq!(read("1M", 1_000_000), data(1_000_000, 3));
+    assert_eq!(read("100M", 1_000_000), vec![0; 1_000_000]);
+
+    // A damaged file, a file that is not one, another array's members.
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[150] ^= 4;
+    let bad = dir.path().join("bad.meta");
+    fs::write(&bad, &bytes).unwrap();
+    bin()
+        .args(["metadata", "import", "--force"])
+        .arg(&bad)
+        .arg("--")
+        .args(&m)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("checksum mismatch"));
+    fs::write(&bad, &bytes[..100]).unwrap();
+    bin()
+        .args(["metadata", "import", "--dry-run"])
+        .arg(&bad)
+        .arg("--")
+        .args(&m)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("truncated"));
+    bin()
+        .args(["metadata", "import", "--dry-run"])
+        .arg(&m[0])
+        .arg("--")
+        .args(&m)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("not a damocles metadata backup"));
+    let other_dir = dir.path().join("other");
+    fs::create_dir(&other_dir).unwrap();
+    let other = members(&other_dir, 3, 32 << 20);
+    bin()
+        .args(["create", "--level", "raid5"])
+        .args(&other)
+        .assert()
+        .success();
+    bin()
+        .args(["metadata", "import", "--force"])
+        .arg(&file)
+        .arg("--")
+        .args(&other)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("the backup is of array"));
 }

@@ -379,8 +379,20 @@ fn read_best_slot(
     dev: &dyn MemberDevice,
     sb: &Superblock,
 ) -> (Option<(u64, ArrayMeta)>, Vec<String>) {
+    let (best, notes) = read_best_slot_payload(dev, sb);
+    (best.map(|(g, m, _)| (g, m)), notes)
+}
+
+/// A metadata slot that checked out: generation, metadata, payload as stored.
+pub(crate) type SlotRead = (u64, ArrayMeta, Vec<u8>);
+
+/// [`read_best_slot`] that also returns the payload bytes as stored (for export).
+pub(crate) fn read_best_slot_payload(
+    dev: &dyn MemberDevice,
+    sb: &Superblock,
+) -> (Option<SlotRead>, Vec<String>) {
     let mut notes = Vec::new();
-    let mut best: Option<(u64, ArrayMeta)> = None;
+    let mut best: Option<SlotRead> = None;
     for (i, off) in sb.slot_offsets().into_iter().enumerate() {
         let mut hdr = vec![0u8; 4096];
         if let Err(e) = read(dev, &mut hdr, off) {
@@ -412,14 +424,32 @@ fn read_best_slot(
         }
         match ArrayMeta::decode(dev.name(), &payload, sb.data_offset) {
             Ok(m) => {
-                if best.as_ref().is_none_or(|(g, _)| h.generation > *g) {
-                    best = Some((h.generation, m));
+                if best.as_ref().is_none_or(|(g, _, _)| h.generation > *g) {
+                    best = Some((h.generation, m, payload));
                 }
             }
             Err(e) => notes.push(format!("metadata slot {i} ignored: {e}")),
         }
     }
     (best, notes)
+}
+
+/// Writes generation `generation` into its slot (`generation mod 2`) on every member given,
+/// then flushes them: the other slot keeps the previous generation until this is durable.
+pub(crate) fn write_generation(
+    uuid: [u8; 16],
+    layout: &Superblock,
+    members: &[Option<Dev>],
+    generation: u64,
+    payload: &[u8],
+) -> Result<()> {
+    let slot = (generation % 2) as usize;
+    let bytes = format::encode_slot(uuid, generation, slot as u32, payload);
+    let off = layout.slot_offsets()[slot];
+    for d in members.iter().flatten() {
+        write(d.as_ref(), &bytes, off)?;
+    }
+    flush_all(members)
 }
 
 impl Array {
@@ -950,7 +980,6 @@ impl Array {
     /// Only after this returns is the new metadata in force.
     pub(crate) fn commit_meta(&self, st: &mut MetaState, meta: ArrayMeta) -> Result<()> {
         let generation = st.generation + 1;
-        let slot = (generation % 2) as usize;
         let payload = meta.encode();
         if (payload.len() + SLOT_HEADER_LEN) as u64 > self.sb_layout.slot_size {
             return Err(Error::NoSpace(format!(
@@ -959,13 +988,13 @@ impl Array {
                 self.sb_layout.slot_size
             )));
         }
-        let bytes = format::encode_slot(self.uuid, generation, slot as u32, &payload);
-        let off = self.sb_layout.slot_offsets()[slot];
-        let members = self.members();
-        for d in members.iter().flatten() {
-            write(d.as_ref(), &bytes, off)?;
-        }
-        flush_all(&members)?;
+        write_generation(
+            self.uuid,
+            &self.sb_layout,
+            &self.members(),
+            generation,
+            &payload,
+        )?;
         st.meta = meta;
         st.generation = generation;
         Ok(())

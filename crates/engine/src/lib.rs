@@ -2,6 +2,7 @@
 //! allocator, RAID profiles, and volume reads and writes (also degraded).
 
 mod array;
+pub mod backup;
 pub mod chunkmap;
 pub mod csum;
 pub mod error;

@@ -3,6 +3,7 @@ pub mod create;
 pub mod demo;
 pub mod job;
 pub mod member;
+pub mod metadata;
 pub mod rawio;
 pub mod reshape;
 pub mod serve;

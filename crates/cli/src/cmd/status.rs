@@ -303,7 +303,7 @@ pub fn summary(st: &StatusView) -> String {
 }
 
 /// Seconds since the epoch as "2024-05-06 07:08:09 UTC".
-fn utc(secs: u64) -> String {
+pub fn utc(secs: u64) -> String {
     let days = (secs / 86400) as i64;
     let t = secs % 86400;
     // Howard Hinnant's days-to-civil.

@@ -1,0 +1,696 @@
+//! Metadata backup: the newest metadata of an array saved to a self-describing file, and put
+//! back as a new generation through the two-slot commit. The file layout is in
+//! `docs/format.md` ("Metadata backup file").
+
+use crate::array::{now, read_best_slot_payload, read_superblock, write_generation, Dev, SlotRead};
+use crate::error::{Error, Result};
+use crate::format::{
+    Superblock, FORMAT_VERSION, MAX_SLOT_SIZE, MIN_SLOT_SIZE, SLOT_AREA_OFFSET, SLOT_HEADER_LEN,
+};
+use crate::metadata::{ArrayMeta, MemberState};
+use crate::profile::Level;
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+use uuid::Uuid;
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+pub const BACKUP_MAGIC: [u8; 8] = *b"DAMOCLBK";
+/// Version of the backup file layout (the payload follows the on-disk format version).
+pub const BACKUP_VERSION: u32 = 1;
+pub const BACKUP_HEADER_LEN: usize = 128;
+/// Largest file that can be a backup: a header and a payload that fits the largest slot.
+pub const MAX_BACKUP_LEN: u64 = BACKUP_HEADER_LEN as u64 + MAX_SLOT_SIZE;
+const CRC_AT: usize = 124;
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone)]
+#[repr(C)]
+struct BackupHeaderRaw {
+    magic: [u8; 8],
+    version: U32,
+    header_len: U32,
+    array_uuid: [u8; 16],
+    generation: U64,
+    payload_len: U64,
+    format_version: U32,
+    reserved0: U32,
+    data_offset: U64,
+    slot_size: U64,
+    exported: U64,
+    reserved: [u8; 44],
+    crc: U32,
+}
+
+const _: () = assert!(size_of::<BackupHeaderRaw>() == BACKUP_HEADER_LEN);
+
+/// CRC-32C of the whole file with the crc field taken as zero.
+fn file_crc(bytes: &[u8]) -> u32 {
+    let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    d.update(&bytes[..CRC_AT]);
+    d.update(&[0; 4]);
+    d.update(&bytes[CRC_AT + 4..]);
+    d.finalize() as u32
+}
+
+/// A metadata backup: one generation's payload exactly as a slot stored it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backup {
+    pub array_uuid: [u8; 16],
+    /// The generation the payload had on the members.
+    pub generation: u64,
+    /// The members' layout; the payload only makes sense with it.
+    pub data_offset: u64,
+    pub slot_size: u64,
+    /// Unix time of the export.
+    pub exported: u64,
+    pub payload: Vec<u8>,
+    pub meta: ArrayMeta,
+}
+
+impl Backup {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut h = BackupHeaderRaw::new_zeroed();
+        h.magic = BACKUP_MAGIC;
+        h.version.set(BACKUP_VERSION);
+        h.header_len.set(BACKUP_HEADER_LEN as u32);
+        h.array_uuid = self.array_uuid;
+        h.generation.set(self.generation);
+        h.payload_len.set(self.payload.len() as u64);
+        h.format_version.set(FORMAT_VERSION);
+        h.data_offset.set(self.data_offset);
+        h.slot_size.set(self.slot_size);
+        h.exported.set(self.exported);
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(&self.payload);
+        let crc = file_crc(&out);
+        out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses and checks a backup file's bytes; `name` names it in errors. Never panics.
+    pub fn decode(name: &str, bytes: &[u8]) -> Result<Backup> {
+        let bad = |m: String| Error::format(name, m);
+        let head = &bytes[..bytes.len().min(8)];
+        if !BACKUP_MAGIC.starts_with(head) {
+            return Err(bad(
+                "not a damocles metadata backup (no DAMOCLBK magic)".into()
+            ));
+        }
+        let Ok((h, payload)) = BackupHeaderRaw::read_from_prefix(bytes) else {
+            return Err(bad(format!(
+                "truncated: {} bytes, shorter than the {BACKUP_HEADER_LEN}-byte header",
+                bytes.len()
+            )));
+        };
+        // The version first: a newer layout may differ in everything after it.
+        if h.version.get() != BACKUP_VERSION {
+            return Err(bad(format!(
+                "backup format version {} is not supported (this damocles reads version {BACKUP_VERSION})",
+                h.version.get()
+            )));
+        }
+        if h.format_version.get() != FORMAT_VERSION {
+            return Err(bad(format!(
+                "the metadata in it is on-disk format version {} (this damocles reads version {FORMAT_VERSION})",
+                h.format_version.get()
+            )));
+        }
+        if h.header_len.get() as usize != BACKUP_HEADER_LEN {
+            return Err(bad(format!("bad header length {}", h.header_len.get())));
+        }
+        let want = h.payload_len.get();
+        let have = payload.len() as u64;
+        if want > have {
+            return Err(bad(format!(
+                "truncated: the header announces {want} bytes of metadata, the file holds {have}"
+            )));
+        }
+        if want < have {
+            return Err(bad(format!(
+                "{} unexpected bytes after the metadata",
+                have - want
+            )));
+        }
+        if file_crc(bytes) != h.crc.get() {
+            return Err(bad(
+                "checksum mismatch: the file is damaged (or was edited)".into(),
+            ));
+        }
+        if h.reserved0.get() != 0 || h.reserved.iter().any(|&x| x != 0) {
+            return Err(bad("reserved header bytes are not zero".into()));
+        }
+        let (slot_size, data_offset) = (h.slot_size.get(), h.data_offset.get());
+        let layout_ok = slot_size.is_power_of_two()
+            && (MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot_size)
+            && want + SLOT_HEADER_LEN as u64 <= slot_size
+            && data_offset.is_multiple_of(4096)
+            && data_offset >= SLOT_AREA_OFFSET + 2 * slot_size;
+        if !layout_ok {
+            return Err(bad(format!(
+                "impossible layout (slot size {slot_size}, data offset {data_offset}, {want} bytes of metadata)"
+            )));
+        }
+        let meta = ArrayMeta::decode(name, payload, data_offset)?;
+        Ok(Backup {
+            array_uuid: h.array_uuid,
+            generation: h.generation.get(),
+            data_offset,
+            slot_size,
+            exported: h.exported.get(),
+            payload: payload.to_vec(),
+            meta,
+        })
+    }
+
+    /// Reads and checks a backup file.
+    pub fn load(path: &Path) -> Result<Backup> {
+        let name = path.display().to_string();
+        let open = |source| Error::Open {
+            path: name.clone(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(open)?.len();
+        if len > MAX_BACKUP_LEN {
+            return Err(Error::format(
+                &name,
+                format!("{len} bytes is too large to be a metadata backup"),
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(open)?;
+        Backup::decode(&name, &bytes)
+    }
+
+    /// Writes the file and syncs it; an existing file is only replaced with `overwrite`.
+    pub fn save(&self, path: &Path, overwrite: bool) -> Result<()> {
+        let open = |source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true);
+        if overwrite {
+            o.create(true).truncate(true);
+        } else {
+            o.create_new(true);
+        }
+        let mut f = o.open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Invalid(format!(
+                    "{} exists (use --force to overwrite it)",
+                    path.display()
+                ))
+            } else {
+                open(e)
+            }
+        })?;
+        f.write_all(&self.encode()).map_err(open)?;
+        f.sync_all().map_err(open)
+    }
+
+    pub fn summary(&self) -> Summary {
+        let m = &self.meta;
+        Summary {
+            array_uuid: Uuid::from_bytes(self.array_uuid).to_string(),
+            generation: self.generation,
+            exported: self.exported,
+            name: m.name.clone(),
+            level: m.template.level,
+            copies: m.template.copies,
+            stripe_unit: m.template.stripe_unit,
+            size: m.map.virtual_size(),
+            chunk_size: m.map.chunk_size,
+            chunks_total: m.map.chunks.len(),
+            chunks_allocated: m.map.allocated().count(),
+            journal_device: m.journal_device.map(|u| Uuid::from_bytes(u).to_string()),
+            lost_ranges: m.health.lost.len(),
+            metadata_bytes: self.payload.len(),
+            members: m
+                .members
+                .iter()
+                .enumerate()
+                .map(|(index, x)| MemberSummary {
+                    index,
+                    uuid: Uuid::from_bytes(x.uuid).to_string(),
+                    state: x.state,
+                    failed: x.failed,
+                    size: x.size,
+                    replaces: x.replaces,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a backup holds, for people (`metadata export --json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub array_uuid: String,
+    pub generation: u64,
+    pub exported: u64,
+    pub name: String,
+    pub level: Level,
+    pub copies: usize,
+    pub stripe_unit: u64,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunks_total: usize,
+    pub chunks_allocated: usize,
+    pub journal_device: Option<String>,
+    pub lost_ranges: usize,
+    pub metadata_bytes: usize,
+    pub members: Vec<MemberSummary>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberSummary {
+    pub index: usize,
+    pub uuid: String,
+    pub state: MemberState,
+    pub failed: bool,
+    /// End of the member's data area (bytes).
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<u16>,
+}
+
+/// The members given, as import and export see them.
+struct Found {
+    uuid: [u8; 16],
+    layout: Superblock,
+    members: Vec<(Dev, Superblock)>,
+    /// Newest valid metadata on any of them, as assembly chooses it.
+    newest: Option<SlotRead>,
+    notes: Vec<String>,
+}
+
+/// Reads the superblocks and metadata slots of `devs`, checking they are one array (a
+/// journal device among them is skipped: it holds no metadata).
+fn scan(devs: &[Dev]) -> Result<Found> {
+    let mut members: Vec<(Dev, Superblock)> = Vec::new();
+    for d in devs {
+        let sb = read_superblock(d.as_ref())?;
+        if sb.is_journal_device() {
+            continue;
+        }
+        if let Some((first, fsb)) = members.first() {
+            if sb.array_uuid != fsb.array_uuid {
+                return Err(Error::Members(format!(
+                    "{} belongs to array {}, but {} belongs to array {}",
+                    d.name(),
+                    Uuid::from_bytes(sb.array_uuid),
+                    first.name(),
+                    Uuid::from_bytes(fsb.array_uuid)
+                )));
+            }
+            let shape = |s: &Superblock| (s.slot_offset, s.slot_size, s.data_offset);
+            if shape(&sb) != shape(fsb) {
+                return Err(Error::format(
+                    d.name(),
+                    "superblock layout differs from the other members",
+                ));
+            }
+        }
+        if let Some((other, _)) = members
+            .iter()
+            .find(|(_, s)| s.member_uuid == sb.member_uuid)
+        {
+            return Err(Error::Members(format!(
+                "{} and {} are the same member (given twice?)",
+                other.name(),
+                d.name()
+            )));
+        }
+        members.push((d.clone(), sb));
+    }
+    let Some((_, layout)) = members.first().cloned() else {
+        return Err(Error::Members(
+            "no members given (only a journal device)".into(),
+        ));
+    };
+    let mut newest: Option<SlotRead> = None;
+    let mut notes = Vec::new();
+    for (d, sb) in &members {
+        let (best, n) = read_best_slot_payload(d.as_ref(), sb);
+        notes.extend(n);
+        if let Some(b) = best {
+            if newest.as_ref().is_none_or(|(g, _, _)| b.0 > *g) {
+                newest = Some(b);
+            }
+        }
+    }
+    Ok(Found {
+        uuid: layout.array_uuid,
+        layout,
+        members,
+        newest,
+        notes,
+    })
+}
+
+/// The newest valid metadata on `devs` (the generation assembly would use), as a backup.
+pub fn export(devs: &[Dev]) -> Result<Backup> {
+    let f = scan(devs)?;
+    let Some((generation, meta, payload)) = f.newest else {
+        return Err(Error::Members(
+            "no member holds valid array metadata (all metadata slots are damaged): nothing to export"
+                .into(),
+        ));
+    };
+    Ok(Backup {
+        array_uuid: f.uuid,
+        generation,
+        data_offset: f.layout.data_offset,
+        slot_size: f.layout.slot_size,
+        exported: now(),
+        payload,
+        meta,
+    })
+}
+
+/// One member's state now and in the backup (`None`: not in that member table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberChange {
+    pub index: usize,
+    pub uuid: Uuid,
+    /// The device given for it, if any.
+    pub device: Option<String>,
+    pub now: Option<MemberState>,
+    pub file: Option<MemberState>,
+}
+
+/// What importing a backup would change, and how to write it.
+pub struct ImportPlan {
+    pub array_uuid: Uuid,
+    /// Newest valid generation on the members (`None`: no member has valid metadata).
+    pub current_generation: Option<u64>,
+    pub file_generation: u64,
+    /// The generation the import writes.
+    pub new_generation: u64,
+    pub exported: u64,
+    pub members: Vec<MemberChange>,
+    /// Members in the backup (not removed there) that were not given.
+    pub missing: Vec<usize>,
+    /// Out of service now (faulty or removed), in service in the backup: they may have
+    /// missed writes that the backup would have them serve.
+    pub revived: Vec<usize>,
+    pub chunks_now: Option<usize>,
+    pub chunks_file: usize,
+    /// Chunks allocated now that the backup does not have: their data would be forgotten.
+    pub forgotten: Vec<usize>,
+    /// Chunks in both whose slices (or profile) differ: the backup points at old places.
+    pub moved: Vec<usize>,
+    /// Chunks the backup has that are not allocated now.
+    pub restored: Vec<usize>,
+    /// Other differences and what was noticed while reading the members.
+    pub notes: Vec<String>,
+    layout: Superblock,
+    targets: Vec<Option<Dev>>,
+    payload: Vec<u8>,
+}
+
+impl ImportPlan {
+    /// Whether the import would put back older state than the members hold now.
+    pub fn rolls_back(&self) -> bool {
+        !self.forgotten.is_empty() || !self.moved.is_empty() || !self.revived.is_empty()
+    }
+
+    /// Writes the backup as generation `new_generation`: into one slot per member, then a
+    /// flush, so a crash leaves the old generation or the imported one. Refuses a roll-back
+    /// without `force`.
+    pub fn apply(&self, force: bool) -> Result<()> {
+        if self.rolls_back() && !force {
+            let mut why = Vec::new();
+            if !self.forgotten.is_empty() {
+                why.push(format!(
+                    "{} allocated since the export would be forgotten",
+                    chunks(self.forgotten.len())
+                ));
+            }
+            if !self.moved.is_empty() {
+                why.push(format!(
+                    "{} would point at the places they had at the export",
+                    chunks(self.moved.len())
+                ));
+            }
+            if !self.revived.is_empty() {
+                why.push(format!(
+                    "members {:?}, out of service now, would be trusted again",
+                    self.revived
+                ));
+            }
+            return Err(Error::Invalid(format!(
+                "importing this backup rolls the array back ({}): this can lose writes made \
+                 since the export; use --force to import it anyway",
+                why.join("; ")
+            )));
+        }
+        write_generation(
+            self.array_uuid.into_bytes(),
+            &self.layout,
+            &self.targets,
+            self.new_generation,
+            &self.payload,
+        )
+    }
+}
+
+fn chunks(n: usize) -> String {
+    format!("{n} chunk{}", if n == 1 { "" } else { "s" })
+}
+
+/// Checks `backup` against the members `devs` and works out what importing it changes.
+/// Reads only.
+pub fn plan_import(devs: &[Dev], backup: &Backup) -> Result<ImportPlan> {
+    let f = scan(devs)?;
+    if backup.array_uuid != f.uuid {
+        return Err(Error::Members(format!(
+            "the backup is of array {}, but these members belong to array {}",
+            Uuid::from_bytes(backup.array_uuid),
+            Uuid::from_bytes(f.uuid)
+        )));
+    }
+    if (backup.data_offset, backup.slot_size) != (f.layout.data_offset, f.layout.slot_size) {
+        return Err(Error::Members(format!(
+            "the backup was made with data offset {} and slot size {}, but these members have {} and {}",
+            backup.data_offset, backup.slot_size, f.layout.data_offset, f.layout.slot_size
+        )));
+    }
+    let file = &backup.meta;
+    let mut devices: Vec<Option<Dev>> = vec![None; file.members.len()];
+    for (d, sb) in &f.members {
+        let idx = sb.member_index as usize;
+        let Some(m) = file.members.get(idx).filter(|m| m.uuid == sb.member_uuid) else {
+            return Err(Error::Members(format!(
+                "{} (member {}) is not in the backup: it joined the array after the export; \
+                 leave it off the list to import anyway (it is then no longer a member)",
+                d.name(),
+                Uuid::from_bytes(sb.member_uuid)
+            )));
+        };
+        if d.size() / 4096 * 4096 < m.size {
+            return Err(Error::Members(format!(
+                "{} is smaller ({} bytes) than the backup records ({} bytes)",
+                d.name(),
+                d.size(),
+                m.size
+            )));
+        }
+        devices[idx] = Some(d.clone());
+    }
+    let cur = f.newest.as_ref().map(|(_, m, _)| m);
+    let mut notes = f.notes;
+    if cur.is_none() {
+        notes.push("no member holds valid metadata now: nothing to compare the backup with".into());
+    }
+    let n = file.members.len().max(cur.map_or(0, |m| m.members.len()));
+    let members: Vec<MemberChange> = (0..n)
+        .map(|i| {
+            let (a, b) = (cur.and_then(|m| m.members.get(i)), file.members.get(i));
+            MemberChange {
+                index: i,
+                uuid: Uuid::from_bytes(b.or(a).map_or([0; 16], |m| m.uuid)),
+                device: devices
+                    .get(i)
+                    .and_then(|d| d.as_ref().map(|d| d.name().to_string())),
+                now: a.map(|m| m.state),
+                file: b.map(|m| m.state),
+            }
+        })
+        .collect();
+    let in_service =
+        |s: Option<MemberState>| matches!(s, Some(MemberState::Active) | Some(MemberState::Spare));
+    let revived = members
+        .iter()
+        .filter(|c| {
+            in_service(c.file)
+                && matches!(
+                    c.now,
+                    Some(MemberState::Faulty) | Some(MemberState::Removed)
+                )
+        })
+        .map(|c| c.index)
+        .collect();
+    let missing = file
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| m.state != MemberState::Removed && devices[*i].is_none())
+        .map(|(i, _)| i)
+        .collect();
+    let (mut forgotten, mut moved, mut restored) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some(now) = cur {
+        let chunks = now.map.chunks.len().max(file.map.chunks.len());
+        for i in 0..chunks {
+            let a = now.map.chunks.get(i).and_then(Option::as_ref);
+            let b = file.map.chunks.get(i).and_then(Option::as_ref);
+            match (a, b) {
+                (Some(_), None) => forgotten.push(i),
+                (None, Some(_)) => restored.push(i),
+                (Some(x), Some(y)) if x != y => moved.push(i),
+                _ => {}
+            }
+        }
+        if now.map.chunks.len() != file.map.chunks.len() {
+            notes.push(format!(
+                "volume size changes from {} to {} bytes",
+                now.map.virtual_size(),
+                file.map.virtual_size()
+            ));
+        }
+        if now.name != file.name {
+            notes.push(format!(
+                "name changes from {:?} to {:?}",
+                now.name, file.name
+            ));
+        }
+        if now.template != file.template {
+            notes.push(format!(
+                "level of new chunks changes from {} to {}",
+                now.template.level, file.template.level
+            ));
+        }
+        if now.journal_device != file.journal_device {
+            notes.push("the journal device recorded differs".into());
+        }
+    }
+    // Written where a commit with this metadata would write: members it has in service.
+    let targets: Vec<Option<Dev>> = devices
+        .iter()
+        .zip(&file.members)
+        .map(|(d, m)| d.clone().filter(|_| in_service(Some(m.state))))
+        .collect();
+    if targets.iter().all(Option::is_none) {
+        return Err(Error::Members(
+            "none of the members given is in service in the backup (all faulty or removed \
+             there): there is nowhere to write it"
+                .into(),
+        ));
+    }
+    let current_generation = f.newest.as_ref().map(|(g, _, _)| *g);
+    // Above anything on the members, so assembly takes the imported generation.
+    let new_generation = current_generation.unwrap_or(0).max(backup.generation) + 1;
+    Ok(ImportPlan {
+        array_uuid: Uuid::from_bytes(f.uuid),
+        current_generation,
+        file_generation: backup.generation,
+        new_generation,
+        exported: backup.exported,
+        members,
+        missing,
+        revived,
+        chunks_now: cur.map(|m| m.map.allocated().count()),
+        chunks_file: file.map.allocated().count(),
+        forgotten,
+        moved,
+        restored,
+        notes,
+        layout: f.layout,
+        targets,
+        payload: backup.payload.clone(),
+    })
+}
+
+/// [`plan_import`] then [`ImportPlan::apply`].
+pub fn import(devs: &[Dev], backup: &Backup, force: bool) -> Result<ImportPlan> {
+    let plan = plan_import(devs, backup)?;
+    plan.apply(force)?;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Array, CreateOptions, MemMember};
+    use std::sync::Arc;
+
+    fn sample() -> Backup {
+        let devs: Vec<Dev> = (0..3)
+            .map(|i| Arc::new(MemMember::new(format!("m{i}"), 8 << 20)) as Dev)
+            .collect();
+        let mut o = CreateOptions::new(Level::Raid5);
+        o.chunk_size = Some(256 << 10);
+        o.name = "tank".into();
+        let a = Array::create(devs.clone(), &o).unwrap();
+        a.write_at(&[7; 5000], 1 << 20).unwrap();
+        drop(a);
+        export(&devs).unwrap()
+    }
+
+    #[test]
+    fn round_trips() {
+        let b = sample();
+        assert_eq!(b.meta.map.allocated().count(), 1);
+        assert_eq!(Backup::decode("f", &b.encode()).unwrap(), b);
+        assert_eq!(b.summary().name, "tank");
+    }
+
+    #[test]
+    fn every_damage_is_an_error_never_a_panic() {
+        let good = sample().encode();
+        for n in 0..good.len() {
+            let e = Backup::decode("f", &good[..n]).unwrap_err().to_string();
+            assert!(e.contains("truncated"), "{n}: {e}");
+        }
+        for i in 0..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 0x10;
+            assert!(
+                Backup::decode("f", &b).is_err(),
+                "flip at byte {i} accepted"
+            );
+        }
+        let mut long = good.clone();
+        long.push(0);
+        let e = Backup::decode("f", &long).unwrap_err().to_string();
+        assert!(e.contains("unexpected bytes"), "{e}");
+        let e = Backup::decode("f", b"hello world").unwrap_err().to_string();
+        assert!(e.contains("not a damocles metadata backup"), "{e}");
+        let mut rng = crate::powercut::Rng::new(3);
+        for _ in 0..500 {
+            let mut b = good.clone();
+            for _ in 0..3 {
+                let i = rng.below(b.len() as u64) as usize;
+                b[i] = rng.next_u64() as u8;
+            }
+            let _ = Backup::decode("f", &b);
+        }
+    }
+
+    #[test]
+    fn versions_are_named() {
+        let mut b = sample().encode();
+        b[8] = 2;
+        let e = Backup::decode("f", &b).unwrap_err().to_string();
+        assert!(
+            e.contains("backup format version 2 is not supported"),
+            "{e}"
+        );
+        let mut b = sample().encode();
+        b[48] = 9;
+        let crc = file_crc(&b);
+        b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        let e = Backup::decode("f", &b).unwrap_err().to_string();
+        assert!(e.contains("on-disk format version 9"), "{e}");
+    }
+}
