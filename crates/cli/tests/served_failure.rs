@@ -22,202 +22,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Longest wait for a rebuild (or fio) to end; the tests take far less.
-const LIMIT: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------------------
-// An array in its own directory, served, with the control commands pointed at it
-
-struct Rig {
-    dir: tempfile::TempDir,
-    rt: PathBuf,
-    members: Vec<PathBuf>,
-}
-
-impl Rig {
-    /// `damocles create --level LEVEL --name NAME` on `n` sparse files of `size` bytes.
-    fn create(level: &str, name: &str, n: usize, size: u64) -> Rig {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = tempfile::Builder::new()
-            .prefix("damocles-served.")
-            .tempdir()
-            .unwrap();
-        let rt = dir.path().join("rt");
-        std::fs::DirBuilder::new().mode(0o700).create(&rt).unwrap();
-        let members: Vec<PathBuf> = (0..n)
-            .map(|i| {
-                let p = dir.path().join(format!("m{i}.img"));
-                sparse(&p, size);
-                p
-            })
-            .collect();
-        let out = run_ok(
-            Command::new(bin())
-                .args(["create", "--level", level, "--name", name])
-                .args(&members),
-        );
-        assert!(out.contains(&format!("created {level}")), "{out}");
-        Rig { dir, rt, members }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A new empty sparse file (absolute path: the server has its own working directory).
-    fn spare(&self, name: &str, size: u64) -> PathBuf {
-        let p = self.path(name);
-        sparse(&p, size);
-        p
-    }
-
-    /// `damocles` with XDG_RUNTIME_DIR set to this test's runtime directory.
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(bin());
-        c.env("XDG_RUNTIME_DIR", &self.rt);
-        c
-    }
-
-    fn serve(&self, members: &[PathBuf], extra: &[&str], tag: &str) -> Server {
-        let mut c = self.cmd();
-        c.arg("serve")
-            .arg("--socket")
-            .arg(self.path(&format!("{tag}.nbd")))
-            .args(extra)
-            .args(members);
-        let s = Server::start(c, &self.path(&format!("serve-{tag}.stderr")));
-        assert!(s.uri.starts_with("nbd+unix://"), "{}", s.line);
-        s
-    }
-
-    fn status(&self) -> Value {
-        let out = run_ok(self.cmd().args(["status", "--json"]));
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}\n{out}"))
-    }
-
-    /// Polls `status --json` until `done` holds; panics after `limit`.
-    fn wait_status(&self, what: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            let st = self.status();
-            if done(&st) {
-                return st;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "waited {limit:?} for {what}; status:\n{st:#}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until no rebuild has run for 2 s (an automatic one may follow another).
-    fn wait_rebuilds_idle(&self) -> Value {
-        let start = Instant::now();
-        let mut idle_since: Option<Instant> = None;
-        loop {
-            let st = self.status();
-            if st["rebuild"]["running"] == true {
-                idle_since = None;
-            } else if idle_since.get_or_insert_with(Instant::now).elapsed()
-                >= Duration::from_secs(2)
-            {
-                return st;
-            }
-            assert!(
-                start.elapsed() < LIMIT,
-                "rebuilds still running after {LIMIT:?}; status:\n{st:#}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits for the automatic rebuilds to end; they must leave the array whole. When they
-    /// do not, that goes into `bugs` (the test fails at its end) and `damocles rebuild`
-    /// finishes the job, so the rest of the test still runs.
-    fn settle(&self, bugs: &mut Vec<String>) -> Value {
-        let st = self.wait_rebuilds_idle();
-        // The last rebuild's progress shows it ran to its end.
-        let rb = &st["rebuild"];
-        if rb["done"] != rb["total"] {
-            bugs.push(format!(
-                "the automatic rebuild ended with its progress at done {} of total {}",
-                rb["done"], rb["total"]
-            ));
-        }
-        if st["health"] == "ok" && st["chunks_degraded"] == 0 {
-            return st;
-        }
-        let members: Vec<String> = st["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| format!("{}:{}:used={}", m["index"], m["state"], m["used"]))
-            .collect();
-        bugs.push(format!(
-            "the automatic rebuild ended and left the array {} with {} of {} chunks degraded \
-             (needs: {}; last rebuild {}; members {})",
-            st["health"],
-            st["chunks_degraded"],
-            st["chunks_allocated"],
-            st["needs"],
-            st["rebuild"],
-            members.join(" ")
-        ));
-        let out = run_ok(self.cmd().args(["rebuild", "--rate", "0"]));
-        assert!(out.contains("array health: ok"), "{out}");
-        self.wait_rebuilds_idle()
-    }
-
-    /// `damocles fail MEMBER` through the control socket.
-    fn fail(&self, member: usize) {
-        let out = run_ok(self.cmd().arg("fail").arg(member.to_string()));
-        assert!(
-            out.contains(&format!("member {member}")) && out.contains("marked failed"),
-            "{out}"
-        );
-    }
-
-    /// `damocles add DEVICE` through the control socket; returns the new member's index.
-    fn add(&self, dev: &Path) -> usize {
-        let out = run_ok(self.cmd().arg("add").arg(dev));
-        let idx = out
-            .split("hot spare (member ")
-            .nth(1)
-            .and_then(|s| s.split(')').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("add did not name the new member: {out}"));
-        assert_eq!(self.status()["members"][idx]["state"], "spare");
-        idx
-    }
-
-    /// One request on the control socket (docs/control.md), e.g. `{"cmd":"events","after":0}`.
-    fn control(&self, req: &str) -> Value {
-        use std::io::{BufRead, BufReader, Write};
-        let sock = self.status()["control_socket"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        writeln!(s, "{req}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        let v: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{req} -> {line:?}: {e}"));
-        assert_eq!(v["ok"], true, "{req} -> {v}");
-        v
-    }
-}
-
-fn sparse(path: &Path, size: u64) {
-    std::fs::File::create(path).unwrap().set_len(size).unwrap();
-}
-
-fn state(st: &Value, member: usize) -> &str {
-    st["members"][member]["state"].as_str().unwrap_or("?")
-}
-
 /// Right after a failure: a rebuild onto `spare` is under way (the spare is `replacing` the
 /// failed member until the rebuild ends), or already over with the spare in use.
 fn assert_taking_over(st: &Value, spare: usize) {
@@ -385,11 +189,11 @@ impl Fio {
     /// wrote its whole region and read all of it back.
     fn finish(mut self) {
         let mut child = self.child.take().unwrap();
-        let Some(status) = wait_bounded(&mut child, LIMIT) else {
+        let Some(status) = wait_bounded(&mut child, JOB_LIMIT) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "fio still running after {LIMIT:?} (hang?)\n{}",
+                "fio still running after {JOB_LIMIT:?} (hang?)\n{}",
                 self.output()
             );
         };
@@ -685,7 +489,7 @@ fn kill_mid_rebuild_resumes_from_checkpoint() {
     assert_taking_over(&st, 4);
 
     // Mid-way: a quarter done, far from the end.
-    let st = rig.wait_status("a quarter of the rebuild", LIMIT, |s| {
+    let st = rig.wait_status("a quarter of the rebuild", JOB_LIMIT, |s| {
         let rb = &s["rebuild"];
         rb["running"] == true
             && rb["done"].as_u64().unwrap_or(0) * 4 >= rb["total"].as_u64().unwrap_or(1)
@@ -750,7 +554,7 @@ fn kill_mid_rebuild_resumes_from_checkpoint() {
     // No limit for the rest; `rebuild` follows the running job to its end.
     let out = run_ok(rig.cmd().args(["rebuild", "--rate", "0"]));
     assert!(out.contains("array health: ok"), "{out}");
-    let st = rig.wait_status("the rebuild to end", LIMIT, |s| {
+    let st = rig.wait_status("the rebuild to end", JOB_LIMIT, |s| {
         s["health"] == "ok" && s["rebuild"]["running"] != true
     });
     assert_eq!(state(&st, 2), "removed", "{st:#}");

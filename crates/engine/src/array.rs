@@ -200,6 +200,8 @@ pub struct Status {
     pub chunk_size: u64,
     pub chunks_total: usize,
     pub chunks_allocated: usize,
+    /// Member failures every chunk written survives: the layout's, or less while a
+    /// conversion from a weaker layout is under way.
     pub tolerance: usize,
     pub generation: u64,
     pub health: Health,
@@ -216,6 +218,12 @@ pub struct Status {
     /// A rebuild in progress (or the last one this process ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<JobStatus>,
+    /// Chunks still to move towards the goal of a conversion, balance or member removal
+    /// (0 when none is under way, or when it is done).
+    pub chunks_to_move: usize,
+    /// A reshape (convert, balance, remove) in progress (or the last one this process ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reshape: Option<JobStatus>,
     pub scrub: ScrubStatus,
     pub errors: ErrorCounts,
     /// Volume ranges whose data is lost; reads of them fail with EIO.
@@ -1171,7 +1179,20 @@ impl Array {
                 progress: c.progress(),
             })
         };
-        let scrub_running = self.jobs.lock().scrub.as_ref().map(|c| c.progress());
+        let (scrub_running, reshape) = {
+            let j = self.jobs.lock();
+            (
+                j.scrub.as_ref().map(|c| c.progress()),
+                j.reshape.as_ref().map(|c| JobStatus {
+                    running: j.reshape_running,
+                    progress: c.progress(),
+                }),
+            )
+        };
+        let chunks_to_move = {
+            let meta = self.state.lock().meta.clone();
+            self.chunks_to_move_in(&meta)
+        };
         let members_now = self.members();
         let st = self.state.lock();
         let m = &st.meta;
@@ -1217,7 +1238,11 @@ impl Array {
             })
             .collect();
         drop(slots);
-        let tolerance = template_tolerance(&t);
+        let tolerance = m
+            .map
+            .allocated()
+            .map(|(_, c)| c.profile.tolerance())
+            .fold(template_tolerance(&t), usize::min);
         let has_spare = members
             .iter()
             .any(|x| matches!(x.state, MemberHealth::Spare | MemberHealth::Replacing));
@@ -1291,6 +1316,8 @@ impl Array {
             members,
             chunks_degraded,
             rebuild,
+            chunks_to_move,
+            reshape,
             scrub: ScrubStatus {
                 running: scrub_running,
                 resume_at_chunk: h.scrub_cursor,

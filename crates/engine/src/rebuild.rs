@@ -96,7 +96,9 @@ impl Array {
                 None => return,
             }
         };
-        if !self.rebuild_possible() {
+        // A spare that took over from a failed member holding nothing has no data to
+        // rebuild, but the rebuild's end still makes it a member in the failed one's place.
+        if !self.rebuild_possible() && !self.replacement_to_finish() {
             return;
         }
         let Some(me) = weak.upgrade() else { return };
@@ -150,6 +152,24 @@ impl Array {
                 Some((old, i as u16))
             })
             .collect()
+    }
+
+    /// Whether a replacement (a spare that took over, or `replace`) has nothing left to
+    /// copy: its old member holds no slice any more.
+    fn replacement_to_finish(&self) -> bool {
+        let members = self.members();
+        let st = self.state.lock();
+        let meta = &st.meta;
+        meta.members.iter().enumerate().any(|(i, m)| {
+            m.replaces.is_some_and(|old| {
+                members[i].is_some()
+                    && meta.members[old as usize].state != MemberState::Removed
+                    && !meta
+                        .map
+                        .allocated()
+                        .any(|(_, c)| c.slices.iter().any(|s| s.member == old))
+            })
+        })
     }
 
     /// Per member: failed or removed (so its slices are rebuilt elsewhere). A member that is
@@ -429,7 +449,13 @@ impl Array {
             .collect();
         let mut assigned = Vec::new();
         for f in 0..n {
-            if !failed[f] || !holds[f] || meta.members.iter().any(|o| o.replaces == Some(f as u16))
+            // A failed member needs a spare while it holds data, and also once a rebuild
+            // into free space has moved its data but could not remove it (it still counts
+            // for the volume not written yet: `status` asks for a spare then).
+            let counted = meta.members[f].state == MemberState::Faulty;
+            if !failed[f]
+                || !(holds[f] || counted)
+                || meta.members.iter().any(|o| o.replaces == Some(f as u16))
             {
                 continue;
             }

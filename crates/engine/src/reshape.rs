@@ -327,27 +327,38 @@ impl Array {
         self.commit_meta(&mut st, next)?;
         drop(st);
         drop(_commit);
+        // A reshape already running (a balance after `add --grow`, say) takes the new goal
+        // at its next move: what it has left to do is now this forecast's work.
+        if let Some(j) = self.reshape_job() {
+            j.set_total(j.progress().done + f.plan.progress_bytes);
+        }
         self.kick_reshape();
         Ok(f)
     }
 
     /// Whether chunks still wait for a move towards the recorded goal.
     pub fn reshape_pending(&self) -> bool {
-        let st = self.state.lock();
-        let goal = self.goal_of(&st.meta);
-        let spaces = member_spaces(&st.meta.members, self.sb_layout.data_offset);
+        let meta = self.state.lock().meta.clone();
+        meta.balancing
+            || meta.members.iter().any(|m| m.leaving)
+            || self.chunks_to_move_in(&meta) > 0
+    }
+
+    /// Chunks that still wait for a move towards the goal recorded in `meta` (0 when no
+    /// conversion, balance or removal is under way). Takes no lock: with a balance under
+    /// way it lays chunks out afresh, which is too slow to do under the state lock.
+    pub(crate) fn chunks_to_move_in(&self, meta: &ArrayMeta) -> usize {
+        let goal = self.goal_of(meta);
+        let spaces = member_spaces(&meta.members, self.sb_layout.data_offset);
         let p = Planner {
             spaces: &spaces,
             chunk_size: self.chunk_size,
             goal: &goal,
         };
-        st.meta.balancing
-            || !goal.leaving.is_empty()
-            || st
-                .meta
-                .map
-                .allocated()
-                .any(|(i, c)| p.wants(&st.meta.map, i, c))
+        meta.map
+            .allocated()
+            .filter(|(i, c)| p.wants(&meta.map, *i, c))
+            .count()
     }
 
     /// Moves chunks towards the recorded goal until it is reached (or nothing can move),

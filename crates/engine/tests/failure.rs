@@ -189,6 +189,60 @@ fn distributed_rebuild_never_takes_the_unwritten_volume_space() {
     assert_eq!(read_all(&a), want);
 }
 
+/// A rebuild into free space moved all of a failed member's data but could not remove the
+/// member (the volume not written yet needs its space), so `status` asks for a spare. A
+/// spare added to the served array then takes the member's place and the array is whole;
+/// it used to stay degraded with the spare idle (a spare only went to members with data).
+#[test]
+fn a_spare_takes_over_from_a_failed_member_a_distributed_rebuild_emptied() {
+    let mut rig = Rig::new(5, 16 * MIB);
+    // A volume that 4 members can hold as raid5 over 5 (with one failed), not as raid5
+    // over 4: the rebuild can move the written chunks but must keep the failed member.
+    let full = rig.create(Level::Raid5, 256 << 10).size();
+    let mut o = CreateOptions::new(Level::Raid5);
+    o.stripe_unit = 16 << 10;
+    o.chunk_size = Some(256 << 10);
+    o.size = Some(full / 16 * 13);
+    o.force = true;
+    let a = Arc::new(Array::create(rig.devs(), &o).unwrap());
+    let model = pattern(a.size() as usize / 4, 8);
+    a.write_at(&model, 0).unwrap();
+    a.flush().unwrap();
+    a.fail_member(3, "test", false).unwrap();
+    let r = rebuild(&a);
+    assert_eq!(r.chunks_stuck, 0, "{r:?}");
+    let st = a.status();
+    assert_eq!(st.members[3].state, MemberHealth::Failed);
+    assert_eq!(st.members[3].used, 0);
+    assert_eq!(st.health, Health::Degraded);
+    assert!(st.needs.is_some_and(|n| n.contains("add a spare")));
+    // As `serve` runs it: adding the spare is all it takes.
+    a.set_auto_rebuild(0);
+    let si = a.add_member(rig.spare(16 * MIB), false).unwrap();
+    let start = std::time::Instant::now();
+    while a.health() != Health::Ok || a.rebuild_job().is_some() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            a.status()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let st = a.status();
+    assert_eq!(st.members[3].state, MemberHealth::Removed);
+    assert_eq!(st.members[si].state, MemberHealth::Ok);
+    assert!(st.needs.is_none(), "{:?}", st.needs);
+    // The rest of the volume is written with its redundancy.
+    let rest = pattern(a.size() as usize - model.len(), 9);
+    a.write_at(&rest, model.len() as u64).unwrap();
+    a.flush().unwrap();
+    assert_eq!(a.health(), Health::Ok);
+    assert_eq!(a.chunks_degraded(), 0);
+    let mut want = model.clone();
+    want.extend_from_slice(&rest);
+    assert_eq!(read_all(&a), want);
+}
+
 #[test]
 fn read_error_during_rebuild_loses_only_those_blocks() {
     let mut rig = Rig::new(4, 8 * MIB);

@@ -102,20 +102,23 @@ fn run(kind: JobKind, a: JobArgs) -> Result<()> {
             rate: a.rate,
         },
     };
-    run_job(kind, a, start, &|_| Ok(()))
+    run_job(kind, kind.name(), a, start, &|_| Ok(()))
 }
 
 /// Runs a job: served, by sending `start` (then following it); not served, by running
-/// `prepare` and then the job on the members here.
+/// `prepare` and then the job on the members here. `command` is the command line (after
+/// `damocles`) that starts it, for messages (there is no `damocles reshape`: `convert` and
+/// `balance` start reshapes).
 pub(crate) fn run_job(
     kind: JobKind,
+    command: &str,
     a: JobArgs,
     start: Request,
     prepare: &dyn Fn(&damocles_engine::Array) -> Result<()>,
 ) -> Result<()> {
-    let usage = format!("damocles {} MEMBER...", kind.name());
+    let usage = format!("damocles {command} MEMBER...");
     match target(a.array.as_deref(), a.members, &usage)? {
-        Target::Served(c) => served(c, kind, start, a.watch, a.background, a.cancel),
+        Target::Served(c) => served(c, kind, command, start, a.watch, a.background, a.cancel),
         Target::Members(paths) => offline(&paths, kind, a.rate, prepare),
     }
 }
@@ -123,6 +126,7 @@ pub(crate) fn run_job(
 fn served(
     mut c: Client,
     kind: JobKind,
+    command: &str,
     start: Request,
     watch: bool,
     background: bool,
@@ -147,10 +151,7 @@ fn served(
         }
         if background {
             if r.job.is_some_and(|j| j.running) {
-                println!(
-                    "`damocles {} --watch` follows it; `damocles status` shows it",
-                    kind.name()
-                );
+                println!("`damocles {command} --watch` follows it; `damocles status` shows it");
             }
             return Ok(());
         }

@@ -95,7 +95,7 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         stripe_unit: a.stripe_unit,
         ..Default::default()
     };
-    reshape(spec, a.common)
+    reshape(&format!("convert --level {}", a.level), spec, a.common)
 }
 
 pub fn balance(a: BalanceArgs) -> Result<()> {
@@ -103,7 +103,7 @@ pub fn balance(a: BalanceArgs) -> Result<()> {
         balance: true,
         ..Default::default()
     };
-    reshape(spec, a.common)
+    reshape("balance", spec, a.common)
 }
 
 pub fn plan(p: PlanArgs) -> Result<()> {
@@ -122,6 +122,7 @@ pub fn plan(p: PlanArgs) -> Result<()> {
                 ..Default::default()
             };
             reshape(
+                "plan remove",
                 spec,
                 ReshapeArgs {
                     force: false,
@@ -133,7 +134,8 @@ pub fn plan(p: PlanArgs) -> Result<()> {
     }
 }
 
-fn reshape(spec: ChangeSpec, a: ReshapeArgs) -> Result<()> {
+/// `command`: what the user typed after `damocles` (for messages).
+fn reshape(command: &str, spec: ChangeSpec, a: ReshapeArgs) -> Result<()> {
     let rate = a.job.rate;
     if a.dry_run {
         let usage = "damocles plan ... MEMBER...";
@@ -173,5 +175,5 @@ fn reshape(spec: ChangeSpec, a: ReshapeArgs) -> Result<()> {
         println!("{}", describe_forecast(&f, rate.unwrap_or(0)));
         Ok(())
     };
-    run_job(JobKind::Reshape, a.job, start, &prepare)
+    run_job(JobKind::Reshape, command, a.job, start, &prepare)
 }

@@ -72,6 +72,8 @@ pub struct StatusView {
     pub members: Vec<MemberView>,
     pub chunks_degraded: usize,
     pub rebuild: Option<JobView>,
+    pub chunks_to_move: usize,
+    pub reshape: Option<JobView>,
     pub scrub: ScrubView,
     pub errors: ErrorView,
     pub lost: Vec<LostView>,
@@ -240,6 +242,28 @@ pub fn text(st: &StatusView) -> String {
             format!("rebuild:     last run ended at {}", progress::line(p))
         });
     }
+    let r = st.reshape.as_ref();
+    match r {
+        Some(r) if r.running => line(format!(
+            "reshape:     running, {}; {} chunks to move",
+            progress::line(&r.progress),
+            st.chunks_to_move
+        )),
+        _ if st.chunks_to_move > 0 => line(format!(
+            "reshape:     {} chunks still to move; {}",
+            st.chunks_to_move,
+            if r.is_some() {
+                "paused (`damocles balance` resumes it)"
+            } else {
+                "`damocles serve` or `damocles balance` resumes it"
+            }
+        )),
+        Some(r) => line(format!(
+            "reshape:     finished ({} moved)",
+            units::human(r.progress.done)
+        )),
+        None => {}
+    }
     let s = &st.scrub;
     line(match &s.running {
         Some(p) => format!("scrub:       running, {}", progress::line(p)),
@@ -296,6 +320,13 @@ pub fn summary(st: &StatusView) -> String {
     if let Some(r) = st.rebuild.as_ref().filter(|r| r.running) {
         s += &format!("; rebuilding, {}", progress::line(&r.progress));
     }
+    if let Some(r) = st.reshape.as_ref().filter(|r| r.running) {
+        s += &format!(
+            "; reshaping, {} ({} chunks to move)",
+            progress::line(&r.progress),
+            st.chunks_to_move
+        );
+    }
     if let Some(n) = &st.needs {
         s += &format!("\nneeds: {n}");
     }
@@ -347,6 +378,9 @@ mod tests {
             ],
             "rebuild": {"running": true, "done": 50, "total": 100, "rate": 10,
                         "eta_seconds": 5, "rate_limit": 0},
+            "chunks_to_move": 7,
+            "reshape": {"running": true, "done": 20, "total": 80, "rate": 10,
+                        "eta_seconds": 6, "rate_limit": 10},
             "scrub": {"blocks_checked": 7, "repaired": 1, "unrecoverable": 0,
                       "last_finished": 1700000000},
             "errors": {"read_errors": 3},
@@ -363,6 +397,7 @@ mod tests {
             "reason: read on /b",
             "spare",
             "rebuild:     running, 50% (50 B of 100 B, 10 B/s, ETA 5s)",
+            "reshape:     running, 25% (20 B of 80 B, 10 B/s, limit 10 B/s, ETA 6s); 7 chunks to move",
             "last finished 2023-11-14 22:13:20 UTC: 7 blocks checked, 1 repaired",
             "errors:      3 read",
             "offset 4096 length 4096",

@@ -1,9 +1,11 @@
 //! Helpers for the interop suite: arrays on sparse files, a `damocles serve` child with a
-//! readiness wait and a kill-on-drop guard, external tools with time limits, and the
-//! nbdfuse + loop device + mount stack with its own cleanup guard.
+//! readiness wait and a kill-on-drop guard, a served array with the control commands
+//! pointed at it (`Rig`), external tools with time limits, and the nbdfuse + loop device +
+//! mount stack with its own cleanup guard.
 
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -252,6 +254,222 @@ impl Array {
 }
 
 // ---------------------------------------------------------------------------------------
+// An array in its own directory, served, with the control commands pointed at it
+
+/// Longest wait for a job (rebuild, reshape) to end; the tests take far less.
+pub const JOB_LIMIT: Duration = Duration::from_secs(60);
+
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    /// XDG_RUNTIME_DIR of every command: the control socket lands here.
+    pub rt: PathBuf,
+    pub members: Vec<PathBuf>,
+}
+
+impl Rig {
+    /// `damocles create --level LEVEL --name NAME` on `n` sparse files of `size` bytes.
+    pub fn create(level: &str, name: &str, n: usize, size: u64) -> Rig {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = tempfile::Builder::new()
+            .prefix("damocles-served.")
+            .tempdir()
+            .unwrap();
+        let rt = dir.path().join("rt");
+        std::fs::DirBuilder::new().mode(0o700).create(&rt).unwrap();
+        let members: Vec<PathBuf> = (0..n)
+            .map(|i| {
+                let p = dir.path().join(format!("m{i}.img"));
+                sparse(&p, size);
+                p
+            })
+            .collect();
+        let out = run_ok(
+            Command::new(bin())
+                .args(["create", "--level", level, "--name", name])
+                .args(&members),
+        );
+        assert!(out.contains(&format!("created {level}")), "{out}");
+        Rig { dir, rt, members }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A new empty sparse file (absolute path: the server has its own working directory).
+    pub fn spare(&self, name: &str, size: u64) -> PathBuf {
+        let p = self.path(name);
+        sparse(&p, size);
+        p
+    }
+
+    /// `damocles` with XDG_RUNTIME_DIR set to this test's runtime directory.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env("XDG_RUNTIME_DIR", &self.rt);
+        c
+    }
+
+    pub fn serve(&self, members: &[PathBuf], extra: &[&str], tag: &str) -> Server {
+        let mut c = self.cmd();
+        c.arg("serve")
+            .arg("--socket")
+            .arg(self.path(&format!("{tag}.nbd")))
+            .args(extra)
+            .args(members);
+        let s = Server::start(c, &self.path(&format!("serve-{tag}.stderr")));
+        assert!(s.uri.starts_with("nbd+unix://"), "{}", s.line);
+        s
+    }
+
+    pub fn status(&self) -> Value {
+        let out = run_ok(self.cmd().args(["status", "--json"]));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}\n{out}"))
+    }
+
+    /// Polls `status --json` until `done` holds; panics after `limit`.
+    pub fn wait_status(&self, what: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let st = self.status();
+            if done(&st) {
+                return st;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "waited {limit:?} for {what}; status:\n{st:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until no rebuild has run for 2 s (an automatic one may follow another).
+    pub fn wait_rebuilds_idle(&self) -> Value {
+        let start = Instant::now();
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let st = self.status();
+            if st["rebuild"]["running"] == true {
+                idle_since = None;
+            } else if idle_since.get_or_insert_with(Instant::now).elapsed()
+                >= Duration::from_secs(2)
+            {
+                return st;
+            }
+            assert!(
+                start.elapsed() < JOB_LIMIT,
+                "rebuilds still running after {JOB_LIMIT:?}; status:\n{st:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the automatic rebuilds to end; they must leave the array whole. When they
+    /// do not, that goes into `bugs` (the test fails at its end) and `damocles rebuild`
+    /// finishes the job, so the rest of the test still runs.
+    pub fn settle(&self, bugs: &mut Vec<String>) -> Value {
+        let st = self.wait_rebuilds_idle();
+        // The last rebuild's progress shows it ran to its end.
+        let rb = &st["rebuild"];
+        if rb["done"] != rb["total"] {
+            bugs.push(format!(
+                "the automatic rebuild ended with its progress at done {} of total {}",
+                rb["done"], rb["total"]
+            ));
+        }
+        if st["health"] == "ok" && st["chunks_degraded"] == 0 {
+            return st;
+        }
+        let members: Vec<String> = st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{}:{}:used={}", m["index"], m["state"], m["used"]))
+            .collect();
+        bugs.push(format!(
+            "the automatic rebuild ended and left the array {} with {} of {} chunks degraded \
+             (needs: {}; last rebuild {}; members {})",
+            st["health"],
+            st["chunks_degraded"],
+            st["chunks_allocated"],
+            st["needs"],
+            st["rebuild"],
+            members.join(" ")
+        ));
+        let out = run_ok(self.cmd().args(["rebuild", "--rate", "0"]));
+        assert!(out.contains("array health: ok"), "{out}");
+        self.wait_rebuilds_idle()
+    }
+
+    /// `damocles fail MEMBER` through the control socket.
+    pub fn fail(&self, member: usize) {
+        let out = run_ok(self.cmd().arg("fail").arg(member.to_string()));
+        assert!(
+            out.contains(&format!("member {member}")) && out.contains("marked failed"),
+            "{out}"
+        );
+    }
+
+    /// `damocles add DEVICE` through the control socket; returns the new member's index.
+    pub fn add(&self, dev: &Path) -> usize {
+        let idx = self.add_spare(dev);
+        assert_eq!(self.status()["members"][idx]["state"], "spare");
+        idx
+    }
+
+    /// `damocles add DEVICE` (a hot spare, which a failed member takes at once); returns
+    /// the new member's index.
+    pub fn add_spare(&self, dev: &Path) -> usize {
+        let out = run_ok(self.cmd().arg("add").arg(dev));
+        out.split("hot spare (member ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("add did not name the new member: {out}"))
+    }
+
+    /// `damocles add --grow DEVICE`: a member that holds data, with a balance started to
+    /// spread the data over it; returns the new member's index.
+    pub fn add_grow(&self, dev: &Path) -> usize {
+        let out = run_ok(self.cmd().args(["add", "--grow"]).arg(dev));
+        let idx = out
+            .split(" added as member ")
+            .nth(1)
+            .and_then(|s| s.split(';').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("add --grow did not name the new member: {out}"));
+        assert!(out.contains("balancing"), "{out}");
+        idx
+    }
+
+    /// One request on the control socket (docs/control.md), e.g. `{"cmd":"events","after":0}`.
+    pub fn control(&self, req: &str) -> Value {
+        use std::io::{BufRead, BufReader, Write};
+        let sock = self.status()["control_socket"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        writeln!(s, "{req}").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{req} -> {line:?}: {e}"));
+        assert_eq!(v["ok"], true, "{req} -> {v}");
+        v
+    }
+}
+
+pub fn sparse(path: &Path, size: u64) {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
+pub fn state(st: &Value, member: usize) -> &str {
+    st["members"][member]["state"].as_str().unwrap_or("?")
+}
+
+// ---------------------------------------------------------------------------------------
 // Server
 
 /// A running `damocles serve`. Dropping it kills the process (for panicking tests);
@@ -465,6 +683,31 @@ impl BlockStack {
         if self.mounted {
             self.umount();
         }
+        self.detach();
+    }
+
+    /// Tears down after the server died under the stack: the filesystem cannot write back
+    /// what it still holds and `umount` may say so (a lazy unmount is the fallback); then
+    /// the loop device and nbdfuse go as in `close`. Returns what went wrong on the way.
+    pub fn close_after_crash(mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.mounted {
+            let o = run_timeout(
+                Command::new("umount").arg(&self.mnt),
+                Duration::from_secs(30),
+            );
+            if !o.status.success() {
+                notes.push(format!("umount: {}", text(&o)));
+                run_ok(Command::new("umount").arg("-l").arg(&self.mnt));
+            }
+            self.mounted = false;
+        }
+        self.detach();
+        notes
+    }
+
+    /// Detaches the loop device and unmounts nbdfuse, checking each step.
+    fn detach(&mut self) {
         if let Some(d) = self.loopdev.take() {
             run_ok(Command::new("losetup").args(["-d", &d]));
             wait_loop_released(&d);
