@@ -61,18 +61,33 @@ impl JobControl {
     }
     /// Counts `bytes` of work done and sleeps as long as the rate limit asks.
     pub(crate) fn advance(&self, bytes: u64) {
+        self.count(bytes);
+        self.throttle();
+    }
+
+    /// Counts `bytes` of work done without sleeping: for a caller holding locks that I/O
+    /// waits on, which calls [`JobControl::throttle`] once it let go of them.
+    pub(crate) fn count(&self, bytes: u64) {
         let all = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
         // Work found along the way (a member failing mid-run) grows the total.
         self.total.fetch_max(all, Ordering::Relaxed);
-        let done = self.this_run.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.this_run.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Sleeps as long as the rate limit asks for the work counted so far.
+    pub(crate) fn throttle(&self) {
+        let done = self.this_run.load(Ordering::Relaxed);
         let rate = self.rate.load(Ordering::Relaxed);
         if rate == 0 {
             return;
         }
         // Work counted since start should have taken at least done/rate seconds.
         let due = Duration::from_secs_f64(done as f64 / rate as f64);
-        let spent = self.started.elapsed();
-        if due > spent {
+        loop {
+            let spent = self.started.elapsed();
+            if due <= spent || self.is_cancelled() {
+                return;
+            }
             std::thread::sleep((due - spent).min(Duration::from_secs(1)));
         }
     }

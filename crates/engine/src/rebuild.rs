@@ -381,6 +381,10 @@ impl Array {
                 }
             }
             self.commit_group(group, &mut report)?;
+            // Relocations count without sleeping: the rate limit waits here, unlocked.
+            drop(_direct);
+            drop(commits);
+            ctl.throttle();
             if i == work.len() && !ctl.is_cancelled() {
                 // Chunks allocated meanwhile (born degraded) or a member that failed during
                 // the pass: go on with them, as long as the last pass got somewhere.

@@ -445,6 +445,10 @@ impl Array {
                 done.staging_moves += 1;
                 staged.insert(m.idx);
             }
+            // Writes and flushes go on while the rate limit makes this job wait.
+            drop(_direct);
+            drop(commits);
+            ctl.throttle();
         }
         if !ctl.is_cancelled() {
             ctl.set_total(ctl.progress().done);
@@ -571,8 +575,9 @@ impl Array {
             let mut plan = Vec::new();
             self.plan_row(idx, members, &new, row, &segs, &mut plan)?;
             crate::io::execute(members, &plan)?;
-            // Progress is counted in the old slice's bytes, as the rebuild's total is.
-            ctl.advance(
+            // Progress is counted in the old slice's bytes, as the rebuild's total is; the
+            // caller sleeps for the rate limit once it has let go of its locks.
+            ctl.count(
                 old.slice_len / rows
                     + if row + 1 == rows {
                         old.slice_len % rows
