@@ -55,7 +55,7 @@ impl ChunkMap {
 }
 
 /// A member's usable data area, as the allocator sees it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemberSpace {
     pub member: u16,
     pub start: u64,

@@ -134,6 +134,9 @@ impl MemberDevice for FaultMember {
         self.gate()?;
         self.inner.flush()
     }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.inner.start_writeback(offset, len)
+    }
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         self.gate()?;
         if overlaps(&self.faults.lock().write_errors, offset, len) {

@@ -28,6 +28,10 @@ pub trait MemberDevice: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every completed write durable.
     fn flush(&self) -> io::Result<()>;
+    /// A hint: start writing `[offset, offset+len)` (just written) to stable storage now,
+    /// without waiting, so a later `flush` has less left to do. Durability still comes only
+    /// from `flush`. The default does nothing.
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
     /// Makes `[offset, offset+len)` read as zeros. Members that can deallocate do so.
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         write_zeroes_by_writing(self, offset, len)
@@ -153,6 +157,16 @@ impl MemberDevice for FileMember {
     }
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        // On Linux, DONTNEED starts writeback of the range's dirty pages without waiting
+        // (and drops only pages that are clean already: not these, just written).
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            offset,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        );
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         check_range(self.size, offset, len as usize)?;

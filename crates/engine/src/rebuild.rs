@@ -1,17 +1,19 @@
 //! Rebuild: every chunk slice on a member that is gone (or being replaced) is recreated on
 //! a hot spare, the replacement, or free space on the other members (distributed rebuild),
-//! one chunk at a time. A chunk's new slice is written and flushed before the map commit
-//! that points to it, so the map is the checkpoint: a restart resumes with the chunks not
-//! yet moved, and a crash at any point leaves the old (degraded) or the new slice in force.
+//! chunk by chunk (the rows of each spread over a few threads). A chunk's new slice is
+//! written and flushed before the map commit that points to it, so the map is the
+//! checkpoint: a restart resumes with the chunks not yet moved, and a crash at any point
+//! leaves the old (degraded) or the new slice in force.
 
-use crate::array::{read, write, Array, Dev};
-use crate::chunkmap::{Allocator, Chunk, Slice};
+use crate::array::{read, write, Array, Dev, MemberSet};
+use crate::chunkmap::{Allocator, Chunk, MemberSpace, Slice};
 use crate::error::{Error, Result};
 use crate::events::EventKind;
 use crate::jobs::JobControl;
 use crate::metadata::MemberState;
 use crate::profile::Level;
-use std::collections::HashMap;
+use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 
 const BLOCK: usize = 4096;
@@ -40,11 +42,107 @@ pub struct RebuildReport {
     pub lost: Vec<(u64, u64)>,
 }
 
+/// Threads that rebuild rows at once (at most; the machine's cores if fewer).
+const MAX_REBUILD_THREADS: usize = 4;
+
+/// Buffers a rebuild thread reuses from batch to batch: per slice position, its bytes for
+/// the batch and which rows of them verified; and the batch's output.
+#[derive(Default)]
+struct Scratch {
+    bufs: Vec<Vec<u8>>,
+    ok: Vec<Vec<bool>>,
+    out: Vec<u8>,
+}
+
+/// One batch of rows of one new slice: rows `row..row + n` of position `pos` of chunk `idx`,
+/// to be written to `target`.
+struct Job {
+    idx: usize,
+    chunk: Arc<Chunk>,
+    members: MemberSet,
+    pos: usize,
+    need: Need,
+    target: Slice,
+    row: u64,
+    n: u64,
+}
+
+/// What jobs found: checksum blocks touched per member, volume ranges that could not be
+/// rebuilt.
+#[derive(Default)]
+struct Found {
+    csum_blocks: HashMap<u16, Vec<u64>>,
+    lost: Vec<(u64, u64)>,
+}
+
+/// The batches of the current group, shared by the rebuild threads, and what they found.
+#[derive(Default)]
+struct PipeState {
+    queue: VecDeque<Job>,
+    /// Jobs queued or running.
+    pending: usize,
+    /// No more jobs: the threads end.
+    closed: bool,
+    /// What the jobs done found (written before the group's flush).
+    found: Found,
+    /// The first failure (the group is then not committed).
+    error: Option<Error>,
+}
+
+#[derive(Default)]
+struct Pipe {
+    st: Mutex<PipeState>,
+    cv: Condvar,
+}
+
+/// Ends the rebuild threads however the loop that feeds them ends.
+struct ClosePipe<'a>(&'a Pipe);
+
+impl Drop for ClosePipe<'_> {
+    fn drop(&mut self) {
+        self.0.st.lock().closed = true;
+        self.0.cv.notify_all();
+    }
+}
+
+/// Counts a job done even if it panics.
+struct JobDone<'a> {
+    pipe: &'a Pipe,
+    result: Option<(Found, Result<()>)>,
+}
+
+impl Drop for JobDone<'_> {
+    fn drop(&mut self) {
+        let mut st = self.pipe.st.lock();
+        match self.result.take() {
+            Some((found, r)) => {
+                for (m, v) in found.csum_blocks {
+                    st.found.csum_blocks.entry(m).or_default().extend(v);
+                }
+                st.found.lost.extend(found.lost);
+                if let Err(e) = r {
+                    st.error.get_or_insert(e);
+                }
+            }
+            None => {
+                st.error
+                    .get_or_insert(Error::Invalid("a rebuild thread panicked".into()));
+            }
+        }
+        st.pending -= 1;
+        drop(st);
+        self.pipe.cv.notify_all();
+    }
+}
+
 /// Chunks moved but not yet committed (see `Array::rebuild`).
 #[derive(Default)]
 struct Group {
     /// The map the allocator sees: the committed one plus every new slice of the group.
     alloc_map: crate::chunkmap::ChunkMap,
+    /// Free space left by `alloc_map` on the members as they were (kept from chunk to
+    /// chunk: deriving it from the map is linear in the map's size).
+    alloc: Option<(Vec<MemberSpace>, Allocator)>,
     moved: Vec<(usize, Arc<Chunk>)>,
     lost: Vec<(u64, u64)>,
     flush: Vec<u16>,
@@ -336,70 +434,91 @@ impl Array {
         );
         // Chunks move in groups (up to half a second or 256 MiB of slices): one flush and
         // one map commit per group, not per chunk. Commits wait while a group moves.
-        let mut i = 0;
-        let mut work = work;
-        let mut passes_done = 0;
-        while i < work.len() && !ctl.is_cancelled() {
-            let commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
-            let next_txg = commits.as_ref().map(|g| **g);
-            let _direct = self.chunk_gate.write();
-            let mut group = Group {
-                alloc_map: self.state.lock().meta.map.clone(),
-                ..Default::default()
-            };
-            let started = std::time::Instant::now();
-            let mut bytes = 0;
-            while i < work.len()
-                && !ctl.is_cancelled()
-                && started.elapsed() < std::time::Duration::from_millis(500)
-                && bytes < 256 << 20
-            {
-                let idx = work[i];
-                i += 1;
-                let n = slice_bytes(idx);
-                match self.rebuild_chunk(idx, &ctl, &mut group)? {
-                    Step::Moved => {
-                        report.chunks_rebuilt += 1;
-                        report.bytes += n;
-                        bytes += n;
-                    }
-                    Step::Stuck => report.chunks_stuck += 1,
-                    Step::Relocate(chunk) => {
-                        // Relocation commits on its own; the group so far goes first.
-                        self.commit_group(std::mem::take(&mut group), &mut report)?;
-                        let members = self.members();
-                        match self.relocate_chunk(idx, &chunk, &members, &ctl, next_txg)? {
-                            Some(lost) => {
-                                report.chunks_rebuilt += 1;
-                                report.bytes += n;
-                                report.lost.extend(lost);
-                            }
-                            None => report.chunks_stuck += 1,
+        // The rows of each chunk are rebuilt by a few threads (this one included) while the
+        // next chunks are placed; a group waits for all of them before its flush and commit.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_REBUILD_THREADS);
+        // Jobs queued ahead of the threads (about 1 MiB each) before this one lends a hand.
+        let ahead = if threads > 1 { 2 * threads } else { 0 };
+        let pipe = Pipe::default();
+        let mut scratch = Scratch::default();
+        std::thread::scope(|s| -> Result<()> {
+            let _close = ClosePipe(&pipe);
+            for _ in 1..threads {
+                let (pipe, ctl) = (&pipe, &*ctl);
+                s.spawn(move || self.rebuild_thread(pipe, ctl));
+            }
+            let mut i = 0;
+            let mut work = work;
+            let mut passes_done = 0;
+            while i < work.len() && !ctl.is_cancelled() {
+                let commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
+                let next_txg = commits.as_ref().map(|g| **g);
+                let _direct = self.chunk_gate.write();
+                let mut group = Group {
+                    alloc_map: self.state.lock().meta.map.clone(),
+                    ..Default::default()
+                };
+                let started = std::time::Instant::now();
+                let mut bytes = 0;
+                while i < work.len()
+                    && !ctl.is_cancelled()
+                    && started.elapsed() < std::time::Duration::from_millis(500)
+                    && bytes < 256 << 20
+                {
+                    let idx = work[i];
+                    i += 1;
+                    let n = slice_bytes(idx);
+                    match self.rebuild_chunk(idx, &pipe, &mut group)? {
+                        Step::Moved => {
+                            report.chunks_rebuilt += 1;
+                            report.bytes += n;
+                            bytes += n;
                         }
-                        group.alloc_map = self.state.lock().meta.map.clone();
+                        Step::Stuck => report.chunks_stuck += 1,
+                        Step::Relocate(chunk) => {
+                            // Relocation commits on its own; the group so far goes first.
+                            self.finish_jobs(&pipe, &mut scratch, &ctl, &mut group)?;
+                            self.commit_group(std::mem::take(&mut group), &mut report)?;
+                            let members = self.members();
+                            match self.relocate_chunk(idx, &chunk, &members, &ctl, next_txg)? {
+                                Some(lost) => {
+                                    report.chunks_rebuilt += 1;
+                                    report.bytes += n;
+                                    report.lost.extend(lost);
+                                }
+                                None => report.chunks_stuck += 1,
+                            }
+                            group.alloc_map = self.state.lock().meta.map.clone();
+                        }
+                    }
+                    self.drain_jobs(&pipe, ahead, &mut scratch, &ctl)?;
+                }
+                self.finish_jobs(&pipe, &mut scratch, &ctl, &mut group)?;
+                self.commit_group(group, &mut report)?;
+                // Relocations count without sleeping: the rate limit waits here, unlocked.
+                drop(_direct);
+                drop(commits);
+                ctl.throttle();
+                if i == work.len() && !ctl.is_cancelled() {
+                    // Chunks allocated meanwhile (born degraded) or a member that failed
+                    // during the pass: go on with them, as long as the last pass got
+                    // somewhere.
+                    let before = report.chunks_rebuilt;
+                    let more = self.rebuild_work();
+                    if !more.is_empty() && before > passes_done {
+                        passes_done = before;
+                        self.assign_spares()?;
+                        let extra: u64 = more.iter().map(|&c| slice_bytes(c)).sum();
+                        ctl.set_total(ctl.progress().total + extra);
+                        work = more;
+                        i = 0;
                     }
                 }
             }
-            self.commit_group(group, &mut report)?;
-            // Relocations count without sleeping: the rate limit waits here, unlocked.
-            drop(_direct);
-            drop(commits);
-            ctl.throttle();
-            if i == work.len() && !ctl.is_cancelled() {
-                // Chunks allocated meanwhile (born degraded) or a member that failed during
-                // the pass: go on with them, as long as the last pass got somewhere.
-                let before = report.chunks_rebuilt;
-                let more = self.rebuild_work();
-                if !more.is_empty() && before > passes_done {
-                    passes_done = before;
-                    self.assign_spares()?;
-                    let extra: u64 = more.iter().map(|&c| slice_bytes(c)).sum();
-                    ctl.set_total(ctl.progress().total + extra);
-                    work = more;
-                    i = 0;
-                }
-            }
-        }
+            Ok(())
+        })?;
         if !ctl.is_cancelled() {
             // Estimates made before the work was seen end at what it really was: 100%.
             ctl.set_total(ctl.progress().done);
@@ -561,9 +680,10 @@ impl Array {
         Ok(())
     }
 
-    /// Writes the new slices of one chunk (caller holds the commit lock and chunk gate);
-    /// the group's commit makes them count.
-    fn rebuild_chunk(&self, idx: usize, ctl: &JobControl, group: &mut Group) -> Result<Step> {
+    /// Places the new slices of one chunk and hands the writing of them to the rebuild
+    /// threads (caller holds the commit lock and chunk gate); the group's commit makes them
+    /// count, once the threads are done with them.
+    fn rebuild_chunk(&self, idx: usize, pipe: &Pipe, group: &mut Group) -> Result<Step> {
         let Some(chunk) = self.chunks.read()[idx].clone() else {
             return Ok(Step::Moved);
         };
@@ -586,7 +706,10 @@ impl Array {
         };
         // Slices placed earlier in the group are taken; slices they replace stay taken
         // until the group's commit (their data is live until then).
-        let mut alloc = Allocator::new(&spaces, &group.alloc_map);
+        let mut alloc = match &group.alloc {
+            Some((sp, a)) if *sp == spaces => a.clone(),
+            _ => Allocator::new(&spaces, &group.alloc_map),
+        };
         let in_chunk: Vec<u16> = chunk.slices.iter().map(|s| s.member).collect();
         let mut targets: Vec<Option<Slice>> = vec![None; chunk.slices.len()];
         let mut taken: Vec<u16> = Vec::new();
@@ -644,57 +767,35 @@ impl Array {
         if distributed && !self.room_for_unwritten(&alloc, &template, &future) {
             return Ok(Step::Stuck);
         }
-        let p = chunk.profile;
-        let su = p.stripe_unit;
+        // Rows in batches of about 1 MiB per member: one read per source per batch.
+        let su = chunk.profile.stripe_unit;
         let rows = chunk.slice_len / su;
-        let mut lost: Vec<(u64, u64)> = Vec::new();
-        let mut csum_blocks: HashMap<u16, Vec<u64>> = HashMap::new();
-        for (pos, target) in targets.iter().enumerate() {
-            let Some(t) = target else { continue };
-            let dst = members[t.member as usize]
-                .clone()
-                .expect("targets are present");
-            // Rows in batches of about 1 MiB per member: one read per source per batch.
-            let batch = ((1u64 << 20) / su).max(1);
+        let batch = ((1u64 << 20) / su).max(1);
+        let mut jobs = Vec::new();
+        for (pos, t) in targets.iter().enumerate() {
+            let Some(t) = t else { continue };
             let mut row = 0;
             while row < rows {
                 let n = batch.min(rows - row);
-                let _g: Vec<_> = (row..row + n)
-                    .map(|r| self.locks.lock(idx as u32, r))
-                    .collect();
-                let mut buf = vec![0u8; (n * su) as usize];
-                let done = self.rebuild_rows(&chunk, &members, pos, needs[pos], row, &mut buf);
-                for (k, rbuf) in buf.chunks_mut(su as usize).enumerate() {
-                    let r = row + k as u64;
-                    // Rows the fast path could not do, block by block: only what cannot be
-                    // rebuilt is lost.
-                    if !done[k] {
-                        for (b, out) in rbuf.chunks_mut(BLOCK).enumerate() {
-                            let col = (b * BLOCK) as u64;
-                            if !self.rebuild_block(&chunk, &members, pos, needs[pos], r, col, out) {
-                                out.fill(0);
-                                if let Some(voff) =
-                                    self.data_volume_offset(idx, &chunk, pos, r, col)
-                                {
-                                    lost.push((voff, out.len() as u64));
-                                }
-                            }
-                        }
-                    }
-                }
-                let at = t.offset + row * su;
-                write(dst.as_ref(), &buf, at)?;
-                if let Some(cs) = &self.csums {
-                    csum_blocks
-                        .entry(t.member)
-                        .or_default()
-                        .extend(cs.record(t.member, &dst, at, &buf));
-                }
-                ctl.advance(n * su);
+                jobs.push(Job {
+                    idx,
+                    chunk: chunk.clone(),
+                    members: members.clone(),
+                    pos,
+                    need: needs[pos],
+                    target: *t,
+                    row,
+                    n,
+                });
                 row += n;
             }
         }
-        self.write_csum_blocks(&members, csum_blocks)?;
+        {
+            let mut st = pipe.st.lock();
+            st.pending += jobs.len();
+            st.queue.extend(jobs);
+        }
+        pipe.cv.notify_all();
         let mut new = (*chunk).clone();
         for (pos, t) in targets.iter().enumerate() {
             if let Some(t) = t {
@@ -704,8 +805,8 @@ impl Array {
         }
         let new = Arc::new(new);
         group.alloc_map.chunks.push(Some(new.clone()));
+        group.alloc = Some((spaces, alloc));
         group.moved.push((idx, new));
-        group.lost.extend(lost);
         Ok(Step::Moved)
     }
 
@@ -827,9 +928,145 @@ impl Array {
         (off < self.chunk_size).then(|| idx as u64 * self.chunk_size + off)
     }
 
+    /// A rebuild thread: runs jobs until the pipe closes.
+    fn rebuild_thread(&self, pipe: &Pipe, ctl: &JobControl) {
+        let mut scratch = Scratch::default();
+        loop {
+            let job = {
+                let mut st = pipe.st.lock();
+                loop {
+                    if st.closed {
+                        return;
+                    }
+                    if let Some(j) = st.queue.pop_front() {
+                        break j;
+                    }
+                    pipe.cv.wait(&mut st);
+                }
+            };
+            self.run_job(pipe, &job, &mut scratch, ctl);
+        }
+    }
+
+    /// Runs queued jobs here too until at most `left` are pending (queued or running
+    /// elsewhere); the first failure of any of them, if there was one.
+    fn drain_jobs(
+        &self,
+        pipe: &Pipe,
+        left: usize,
+        scratch: &mut Scratch,
+        ctl: &JobControl,
+    ) -> Result<()> {
+        let mut st = pipe.st.lock();
+        while st.pending > left {
+            if let Some(job) = st.queue.pop_front() {
+                drop(st);
+                self.run_job(pipe, &job, scratch, ctl);
+                st = pipe.st.lock();
+            } else {
+                pipe.cv.wait(&mut st);
+            }
+        }
+        match st.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every job of the group, then writes the checksum blocks they touched (the
+    /// group's flush makes them durable with the data).
+    fn finish_jobs(
+        &self,
+        pipe: &Pipe,
+        scratch: &mut Scratch,
+        ctl: &JobControl,
+        group: &mut Group,
+    ) -> Result<()> {
+        self.drain_jobs(pipe, 0, scratch, ctl)?;
+        let found = std::mem::take(&mut pipe.st.lock().found);
+        self.write_csum_blocks(&self.members(), found.csum_blocks)?;
+        group.lost.extend(found.lost);
+        Ok(())
+    }
+
+    /// Rebuilds the rows of `job` and writes them to its target, under their row locks;
+    /// records their checksums and what could not be rebuilt in the pipe.
+    fn run_job(&self, pipe: &Pipe, job: &Job, scratch: &mut Scratch, ctl: &JobControl) {
+        let mut done = JobDone { pipe, result: None };
+        let mut found = Found::default();
+        let failed = pipe.st.lock().error.is_some();
+        let r = if failed {
+            // The group will not be committed: nothing left to do.
+            Ok(())
+        } else {
+            let r = self.write_rows(job, scratch, &mut found);
+            if r.is_ok() {
+                ctl.advance(job.n * job.chunk.profile.stripe_unit);
+            }
+            r
+        };
+        done.result = Some((found, r));
+    }
+
+    /// The work of `run_job`: rebuilds (verified sources, per-block fallback) and writes.
+    fn write_rows(&self, job: &Job, scratch: &mut Scratch, found: &mut Found) -> Result<()> {
+        let Job {
+            idx,
+            ref chunk,
+            ref members,
+            pos,
+            need,
+            target: t,
+            row,
+            n,
+        } = *job;
+        let su = chunk.profile.stripe_unit;
+        let dst = members[t.member as usize]
+            .as_ref()
+            .expect("targets are present");
+        let _g: Vec<_> = (row..row + n)
+            .map(|r| self.locks.lock(idx as u32, r))
+            .collect();
+        let mut buf = std::mem::take(&mut scratch.out);
+        buf.resize((n * su) as usize, 0);
+        let done = self.rebuild_rows(chunk, members, pos, need, row, &mut buf, scratch);
+        for (k, rbuf) in buf.chunks_mut(su as usize).enumerate() {
+            let r = row + k as u64;
+            // Rows the fast path could not do, block by block: only what cannot be
+            // rebuilt is lost.
+            if !done[k] {
+                for (b, out) in rbuf.chunks_mut(BLOCK).enumerate() {
+                    let col = (b * BLOCK) as u64;
+                    if !self.rebuild_block(chunk, members, pos, need, r, col, out) {
+                        out.fill(0);
+                        if let Some(voff) = self.data_volume_offset(idx, chunk, pos, r, col) {
+                            found.lost.push((voff, out.len() as u64));
+                        }
+                    }
+                }
+            }
+        }
+        let at = t.offset + row * su;
+        let r = write(dst.as_ref(), &buf, at);
+        if r.is_ok() {
+            // The group's flush then mostly waits for writes already under way.
+            dst.start_writeback(at, buf.len() as u64);
+            if let Some(cs) = &self.csums {
+                found
+                    .csum_blocks
+                    .entry(t.member)
+                    .or_default()
+                    .extend(cs.record(t.member, dst, at, &buf));
+            }
+        }
+        scratch.out = buf;
+        r
+    }
+
     /// Fills `out` (rows `row0..` of slice position `pos`, whole stripe units) the fast way:
     /// one read per source for all rows, each verified. Returns which rows it did; the
     /// others (a read error or checksum failure among their sources) need the slow path.
+    #[allow(clippy::too_many_arguments)]
     fn rebuild_rows(
         &self,
         c: &Chunk,
@@ -838,47 +1075,58 @@ impl Array {
         need: Need,
         row0: u64,
         out: &mut [u8],
+        scratch: &mut Scratch,
     ) -> Vec<bool> {
         let p = &c.profile;
         let su = p.stripe_unit as usize;
         let len = out.len();
         let nrows = len / su;
-        // Per source position: its bytes for these rows and which rows are trustworthy.
-        let fetch = |q: usize| -> Option<(Vec<u8>, Vec<bool>)> {
+        // Reads source position `q` for these rows into `b`; which rows are trustworthy
+        // (none if it cannot be read).
+        let fetch = |q: usize, b: &mut [u8], ok: &mut Vec<bool>| {
+            ok.clear();
             let m = c.slices[q].member;
-            let d = members[m as usize].as_ref()?;
+            let Some(d) = members[m as usize].as_ref() else {
+                ok.resize(nrows, false);
+                return;
+            };
             let off = c.slices[q].offset + row0 * p.stripe_unit;
-            let mut b = vec![0u8; len];
-            read(d.as_ref(), &mut b, off).ok()?;
-            let ok = (0..nrows)
-                .map(|r| {
-                    self.csums.as_ref().is_none_or(|cs| {
-                        cs.first_bad(m, d, off + (r * su) as u64, &b[r * su..(r + 1) * su])
-                            .is_none()
-                    })
+            if read(d.as_ref(), b, off).is_err() {
+                ok.resize(nrows, false);
+                return;
+            }
+            ok.extend((0..nrows).map(|r| {
+                self.csums.as_ref().is_none_or(|cs| {
+                    cs.first_bad(m, d, off + (r * su) as u64, &b[r * su..(r + 1) * su])
+                        .is_none()
                 })
-                .collect();
-            Some((b, ok))
+            }));
         };
-        let mut done = vec![false; nrows];
+        let mut done = Vec::new();
         if matches!(need, Need::Copy { .. }) {
-            if let Some((b, ok)) = fetch(pos) {
-                out.copy_from_slice(&b);
-                done = ok;
-                if done.iter().all(|&g| g) {
-                    return done;
-                }
+            fetch(pos, out, &mut done);
+            if done.iter().all(|&g| g) {
+                return done;
             }
             // Reconstruct the rows the old member could not give.
+        } else {
+            done.resize(nrows, false);
         }
-        let sources: Vec<Option<(Vec<u8>, Vec<bool>)>> = (0..p.width)
-            .map(|q| if q == pos { None } else { fetch(q) })
-            .collect();
+        scratch.bufs.resize_with(p.width, Vec::new);
+        scratch.ok.resize_with(p.width, Vec::new);
+        for q in 0..p.width {
+            let (b, ok) = (&mut scratch.bufs[q], &mut scratch.ok[q]);
+            if q == pos {
+                ok.clear();
+                ok.resize(nrows, false);
+                continue;
+            }
+            b.resize(len, 0);
+            fetch(q, b, ok);
+        }
+        let sources = &*scratch;
         let col = |q: usize, r: usize| -> Option<&[u8]> {
-            sources[q]
-                .as_ref()
-                .filter(|(_, ok)| ok[r])
-                .map(|(b, _)| &b[r * su..(r + 1) * su])
+            (sources.ok[q][r]).then(|| &sources.bufs[q][r * su..(r + 1) * su])
         };
         for r in 0..nrows {
             if done[r] {
@@ -886,7 +1134,19 @@ impl Array {
             }
             let row = row0 + r as u64;
             let dst = &mut out[r * su..(r + 1) * su];
-            if !matches!(p.level, Level::Raid5 | Level::Raid6) {
+            if p.level == Level::Raid5 {
+                // Data or parity alike: the XOR of every other position.
+                let views: Option<Vec<&[u8]>> = (0..p.width)
+                    .filter(|&q| q != pos)
+                    .map(|q| col(q, r))
+                    .collect();
+                if let Some(views) = views {
+                    self.parity.gen_p(&views, dst);
+                    done[r] = true;
+                }
+                continue;
+            }
+            if p.level != Level::Raid6 {
                 let i = (0..p.data_count()).find(|&i| p.data_positions(row, i).contains(&pos));
                 if let Some(src) = i.and_then(|i| {
                     p.data_positions(row, i)
@@ -901,12 +1161,12 @@ impl Array {
             let d = p.data_count();
             let dpos: Vec<usize> = (0..d).map(|i| p.data_positions(row, i).start).collect();
             let ppos = p.parity_position(row);
-            let qpos = (p.level == Level::Raid6).then(|| p.q_position(row));
+            let qpos = p.q_position(row);
             let owned = |q: usize| col(q, r).map(<[u8]>::to_vec);
             let mut sub = crate::io::SubRow {
                 data: dpos.iter().map(|&q| owned(q)).collect(),
                 p: owned(ppos),
-                q: qpos.and_then(owned),
+                q: owned(qpos),
             };
             if self.reconstruct(0, p, &mut sub).is_err() {
                 continue;
@@ -921,11 +1181,7 @@ impl Array {
                     .collect();
                 let mut pb = vec![0u8; su];
                 let mut qb = vec![0u8; su];
-                if qpos.is_some() {
-                    self.parity.gen_pq(&views, &mut pb, &mut qb);
-                } else {
-                    self.parity.gen_p(&views, &mut pb);
-                }
+                self.parity.gen_pq(&views, &mut pb, &mut qb);
                 dst.copy_from_slice(if pos == ppos { &pb } else { &qb });
             }
             done[r] = true;

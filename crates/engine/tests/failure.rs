@@ -295,6 +295,31 @@ fn read_error_during_rebuild_loses_only_those_blocks() {
 }
 
 #[test]
+fn write_error_on_the_spare_stops_the_rebuild_before_its_commit() {
+    let mut rig = Rig::new(4, 8 * MIB);
+    let a = rig.create(Level::Raid5, 256 << 10);
+    let model = pattern(a.size() as usize, 9);
+    a.write_at(&model, 0).unwrap();
+    a.flush().unwrap();
+    a.fail_member(0, "test", false).unwrap();
+    let s = rig.spare(8 * MIB);
+    a.add_member(s, false).unwrap();
+    let before = a.status().chunks_degraded;
+    rig.faults[4].fail_writes(4 * MIB, MIB);
+    assert!(a.rebuild(Arc::new(JobControl::new(0))).is_err());
+    // The chunks of the failed group still point at their old (degraded) slices.
+    let left = a.status().chunks_degraded;
+    assert!(left > 0 && left <= before, "{left} of {before} left");
+    assert_eq!(read_all(&a), model);
+    rig.faults[4].heal();
+    let r = rebuild(&a);
+    assert!(r.lost.is_empty(), "{r:?}");
+    assert_eq!(a.health(), Health::Ok);
+    rig.faults[1].vanish();
+    assert_eq!(read_all(&a), model);
+}
+
+#[test]
 fn replace_copies_while_old_member_serves() {
     let mut rig = Rig::new(4, 8 * MIB);
     let a = rig.create(Level::Raid5, 256 << 10);
