@@ -1,9 +1,10 @@
 //! A power-loss simulator for tests: members that keep what a real disk would keep.
 //!
-//! Each [`SimMember`] holds its durable content and the writes since its last flush. Reads
-//! see everything written. At a [`PowerGrid::cut`], every unflushed write is — independently
-//! per member and per write, from a seed — dropped, kept, or torn at 512-byte boundaries
-//! (a random subset of its sectors survives). Keeping some later writes and dropping earlier
+//! Each [`SimMember`] holds its content and the writes since its last flush (with what they
+//! overwrote, which gives back the durable content). Reads see everything written. At a
+//! [`PowerGrid::cut`], every unflushed write is — independently per member and per write,
+//! from a seed — dropped, kept, or torn at 512-byte boundaries (a random subset of its
+//! sectors survives). Keeping some later writes and dropping earlier
 //! ones is how reordering shows. The grid can also cut at the N-th member I/O: from then on
 //! every I/O fails, as if the machine had died mid-request.
 
@@ -41,10 +42,12 @@ impl Rng {
 struct Pending {
     offset: u64,
     data: Vec<u8>,
+    /// What the write overwrote: undone in reverse order, the pending writes give back the
+    /// durable content (kept this way rather than as a second copy of the member).
+    old: Vec<u8>,
 }
 
 struct SimState {
-    durable: Vec<u8>,
     current: Vec<u8>,
     pending: Vec<Pending>,
 }
@@ -86,7 +89,6 @@ impl PowerGrid {
             size: data.len() as u64,
             power: self.power.clone(),
             state: Mutex::new(SimState {
-                durable: data.clone(),
                 current: data,
                 pending: Vec::new(),
             }),
@@ -127,14 +129,31 @@ impl PowerGrid {
     /// Cuts the power: decides for every unflushed write what reached the media, and
     /// returns each member's surviving content (in creation order) as fresh memory members.
     pub fn cut(&self, seed: u64) -> Vec<Arc<MemMember>> {
+        self.cut_as(seed, false)
+    }
+
+    /// [`PowerGrid::cut`] for the last time: the members give up their content instead of
+    /// copying it (a later `cut` finds them empty). Saves a copy of every member per crash.
+    pub fn cut_final(&self, seed: u64) -> Vec<Arc<MemMember>> {
+        self.cut_as(seed, true)
+    }
+
+    fn cut_as(&self, seed: u64, last: bool) -> Vec<Arc<MemMember>> {
         self.power.dead.store(true, Ordering::SeqCst);
         let mut rng = Rng::new(seed);
         self.members
             .lock()
             .iter()
             .map(|m| {
-                let st = m.state.lock();
-                let mut img = st.durable.clone();
+                let mut st = m.state.lock();
+                let mut img = if last {
+                    std::mem::take(&mut st.current)
+                } else {
+                    st.current.clone()
+                };
+                for w in st.pending.iter().rev() {
+                    img[w.offset as usize..][..w.old.len()].copy_from_slice(&w.old);
+                }
                 for w in &st.pending {
                     match rng.below(3) {
                         0 => {} // lost
@@ -186,20 +205,20 @@ impl MemberDevice for SimMember {
         self.check(offset, buf.len())?;
         self.power.tick()?;
         let mut st = self.state.lock();
-        st.current[offset as usize..][..buf.len()].copy_from_slice(buf);
+        let range = offset as usize..offset as usize + buf.len();
+        let old = st.current[range.clone()].to_vec();
+        st.current[range].copy_from_slice(buf);
         st.pending.push(Pending {
             offset,
             data: buf.to_vec(),
+            old,
         });
         Ok(())
     }
     fn flush(&self) -> io::Result<()> {
         self.power.tick()?;
-        let mut st = self.state.lock();
-        let st = &mut *st;
-        for w in st.pending.drain(..) {
-            st.durable[w.offset as usize..][..w.data.len()].copy_from_slice(&w.data);
-        }
+        // What was written is what is durable now.
+        self.state.lock().pending.clear();
         Ok(())
     }
 }

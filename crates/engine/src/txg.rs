@@ -258,12 +258,13 @@ impl Array {
             }
             None => Vec::new(),
         };
+        // Checksum entries go first in each share. A block's entry is `crc32c(block) ^
+        // crc32c(zero block)`, so the block directly followed by its entry differs from
+        // zeros by a CRC32C codeword: a torn record that lost both (a single-block write's
+        // share) would still pass its payload CRC and replay zeros over the block.
         let mut shares: BTreeMap<u16, Vec<MemberWrite>> = BTreeMap::new();
-        for writes in txg
-            .rows
-            .iter()
-            .map(|(_, _, w)| w.as_slice())
-            .chain(std::iter::once(csum_writes.as_slice()))
+        for writes in std::iter::once(csum_writes.as_slice())
+            .chain(txg.rows.iter().map(|(_, _, w)| w.as_slice()))
         {
             for w in writes {
                 let owner = if area.device.is_some() {
@@ -414,9 +415,11 @@ impl Array {
 
     /// Once everything journaled is durable in place, forgets the journal so the next
     /// assemble has nothing to replay. The half holding the older txg is cleared (and
-    /// flushed) before the newest one's, so a crash midway leaves either the newest txg
-    /// complete — replaying it alone is harmless, its writes are durable — or it incomplete
-    /// and its predecessor gone, which replays nothing (see `journal::select_replay`).
+    /// flushed) before the newest one's, and in the newest one's half the records of older
+    /// txgs (on members that sat the newest out) before the newest's, so a crash midway
+    /// leaves either the newest txg complete — replaying it alone is harmless, its writes
+    /// are durable — or it incomplete and every older record gone, which replays nothing
+    /// (see `journal::select_replay`).
     pub(crate) fn retire_journal(&self) -> Result<()> {
         let next = *self.cache.next_txg.lock();
         self.retire_journal_at(next)
@@ -430,18 +433,43 @@ impl Array {
         };
         let members = self.members();
         flush_all(&members)?;
-        let holders: Vec<Option<crate::array::Dev>> = match &area.device {
-            Some(dev) => vec![Some(dev.clone())],
-            None => members.to_vec(),
+        // (device, whose records it holds)
+        let holders: Vec<(crate::array::Dev, u16)> = match &area.device {
+            Some(dev) => vec![(dev.clone(), journal::EXTERNAL)],
+            None => members
+                .iter()
+                .enumerate()
+                .filter_map(|(m, d)| d.clone().map(|d| (d, m as u16)))
+                .collect(),
         };
         let newest = next.saturating_sub(1);
         let zeros = vec![0u8; 4096];
-        for half in [(newest + 1) % 2, newest % 2] {
-            for d in holders.iter().flatten() {
+        let clear = |group: &[&(crate::array::Dev, u16)], half: u64| -> Result<()> {
+            for (d, _) in group {
                 write(d.as_ref(), &zeros, area.offset + half * area.half)?;
             }
-            flush_all(&holders)?;
+            let devs: Vec<Option<crate::array::Dev>> =
+                group.iter().map(|(d, _)| Some(d.clone())).collect();
+            flush_all(&devs)
+        };
+        clear(&holders.iter().collect::<Vec<_>>(), (newest + 1) % 2)?;
+        // In the newest txg's half, a member that sat that txg out may still hold an older
+        // record of the same parity. It goes first: were the newest txg's records cleared
+        // and such a record left by a crash, it would pass for the newest txg and be
+        // replayed over newer data.
+        let half = newest % 2;
+        let mut hdr = vec![0u8; 4096];
+        let mut older = Vec::new();
+        let mut newest_holders = Vec::new();
+        for h in &holders {
+            read(h.0.as_ref(), &mut hdr, area.offset + half * area.half)?;
+            match journal::decode_header(&hdr, &self.uuid, h.1, area.half) {
+                Some((txg, _)) if txg == newest => newest_holders.push(h),
+                _ => older.push(h),
+            }
         }
+        clear(&older, half)?;
+        clear(&newest_holders, half)?;
         Ok(())
     }
 
