@@ -1198,13 +1198,7 @@ impl Array {
         let m = &st.meta;
         let t = m.template;
         let slots = self.slots.read();
-        let used = |i: usize| -> u64 {
-            m.map
-                .allocated()
-                .filter(|(_, c)| c.slices.iter().any(|s| s.member as usize == i))
-                .map(|(_, c)| c.slice_len)
-                .sum()
-        };
+        let used = |i: usize| m.map.used_on(i);
         let members: Vec<MemberStatus> = m
             .members
             .iter()

@@ -46,6 +46,14 @@ impl ChunkMap {
         self.chunk_size * self.chunks.len() as u64
     }
 
+    /// Bytes of slices on `member`.
+    pub fn used_on(&self, member: usize) -> u64 {
+        self.allocated()
+            .filter(|(_, c)| c.slices.iter().any(|s| s.member as usize == member))
+            .map(|(_, c)| c.slice_len)
+            .sum()
+    }
+
     pub fn allocated(&self) -> impl Iterator<Item = (usize, &Arc<Chunk>)> {
         self.chunks
             .iter()

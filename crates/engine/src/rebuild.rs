@@ -563,13 +563,7 @@ impl Array {
         let mut st = self.state.lock();
         let mut meta = st.meta.clone();
         let n = meta.members.len();
-        let holds: Vec<bool> = (0..n)
-            .map(|i| {
-                meta.map
-                    .allocated()
-                    .any(|(_, c)| c.slices.iter().any(|s| s.member as usize == i))
-            })
-            .collect();
+        let holds: Vec<bool> = (0..n).map(|i| meta.map.used_on(i) > 0).collect();
         let mut assigned = Vec::new();
         for f in 0..n {
             // A failed member needs a spare while it holds data, and also once a rebuild
@@ -624,11 +618,7 @@ impl Array {
         let members = self.members();
         let mut st = self.state.lock();
         let mut meta = st.meta.clone();
-        let holds = |i: usize| {
-            meta.map
-                .allocated()
-                .any(|(_, c)| c.slices.iter().any(|s| s.member as usize == i))
-        };
+        let holds = |i: usize| meta.map.used_on(i) > 0;
         let mut leaving = Vec::new();
         for i in 0..meta.members.len() {
             let m = &meta.members[i];

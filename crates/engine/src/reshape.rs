@@ -41,13 +41,13 @@ pub(crate) struct Move {
     pub staging: bool,
 }
 
-pub(crate) struct Planner<'a> {
-    pub spaces: &'a [MemberSpace],
+pub(crate) struct Planner {
+    pub spaces: Vec<MemberSpace>,
     pub chunk_size: u64,
-    pub goal: &'a Goal,
+    pub goal: Goal,
 }
 
-impl Planner<'_> {
+impl Planner {
     fn converted(&self, c: &Chunk) -> bool {
         let (p, t) = (&c.profile, &self.goal.template);
         p.level == t.level && p.copies == t.copies && p.stripe_unit == t.stripe_unit
@@ -63,7 +63,7 @@ impl Planner<'_> {
     fn narrow(&self, map: &ChunkMap, idx: usize, c: &Chunk) -> bool {
         let mut without = map.clone();
         without.chunks[idx] = None;
-        let mut a = Allocator::new(self.spaces, &without);
+        let mut a = Allocator::new(&self.spaces, &without);
         a.allocate(&self.goal.template, self.chunk_size, &self.goal.targets)
             .is_some_and(|n| n.profile.width > c.profile.width)
     }
@@ -86,7 +86,7 @@ impl Planner<'_> {
 
     /// The next move, or `None` when the goal is reached or nothing more can move.
     pub fn next(&self, map: &ChunkMap, staged: &HashSet<usize>) -> Option<Move> {
-        let alloc = Allocator::new(self.spaces, map);
+        let alloc = Allocator::new(&self.spaces, map);
         let work: Vec<(usize, &Arc<Chunk>)> = map
             .allocated()
             .filter(|(i, c)| self.wants(map, *i, c))
@@ -204,6 +204,15 @@ pub struct Change {
 }
 
 impl Array {
+    /// The planner for the goal recorded in `meta`.
+    pub(crate) fn planner(&self, meta: &ArrayMeta) -> Planner {
+        Planner {
+            spaces: member_spaces(&meta.members, self.sb_layout.data_offset),
+            chunk_size: self.chunk_size,
+            goal: self.goal_of(meta),
+        }
+    }
+
     fn goal_of(&self, meta: &ArrayMeta) -> Goal {
         let members = self.members();
         let leaving: Vec<u16> = (0..meta.members.len() as u16)
@@ -255,22 +264,17 @@ impl Array {
     pub fn forecast(&self, change: &Change) -> Result<Forecast> {
         let meta = self.state.lock().meta.clone();
         let next = self.with_change(&meta, change)?;
-        let goal = self.goal_of(&next);
-        let spaces = member_spaces(&next.members, self.sb_layout.data_offset);
-        let planner = Planner {
-            spaces: &spaces,
-            chunk_size: self.chunk_size,
-            goal: &goal,
-        };
+        let planner = self.planner(&next);
         let plan = planner.simulate(&next.map);
         let t_before = crate::array::template_tolerance(&meta.template);
         let t_after = crate::array::template_tolerance(&next.template);
-        let fit = Allocator::new(&spaces, &ChunkMap::new(self.chunk_size, 0)).count_fitting(
-            &next.template,
-            self.chunk_size,
-            &goal.targets,
-            u32::MAX as usize,
-        );
+        let fit = Allocator::new(&planner.spaces, &ChunkMap::new(self.chunk_size, 0))
+            .count_fitting(
+                &next.template,
+                self.chunk_size,
+                &planner.goal.targets,
+                u32::MAX as usize,
+            );
         let capacity_after = fit as u64 * self.chunk_size;
         let mut refusals = Vec::new();
         let mut warnings = Vec::new();
@@ -348,13 +352,7 @@ impl Array {
     /// conversion, balance or removal is under way). Takes no lock: with a balance under
     /// way it lays chunks out afresh, which is too slow to do under the state lock.
     pub(crate) fn chunks_to_move_in(&self, meta: &ArrayMeta) -> usize {
-        let goal = self.goal_of(meta);
-        let spaces = member_spaces(&meta.members, self.sb_layout.data_offset);
-        let p = Planner {
-            spaces: &spaces,
-            chunk_size: self.chunk_size,
-            goal: &goal,
-        };
+        let p = self.planner(meta);
         meta.map
             .allocated()
             .filter(|(i, c)| p.wants(&meta.map, *i, c))
@@ -384,14 +382,7 @@ impl Array {
         let _running = Running(self);
         let forecast = {
             let meta = self.state.lock().meta.clone();
-            let goal = self.goal_of(&meta);
-            let spaces = member_spaces(&meta.members, self.sb_layout.data_offset);
-            Planner {
-                spaces: &spaces,
-                chunk_size: self.chunk_size,
-                goal: &goal,
-            }
-            .simulate(&meta.map)
+            self.planner(&meta).simulate(&meta.map)
         };
         ctl.set_total(forecast.progress_bytes);
         self.emit(
@@ -412,13 +403,7 @@ impl Array {
             let _direct = self.chunk_gate.write();
             let (m, old) = {
                 let st = self.state.lock();
-                let goal = self.goal_of(&st.meta);
-                let spaces = member_spaces(&st.meta.members, self.sb_layout.data_offset);
-                let p = Planner {
-                    spaces: &spaces,
-                    chunk_size: self.chunk_size,
-                    goal: &goal,
-                };
+                let p = self.planner(&st.meta);
                 match p.next(&st.meta.map, &staged) {
                     Some(m) => {
                         let old = st.meta.map.chunks[m.idx].clone().expect("allocated");
@@ -482,13 +467,7 @@ impl Array {
     fn finish_reshape(&self) -> Result<usize> {
         let _commit = self.cache.next_txg.lock();
         let mut st = self.state.lock();
-        let goal = self.goal_of(&st.meta);
-        let spaces = member_spaces(&st.meta.members, self.sb_layout.data_offset);
-        let p = Planner {
-            spaces: &spaces,
-            chunk_size: self.chunk_size,
-            goal: &goal,
-        };
+        let p = self.planner(&st.meta);
         let stuck = st
             .meta
             .map
@@ -496,11 +475,7 @@ impl Array {
             .filter(|(i, c)| p.wants(&st.meta.map, *i, c))
             .count();
         let mut meta = st.meta.clone();
-        let holds = |i: usize| {
-            meta.map
-                .allocated()
-                .any(|(_, c)| c.slices.iter().any(|s| s.member as usize == i))
-        };
+        let holds = |i: usize| meta.map.used_on(i) > 0;
         let gone: Vec<usize> = (0..meta.members.len())
             .filter(|&i| meta.members[i].leaving && !holds(i))
             .collect();
@@ -705,9 +680,9 @@ mod tests {
             future: vec![0, 1, 2, 3],
         };
         let p = Planner {
-            spaces: &spaces,
+            spaces,
             chunk_size: MIB,
-            goal: &goal,
+            goal,
         };
         let plan = p.simulate(&map);
         assert_eq!(plan.stuck, 0, "{plan:?}");

@@ -28,6 +28,15 @@ fn create(m: &[Arc<MemMember>], level: Level) -> Array {
     Array::create(devs(m), &o).unwrap()
 }
 
+/// Adds `n` members of `size` that hold data at once (`add --grow`).
+fn grow(a: &Array, m: &mut Vec<Arc<MemMember>>, n: usize, size: u64) {
+    for _ in 0..n {
+        let d = Arc::new(MemMember::new(format!("m{}", m.len()), size));
+        m.push(d.clone());
+        a.add_member_grow(d as Dev, false).unwrap();
+    }
+}
+
 fn read_all(a: &Array) -> Vec<u8> {
     let mut v = vec![0u8; a.size() as usize];
     a.read_at(&mut v, 0).unwrap();
@@ -55,11 +64,7 @@ fn full_raid0_to_raid5_over_four() {
     let model = common::pattern(1, a.size() as usize);
     a.write_at(&model, 0).unwrap();
     a.flush().unwrap();
-    for i in 2..4 {
-        let d = Arc::new(MemMember::new(format!("m{i}"), 12 * MIB));
-        m.push(d.clone());
-        a.add_member_grow(d as Dev, false).unwrap();
-    }
+    grow(&a, &mut m, 2, 12 * MIB);
     let change = Change {
         template: Some(template(Level::Raid5)),
         ..Default::default()
@@ -171,11 +176,7 @@ fn balance_spreads_chunks_over_added_members() {
     let model = common::pattern(5, a.size() as usize * 2 / 3);
     a.write_at(&model, 0).unwrap();
     a.flush().unwrap();
-    for i in 3..5 {
-        let d = Arc::new(MemMember::new(format!("m{i}"), 8 * MIB));
-        m.push(d.clone());
-        a.add_member_grow(d as Dev, false).unwrap();
-    }
+    grow(&a, &mut m, 2, 8 * MIB);
     let change = Change {
         balance: true,
         ..Default::default()
@@ -200,11 +201,7 @@ fn a_paused_reshape_resumes_after_reassembly() {
     let model = common::pattern(6, a.size() as usize);
     a.write_at(&model, 0).unwrap();
     a.flush().unwrap();
-    for i in 2..4 {
-        let d = Arc::new(MemMember::new(format!("m{i}"), 12 * MIB));
-        m.push(d.clone());
-        a.add_member_grow(d as Dev, false).unwrap();
-    }
+    grow(&a, &mut m, 2, 12 * MIB);
     a.start_reshape(
         &Change {
             template: Some(template(Level::Raid5)),

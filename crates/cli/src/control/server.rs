@@ -311,20 +311,12 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
             let m = &array.status().members[i];
             if m.state == MemberHealth::Ok && m.used > 0 {
                 // A working member with data: move the data off first (a reshape).
-                let f = array.start_reshape(
-                    &Change {
-                        remove: vec![i],
-                        ..Default::default()
-                    },
-                    false,
-                )?;
-                return Ok(Response {
-                    member: Some(i),
-                    forecast: Some(serde_json::to_value(&f)?),
-                    ..Response::ok().with_message(format!(
-                        "member {i}{name} is leaving: {} chunk moves take its data to the others, then it is removed",
-                        f.plan.moves
-                    ))
+                let change = Change {
+                    remove: vec![i],
+                    ..Default::default()
+                };
+                return reshape_started(array, &change, i, |moves| {
+                    format!("member {i}{name} is leaving: {moves} chunk moves take its data to the others, then it is removed")
                 });
             }
             array.remove_member(i)?;
@@ -341,20 +333,12 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
             let dev = open_device(array, &device)?;
             if grow {
                 let i = array.add_member_grow(dev, force)?;
-                let f = array.start_reshape(
-                    &Change {
-                        balance: true,
-                        ..Default::default()
-                    },
-                    false,
-                )?;
-                return Ok(Response {
-                    member: Some(i),
-                    forecast: Some(serde_json::to_value(&f)?),
-                    ..Response::ok().with_message(format!(
-                        "{device} added as member {i}; balancing spreads data over it ({} chunk moves)",
-                        f.plan.moves
-                    ))
+                let change = Change {
+                    balance: true,
+                    ..Default::default()
+                };
+                return reshape_started(array, &change, i, |moves| {
+                    format!("{device} added as member {i}; balancing spreads data over it ({moves} chunk moves)")
                 });
             }
             let i = array.add_member(dev, force)?;
@@ -376,6 +360,21 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
             }
         }
         other => bail!("{other:?} needs a served array"),
+    })
+}
+
+/// Starts the reshape a membership change needs, and says so (`say` gets the moves).
+fn reshape_started(
+    array: &Array,
+    change: &Change,
+    member: usize,
+    say: impl FnOnce(usize) -> String,
+) -> Result<Response> {
+    let f = array.start_reshape(change, false)?;
+    Ok(Response {
+        member: Some(member),
+        forecast: Some(serde_json::to_value(&f)?),
+        ..Response::ok().with_message(say(f.plan.moves))
     })
 }
 
