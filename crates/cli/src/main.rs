@@ -18,7 +18,7 @@ use std::process::ExitCode;
 /// degraded, within what its level tolerates.
 ///
 /// While `damocles serve` serves an array, status, fail, remove, add, replace, rebuild,
-/// scrub, convert, balance and plan reach it through its control socket: name it with --array NAME, or leave that out
+/// scrub, convert, balance, grow and plan reach it through its control socket: name it with --array NAME, or leave that out
 /// when only one array is served. For an array that is not served, give its members instead
 /// (after `--` for fail, remove, add and replace).
 #[derive(Parser)]
@@ -43,6 +43,7 @@ enum Command {
     Scrub(cmd::job::ScrubArgs),
     Convert(cmd::reshape::ConvertArgs),
     Balance(cmd::reshape::BalanceArgs),
+    Grow(cmd::grow::Args),
     #[command(subcommand)]
     Plan(cmd::reshape::PlanArgs),
     Demo(cmd::demo::Args),
@@ -76,6 +77,7 @@ fn main() -> ExitCode {
         Command::Scrub(a) => cmd::job::scrub(a),
         Command::Convert(a) => cmd::reshape::convert(a),
         Command::Balance(a) => cmd::reshape::balance(a),
+        Command::Grow(a) => cmd::grow::run(a),
         Command::Plan(p) => cmd::reshape::plan(p),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Metadata(m) => cmd::metadata::run(m),

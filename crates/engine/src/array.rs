@@ -221,6 +221,10 @@ pub struct Status {
     /// Chunks still to move towards the goal of a conversion, balance or member removal
     /// (0 when none is under way, or when it is done).
     pub chunks_to_move: usize,
+    /// The most the volume can be with the data laid out as it is (`damocles grow`).
+    pub max_size: u64,
+    /// The volume grows to what the members hold when the reshape under way ends.
+    pub grow_after_reshape: bool,
     /// A reshape (convert, balance, remove) in progress (or the last one this process ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reshape: Option<JobStatus>,
@@ -625,6 +629,7 @@ impl Array {
                 .map(|_| *uuid::Uuid::new_v4().as_bytes()),
             health: Default::default(),
             balancing: false,
+            grow_after: false,
         };
         let payload = meta.encode();
         let slot = format::encode_slot(array_uuid, 1, 1, &payload);
@@ -1189,9 +1194,15 @@ impl Array {
                 }),
             )
         };
-        let chunks_to_move = {
+        let (chunks_to_move, max_size) = {
             let meta = self.state.lock().meta.clone();
-            self.chunks_to_move_in(&meta)
+            let limit = self
+                .chunk_limit(&meta, &meta.map)
+                .max(meta.map.chunks.len());
+            (
+                self.chunks_to_move_in(&meta),
+                limit as u64 * self.chunk_size,
+            )
         };
         let members_now = self.members();
         let st = self.state.lock();
@@ -1311,6 +1322,8 @@ impl Array {
             chunks_degraded,
             rebuild,
             chunks_to_move,
+            max_size,
+            grow_after_reshape: m.grow_after,
             reshape,
             scrub: ScrubStatus {
                 running: scrub_running,

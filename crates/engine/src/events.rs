@@ -19,6 +19,7 @@ pub enum EventKind {
     ScrubFinished,
     ReshapeStarted,
     ReshapeFinished,
+    VolumeGrown,
 }
 
 /// One event, as `serve --on-event` hands it to its command (JSON on stdin).

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod fault;
 pub mod format;
+mod grow;
 mod heal;
 pub mod io;
 pub mod jobs;
@@ -33,6 +34,7 @@ pub use array::{
 pub use error::{Error, Result};
 pub use events::{Event, EventKind, EventSink};
 pub use fault::FaultMember;
+pub use grow::GrowForecast;
 pub use jobs::{JobControl, Progress, DEFAULT_RATE};
 pub use member::{FileMember, MemMember, MemberDevice, OpenMode};
 pub use profile::{Level, Profile};

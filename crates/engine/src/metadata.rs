@@ -88,6 +88,9 @@ pub struct ArrayMeta {
     /// A `balance` is under way (resumed after a restart until every chunk is as wide as
     /// the members allow).
     pub balancing: bool,
+    /// When the reshape under way ends, the volume grows to what the members then hold
+    /// (`add --grow`, `balance --grow`).
+    pub grow_after: bool,
 }
 
 pub const MAX_NAME: usize = 64;
@@ -107,7 +110,8 @@ impl ArrayMeta {
         a.member_count.set(self.members.len() as u32);
         a.allocated_count.set(self.map.allocated().count() as u32);
         a.created.set(self.created);
-        a.flags.set(u32::from(self.balancing));
+        a.flags
+            .set(u32::from(self.balancing) | (u32::from(self.grow_after) << 1));
         a.journal_device = self.journal_device.unwrap_or([0; 16]);
         let mut out = a.as_bytes().to_vec();
         for m in &self.members {
@@ -163,7 +167,7 @@ impl ArrayMeta {
         let name = std::str::from_utf8(&a.name[..name_len])
             .map_err(|_| bad("array name is not UTF-8".into()))?
             .to_string();
-        if a.flags.get() & !1 != 0 {
+        if a.flags.get() & !3 != 0 {
             return Err(bad(format!("unknown array flags {:#x}", a.flags.get())));
         }
         let level =
@@ -331,6 +335,7 @@ impl ArrayMeta {
             journal_device: (a.journal_device != [0; 16]).then_some(a.journal_device),
             health,
             balancing: a.flags.get() & 1 != 0,
+            grow_after: a.flags.get() & 2 != 0,
         })
     }
 }
@@ -386,6 +391,7 @@ mod tests {
                 lost: vec![(8192, 4096)],
             },
             balancing: true,
+            grow_after: true,
         }
     }
 

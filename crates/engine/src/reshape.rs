@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::events::EventKind;
 use crate::jobs::JobControl;
 use crate::metadata::{ArrayMeta, MemberState};
-use crate::profile::Profile;
+use crate::profile::{Level, Profile};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -45,6 +45,22 @@ pub(crate) struct Planner {
     pub spaces: Vec<MemberSpace>,
     pub chunk_size: u64,
     pub goal: Goal,
+    /// Balancing: bytes per member that a fresh array holding as many chunks would use
+    /// (empty otherwise). Moves never change the chunk count, so it holds for a whole plan.
+    pub fresh_use: Vec<u64>,
+}
+
+/// Bytes per member the map's slices take.
+fn use_of(map: &ChunkMap, members: usize) -> Vec<u64> {
+    let mut used = vec![0u64; members];
+    for (_, c) in map.allocated() {
+        for s in &c.slices {
+            if let Some(u) = used.get_mut(s.member as usize) {
+                *u += c.slice_len;
+            }
+        }
+    }
+    used
 }
 
 impl Planner {
@@ -68,8 +84,50 @@ impl Planner {
             .is_some_and(|n| n.profile.width > c.profile.width)
     }
 
+    /// How far `used` is from a fresh array's use: the bytes members hold beyond it.
+    fn overuse(&self, used: &[u64]) -> u64 {
+        used.iter()
+            .zip(&self.fresh_use)
+            .map(|(u, f)| u.saturating_sub(*f))
+            .sum()
+    }
+
+    /// Whether moving `c` to `to` brings the members' use closer to a fresh array's. Only
+    /// strictly closer counts, so balancing by use always ends.
+    fn evens_out(&self, used: &[u64], c: &Chunk, to: &Chunk) -> bool {
+        let mut after = used.to_vec();
+        for s in &c.slices {
+            after[s.member as usize] -= c.slice_len;
+        }
+        for s in &to.slices {
+            after[s.member as usize] += to.slice_len;
+        }
+        self.overuse(&after) < self.overuse(used)
+    }
+
+    /// Would the chunk, laid out afresh, leave the members' use closer to a fresh array's?
+    /// (Mixed sizes: a full small member keeps slices a fresh array would put on the new
+    /// large one, and that space is what the volume needs to grow.)
+    fn uneven(&self, map: &ChunkMap, idx: usize, c: &Chunk) -> bool {
+        let used = use_of(map, self.spaces.len());
+        if !c
+            .slices
+            .iter()
+            .any(|s| used[s.member as usize] > self.fresh_use[s.member as usize])
+        {
+            return false;
+        }
+        let mut without = map.clone();
+        without.chunks[idx] = None;
+        let mut a = Allocator::new(&self.spaces, &without);
+        a.allocate(&self.goal.template, self.chunk_size, &self.goal.targets)
+            .is_some_and(|to| self.evens_out(&used, c, &to))
+    }
+
     pub fn wants(&self, map: &ChunkMap, idx: usize, c: &Chunk) -> bool {
-        !self.converted(c) || self.on_leaving(c) || (self.goal.balance && self.narrow(map, idx, c))
+        !self.converted(c)
+            || self.on_leaving(c)
+            || (self.goal.balance && (self.narrow(map, idx, c) || self.uneven(map, idx, c)))
     }
 
     /// Whether every never-written chunk still fits in what `a` leaves free.
@@ -91,11 +149,16 @@ impl Planner {
             .allocated()
             .filter(|(i, c)| self.wants(map, *i, c))
             .collect();
+        let used = use_of(map, self.spaces.len());
         for &(idx, c) in &work {
             let mut a = alloc.clone();
             if let Some(to) = a.allocate(&self.goal.template, self.chunk_size, &self.goal.targets) {
-                let better =
-                    !self.converted(c) || self.on_leaving(c) || to.profile.width > c.profile.width;
+                let better = !self.converted(c)
+                    || self.on_leaving(c)
+                    || to.profile.width > c.profile.width
+                    || (self.goal.balance
+                        && to.profile.width == c.profile.width
+                        && self.evens_out(&used, c, &to));
                 if better && self.room(map, &a) {
                     return Some(Move {
                         idx,
@@ -107,29 +170,43 @@ impl Planner {
         }
         // Nothing fits as wanted: move a chunk as it is to the members with the most room,
         // which frees room on the full ones (a full 2-member raid0 going to raid5 over 4).
+        // Where its level needs more members with room than there are (a full raid5 on
+        // small members and one large new member), it goes as mirrors of the same
+        // tolerance: two members with room are enough.
+        let set = |c: &Chunk| {
+            let mut v: Vec<u16> = c.slices.iter().map(|s| s.member).collect();
+            v.sort_unstable();
+            v
+        };
         for &(idx, c) in &work {
             if staged.contains(&idx) {
                 continue;
             }
             let p = c.profile;
-            let t = Template {
+            let own = Template {
                 level: p.level,
                 copies: p.copies,
                 stripe_unit: p.stripe_unit,
             };
-            let mut a = alloc.clone();
-            if let Some(to) = a.allocate(&t, self.chunk_size, &self.goal.targets) {
-                let set = |c: &Chunk| {
-                    let mut v: Vec<u16> = c.slices.iter().map(|s| s.member).collect();
-                    v.sort_unstable();
-                    v
-                };
-                if set(&to) != set(c) && self.room(map, &a) {
-                    return Some(Move {
-                        idx,
-                        to,
-                        staging: true,
-                    });
+            let mirrors = Template {
+                level: Level::Raid1,
+                copies: p.tolerance() + 1,
+                stripe_unit: p.stripe_unit,
+            };
+            let mut ts = vec![own];
+            if p.level != Level::Raid1 && p.tolerance() > 0 {
+                ts.push(mirrors);
+            }
+            for t in ts {
+                let mut a = alloc.clone();
+                if let Some(to) = a.allocate(&t, self.chunk_size, &self.goal.targets) {
+                    if set(&to) != set(c) && self.room(map, &a) {
+                        return Some(Move {
+                            idx,
+                            to,
+                            staging: true,
+                        });
+                    }
                 }
             }
         }
@@ -138,6 +215,11 @@ impl Planner {
 
     /// Runs the plan on a copy of the map: what the reshape will do.
     pub fn simulate(&self, map: &ChunkMap) -> Plan {
+        self.simulate_to(map).0
+    }
+
+    /// [`Planner::simulate`], and the map as the reshape leaves it.
+    pub fn simulate_to(&self, map: &ChunkMap) -> (Plan, ChunkMap) {
         let mut map = map.clone();
         let mut staged = HashSet::new();
         let mut plan = Plan::default();
@@ -159,7 +241,7 @@ impl Planner {
             .allocated()
             .filter(|(i, c)| self.wants(&map, *i, c))
             .count();
-        plan
+        (plan, map)
     }
 }
 
@@ -187,6 +269,8 @@ pub struct Forecast {
     /// Volume size, and what the members could hold with the new layout.
     pub size: u64,
     pub capacity_after: u64,
+    /// The volume size when the reshape ends (larger than `size` only with `grow`).
+    pub size_after: u64,
     /// Problems that make the change refused (unless forced, where that is allowed).
     pub refusals: Vec<String>,
     pub warnings: Vec<String>,
@@ -201,15 +285,33 @@ pub struct Change {
     pub remove: Vec<usize>,
     /// Re-lay chunks as wide as the members allow.
     pub balance: bool,
+    /// When the chunks have moved, grow the volume to what the members then hold.
+    pub grow: bool,
 }
 
 impl Array {
     /// The planner for the goal recorded in `meta`.
     pub(crate) fn planner(&self, meta: &ArrayMeta) -> Planner {
+        let spaces = member_spaces(&meta.members, self.sb_layout.data_offset);
+        let goal = self.goal_of(meta);
+        let mut fresh_use = Vec::new();
+        if goal.balance {
+            fresh_use = vec![0; spaces.len()];
+            let mut a = Allocator::new(&spaces, &ChunkMap::new(self.chunk_size, 0));
+            for _ in 0..meta.map.allocated().count() {
+                let Some(c) = a.allocate(&goal.template, self.chunk_size, &goal.targets) else {
+                    break;
+                };
+                for s in &c.slices {
+                    fresh_use[s.member as usize] += c.slice_len;
+                }
+            }
+        }
         Planner {
-            spaces: member_spaces(&meta.members, self.sb_layout.data_offset),
+            spaces,
             chunk_size: self.chunk_size,
-            goal: self.goal_of(meta),
+            goal,
+            fresh_use,
         }
     }
 
@@ -257,6 +359,7 @@ impl Array {
             m.leaving = true;
         }
         next.balancing |= change.balance;
+        next.grow_after |= change.grow;
         Ok(next)
     }
 
@@ -265,7 +368,7 @@ impl Array {
         let meta = self.state.lock().meta.clone();
         let next = self.with_change(&meta, change)?;
         let planner = self.planner(&next);
-        let plan = planner.simulate(&next.map);
+        let (plan, after) = planner.simulate_to(&next.map);
         let t_before = crate::array::template_tolerance(&meta.template);
         let t_after = crate::array::template_tolerance(&next.template);
         let fit = Allocator::new(&planner.spaces, &ChunkMap::new(self.chunk_size, 0))
@@ -298,12 +401,21 @@ impl Array {
         if self.health() != crate::array::Health::Ok {
             warnings.push("the array is not healthy: a rebuild may be needed first".into());
         }
+        let size_after = if next.grow_after && plan.stuck == 0 {
+            let mut end = next.clone();
+            end.map = after;
+            self.grow_after_reshape(&mut end)
+                .map_or(self.size(), |(_, to)| to)
+        } else {
+            self.size()
+        };
         Ok(Forecast {
             plan,
             tolerance_before: t_before,
             tolerance_after: t_after,
             size: self.size(),
             capacity_after,
+            size_after,
             refusals,
             warnings,
         })
@@ -344,6 +456,7 @@ impl Array {
     pub fn reshape_pending(&self) -> bool {
         let meta = self.state.lock().meta.clone();
         meta.balancing
+            || meta.grow_after
             || meta.members.iter().any(|m| m.leaving)
             || self.chunks_to_move_in(&meta) > 0
     }
@@ -483,12 +596,17 @@ impl Array {
             meta.members[i].state = MemberState::Removed;
             meta.members[i].leaving = false;
         }
-        let changed = !gone.is_empty() || (meta.balancing && stuck == 0);
+        let mut changed = !gone.is_empty() || (meta.balancing && stuck == 0);
+        let mut grown = None;
         if stuck == 0 {
             meta.balancing = false;
+            changed |= meta.grow_after;
+            grown = self.grow_after_reshape(&mut meta);
         }
         if changed {
+            let count = meta.map.chunks.len();
             self.commit_meta(&mut st, meta)?;
+            self.chunks.write().resize(count, None);
             let mut avail = (*self.members()).clone();
             for &i in &gone {
                 avail[i] = None;
@@ -496,6 +614,14 @@ impl Array {
             *self.avail.write() = Arc::new(avail);
         }
         drop(st);
+        if let Some((from, to)) = grown {
+            self.emit(
+                EventKind::VolumeGrown,
+                None,
+                None,
+                format!("volume grown from {from} to {to} bytes"),
+            );
+        }
         for i in gone {
             self.emit(
                 EventKind::MemberRemoved,
@@ -683,6 +809,7 @@ mod tests {
             spaces,
             chunk_size: MIB,
             goal,
+            fresh_use: Vec::new(),
         };
         let plan = p.simulate(&map);
         assert_eq!(plan.stuck, 0, "{plan:?}");

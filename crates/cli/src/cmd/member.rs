@@ -83,7 +83,8 @@ pub struct AddArgs {
     #[arg(long)]
     force: bool,
     /// Join as an active member (not a spare) and balance the data over it: the array's
-    /// chunks get wider, so more of the space holds data (see `damocles plan balance`).
+    /// chunks get wider, so more of the space holds data (see `damocles plan balance`);
+    /// then the volume grows to what the members hold (as `damocles balance --grow`).
     #[arg(long)]
     grow: bool,
     #[command(flatten)]

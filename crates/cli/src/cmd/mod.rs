@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod create;
 pub mod demo;
+pub mod grow;
 pub mod job;
 pub mod member;
 pub mod metadata;

@@ -40,13 +40,17 @@ pub struct ConvertArgs {
 ///
 /// After `add --grow` or mixed-size changes, re-lays every chunk that could be wider, so the
 /// space holds as much data as a fresh array would. Also finishes a conversion or removal
-/// under way. Resumable, like `convert`.
+/// under way. Resumable, like `convert`. With --grow the volume then grows to what the
+/// members hold (as `damocles grow`).
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  damocles plan balance
+  damocles plan balance --grow
   damocles balance --watch
-  damocles balance d0.img d1.img d2.img d3.img   (not served)")]
+  damocles balance --grow d0.img d1.img d2.img d3.img   (not served)")]
 pub struct BalanceArgs {
+    /// When the data has moved, grow the volume to what the members then hold.
+    #[arg(long)]
+    grow: bool,
     #[command(flatten)]
     common: ReshapeArgs,
 }
@@ -101,9 +105,14 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
 pub fn balance(a: BalanceArgs) -> Result<()> {
     let spec = ChangeSpec {
         balance: true,
+        grow: a.grow,
         ..Default::default()
     };
-    reshape("balance", spec, a.common)
+    reshape(
+        if a.grow { "balance --grow" } else { "balance" },
+        spec,
+        a.common,
+    )
 }
 
 pub fn plan(p: PlanArgs) -> Result<()> {

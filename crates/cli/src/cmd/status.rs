@@ -73,6 +73,10 @@ pub struct StatusView {
     pub chunks_degraded: usize,
     pub rebuild: Option<JobView>,
     pub chunks_to_move: usize,
+    #[serde(default)]
+    pub max_size: u64,
+    #[serde(default)]
+    pub grow_after_reshape: bool,
     pub reshape: Option<JobView>,
     pub scrub: ScrubView,
     pub errors: ErrorView,
@@ -173,9 +177,19 @@ pub fn text(st: &StatusView) -> String {
         units::human(st.stripe_unit)
     ));
     line(format!(
-        "size:        {} ({} bytes)",
+        "size:        {} ({} bytes){}",
         units::human(st.size),
-        st.size
+        st.size,
+        if st.grow_after_reshape {
+            "; grows to what the members hold when the reshape ends".to_string()
+        } else if st.max_size > st.size {
+            format!(
+                "; the members hold {}: `damocles grow`",
+                units::human(st.max_size)
+            )
+        } else {
+            String::new()
+        }
     ));
     line(format!(
         "allocated:   {} of {} chunks of {}",

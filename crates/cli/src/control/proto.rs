@@ -60,6 +60,14 @@ pub enum Request {
         #[serde(default)]
         rate: Option<u64>,
     },
+    /// Grows the volume to `size` bytes (`None`: all the members hold now);
+    /// `dry_run` only answers with the forecast.
+    Grow {
+        #[serde(default)]
+        size: Option<u64>,
+        #[serde(default)]
+        dry_run: bool,
+    },
     /// The state of a job.
     Job {
         job: JobKind,
@@ -97,6 +105,9 @@ pub struct ChangeSpec {
     pub remove: Vec<String>,
     #[serde(default)]
     pub balance: bool,
+    /// Grow the volume to what the members hold when the chunks have moved.
+    #[serde(default)]
+    pub grow: bool,
 }
 
 impl JobKind {
@@ -143,6 +154,9 @@ pub struct Response {
     /// What a reshape will do (`damocles plan`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forecast: Option<serde_json::Value>,
+    /// What `grow` did or would do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grow: Option<damocles_engine::GrowForecast>,
 }
 
 impl Response {

@@ -335,10 +335,20 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
                 let i = array.add_member_grow(dev, force)?;
                 let change = Change {
                     balance: true,
+                    grow: true,
                     ..Default::default()
                 };
-                return reshape_started(array, &change, i, |moves| {
-                    format!("{device} added as member {i}; balancing spreads data over it ({moves} chunk moves)")
+                let f = array.start_reshape(&change, false)?;
+                return Ok(Response {
+                    member: Some(i),
+                    message: Some(format!(
+                        "{device} added as member {i}; balancing spreads data over it ({} chunk moves), then the volume grows from {} to {}",
+                        f.plan.moves,
+                        units::human(f.size),
+                        units::human(f.size_after)
+                    )),
+                    forecast: Some(serde_json::to_value(&f)?),
+                    ..Response::ok()
                 });
             }
             let i = array.add_member(dev, force)?;
@@ -357,6 +367,17 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
                 ..Response::ok().with_message(format!(
                     "{new} added as member {i}, to replace member {o}{name}"
                 ))
+            }
+        }
+        Request::Grow { size, dry_run } => {
+            let f = if dry_run {
+                array.grow_forecast(size)?
+            } else {
+                array.grow(size)?
+            };
+            Response {
+                grow: Some(f),
+                ..Response::ok()
             }
         }
         other => bail!("{other:?} needs a served array"),
@@ -465,11 +486,19 @@ pub fn describe_reshape(p: &damocles_engine::Plan) -> String {
 /// A forecast in words: what `plan` prints.
 pub fn describe_forecast(f: &damocles_engine::Forecast, rate: u64) -> String {
     let p = &f.plan;
-    let mut s = format!(
-        "volume        {} (unchanged); the members could hold {} with the new layout\n",
-        units::human(f.size),
-        units::human(f.capacity_after)
-    );
+    let mut s = if f.size_after > f.size {
+        format!(
+            "volume        {}, grows to {} when the chunks have moved\n",
+            units::human(f.size),
+            units::human(f.size_after)
+        )
+    } else {
+        format!(
+            "volume        {} (unchanged); the members could hold {} with the new layout\n",
+            units::human(f.size),
+            units::human(f.capacity_after)
+        )
+    };
     s += &format!(
         "redundancy    survives {} member failure(s), {} after\n",
         f.tolerance_before, f.tolerance_after
@@ -530,6 +559,7 @@ pub fn to_change(array: &Array, c: &ChangeSpec) -> Result<Change> {
         template,
         remove: ids,
         balance: c.balance,
+        grow: c.grow,
     })
 }
 
