@@ -554,3 +554,150 @@ fn scrub_served_and_offline_reports_blocks_checked() {
     assert!(st["scrub"]["last_finished"].as_u64().unwrap() > 0, "{st:#}");
     srv.stop();
 }
+
+/// Mixed sizes: raid1 on 64 + 128 MiB, full, then `add --grow` of a 192 MiB member while
+/// served: the balance runs by itself and the volume ends as large as a fresh raid1 over
+/// the three (a new connection sees it), data intact. Then `grow` on members directly:
+/// --dry-run, --size, and the refusals (shrink, more than the members hold).
+#[test]
+fn add_grow_served_then_grow_offline() {
+    if !require_tools("add --grow and grow", &["nbdcopy"]) {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("damocles-grow.")
+        .tempdir()
+        .unwrap();
+    let member = |name: &str, size: u64| {
+        let p = dir.path().join(name);
+        sparse(&p, size);
+        p
+    };
+    let mut members = vec![member("a.img", 64 * MIB), member("b.img", 128 * MIB)];
+    let out = run_ok(
+        Command::new(bin())
+            .args(["create", "--level", "raid1", "--name", "grow"])
+            .args(&members),
+    );
+    assert!(out.contains("created raid1"), "{out}");
+    let arr = Array {
+        dir,
+        members: members.clone(),
+    };
+    let rt = runtime_dir(&arr);
+    let srv = serve(&arr, &rt, &members, &[], "g");
+    let before = status(&rt, &[])["size"].as_u64().unwrap();
+    let data = random_bytes(before as usize, 21);
+    nbd_write(&arr, &srv.uri, &data);
+    let err = one_line_error(damocles(&rt).arg("grow"));
+    assert!(
+        err.contains("cannot grow") && err.contains("already"),
+        "{err}"
+    );
+
+    let big = arr.path("c.img");
+    sparse(&big, 192 * MIB);
+    let out = run_ok(damocles(&rt).args(["add", "--grow"]).arg(&big));
+    assert!(out.contains("then the volume grows"), "{out}");
+    members.push(big);
+    let st = wait_status(
+        &rt,
+        "the balance and growth",
+        Duration::from_secs(120),
+        |st| {
+            st["reshape"]["running"] == false
+                && st["grow_after_reshape"] == false
+                && st["size"].as_u64() > Some(before)
+        },
+    );
+    let size = st["size"].as_u64().unwrap();
+    // A fresh raid1 over 64 + 128 + 192 MiB holds about 192 MiB (less its metadata).
+    assert!(size > 170 * MIB && size <= 192 * MIB, "{st:#}");
+    assert_eq!(st["chunks_to_move"], 0, "{st:#}");
+    let got = nbd_read(&arr, &srv.uri, size as usize);
+    assert_eq!(got.len() as u64, size, "a new connection sees the new size");
+    assert_same("data after the growth", &got[..data.len()], &data);
+    assert!(got[data.len()..].iter().all(|&b| b == 0));
+    srv.stop();
+
+    // Offline: nothing more to take; refusals are one line and change nothing.
+    let err = one_line_error(Command::new(bin()).arg("grow").args(&members));
+    assert!(err.contains("already"), "{err}");
+    let err = one_line_error(
+        Command::new(bin())
+            .args(["grow", "--size", "32M"])
+            .args(&members),
+    );
+    assert!(err.contains("shrink"), "{err}");
+    let err = one_line_error(
+        Command::new(bin())
+            .args(["grow", "--size", "10G"])
+            .args(&members),
+    );
+    assert!(err.contains("at most"), "{err}");
+    assert_eq!(status_of(&members)["size"].as_u64(), Some(size));
+}
+
+/// `grow --dry-run` and `grow --size` on an array created smaller than its members.
+#[test]
+fn grow_dry_run_and_size_offline() {
+    let dir = tempfile::Builder::new()
+        .prefix("damocles-grow.")
+        .tempdir()
+        .unwrap();
+    let members: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let p = dir.path().join(format!("m{i}.img"));
+            sparse(&p, 64 * MIB);
+            p
+        })
+        .collect();
+    run_ok(
+        Command::new(bin())
+            .args(["create", "--level", "raid5", "--size", "40M"])
+            .args(&members),
+    );
+    let before = status_of(&members)["size"].as_u64().unwrap();
+    let out = run_ok(
+        Command::new(bin())
+            .args(["grow", "--dry-run"])
+            .args(&members),
+    );
+    assert!(out.contains("dry run") && out.contains("after"), "{out}");
+    assert_eq!(status_of(&members)["size"].as_u64(), Some(before));
+    let st = status_of(&members);
+    assert!(st["max_size"].as_u64() > Some(before), "{st:#}");
+    let out = run_ok(Command::new(bin()).arg("status").args(&members));
+    assert!(
+        out.contains("damocles grow"),
+        "status says what to run:\n{out}"
+    );
+    let out = run_ok(
+        Command::new(bin())
+            .args(["grow", "--size", "60M"])
+            .args(&members),
+    );
+    assert!(out.contains("grown to"), "{out}");
+    let after = status_of(&members)["size"].as_u64().unwrap();
+    assert!(after > before && after <= 60 * MIB, "{before} -> {after}");
+    // The whole volume is usable: data up to the old end, zeros after it.
+    let data = random_bytes(before as usize, 22);
+    let src = dir.path().join("in.bin");
+    std::fs::write(&src, &data).unwrap();
+    let o = Command::new(bin())
+        .arg("write")
+        .args(&members)
+        .stdin(std::fs::File::open(&src).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new(bin())
+        .arg("read")
+        .args(&members)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(o.stdout.len() as u64, after);
+    assert_same("read after grow", &o.stdout[..data.len()], &data);
+    assert!(o.stdout[data.len()..].iter().all(|&b| b == 0));
+}

@@ -75,9 +75,7 @@ impl Array {
                 String::new()
             }
         };
-        if self.read_only {
-            refusals.push("the array is open read-only".to_string());
-        } else if self.health() != Health::Ok {
+        if self.health() != Health::Ok {
             refusals.push(
                 "the array is not healthy: rebuild (or replace the failed member) first"
                     .to_string(),
@@ -117,9 +115,12 @@ impl Array {
     /// Grows the volume (see [`Array::grow_forecast`]); refused with the reason when it
     /// cannot. Returns what was done.
     pub fn grow(&self, size: Option<u64>) -> Result<GrowForecast> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         let f = self.grow_forecast(size)?;
         if let Some(r) = f.refusals.first() {
-            return Err(Error::Invalid(r.clone()));
+            return Err(Error::Invalid(format!("cannot grow: {r}")));
         }
         let want = (f.size_after / self.chunk_size) as usize;
         // As `chunk_for_write`: commit lock, then the metadata state.

@@ -74,6 +74,7 @@ impl Migration {
             }),
             remove: self.remove.into_iter().collect(),
             balance: self.balance,
+            grow: false,
         }
     }
 }
