@@ -71,11 +71,15 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn describe(f: &GrowForecast) -> String {
-    let mut s = format!(
-        "volume        {} now, {} after\n",
-        units::human(f.size),
-        units::human(f.size_after)
-    );
+    let mut s = if f.refusals.is_empty() {
+        format!(
+            "volume        {} now, {} after\n",
+            units::human(f.size),
+            units::human(f.size_after)
+        )
+    } else {
+        format!("volume        {}\n", units::human(f.size))
+    };
     s += &format!(
         "members hold  {} as the data is laid out now",
         units::human(f.max_now)
