@@ -760,3 +760,183 @@ fn metadata_import_refuses_missing_twice_given_and_foreign_members() {
         .clone();
     assert_eq!(got, data(300_000, 9));
 }
+
+/// The size of the whole file, in bytes, may not grow past `limit` in a child: a write
+/// past it kills the child with SIGXFSZ, as a crash in the middle of writing would.
+fn export_with_file_size_limit(
+    file: &Path,
+    members: &[PathBuf],
+    limit: u64,
+) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("damocles"));
+    cmd.args(["metadata", "export", "--force"])
+        .arg(file)
+        .arg("--")
+        .args(members);
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn metadata_export_force_replaces_the_file_whole_or_not_at_all() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = tempfile::tempdir().unwrap();
+    let m = members(dir.path(), 4, 32 << 20);
+    let file = dir.path().join("tank.meta");
+    bin()
+        .args(["create", "--level", "raid5", "--name", "tank"])
+        .args(&m)
+        .assert()
+        .success();
+    let export = |force: bool, f: &Path| {
+        let mut c = bin();
+        c.args(["metadata", "export"]);
+        if force {
+            c.arg("--force");
+        }
+        c.arg(f).arg("--").args(&m).output().unwrap()
+    };
+    let write = |off: &str, seed: u8| {
+        bin()
+            .args(["write", "--offset", off])
+            .args(&m)
+            .write_stdin(data(200_000, seed))
+            .assert()
+            .success();
+    };
+    let temps = || -> Vec<String> {
+        fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect()
+    };
+    write("1M", 1);
+    assert!(export(false, &file).status.success());
+    assert_eq!(temps(), Vec::<String>::new());
+    let first = fs::read(&file).unwrap();
+
+    // Without --force an existing file is refused and left alone.
+    let out = export(false, &file);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists (use --force to overwrite it)"));
+    assert_eq!(fs::read(&file).unwrap(), first);
+
+    // --force writes a new file and renames it over the old one: a hard link to the old
+    // file still holds the old backup, whole.
+    let old = dir.path().join("old.meta");
+    fs::hard_link(&file, &old).unwrap();
+    write("30M", 2);
+    let out = export(true, &file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = fs::read(&file).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(
+        fs::read(&old).unwrap(),
+        first,
+        "the old file was written in place"
+    );
+    assert_ne!(
+        fs::metadata(&file).unwrap().ino(),
+        fs::metadata(&old).unwrap().ino()
+    );
+    assert_eq!(temps(), Vec::<String>::new());
+    for f in [&file, &old] {
+        bin()
+            .args(["metadata", "import", "--dry-run", "--force"])
+            .arg(f)
+            .arg("--")
+            .args(&m)
+            .assert()
+            .success();
+    }
+
+    // Killed in the middle of writing (the file size limit is half a backup): the file
+    // still holds the previous backup, whole.
+    write("60M", 3);
+    let out = export_with_file_size_limit(&file, &m, second.len() as u64 / 2);
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.signal() == Some(libc::SIGXFSZ) || err.contains("File too large"),
+            "the size limit did not stop the export mid-write: {:?} {err}",
+            out.status
+        );
+    }
+    assert_eq!(
+        fs::read(&file).unwrap(),
+        second,
+        "a cut export damaged the backup"
+    );
+    bin()
+        .args(["metadata", "import", "--dry-run"])
+        .arg(&file)
+        .arg("--")
+        .args(&m)
+        .assert()
+        .success();
+    for t in temps() {
+        fs::remove_file(dir.path().join(t)).unwrap();
+    }
+
+    // A symlink is followed: the file it points at is replaced, the link stays.
+    let link = dir.path().join("link.meta");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let out = export(true, &link);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_ne!(fs::read(&file).unwrap(), second);
+
+    // A bare file name: the temporary file goes in the current directory.
+    for force in [false, true] {
+        let mut c = bin();
+        c.current_dir(dir.path()).args(["metadata", "export"]);
+        if force {
+            c.arg("--force");
+        }
+        c.arg("bare.meta").arg("--").args(&m).assert().success();
+    }
+    assert!(fs::read(dir.path().join("bare.meta"))
+        .unwrap()
+        .starts_with(b"DAMOCLBK"));
+
+    // Anything but a regular file is never replaced.
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let sub = dir.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    for p in [&fifo, &sub] {
+        let out = export(true, p);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("is not a regular file"), "{err}");
+    }
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(fs::metadata(&sub).unwrap().is_dir());
+    assert_eq!(temps(), Vec::<String>::new());
+}

@@ -53,6 +53,52 @@ fn file_crc(bytes: &[u8]) -> u32 {
     d.finalize() as u32
 }
 
+/// Creates a new file `.NAME.tmp-PID-N` in `dir` for [`Backup::save`] to write and rename.
+fn create_temp(dir: &Path, name: &str) -> Result<(std::path::PathBuf, std::fs::File)> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut n = 0u32;
+    loop {
+        let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), nanos + n));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            Err(source) => {
+                return Err(Error::Open {
+                    path: format!(
+                        "cannot create a temporary file in {} (the backup is written there, \
+                         then renamed)",
+                        dir.display()
+                    ),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then). Atomic with
+/// RENAME_NOREPLACE; on a filesystem without it, `to` is checked just before the rename.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use rustix::io::Errno;
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::OPNOTSUPP => {
+            if std::fs::symlink_metadata(to).is_ok() {
+                return Err(std::io::ErrorKind::AlreadyExists.into());
+            }
+            std::fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A metadata backup: one generation's payload exactly as a slot stored it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backup {
@@ -181,31 +227,91 @@ impl Backup {
         Backup::decode(&name, &bytes)
     }
 
-    /// Writes the file and syncs it; an existing file is only replaced with `overwrite`.
+    /// Writes the file so that a crash never leaves a part of it at `path`: the bytes go to
+    /// a new temporary file in the same directory, which is synced and then renamed to
+    /// `path`, and the directory is synced. `path` then holds what it held before (or
+    /// nothing) or the whole new file. An existing `path` is refused unless `overwrite`
+    /// (the rename itself refuses to replace it, where the filesystem supports that); a
+    /// symlink is followed, and anything but a regular file is never replaced.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<()> {
-        let open = |source| Error::Open {
-            path: path.display().to_string(),
-            source,
+        let exists = || {
+            Error::Invalid(format!(
+                "{} exists (use --force to overwrite it)",
+                path.display()
+            ))
         };
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true);
-        if overwrite {
-            o.create(true).truncate(true);
-        } else {
-            o.create_new(true);
-        }
-        let mut f = o.open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Invalid(format!(
-                    "{} exists (use --force to overwrite it)",
-                    path.display()
-                ))
-            } else {
-                open(e)
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| Error::Open { path: p, source }
+        };
+        let mut target = path.to_path_buf();
+        let mut mode = None;
+        match std::fs::symlink_metadata(path) {
+            Ok(_) if !overwrite => return Err(exists()),
+            Ok(m) => {
+                if m.file_type().is_symlink() {
+                    target = std::fs::canonicalize(path).map_err(io(path))?;
+                }
+                let m = std::fs::metadata(&target).map_err(io(&target))?;
+                if !m.is_file() {
+                    return Err(Error::Invalid(format!(
+                        "{} is not a regular file: it is not replaced by a backup",
+                        target.display()
+                    )));
+                }
+                mode = Some(m.permissions());
             }
-        })?;
-        f.write_all(&self.encode()).map_err(open)?;
-        f.sync_all().map_err(open)
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(path)(e)),
+        }
+        let Some(file_name) = target.file_name() else {
+            return Err(Error::Invalid(format!(
+                "{} does not name a file",
+                path.display()
+            )));
+        };
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let (tmp, mut f) = create_temp(&dir, &file_name.to_string_lossy())?;
+        let written = (|| {
+            f.write_all(&self.encode())?;
+            if let Some(m) = mode {
+                f.set_permissions(m)?;
+            }
+            f.sync_all()
+        })();
+        drop(f);
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&tmp)(e));
+        }
+        let renamed = if overwrite {
+            std::fs::rename(&tmp, &target)
+        } else {
+            rename_noreplace(&tmp, &target)
+        };
+        if let Err(e) = renamed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                exists()
+            } else {
+                io(&target)(e)
+            });
+        }
+        // The rename is only durable once the directory is.
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| Error::Open {
+                path: format!(
+                    "{} was written, but syncing its directory {} failed (a crash now could \
+                     lose it)",
+                    target.display(),
+                    dir.display()
+                ),
+                source,
+            })
     }
 
     pub fn summary(&self) -> Summary {

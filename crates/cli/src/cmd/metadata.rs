@@ -23,6 +23,10 @@ pub enum Metadata {
 /// the chunk map (where every chunk's slices are), scrub progress and lost ranges; no data.
 /// Keep one before a risky operation; `damocles metadata import` puts it back. The array
 /// must not be served: stop `damocles serve` first.
+///
+/// The file is written crash-safely: into a temporary file in FILE's directory, synced,
+/// then renamed to FILE and the directory synced, so FILE never holds a part of a backup
+/// (with --force, a crash leaves the old file or the new one).
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   damocles metadata export tank.meta -- d0.img d1.img d2.img d3.img
@@ -31,7 +35,7 @@ pub struct ExportArgs {
     /// The file to write (refused if it exists, unless --force).
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// Overwrite FILE if it exists.
+    /// Replace FILE if it exists (a regular file only; the new file is renamed over it).
     #[arg(long)]
     force: bool,
     /// Print what was saved as JSON (name, level, members with UUID, state and size, chunk
