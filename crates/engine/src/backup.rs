@@ -53,6 +53,52 @@ fn file_crc(bytes: &[u8]) -> u32 {
     d.finalize() as u32
 }
 
+/// Creates a new file `.NAME.tmp-PID-N` in `dir` for [`Backup::save`] to write and rename.
+fn create_temp(dir: &Path, name: &str) -> Result<(std::path::PathBuf, std::fs::File)> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut n = 0u32;
+    loop {
+        let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), nanos + n));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            Err(source) => {
+                return Err(Error::Open {
+                    path: format!(
+                        "cannot create a temporary file in {} (the backup is written there, \
+                         then renamed)",
+                        dir.display()
+                    ),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then). Atomic with
+/// RENAME_NOREPLACE; on a filesystem without it, `to` is checked just before the rename.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use rustix::io::Errno;
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::OPNOTSUPP => {
+            if std::fs::symlink_metadata(to).is_ok() {
+                return Err(std::io::ErrorKind::AlreadyExists.into());
+            }
+            std::fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A metadata backup: one generation's payload exactly as a slot stored it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backup {
@@ -181,31 +227,91 @@ impl Backup {
         Backup::decode(&name, &bytes)
     }
 
-    /// Writes the file and syncs it; an existing file is only replaced with `overwrite`.
+    /// Writes the file so that a crash never leaves a part of it at `path`: the bytes go to
+    /// a new temporary file in the same directory, which is synced and then renamed to
+    /// `path`, and the directory is synced. `path` then holds what it held before (or
+    /// nothing) or the whole new file. An existing `path` is refused unless `overwrite`
+    /// (the rename itself refuses to replace it, where the filesystem supports that); a
+    /// symlink is followed, and anything but a regular file is never replaced.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<()> {
-        let open = |source| Error::Open {
-            path: path.display().to_string(),
-            source,
+        let exists = || {
+            Error::Invalid(format!(
+                "{} exists (use --force to overwrite it)",
+                path.display()
+            ))
         };
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true);
-        if overwrite {
-            o.create(true).truncate(true);
-        } else {
-            o.create_new(true);
-        }
-        let mut f = o.open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Invalid(format!(
-                    "{} exists (use --force to overwrite it)",
-                    path.display()
-                ))
-            } else {
-                open(e)
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| Error::Open { path: p, source }
+        };
+        let mut target = path.to_path_buf();
+        let mut mode = None;
+        match std::fs::symlink_metadata(path) {
+            Ok(_) if !overwrite => return Err(exists()),
+            Ok(m) => {
+                if m.file_type().is_symlink() {
+                    target = std::fs::canonicalize(path).map_err(io(path))?;
+                }
+                let m = std::fs::metadata(&target).map_err(io(&target))?;
+                if !m.is_file() {
+                    return Err(Error::Invalid(format!(
+                        "{} is not a regular file: it is not replaced by a backup",
+                        target.display()
+                    )));
+                }
+                mode = Some(m.permissions());
             }
-        })?;
-        f.write_all(&self.encode()).map_err(open)?;
-        f.sync_all().map_err(open)
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(path)(e)),
+        }
+        let Some(file_name) = target.file_name() else {
+            return Err(Error::Invalid(format!(
+                "{} does not name a file",
+                path.display()
+            )));
+        };
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let (tmp, mut f) = create_temp(&dir, &file_name.to_string_lossy())?;
+        let written = (|| {
+            f.write_all(&self.encode())?;
+            if let Some(m) = mode {
+                f.set_permissions(m)?;
+            }
+            f.sync_all()
+        })();
+        drop(f);
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&tmp)(e));
+        }
+        let renamed = if overwrite {
+            std::fs::rename(&tmp, &target)
+        } else {
+            rename_noreplace(&tmp, &target)
+        };
+        if let Err(e) = renamed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                exists()
+            } else {
+                io(&target)(e)
+            });
+        }
+        // The rename is only durable once the directory is.
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| Error::Open {
+                path: format!(
+                    "{} was written, but syncing its directory {} failed (a crash now could \
+                     lose it)",
+                    target.display(),
+                    dir.display()
+                ),
+                source,
+            })
     }
 
     pub fn summary(&self) -> Summary {
@@ -279,55 +385,91 @@ struct Found {
     uuid: [u8; 16],
     layout: Superblock,
     members: Vec<(Dev, Superblock)>,
+    /// Journal devices given (they hold no metadata).
+    journals: Vec<(Dev, Superblock)>,
     /// Newest valid metadata on any of them, as assembly chooses it.
     newest: Option<SlotRead>,
     notes: Vec<String>,
 }
 
-/// Reads the superblocks and metadata slots of `devs`, checking they are one array (a
-/// journal device among them is skipped: it holds no metadata).
-fn scan(devs: &[Dev]) -> Result<Found> {
-    let mut members: Vec<(Dev, Superblock)> = Vec::new();
+/// Reads the superblocks and metadata slots of `devs`, checking they are one array and
+/// that no member is given twice. With `expect` (an import), every device must belong to
+/// that array; without it (an export), to the same array as the others. A journal device
+/// is checked the same way and then skipped: it holds no metadata.
+fn scan(devs: &[Dev], expect: Option<[u8; 16]>) -> Result<Found> {
+    let mut all: Vec<(Dev, Superblock)> = Vec::new();
     for d in devs {
         let sb = read_superblock(d.as_ref())?;
-        if sb.is_journal_device() {
-            continue;
-        }
-        if let Some((first, fsb)) = members.first() {
-            if sb.array_uuid != fsb.array_uuid {
-                return Err(Error::Members(format!(
-                    "{} belongs to array {}, but {} belongs to array {}",
-                    d.name(),
-                    Uuid::from_bytes(sb.array_uuid),
-                    first.name(),
-                    Uuid::from_bytes(fsb.array_uuid)
-                )));
-            }
-            let shape = |s: &Superblock| (s.slot_offset, s.slot_size, s.data_offset);
-            if shape(&sb) != shape(fsb) {
-                return Err(Error::format(
-                    d.name(),
-                    "superblock layout differs from the other members",
-                ));
-            }
-        }
-        if let Some((other, _)) = members
+        if let Some((other, _)) = all
             .iter()
-            .find(|(_, s)| s.member_uuid == sb.member_uuid)
+            .find(|(_, s)| (s.array_uuid, s.member_uuid) == (sb.array_uuid, sb.member_uuid))
         {
             return Err(Error::Members(format!(
-                "{} and {} are the same member (given twice?)",
+                "{} and {} are the same member (uuid {}): each member may be given only once",
                 other.name(),
-                d.name()
+                d.name(),
+                Uuid::from_bytes(sb.member_uuid)
             )));
         }
-        members.push((d.clone(), sb));
+        all.push((d.clone(), sb));
     }
+    if let Some(want) = expect {
+        let foreign: Vec<&(Dev, Superblock)> =
+            all.iter().filter(|(_, s)| s.array_uuid != want).collect();
+        if !foreign.is_empty() && foreign.len() == all.len() {
+            let arrays: Vec<String> = foreign
+                .iter()
+                .map(|(_, s)| Uuid::from_bytes(s.array_uuid).to_string())
+                .fold(Vec::new(), |mut v, u| {
+                    if !v.contains(&u) {
+                        v.push(u);
+                    }
+                    v
+                });
+            return Err(Error::Members(format!(
+                "the backup is of array {}, but these members belong to array {}",
+                Uuid::from_bytes(want),
+                arrays.join(" and ")
+            )));
+        }
+        if !foreign.is_empty() {
+            let list: Vec<String> = foreign
+                .iter()
+                .map(|(d, s)| format!("{} (array {})", d.name(), Uuid::from_bytes(s.array_uuid)))
+                .collect();
+            return Err(Error::Members(format!(
+                "{} {} not of array {}, the backup's: leave {} off the list",
+                list.join(", "),
+                if list.len() == 1 { "is" } else { "are" },
+                Uuid::from_bytes(want),
+                if list.len() == 1 { "it" } else { "them" }
+            )));
+        }
+    } else if let Some((first, fsb)) = all.first() {
+        if let Some((d, sb)) = all.iter().find(|(_, s)| s.array_uuid != fsb.array_uuid) {
+            return Err(Error::Members(format!(
+                "{} belongs to array {}, but {} belongs to array {}",
+                d.name(),
+                Uuid::from_bytes(sb.array_uuid),
+                first.name(),
+                Uuid::from_bytes(fsb.array_uuid)
+            )));
+        }
+    }
+    let (journals, members): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|(_, s)| s.is_journal_device());
     let Some((_, layout)) = members.first().cloned() else {
         return Err(Error::Members(
             "no members given (only a journal device)".into(),
         ));
     };
+    let shape = |s: &Superblock| (s.slot_offset, s.slot_size, s.data_offset);
+    if let Some((d, _)) = members.iter().find(|(_, s)| shape(s) != shape(&layout)) {
+        return Err(Error::format(
+            d.name(),
+            "superblock layout differs from the other members",
+        ));
+    }
     let mut newest: Option<SlotRead> = None;
     let mut notes = Vec::new();
     for (d, sb) in &members {
@@ -343,6 +485,7 @@ fn scan(devs: &[Dev]) -> Result<Found> {
         uuid: layout.array_uuid,
         layout,
         members,
+        journals,
         newest,
         notes,
     })
@@ -350,7 +493,7 @@ fn scan(devs: &[Dev]) -> Result<Found> {
 
 /// The newest valid metadata on `devs` (the generation assembly would use), as a backup.
 pub fn export(devs: &[Dev]) -> Result<Backup> {
-    let f = scan(devs)?;
+    let f = scan(devs, None)?;
     let Some((generation, meta, payload)) = f.newest else {
         return Err(Error::Members(
             "no member holds valid array metadata (all metadata slots are damaged): nothing to export"
@@ -389,8 +532,11 @@ pub struct ImportPlan {
     pub new_generation: u64,
     pub exported: u64,
     pub members: Vec<MemberChange>,
-    /// Members in the backup (not removed there) that were not given.
+    /// Members the backup has in service (active or spare) that were not given: the import
+    /// would not reach them, so it is refused without `force`.
     pub missing: Vec<usize>,
+    /// Members the import writes: those given that the backup has in service.
+    pub written: Vec<usize>,
     /// Out of service now (faulty or removed), in service in the backup: they may have
     /// missed writes that the backup would have them serve.
     pub revived: Vec<usize>,
@@ -415,11 +561,36 @@ impl ImportPlan {
         !self.forgotten.is_empty() || !self.moved.is_empty() || !self.revived.is_empty()
     }
 
-    /// Writes the backup as generation `new_generation`: into one slot per member, then a
-    /// flush, so a crash leaves the old generation or the imported one. Refuses a roll-back
-    /// without `force`.
-    pub fn apply(&self, force: bool) -> Result<()> {
-        if self.rolls_back() && !force {
+    /// Why [`ImportPlan::apply`] refuses without `force`, in one line (`None`: it does not).
+    /// That is when a member the backup has in service was not given, or when the import
+    /// rolls the array back.
+    pub fn refusal(&self) -> Option<String> {
+        let rolls_back = self.rolls_back();
+        if self.missing.is_empty() && !rolls_back {
+            return None;
+        }
+        let mut msg = String::new();
+        if !self.missing.is_empty() {
+            let list: Vec<String> = self
+                .missing
+                .iter()
+                .map(|&i| {
+                    let c = &self.members[i];
+                    format!(
+                        "{i} (uuid {}, {} in the backup)",
+                        c.uuid,
+                        c.file.map_or("-", MemberState::name)
+                    )
+                })
+                .collect();
+            msg.push_str(&format!(
+                "member{} {} {} in the backup but not in the member list",
+                if list.len() == 1 { "" } else { "s" },
+                list.join(", "),
+                if list.len() == 1 { "is" } else { "are" }
+            ));
+        }
+        if rolls_back {
             let mut why = Vec::new();
             if !self.forgotten.is_empty() {
                 why.push(format!(
@@ -439,11 +610,47 @@ impl ImportPlan {
                     self.revived
                 ));
             }
-            return Err(Error::Invalid(format!(
+            if !msg.is_empty() {
+                msg.push_str(", and ");
+            }
+            msg.push_str(&format!(
                 "importing this backup rolls the array back ({}): this can lose writes made \
-                 since the export; use --force to import it anyway",
+                 since the export",
                 why.join("; ")
-            )));
+            ));
+        }
+        if self.missing.is_empty() {
+            msg.push_str("; use --force to import it anyway");
+        } else {
+            let written: Vec<String> = self.written.iter().map(usize::to_string).collect();
+            msg.push_str(&format!(
+                "; {}use --force to import it anyway: it then writes member{} {} only, and a \
+                 member left out keeps its current metadata (the backup's state for it applies \
+                 when it is listed again)",
+                if rolls_back {
+                    ""
+                } else {
+                    "give every member, or "
+                },
+                if written.len() == 1 { "" } else { "s" },
+                written.join(", ")
+            ));
+        }
+        Some(msg)
+    }
+
+    /// Writes the backup as generation `new_generation`: into one slot per member written,
+    /// then a flush, so a crash leaves the old generation or the imported one. Without
+    /// `force`, refuses what [`ImportPlan::refusal`] names, writing nothing.
+    pub fn apply(&self, force: bool) -> Result<()> {
+        if !force {
+            if let Some(why) = self.refusal() {
+                return Err(if self.missing.is_empty() {
+                    Error::Invalid(why)
+                } else {
+                    Error::Members(why)
+                });
+            }
         }
         write_generation(
             self.array_uuid.into_bytes(),
@@ -462,14 +669,7 @@ fn chunks(n: usize) -> String {
 /// Checks `backup` against the members `devs` and works out what importing it changes.
 /// Reads only.
 pub fn plan_import(devs: &[Dev], backup: &Backup) -> Result<ImportPlan> {
-    let f = scan(devs)?;
-    if backup.array_uuid != f.uuid {
-        return Err(Error::Members(format!(
-            "the backup is of array {}, but these members belong to array {}",
-            Uuid::from_bytes(backup.array_uuid),
-            Uuid::from_bytes(f.uuid)
-        )));
-    }
+    let f = scan(devs, Some(backup.array_uuid))?;
     if (backup.data_offset, backup.slot_size) != (f.layout.data_offset, f.layout.slot_size) {
         return Err(Error::Members(format!(
             "the backup was made with data offset {} and slot size {}, but these members have {} and {}",
@@ -480,14 +680,23 @@ pub fn plan_import(devs: &[Dev], backup: &Backup) -> Result<ImportPlan> {
     let mut devices: Vec<Option<Dev>> = vec![None; file.members.len()];
     for (d, sb) in &f.members {
         let idx = sb.member_index as usize;
-        let Some(m) = file.members.get(idx).filter(|m| m.uuid == sb.member_uuid) else {
+        let Some(m) = file.members.get(idx) else {
             return Err(Error::Members(format!(
-                "{} (member {}) is not in the backup: it joined the array after the export; \
-                 leave it off the list to import anyway (it is then no longer a member)",
+                "{} (member {idx}, uuid {}) is not in the backup: it joined the array after the \
+                 export; leave it off the list to import anyway (it is then no longer a member)",
                 d.name(),
                 Uuid::from_bytes(sb.member_uuid)
             )));
         };
+        if m.uuid != sb.member_uuid {
+            return Err(Error::Members(format!(
+                "{} is member {idx} with uuid {}, but the backup's member {idx} has uuid {}: \
+                 it is not that member; leave it off the list",
+                d.name(),
+                Uuid::from_bytes(sb.member_uuid),
+                Uuid::from_bytes(m.uuid)
+            )));
+        }
         if d.size() / 4096 * 4096 < m.size {
             return Err(Error::Members(format!(
                 "{} is smaller ({} bytes) than the backup records ({} bytes)",
@@ -497,6 +706,27 @@ pub fn plan_import(devs: &[Dev], backup: &Backup) -> Result<ImportPlan> {
             )));
         }
         devices[idx] = Some(d.clone());
+    }
+    for (d, sb) in &f.journals {
+        match file.journal_device {
+            Some(want) if want == sb.member_uuid => {}
+            Some(want) => {
+                return Err(Error::Members(format!(
+                    "{} is journal device {}, but the backup records journal device {}: \
+                     leave it off the list",
+                    d.name(),
+                    Uuid::from_bytes(sb.member_uuid),
+                    Uuid::from_bytes(want)
+                )))
+            }
+            None => {
+                return Err(Error::Members(format!(
+                    "{} is a journal device, but the backup records none (the journal is on \
+                     the members): leave it off the list",
+                    d.name()
+                )))
+            }
+        }
     }
     let cur = f.newest.as_ref().map(|(_, m, _)| m);
     let mut notes = f.notes;
@@ -535,7 +765,7 @@ pub fn plan_import(devs: &[Dev], backup: &Backup) -> Result<ImportPlan> {
         .members
         .iter()
         .enumerate()
-        .filter(|(i, m)| m.state != MemberState::Removed && devices[*i].is_none())
+        .filter(|(i, m)| in_service(Some(m.state)) && devices[*i].is_none())
         .map(|(i, _)| i)
         .collect();
     let (mut forgotten, mut moved, mut restored) = (Vec::new(), Vec::new(), Vec::new());
@@ -580,7 +810,10 @@ pub fn plan_import(devs: &[Dev], backup: &Backup) -> Result<ImportPlan> {
         .zip(&file.members)
         .map(|(d, m)| d.clone().filter(|_| in_service(Some(m.state))))
         .collect();
-    if targets.iter().all(Option::is_none) {
+    let written: Vec<usize> = (0..targets.len())
+        .filter(|&i| targets[i].is_some())
+        .collect();
+    if written.is_empty() {
         return Err(Error::Members(
             "none of the members given is in service in the backup (all faulty or removed \
              there): there is nowhere to write it"
@@ -598,6 +831,7 @@ pub fn plan_import(devs: &[Dev], backup: &Backup) -> Result<ImportPlan> {
         exported: backup.exported,
         members,
         missing,
+        written,
         revived,
         chunks_now: cur.map(|m| m.map.allocated().count()),
         chunks_file: file.map.allocated().count(),

@@ -23,6 +23,16 @@ pub enum MemberState {
 }
 
 impl MemberState {
+    /// The state as `status` and the JSON output spell it: "active", "faulty", ...
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberState::Active => "active",
+            MemberState::Faulty => "faulty",
+            MemberState::Spare => "spare",
+            MemberState::Removed => "removed",
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             MemberState::Active => 0,

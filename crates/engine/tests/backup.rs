@@ -152,12 +152,36 @@ fn a_member_failed_since_the_export_is_a_roll_back() {
 }
 
 #[test]
-fn missing_members_are_reported_and_not_written() {
+fn missing_members_are_refused_without_force_and_never_written() {
     let (rig, b, generation) = rig_with_backup();
+    let before = snapshots(&rig);
+    let plan = backup::plan_import(&rig.devs(&[1]), &b).unwrap();
+    assert_eq!(plan.missing, vec![1]);
+    assert_eq!(plan.written, vec![0, 2, 3]);
+    let why = plan.refusal().unwrap();
+    let uuid = plan.members[1].uuid;
+    assert!(
+        why.contains(&format!(
+            "member 1 (uuid {uuid}, active in the backup) is in the backup but not in the member list"
+        )) && why.contains("rolls the array back")
+            && why.contains("it then writes members 0, 2, 3 only"),
+        "{why}"
+    );
+    let e = plan.apply(false).unwrap_err();
+    assert!(
+        matches!(e, Error::Members(_)) && e.to_string() == why,
+        "{e}"
+    );
+    assert_eq!(snapshots(&rig), before, "a refused import wrote something");
     let plan = backup::import(&rig.devs(&[1]), &b, true).unwrap();
     assert_eq!(plan.missing, vec![1]);
     assert_eq!(plan.members[1].device, None);
     assert_eq!(plan.members[0].device.as_deref(), Some("m0"));
+    assert_eq!(
+        rig.members[1].snapshot(),
+        before[1],
+        "a member not given was written"
+    );
     let a = rig.assemble(&[]);
     let st = a.status();
     assert_eq!(st.generation, generation + 1);
@@ -282,4 +306,63 @@ fn no_valid_metadata_on_the_members_is_what_import_repairs() {
     assert_eq!(plan.new_generation, b.generation + 1);
     let a = rig.assemble(&[]);
     assert_eq!(read(&a, A, LEN), pattern(1, LEN));
+}
+
+#[test]
+fn only_members_missing_is_refused_alone_and_faulty_ones_may_be_left_out() {
+    let rig = Rig::new(4, 8 * MIB);
+    let a = rig.create(Level::Raid5, None, 16 << 10, CHUNK);
+    a.write_at(&pattern(1, LEN), A).unwrap();
+    a.flush().unwrap();
+    a.fail_member(2, "test", false).unwrap();
+    drop(a);
+    let b = backup::export(&rig.devs(&[])).unwrap();
+    // Member 3 (active in the backup) left out: refused for that alone.
+    let plan = backup::plan_import(&rig.devs(&[3]), &b).unwrap();
+    assert!(!plan.rolls_back());
+    let why = plan.refusal().unwrap();
+    assert!(
+        why.contains("member 3 (uuid")
+            && why.contains("give every member, or use --force")
+            && !why.contains("roll"),
+        "{why}"
+    );
+    // Member 2 (faulty in the backup) left out: nothing is missing, nothing refused.
+    let plan = backup::plan_import(&rig.devs(&[2]), &b).unwrap();
+    assert!(plan.missing.is_empty(), "{:?}", plan.missing);
+    assert_eq!(plan.refusal(), None);
+    assert_eq!(plan.written, vec![0, 1, 3]);
+    plan.apply(false).unwrap();
+    let a = Array::assemble(rig.devs(&[2]), Default::default()).unwrap();
+    assert_eq!(read(&a, A, LEN), pattern(1, LEN));
+}
+
+#[test]
+fn a_member_given_twice_and_foreign_members_are_refused_even_with_force() {
+    let (rig, b, _) = rig_with_backup();
+    let other = Rig::new(4, 8 * MIB);
+    drop(other.create(Level::Raid5, None, 16 << 10, CHUNK));
+    let before = (snapshots(&rig), snapshots(&other));
+    let mut twice = rig.devs(&[]);
+    twice.push(rig.members[2].clone());
+    let e = backup::import(&twice, &b, true).err().unwrap().to_string();
+    assert!(
+        e.contains("m2 and m2 are the same member") && e.contains("given only once"),
+        "{e}"
+    );
+    // The foreign member is named wherever it is in the list.
+    for at in [0, 1, 3] {
+        let mut mixed = rig.devs(&[1]);
+        mixed.insert(at, other.members[1].clone());
+        let e = backup::import(&mixed, &b, true).err().unwrap();
+        let uuid = uuid::Uuid::from_bytes(b.array_uuid);
+        assert!(
+            matches!(e, Error::Members(_))
+                && e.to_string().starts_with("m1 (array ")
+                && e.to_string()
+                    .contains(&format!("is not of array {uuid}, the backup's")),
+            "{e}"
+        );
+    }
+    assert_eq!((snapshots(&rig), snapshots(&other)), before);
 }

@@ -23,6 +23,10 @@ pub enum Metadata {
 /// the chunk map (where every chunk's slices are), scrub progress and lost ranges; no data.
 /// Keep one before a risky operation; `damocles metadata import` puts it back. The array
 /// must not be served: stop `damocles serve` first.
+///
+/// The file is written crash-safely: into a temporary file in FILE's directory, synced,
+/// then renamed to FILE and the directory synced, so FILE never holds a part of a backup
+/// (with --force, a crash leaves the old file or the new one).
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   damocles metadata export tank.meta -- d0.img d1.img d2.img d3.img
@@ -31,7 +35,7 @@ pub struct ExportArgs {
     /// The file to write (refused if it exists, unless --force).
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// Overwrite FILE if it exists.
+    /// Replace FILE if it exists (a regular file only; the new file is renamed over it).
     #[arg(long)]
     force: bool,
     /// Print what was saved as JSON (name, level, members with UUID, state and size, chunk
@@ -46,16 +50,25 @@ pub struct ExportArgs {
 
 /// Put metadata saved by `damocles metadata export` back on the members.
 ///
-/// Checks FILE (format, checksum, that it is this array's and that every member given is
-/// in it), shows what would change (generation, member states, chunks allocated, chunks
-/// whose slices differ) and writes it as a new generation, one metadata slot per member
-/// and a flush, as every commit does: a crash leaves either the old or the imported
-/// metadata. Only the metadata slots are written, never data.
+/// Checks FILE (format, checksum, that it is this array's), checks every member given
+/// against it, shows what would change (generation, member states, chunks allocated,
+/// chunks whose slices differ) and writes it as a new generation, one metadata slot per
+/// member and a flush, as every commit does: a crash leaves either the old or the imported
+/// metadata. Only the metadata slots of the members given are written, never data.
 ///
-/// Refused without --force when it rolls the array back: chunks allocated since the export
-/// would be forgotten or point at the places they had then, or a member out of service now
-/// would be trusted again. Writes made since the export can be lost that way (overwrites of
-/// chunks the file has are kept: they are in place). The array must not be served.
+/// A device that is not the member the backup records under its index (another array's,
+/// one that joined after the export, a journal device the backup does not record, one
+/// smaller than recorded) or a member given twice is refused, with or without --force;
+/// nothing is written then.
+///
+/// Refused without --force when a member the backup has active or spare is not given (the
+/// import would not reach it), or when it rolls the array back: chunks allocated since the
+/// export would be forgotten or point at the places they had then, or a member out of
+/// service now would be trusted again. Writes made since the export can be lost that way
+/// (overwrites of chunks the file has are kept: they are in place). With --force and
+/// members left out, only the members given are written; those left out keep their
+/// metadata, and the imported state for them applies when they are listed again (unless
+/// one of them holds a newer generation, which then wins). The array must not be served.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   damocles metadata import --dry-run tank.meta -- d0.img d1.img d2.img d3.img
@@ -64,14 +77,15 @@ pub struct ImportArgs {
     /// A file written by `damocles metadata export`.
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// Import even if it rolls the array back (can lose writes made since the export).
+    /// Import even if it rolls the array back (can lose writes made since the export), or
+    /// with members the backup has in service left out (only those given are written).
     #[arg(long)]
     force: bool,
     /// Only show what would change; write nothing.
     #[arg(long)]
     dry_run: bool,
-    /// The array's members, after `--`. Members in FILE that are left out are reported
-    /// missing and keep their metadata.
+    /// The array's members, after `--`: every member FILE has active or spare, each once
+    /// (leaving one out needs --force; members FILE has faulty or removed may be left out).
     #[arg(last = true, required = true, value_name = "MEMBER")]
     members: Vec<PathBuf>,
 }
@@ -139,25 +153,33 @@ fn import(a: ImportArgs) -> Result<()> {
     let plan = backup::plan_import(&devs, &b)?;
     print!("{}", plan_text(&plan, &b));
     if a.dry_run {
+        if let Some(why) = plan.refusal() {
+            println!("needs --force: {why}");
+        }
         println!("dry run: nothing written");
         return Ok(());
     }
     plan.apply(a.force)?;
+    let written: Vec<String> = plan
+        .written
+        .iter()
+        .map(|&i| plan.members[i].device.clone().unwrap_or_default())
+        .collect();
     println!(
-        "imported: the members given are at generation {}",
-        plan.new_generation
+        "imported: generation {} written to {} ({})",
+        plan.new_generation,
+        if written.len() == 1 {
+            "1 member".to_string()
+        } else {
+            format!("{} members", written.len())
+        },
+        written.join(", ")
     );
     Ok(())
 }
 
 fn state(s: Option<MemberState>) -> &'static str {
-    match s {
-        None => "-",
-        Some(MemberState::Active) => "active",
-        Some(MemberState::Faulty) => "faulty",
-        Some(MemberState::Spare) => "spare",
-        Some(MemberState::Removed) => "removed",
-    }
+    s.map_or("-", MemberState::name)
 }
 
 fn chunks(n: usize) -> String {
@@ -236,7 +258,8 @@ fn plan_text(p: &ImportPlan, b: &Backup) -> String {
     }
     if !p.missing.is_empty() {
         line(format!(
-            "missing:     members {:?} are in the backup but were not given; they keep their metadata",
+            "MISSING:     members {:?} are in service in the backup but were not given: they would \
+             keep their old metadata (needs --force)",
             p.missing
         ));
     }
