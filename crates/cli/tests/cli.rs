@@ -774,6 +774,8 @@ fn export_with_file_size_limit(
         .arg(file)
         .arg("--")
         .args(members);
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // setrlimit, which is async-signal-safe; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             let r = libc::rlimit {
@@ -927,6 +929,7 @@ fn metadata_export_force_replaces_the_file_whole_or_not_at_all() {
     // Anything but a regular file is never replaced.
     let fifo = dir.path().join("fifo");
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let sub = dir.path().join("sub");
     fs::create_dir(&sub).unwrap();
