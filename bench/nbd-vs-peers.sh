@@ -17,6 +17,7 @@
 # Usage: bench/nbd-vs-peers.sh            (~8-9 min)
 #        QUICK=1 bench/nbd-vs-peers.sh    (~2 min: 1 round, 3 s runs)
 # Env:   ROUNDS RUNTIME RAMP IODEPTH MEMBER_SIZE TEST_SIZE
+#        SERVERS="nbdkit damocles-raid5" WORKLOADS="seqwrite" (subsets)
 #        BENCH_TMPDIR (parent of the tmpdir, default /var/tmp)
 #        DAMOCLES=/path/to/binary (skip the cargo build) KEEP=1 (keep tmpdir)
 set -euo pipefail
@@ -76,8 +77,9 @@ for lvl in raid0 raid5; do
     start_damocles "damocles-$lvl" "$T/$lvl-m"{1..4}
 done
 
-SERVERS=(nbdkit qemu-nbd damocles-raid0 damocles-raid5)
-WORKLOADS=(seqread randread seqwrite randwrite)
+# SERVERS / WORKLOADS (space-separated) pick a subset while iterating.
+read -r -a SERVERS <<<"${SERVERS:-nbdkit qemu-nbd damocles-raid0 damocles-raid5}"
+read -r -a WORKLOADS <<<"${WORKLOADS:-seqread randread seqwrite randwrite}"
 declare -A RW=([seqread]=read [seqwrite]=write [randread]=randread [randwrite]=randwrite)
 declare -A BS=([seqread]=1M [seqwrite]=1M [randread]=4k [randwrite]=4k)
 
@@ -115,12 +117,13 @@ done
 check_alive
 
 # ---------------------------------------------------------------- report
-python3 - "$T/res" "$ROUNDS" <<'EOF'
+python3 - "$T/res" "$ROUNDS" "${SERVERS[*]}" "${WORKLOADS[*]}" <<'EOF'
 import json, os, statistics, sys
 d, rounds = sys.argv[1], int(sys.argv[2])
-servers = ["nbdkit", "qemu-nbd", "damocles-raid0", "damocles-raid5"]
-workloads = [("seqread", "seq read 1M"), ("randread", "rand read 4k"),
-             ("seqwrite", "seq write 1M"), ("randwrite", "rand write 4k")]
+picked_s, picked_w = sys.argv[3].split(), sys.argv[4].split()
+servers = [s for s in ["nbdkit", "qemu-nbd", "damocles-raid0", "damocles-raid5"] if s in picked_s]
+workloads = [(w, l) for w, l in [("seqread", "seq read 1M"), ("randread", "rand read 4k"),
+             ("seqwrite", "seq write 1M"), ("randwrite", "rand write 4k")] if w in picked_w]
 
 def load(path):
     with open(path) as f:
@@ -181,6 +184,8 @@ targets = [
 ]
 label = dict(workloads)
 for w, s, ref, goal in targets:
+    if w not in label or s not in servers or ref not in servers:
+        continue
     a, b = med.get((w, s)), med.get((w, ref))
     if a is None or b is None or b == 0:
         print(f"  {label[w]:<14}{s:<16} / {ref:<9} = n/a    (target >= {goal:.1f}x)  MISS (no data)")

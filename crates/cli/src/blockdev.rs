@@ -28,6 +28,14 @@ impl BlockDevice for ArrayDevice {
         Ok(())
     }
 
+    fn write_owned(&self, buf: Vec<u8>, offset: u64, fua: bool) -> io::Result<Vec<Vec<u8>>> {
+        let spare = self.0.write_owned(buf, offset)?;
+        if fua {
+            self.0.flush()?;
+        }
+        Ok(spare)
+    }
+
     fn flush(&self) -> io::Result<()> {
         Ok(self.0.flush()?)
     }

@@ -5,6 +5,7 @@ use crate::array::{read, write, Array, Dev};
 use crate::chunkmap::Chunk;
 use crate::error::{Error, Result};
 use crate::profile::{Level, Profile};
+use crate::txg::Payload;
 use damocles_parity::gf;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -100,22 +101,41 @@ impl Array {
     /// Writes the virtual disk. With a journal the write is buffered until the next commit
     /// (`flush`, the dirty budget, or the background flusher); durable after `flush`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len())?;
+        self.write_payload(Payload::Borrowed(buf), offset)
+            .map(|_| ())
+    }
+
+    /// [`Array::write_at`] that may keep `buf` instead of copying it (a write of whole
+    /// 4 KiB blocks with the journal). Returns buffers no longer needed — `buf` itself or
+    /// older writes it replaced — for the caller to reuse.
+    pub fn write_owned(&self, buf: Vec<u8>, offset: u64) -> Result<Vec<Vec<u8>>> {
+        self.write_payload(Payload::Owned(buf), offset)
+    }
+
+    fn write_payload(&self, buf: Payload, offset: u64) -> Result<Vec<Vec<u8>>> {
+        let len = buf.len();
+        self.check_range(offset, len)?;
         self.check_usable()?;
-        self.with_failover(|| {
+        let mut payload = Some(buf);
+        let spare = self.with_failover(|| {
             self.record_missing()?;
             if self.journal.is_some() {
                 // Allocate now, so allocation status is true while the data is still dirty.
-                for (idx, ..) in self.pieces(offset, buf.len()) {
+                for (idx, ..) in self.pieces(offset, len) {
                     self.chunk_for_write(idx)?;
                 }
-                self.write_cached(buf, offset)
+                self.write_cached(&mut payload, offset)
             } else {
                 let _gate = self.chunk_gate.read();
-                self.write_direct(buf, offset)
+                let buf = payload.as_ref().expect("payload").as_slice();
+                self.write_direct(buf, offset).map(|()| Vec::new())
             }
         })?;
-        self.forget_lost(offset, buf.len() as u64)
+        self.forget_lost(offset, len as u64)?;
+        Ok(match payload {
+            Some(Payload::Owned(v)) => vec![v],
+            _ => spare,
+        })
     }
 
     /// Makes every completed write durable.

@@ -5,6 +5,7 @@ mod array;
 pub mod backup;
 pub mod chunkmap;
 pub mod csum;
+mod dirty;
 pub mod error;
 pub mod events;
 pub mod fault;

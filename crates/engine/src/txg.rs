@@ -1,10 +1,11 @@
-//! Transaction groups: writes gather as dirty 4 KiB blocks in memory and reach the members
-//! in commits (on flush, when the dirty budget is reached, or on a timer). A commit plans
-//! every touched stripe row (data and fresh parity), journals each member's share, flushes,
-//! and only then writes in place — so a crash at any instant leaves every row either as it
-//! was or replayable from the journal.
+//! Transaction groups: writes gather as dirty blocks in memory (`dirty.rs`) and reach the
+//! members in commits (on flush, when the dirty budget is reached, or on a timer). A commit
+//! plans every touched stripe row (data and fresh parity), journals each member's share,
+//! flushes, and only then writes in place — so a crash at any instant leaves every row
+//! either as it was or replayable from the journal.
 
 use crate::array::{flush_all, read, write, Array};
+use crate::dirty::DirtySet;
 use crate::error::Result;
 use crate::io::{MemberWrite, Seg};
 use crate::journal::{self, SubRecord};
@@ -30,8 +31,6 @@ impl JournalArea {
     }
 }
 
-pub(crate) type DirtySet = HashMap<u64, Box<[u8]>>;
-
 pub(crate) struct Cache {
     /// Blocks written since the last commit began.
     pub open: Mutex<DirtySet>,
@@ -45,12 +44,23 @@ pub(crate) struct Cache {
 impl Cache {
     pub fn new(next_txg: u64, budget: u64) -> Cache {
         Cache {
-            open: Mutex::new(HashMap::new()),
-            committing: RwLock::new(HashMap::new()),
+            open: Mutex::new(DirtySet::default()),
+            committing: RwLock::new(DirtySet::default()),
             next_txg: Mutex::new(next_txg),
             budget,
         }
     }
+}
+
+/// Copies block `b` (volume offset, block-aligned) from `set` into `dst`, if it is held.
+fn copy_block(set: &DirtySet, b: u64, dst: &mut [u8]) -> bool {
+    if !set.contains(b) {
+        return false;
+    }
+    for (o, d) in set.overlapping(b, b + BLOCK) {
+        dst[(o - b) as usize..(o - b) as usize + d.len()].copy_from_slice(d);
+    }
+    true
 }
 
 /// Default dirty budget: a tenth of memory, between 16 MiB and 1 GiB (ZFS's rule of thumb).
@@ -67,46 +77,77 @@ pub fn default_budget() -> u64 {
 }
 
 impl Array {
-    /// Buffers a write as dirty blocks; commits first if the budget is exceeded.
-    pub(crate) fn write_cached(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let end = offset + buf.len() as u64;
-        let mut b = offset / BLOCK;
-        while b * BLOCK < end {
-            let bs = b * BLOCK;
-            let lo = offset.max(bs);
-            let hi = end.min(bs + BLOCK);
-            let src = &buf[(lo - offset) as usize..(hi - offset) as usize];
-            let at = (lo - bs) as usize;
-            if src.len() as u64 == BLOCK {
-                self.cache.open.lock().insert(b, src.into());
-            } else {
-                self.merge_partial(b, at, src)?;
-            }
-            b += 1;
+    /// Buffers a write as dirty blocks; commits first if the budget is exceeded. A write of
+    /// whole blocks keeps `buf` as it is; returns buffers it displaced (for reuse).
+    /// `buf` is taken once it is in the dirty set (a retry after a failed commit finds
+    /// `None` and only commits).
+    pub(crate) fn write_cached(
+        &self,
+        payload: &mut Option<Payload>,
+        offset: u64,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut spare = Vec::new();
+        if payload.is_some() {
+            self.buffer_write(payload, offset, &mut spare)?;
         }
-        let over = self.cache.open.lock().len() as u64 * BLOCK > self.cache.budget;
+        let over = self.cache.open.lock().bytes() > self.cache.budget;
         if over {
             self.commit()?;
         }
-        Ok(())
+        Ok(spare)
     }
 
-    /// Writes part of a block: merges into the dirty copy, or into the current content.
-    fn merge_partial(&self, b: u64, at: usize, src: &[u8]) -> Result<()> {
-        if let Some(blk) = self.cache.open.lock().get_mut(&b) {
-            blk[at..at + src.len()].copy_from_slice(src);
-            return Ok(());
-        }
-        let mut cur = vec![0u8; BLOCK as usize];
-        self.read_at(&mut cur, b * BLOCK)?;
-        cur[at..at + src.len()].copy_from_slice(src);
-        // A concurrent writer may have dirtied the block meanwhile: write over its copy.
-        let mut open = self.cache.open.lock();
-        match open.get_mut(&b) {
-            Some(blk) => blk[at..at + src.len()].copy_from_slice(src),
-            None => {
-                open.insert(b, cur.into());
+    /// Puts the write into the open set; takes `payload` once nothing can fail any more.
+    fn buffer_write(
+        &self,
+        payload: &mut Option<Payload>,
+        offset: u64,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let len = payload.as_ref().expect("payload").len() as u64;
+        let end = offset + len;
+        let lo = offset / BLOCK * BLOCK;
+        let hi = end.next_multiple_of(BLOCK);
+        if lo == offset && hi == end {
+            let mut data = payload.take().expect("payload").into_vec();
+            if data.capacity() > 2 * data.len() {
+                // A recycled buffer much larger than the write: keep only the bytes.
+                let tight = data.clone();
+                spare.push(std::mem::replace(&mut data, tight));
             }
+            self.cache
+                .open
+                .lock()
+                .insert(lo, data, &mut |d| spare.push(d));
+        } else {
+            // Partly written blocks keep their other bytes: from the open set, else read
+            // (outside the lock) and then taken from the open set after all if a writer
+            // dirtied them meanwhile.
+            let mut edges = vec![lo];
+            if hi - BLOCK != lo {
+                edges.push(hi - BLOCK);
+            }
+            edges.retain(|&b| b < offset || b + BLOCK > end);
+            let mut whole = vec![0u8; (hi - lo) as usize];
+            let at = |b: u64| (b - lo) as usize..(b - lo + BLOCK) as usize;
+            let need: Vec<u64> = {
+                let open = self.cache.open.lock();
+                edges
+                    .iter()
+                    .copied()
+                    .filter(|&b| !copy_block(&open, b, &mut whole[at(b)]))
+                    .collect()
+            };
+            for &b in &need {
+                self.read_at(&mut whole[at(b)], b)?;
+            }
+            let mut open = self.cache.open.lock();
+            for &b in &edges {
+                copy_block(&open, b, &mut whole[at(b)]);
+            }
+            let buf = payload.take().expect("payload");
+            whole[(offset - lo) as usize..(end - lo) as usize].copy_from_slice(buf.as_slice());
+            open.insert(lo, whole, &mut |d| spare.push(d));
         }
         Ok(())
     }
@@ -114,43 +155,38 @@ impl Array {
     /// Reads with dirty blocks laid over what the members hold.
     pub(crate) fn read_cached(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let end = offset + buf.len() as u64;
-        let blocks = offset / BLOCK..end.div_ceil(BLOCK);
         // Lock order is always `open` before `committing` (as in `commit`): copy what the
         // open set has for this range first.
-        let newer: Vec<(u64, Box<[u8]>)> = {
+        let newer: Vec<(u64, Vec<u8>)> = {
             let open = self.cache.open.lock();
             if open.is_empty() {
                 Vec::new()
             } else {
-                blocks
-                    .clone()
-                    .filter_map(|b| open.get(&b).map(|d| (b, d.clone())))
+                open.overlapping(offset, end)
+                    .map(|(o, d)| (o, d.to_vec()))
                     .collect()
             }
         };
         // Held across the member read so a block cannot leave the committing set (being put
         // in place) between our member read and the overlay.
         let committing = self.cache.committing.read();
-        let newer_set: std::collections::HashSet<u64> = newer.iter().map(|(b, _)| *b).collect();
-        let dirty = |b: u64| committing.contains_key(&b) || newer_set.contains(&b);
-        self.read_members(buf, offset, &dirty)?;
-        let mut lay = |b: u64, blk: &[u8]| {
-            let bs = b * BLOCK;
-            let lo = offset.max(bs);
-            let hi = end.min(bs + BLOCK);
-            buf[(lo - offset) as usize..(hi - offset) as usize]
-                .copy_from_slice(&blk[(lo - bs) as usize..(hi - bs) as usize]);
+        let in_newer = |b: u64| {
+            let (bs, be) = (b * BLOCK, (b + 1) * BLOCK);
+            // Pieces are in order: the first one ending after the block's start.
+            let k = newer.partition_point(|(o, d)| o + d.len() as u64 <= bs);
+            newer.get(k).is_some_and(|(o, _)| *o < be)
         };
-        if !committing.is_empty() {
-            for b in blocks {
-                if let Some(blk) = committing.get(&b) {
-                    lay(b, blk);
-                }
-            }
+        let dirty = |b: u64| in_newer(b) || committing.contains(b * BLOCK);
+        self.read_members(buf, offset, &dirty)?;
+        let mut lay = |o: u64, d: &[u8]| {
+            buf[(o - offset) as usize..(o - offset) as usize + d.len()].copy_from_slice(d);
+        };
+        for (o, d) in committing.overlapping(offset, end) {
+            lay(o, d);
         }
         drop(committing);
-        for (b, blk) in &newer {
-            lay(*b, blk);
+        for (o, d) in &newer {
+            lay(*o, d);
         }
         Ok(())
     }
@@ -167,15 +203,19 @@ impl Array {
             std::mem::swap(&mut *open, &mut *c);
         }
         let result = self.commit_frozen(&mut next);
-        let mut c = self.cache.committing.write();
-        if result.is_err() {
-            // Keep what could not be committed: blocks written since stay newer.
-            let mut open = self.cache.open.lock();
-            for (b, blk) in c.drain() {
-                open.entry(b).or_insert(blk);
+        let done = {
+            let mut c = self.cache.committing.write();
+            if result.is_err() {
+                // Keep what could not be committed: blocks written since stay newer.
+                let mut open = self.cache.open.lock();
+                for (s, d) in c.extents() {
+                    open.insert_under(s, d);
+                }
             }
-        }
-        c.clear();
+            std::mem::take(&mut *c)
+        };
+        // Its buffers are freed outside the lock.
+        drop(done);
         result
     }
 
@@ -184,35 +224,34 @@ impl Array {
             c.trim();
         }
         let frozen = self.cache.committing.read();
-        let mut blocks: Vec<u64> = frozen.keys().copied().collect();
-        blocks.sort_unstable();
         let members = self.members();
         let area = self.journal.clone().expect("commit needs a journal");
-        let per_block = self.chunk_size / BLOCK;
+        // The extents cut at chunk boundaries: (chunk, offset in chunk, bytes), in order.
+        let c = self.chunk_size;
+        let mut pieces: Vec<(usize, u64, &[u8])> = Vec::new();
+        for (s, d) in frozen.extents() {
+            let mut at = 0;
+            while at < d.len() {
+                let off = s + at as u64;
+                let n = ((c - off % c) as usize).min(d.len() - at);
+                pieces.push(((off / c) as usize, off % c, &d[at..at + n]));
+                at += n;
+            }
+        }
         let mut txg = TxgPlan::default();
         let mut i = 0;
-        while i < blocks.len() {
-            let idx = (blocks[i] / per_block) as usize;
+        while i < pieces.len() {
+            let idx = pieces[i].0;
             let mut j = i;
-            while j < blocks.len() && (blocks[j] / per_block) as usize == idx {
+            while j < pieces.len() && pieces[j].0 == idx {
                 j += 1;
             }
             let chunk = self.chunk_for_write_locked(idx)?;
-            // Contiguous runs of blocks, then the stripe rows they touch, each row planned
-            // once with all of its segments.
-            let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-            for &b in &blocks[i..j] {
-                let co = (b % per_block) * BLOCK;
-                match runs.last_mut() {
-                    Some((start, data)) if *start + data.len() as u64 == co => {
-                        data.extend_from_slice(&frozen[&b])
-                    }
-                    _ => runs.push((co, frozen[&b].to_vec())),
-                }
-            }
+            // The stripe rows the pieces touch, each row planned once with all of its
+            // segments.
             let mut rows: BTreeMap<u64, Vec<Seg>> = BTreeMap::new();
-            for (co, data) in &runs {
-                Self::for_rows(&chunk.profile, *co, data.len(), |row, segs| {
+            for &(_, co, data) in &pieces[i..j] {
+                Self::for_rows(&chunk.profile, co, data.len(), |row, segs| {
                     rows.entry(row)
                         .or_default()
                         .extend(segs.into_iter().map(|(i, col, r)| Seg {
@@ -224,6 +263,8 @@ impl Array {
                 })?;
             }
             for (row, segs) in rows {
+                let joined = join_adjacent(&segs);
+                let segs = with_joined(&segs, &joined);
                 let mut writes = Vec::new();
                 self.with_failover(|| {
                     writes.clear();
@@ -493,7 +534,87 @@ impl Array {
 
     /// Bytes written but not yet committed.
     pub fn dirty_bytes(&self) -> u64 {
-        self.cache.open.lock().len() as u64 * BLOCK
+        self.cache.open.lock().bytes()
+    }
+}
+
+/// Segments of one row that continue each other in one data block (pieces of separate
+/// extents), joined: (first segment, last + 1, the joined bytes). Planning a row sees a block
+/// written whole as one segment, as if the extents were one.
+fn join_adjacent(segs: &[Seg]) -> Vec<(usize, usize, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < segs.len() {
+        let mut e = k + 1;
+        while e < segs.len()
+            && segs[e].i == segs[k].i
+            && segs[e - 1].col + segs[e - 1].data.len() as u64 == segs[e].col
+        {
+            e += 1;
+        }
+        if e - k > 1 {
+            let mut v = Vec::with_capacity(segs[k..e].iter().map(|s| s.data.len()).sum());
+            for s in &segs[k..e] {
+                v.extend_from_slice(s.data);
+            }
+            out.push((k, e, v));
+        }
+        k = e;
+    }
+    out
+}
+
+/// `segs` with the runs of [`join_adjacent`] replaced by their joined bytes.
+fn with_joined<'a>(segs: &[Seg<'a>], joined: &'a [(usize, usize, Vec<u8>)]) -> Vec<Seg<'a>> {
+    let mut out = Vec::with_capacity(segs.len());
+    let mut k = 0;
+    let mut runs = joined.iter().peekable();
+    while k < segs.len() {
+        match runs.peek() {
+            Some((a, b, v)) if *a == k => {
+                out.push(Seg {
+                    i: segs[k].i,
+                    col: segs[k].col,
+                    data: v,
+                });
+                k = *b;
+                runs.next();
+            }
+            _ => {
+                out.push(Seg {
+                    i: segs[k].i,
+                    col: segs[k].col,
+                    data: segs[k].data,
+                });
+                k += 1;
+            }
+        }
+    }
+    out
+}
+
+/// A write's bytes: borrowed (copied into the dirty set) or owned (kept as they are).
+pub(crate) enum Payload<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Payload<'_> {
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(b) => b,
+            Payload::Owned(v) => v,
+        }
+    }
+    /// The bytes as a buffer of their own: an owned one as it is (no copy).
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Payload::Borrowed(b) => b.to_vec(),
+            Payload::Owned(v) => v,
+        }
     }
 }
 

@@ -40,6 +40,14 @@ pub trait BlockDevice: Send + Sync + 'static {
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
 
+    /// [`BlockDevice::write_at`] with a buffer the device may keep instead of copying
+    /// it. Returns buffers the device no longer needs (`buf`, or others it held), which
+    /// the server reuses for later requests. Default: `write_at`, then `buf` back.
+    fn write_owned(&self, buf: Vec<u8>, offset: u64, fua: bool) -> io::Result<Vec<Vec<u8>>> {
+        self.write_at(&buf, offset, fua)?;
+        Ok(vec![buf])
+    }
+
     /// Make all completed writes durable (see the trait docs).
     fn flush(&self) -> io::Result<()>;
 

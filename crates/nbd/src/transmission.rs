@@ -316,14 +316,15 @@ fn execute(
             buf[..hdr].copy_from_slice(&h);
             buf
         }
-        Op::Write { offset, fua, .. } => {
-            let r = guarded(|| dev.write_at(&payload, offset, fua));
-            pool::give(payload);
-            match r {
-                Ok(()) => ok_reply(cookie),
-                Err(e) => fail(e, None),
+        Op::Write { offset, fua, .. } => match guarded(|| dev.write_owned(payload, offset, fua)) {
+            Ok(spare) => {
+                for b in spare {
+                    pool::give(b);
+                }
+                ok_reply(cookie)
             }
-        }
+            Err(e) => fail(e, None),
+        },
         Op::Flush => match guarded(|| dev.flush()) {
             Ok(()) => ok_reply(cookie),
             Err(e) => fail(e, None),
