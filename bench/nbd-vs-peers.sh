@@ -110,6 +110,13 @@ for r in $(seq 1 "$ROUNDS"); do
                 --time_based --runtime="$RUNTIME" --ramp_time="$RAMP"
             # The server's CPU over the whole fio run (ramp included), for µs per I/O.
             echo "$((CLK_TCK)) $c0 $(cpu_ticks "$pid") $t0 $(date +%s%N)" >"$T/res/$w.$s.$r.cpu"
+            if [[ $w == *write ]]; then
+                # Settle, not measured: a FLUSH (damocles commits what it still buffers,
+                # up to its dirty budget) and the page cache written back, so no run pays
+                # for the previous server's deferred work.
+                runfio "$T/settle.json" "$s" --rw=write --bs=4k --io_size=4k --end_fsync=1
+                sync
+            fi
         done
     done
 done
