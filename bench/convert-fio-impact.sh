@@ -5,25 +5,27 @@
 # Each round, in a tmpdir under $TMPDIR (default /tmp; BENCH_TMPDIR to move it), on
 # page-cached sparse files: a raid0 over two members is served by `damocles serve
 # --socket` (with a control socket of its own, so other servers on the machine do not
-# matter) and filled through NBD with DATA_MIB (default 1536) of fio's data (1 MiB writes,
-# then a FLUSH). fio random 4 KiB reads (nbd engine, one connection, --iodepth=16, one job,
-# --thread) on those DATA_MIB then run RUNTIME s (default 10) three times:
+# matter) and filled through NBD with DATA_MIB of fio's data (1 MiB writes, then a
+# FLUSH). DATA_MIB defaults to 4096: about 1000 chunks of 4 MiB, as many as arrays of up
+# to a TiB have, and a conversion that lasts over 10 s even at the full default rate.
+# fio random 4 KiB reads (nbd engine, one connection, --iodepth=16, one job, --thread) on
+# those DATA_MIB then run RUNTIME s (default 10) three times:
 #   idle   - nothing else running (raid0 over the two members);
 #   during - two members were just added through the server (`add --grow`, which starts a
 #            balance) and `damocles convert --level raid5 --background` made raid5 the goal
 #            of that reshape, at the server's DEFAULT rate limit (no --rate). The
 #            conversion must still be running when fio ends, so it overlaps the whole fio
 #            run; a round where it ended first is flagged and left out of the median
-#            (raise DATA_MIB: at 512 MiB it ends within 10 s here);
+#            (raise DATA_MIB);
 #   after  - once the conversion has finished (raid5 over four; for reference only).
 # The conversion's time comes from the server's events (`serve --on-event`), its progress
 # from `damocles status --json`. ROUNDS rounds (default 3); the table gives each round's
 # IOPS and during/idle ratio, then the median ratio against the target (>= 0.50).
 # Knobs: DATA_MIB RUNTIME ROUNDS BENCH_TMPDIR DAMOCLES (skip the build) KEEP=1 (keep tmpdir).
-# Needs 4 x (DATA_MIB / 2 + DATA_MIB / 16 + 64) MiB of disk (about 3.7 GiB by default).
+# Needs 4 x (DATA_MIB / 2 + DATA_MIB / 16 + 64) MiB of disk (about 9.3 GiB by default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA_MIB=${DATA_MIB:-1536}
+DATA_MIB=${DATA_MIB:-4096}
 RUNTIME=${RUNTIME:-10}
 ROUNDS=${ROUNDS:-3}
 RAMP=0
