@@ -7,16 +7,21 @@
 # added (`add --grow`), and after `sync` the offline `damocles convert --level raid5
 # --rate 0` is timed (it ends with everything durable). Next to it: `cp` of the same data
 # file and `sync` of the copy. ROUNDS rounds (default 3), medians reported.
+# DAMOCLES=/path/to/binary skips the build (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_MIB=${DATA_MIB:-1024}
 ROUNDS=${ROUNDS:-3}
 BASE=${BENCH_TMPDIR:-/var/tmp}
-echo "## cargo build --release -p damocles" >&2
-cargo build --release -q -p damocles >&2
-TD=${CARGO_TARGET_DIR:-target}
-case $TD in /*) ;; *) TD="$(pwd)/$TD" ;; esac
-BIN="$TD/release/damocles"
+if [ -n "${DAMOCLES:-}" ]; then
+    BIN=$(realpath "$DAMOCLES")
+else
+    echo "## cargo build --release -p damocles" >&2
+    cargo build --release -q -p damocles >&2
+    TD=${CARGO_TARGET_DIR:-target}
+    case $TD in /*) ;; *) TD="$(pwd)/$TD" ;; esac
+    BIN="$TD/release/damocles"
+fi
 T=$(mktemp -d "$BASE/damocles-convbench.XXXXXX")
 trap 'rm -rf "$T"' EXIT
 head -c "$((DATA_MIB << 20))" /dev/urandom > "$T/data"

@@ -71,10 +71,12 @@ pub struct MemberSpace {
 }
 
 /// Free extents per member, derived from the map.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allocator {
     /// (member, sorted disjoint free extents [start, end))
     free: Vec<(u16, Vec<(u64, u64)>)>,
+    /// Each member's usable area [start, end), in the order of `free`.
+    bounds: Vec<(u64, u64)>,
 }
 
 impl Allocator {
@@ -105,7 +107,38 @@ impl Allocator {
             ext.retain(|(s, e)| e > s);
             free.push((m.member, ext));
         }
-        Allocator { free }
+        let bounds = members.iter().map(|m| (m.start, m.end)).collect();
+        Allocator { free, bounds }
+    }
+
+    /// Gives `chunk`'s slices back as free space: the allocator then is what
+    /// [`Allocator::new`] makes of the same map without that chunk (as long as the chunk is
+    /// one of the map's, and the map's slices do not overlap, which decoding ensures). Lets
+    /// a planner ask "where would this chunk go afresh?" without rebuilding the free lists
+    /// from the whole map for every chunk.
+    pub fn release(&mut self, chunk: &Chunk) {
+        for s in &chunk.slices {
+            let Some(i) = self.free.iter().position(|(m, _)| *m == s.member) else {
+                continue;
+            };
+            let (lo, hi) = self.bounds[i];
+            let (a, b) = (s.offset.max(lo), (s.offset + chunk.slice_len).min(hi));
+            if b <= a {
+                continue;
+            }
+            let ext = &mut self.free[i].1;
+            let at = ext.partition_point(|&(x, _)| x < a);
+            ext.insert(at, (a, b));
+            // Join with the neighbours it touches, as `new` would have left them one extent.
+            if at + 1 < ext.len() && ext[at + 1].0 <= ext[at].1 {
+                ext[at].1 = ext[at].1.max(ext[at + 1].1);
+                ext.remove(at + 1);
+            }
+            if at > 0 && ext[at].0 <= ext[at - 1].1 {
+                ext[at - 1].1 = ext[at - 1].1.max(ext[at].1);
+                ext.remove(at);
+            }
+        }
     }
 
     pub fn free_bytes(&self, member: u16) -> u64 {
@@ -309,5 +342,61 @@ mod tests {
         for w in ext.windows(2) {
             assert!(w[0].0 != w[1].0 || w[0].2 <= w[1].1, "overlap {w:?}");
         }
+    }
+
+    /// `release` gives the free lists `new` builds from the map without the chunk, on maps
+    /// with holes, mixed profiles and members of several sizes.
+    #[test]
+    fn release_is_new_without_the_chunk() {
+        let members: Vec<MemberSpace> = (0..6)
+            .map(|i| MemberSpace {
+                member: i,
+                start: U,
+                end: (30 + 5 * i as u64) * U + 12345,
+            })
+            .collect();
+        let t = |level: Level, copies: usize| Template {
+            level,
+            copies,
+            stripe_unit: 64 << 10,
+        };
+        let templates = [
+            t(Level::Raid0, 1),
+            t(Level::Raid5, 1),
+            t(Level::Raid1, 2),
+            t(Level::Raid6, 1),
+            t(Level::Raid10, 2),
+        ];
+        let n = 80;
+        let mut map = ChunkMap::new(4 * U, n);
+        let mut alloc = Allocator::new(&members, &map);
+        for i in 0..n {
+            // Narrower candidate sets now and then, so members fill unevenly.
+            let ids: Vec<u16> = (0..6)
+                .filter(|m| !(i + *m as usize).is_multiple_of(7))
+                .collect();
+            if let Some(c) = alloc.allocate(&templates[i % templates.len()], 4 * U, &ids) {
+                map.chunks[i] = Some(Arc::new(c));
+            }
+        }
+        // Holes: drop every third chunk, so released slices meet free space on either side.
+        for i in (0..n).step_by(3) {
+            map.chunks[i] = None;
+        }
+        assert!(map.allocated().count() > 20);
+        let base = Allocator::new(&members, &map);
+        for (idx, c) in map.allocated() {
+            let mut without = map.clone();
+            without.chunks[idx] = None;
+            let mut released = base.clone();
+            released.release(c);
+            assert_eq!(released, Allocator::new(&members, &without), "chunk {idx}");
+        }
+        // Releasing everything leaves each member's whole area free.
+        let mut all = base.clone();
+        for (_, c) in map.allocated() {
+            all.release(c);
+        }
+        assert_eq!(all, Allocator::new(&members, &ChunkMap::new(4 * U, n)));
     }
 }

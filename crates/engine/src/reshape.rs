@@ -75,11 +75,12 @@ impl Planner {
             .any(|s| self.goal.leaving.contains(&s.member))
     }
 
-    /// Would the chunk be wider laid out afresh (its own space counted as free)?
-    fn narrow(&self, map: &ChunkMap, idx: usize, c: &Chunk) -> bool {
-        let mut without = map.clone();
-        without.chunks[idx] = None;
-        let mut a = Allocator::new(&self.spaces, &without);
+    /// Would the chunk be wider laid out afresh (its own space counted as free)? `free` is
+    /// the allocator of the map that holds it: one per pass over the map, not one per chunk
+    /// (rebuilding it from the whole map for every chunk made each move cost O(chunks²)).
+    fn narrow(&self, free: &Allocator, c: &Chunk) -> bool {
+        let mut a = free.clone();
+        a.release(c);
         a.allocate(&self.goal.template, self.chunk_size, &self.goal.targets)
             .is_some_and(|n| n.profile.width > c.profile.width)
     }
@@ -107,9 +108,9 @@ impl Planner {
 
     /// Would the chunk, laid out afresh, leave the members' use closer to a fresh array's?
     /// (Mixed sizes: a full small member keeps slices a fresh array would put on the new
-    /// large one, and that space is what the volume needs to grow.)
-    fn uneven(&self, map: &ChunkMap, idx: usize, c: &Chunk) -> bool {
-        let used = use_of(map, self.spaces.len());
+    /// large one, and that space is what the volume needs to grow.) `used`: the map's use
+    /// per member (see [`use_of`]).
+    fn uneven(&self, free: &Allocator, used: &[u64], c: &Chunk) -> bool {
         if !c
             .slices
             .iter()
@@ -117,17 +118,31 @@ impl Planner {
         {
             return false;
         }
-        let mut without = map.clone();
-        without.chunks[idx] = None;
-        let mut a = Allocator::new(&self.spaces, &without);
+        let mut a = free.clone();
+        a.release(c);
         a.allocate(&self.goal.template, self.chunk_size, &self.goal.targets)
-            .is_some_and(|to| self.evens_out(&used, c, &to))
+            .is_some_and(|to| self.evens_out(used, c, &to))
     }
 
-    pub fn wants(&self, map: &ChunkMap, idx: usize, c: &Chunk) -> bool {
+    /// Whether `c`, a chunk of the map `free` was made from (and `used` counted), still
+    /// wants a move.
+    fn wants(&self, free: &Allocator, used: &[u64], c: &Chunk) -> bool {
         !self.converted(c)
             || self.on_leaving(c)
-            || (self.goal.balance && (self.narrow(map, idx, c) || self.uneven(map, idx, c)))
+            || (self.goal.balance && (self.narrow(free, c) || self.uneven(free, used, c)))
+    }
+
+    /// The chunks of `map` (whose allocator is `free`) that still want a move.
+    fn wanting<'m>(&self, map: &'m ChunkMap, free: &Allocator) -> Vec<(usize, &'m Arc<Chunk>)> {
+        let used = use_of(map, self.spaces.len());
+        map.allocated()
+            .filter(|(_, c)| self.wants(free, &used, c))
+            .collect()
+    }
+
+    /// How many chunks of `map` still want a move.
+    pub fn count_wanting(&self, map: &ChunkMap) -> usize {
+        self.wanting(map, &Allocator::new(&self.spaces, map)).len()
     }
 
     /// Whether every never-written chunk still fits in what `a` leaves free.
@@ -145,10 +160,7 @@ impl Planner {
     /// The next move, or `None` when the goal is reached or nothing more can move.
     pub fn next(&self, map: &ChunkMap, staged: &HashSet<usize>) -> Option<Move> {
         let alloc = Allocator::new(&self.spaces, map);
-        let work: Vec<(usize, &Arc<Chunk>)> = map
-            .allocated()
-            .filter(|(i, c)| self.wants(map, *i, c))
-            .collect();
+        let work = self.wanting(map, &alloc);
         let used = use_of(map, self.spaces.len());
         for &(idx, c) in &work {
             let mut a = alloc.clone();
@@ -237,10 +249,7 @@ impl Planner {
             }
             map.chunks[m.idx] = Some(Arc::new(m.to));
         }
-        plan.stuck = map
-            .allocated()
-            .filter(|(i, c)| self.wants(&map, *i, c))
-            .count();
+        plan.stuck = self.count_wanting(&map);
         (plan, map)
     }
 }
@@ -465,11 +474,7 @@ impl Array {
     /// conversion, balance or removal is under way). Takes no lock: with a balance under
     /// way it lays chunks out afresh, which is too slow to do under the state lock.
     pub(crate) fn chunks_to_move_in(&self, meta: &ArrayMeta) -> usize {
-        let p = self.planner(meta);
-        meta.map
-            .allocated()
-            .filter(|(i, c)| p.wants(&meta.map, *i, c))
-            .count()
+        self.planner(meta).count_wanting(&meta.map)
     }
 
     /// Moves chunks towards the recorded goal until it is reached (or nothing can move),
@@ -580,13 +585,7 @@ impl Array {
     fn finish_reshape(&self) -> Result<usize> {
         let _commit = self.cache.next_txg.lock();
         let mut st = self.state.lock();
-        let p = self.planner(&st.meta);
-        let stuck = st
-            .meta
-            .map
-            .allocated()
-            .filter(|(i, c)| p.wants(&st.meta.map, *i, c))
-            .count();
+        let stuck = self.planner(&st.meta).count_wanting(&st.meta.map);
         let mut meta = st.meta.clone();
         let holds = |i: usize| meta.map.used_on(i) > 0;
         let gone: Vec<usize> = (0..meta.members.len())
