@@ -409,15 +409,7 @@ impl Array {
                 None => (data_offset, end),
             })
         };
-        // (device holding the records, which member's records they are)
-        let sources: Vec<(crate::array::Dev, u16)> = match &area.device {
-            Some(dev) => vec![(dev.clone(), journal::EXTERNAL)],
-            None => members
-                .iter()
-                .enumerate()
-                .filter_map(|(m, d)| d.clone().map(|d| (d, m as u16)))
-                .collect(),
-        };
+        let sources = journal_holders(&area, &members);
         let mut found = Vec::new();
         let mut newest = 0;
         for (d, m) in &sources {
@@ -474,15 +466,7 @@ impl Array {
         };
         let members = self.members();
         flush_all(&members)?;
-        // (device, whose records it holds)
-        let holders: Vec<(crate::array::Dev, u16)> = match &area.device {
-            Some(dev) => vec![(dev.clone(), journal::EXTERNAL)],
-            None => members
-                .iter()
-                .enumerate()
-                .filter_map(|(m, d)| d.clone().map(|d| (d, m as u16)))
-                .collect(),
-        };
+        let holders = journal_holders(&area, &members);
         let newest = next.saturating_sub(1);
         let zeros = vec![0u8; 4096];
         let clear = |group: &[&(crate::array::Dev, u16)], half: u64| -> Result<()> {
@@ -615,6 +599,22 @@ impl Payload<'_> {
             Payload::Borrowed(b) => b.to_vec(),
             Payload::Owned(v) => v,
         }
+    }
+}
+
+/// The devices holding journal records, each with whose records they are: the journal
+/// device (all members' records), or every present member (its own).
+fn journal_holders(
+    area: &JournalArea,
+    members: &[Option<crate::array::Dev>],
+) -> Vec<(crate::array::Dev, u16)> {
+    match &area.device {
+        Some(dev) => vec![(dev.clone(), journal::EXTERNAL)],
+        None => members
+            .iter()
+            .enumerate()
+            .filter_map(|(m, d)| d.clone().map(|d| (d, m as u16)))
+            .collect(),
     }
 }
 
