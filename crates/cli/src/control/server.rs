@@ -315,8 +315,8 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
                     remove: vec![i],
                     ..Default::default()
                 };
-                return reshape_started(array, &change, i, |moves| {
-                    format!("member {i}{name} is leaving: {moves} chunk moves take its data to the others, then it is removed")
+                return reshape_started(array, &change, i, |f| {
+                    format!("member {i}{name} is leaving: {} chunk moves take its data to the others, then it is removed", f.plan.moves)
                 });
             }
             array.remove_member(i)?;
@@ -338,17 +338,13 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
                     grow: true,
                     ..Default::default()
                 };
-                let f = array.start_reshape(&change, false)?;
-                return Ok(Response {
-                    member: Some(i),
-                    message: Some(format!(
+                return reshape_started(array, &change, i, |f| {
+                    format!(
                         "{device} added as member {i}; balancing spreads data over it ({} chunk moves), then the volume grows from {} to {}",
                         f.plan.moves,
                         units::human(f.size),
                         units::human(f.size_after)
-                    )),
-                    forecast: Some(serde_json::to_value(&f)?),
-                    ..Response::ok()
+                    )
                 });
             }
             let i = array.add_member(dev, force)?;
@@ -384,18 +380,18 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
     })
 }
 
-/// Starts the reshape a membership change needs, and says so (`say` gets the moves).
+/// Starts the reshape a membership change needs, and says so (`say` gets the forecast).
 fn reshape_started(
     array: &Array,
     change: &Change,
     member: usize,
-    say: impl FnOnce(usize) -> String,
+    say: impl FnOnce(&damocles_engine::Forecast) -> String,
 ) -> Result<Response> {
     let f = array.start_reshape(change, false)?;
     Ok(Response {
         member: Some(member),
         forecast: Some(serde_json::to_value(&f)?),
-        ..Response::ok().with_message(say(f.plan.moves))
+        ..Response::ok().with_message(say(&f))
     })
 }
 
