@@ -141,6 +141,32 @@ impl Allocator {
         }
     }
 
+    /// Takes `chunk`'s slices out of the free space, as [`Allocator::new`] would for a map
+    /// that also held it. A reshape group pins the old places of the chunks it has moved
+    /// but not yet committed: they stay live until the commit.
+    pub fn reserve(&mut self, chunk: &Chunk) {
+        for s in &chunk.slices {
+            let Some(i) = self.free.iter().position(|(m, _)| *m == s.member) else {
+                continue;
+            };
+            let (a, b) = (s.offset, s.offset + chunk.slice_len);
+            let mut kept = Vec::with_capacity(self.free[i].1.len() + 1);
+            for &(x, y) in &self.free[i].1 {
+                if y <= a || b <= x {
+                    kept.push((x, y));
+                    continue;
+                }
+                if x < a {
+                    kept.push((x, a));
+                }
+                if b < y {
+                    kept.push((b, y));
+                }
+            }
+            self.free[i].1 = kept;
+        }
+    }
+
     pub fn free_bytes(&self, member: u16) -> u64 {
         self.free
             .iter()
@@ -398,5 +424,18 @@ mod tests {
             all.release(c);
         }
         assert_eq!(all, Allocator::new(&members, &ChunkMap::new(4 * U, n)));
+        // `reserve` is the inverse: taking each chunk back gives the full map's free lists.
+        for (idx, c) in map.allocated() {
+            let mut without = map.clone();
+            without.chunks[idx] = None;
+            let mut reserved = Allocator::new(&members, &without);
+            reserved.reserve(c);
+            assert_eq!(reserved, base, "chunk {idx}");
+        }
+        let mut none = Allocator::new(&members, &ChunkMap::new(4 * U, n));
+        for (_, c) in map.allocated() {
+            none.reserve(c);
+        }
+        assert_eq!(none, base);
     }
 }

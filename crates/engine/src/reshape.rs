@@ -1,16 +1,20 @@
-//! Reshape: level conversion, balance and member evacuation, all as chunk moves. A move
-//! writes the chunk's content in its new place, flushes it, and only then does one map
-//! commit point the chunk there; the old slices are never written, so a crash leaves the old
+//! Reshape: level conversion, balance and member evacuation, all as chunk moves. A group
+//! of moves writes each chunk's content in its new place, flushes them, and only then does
+//! one map commit point the chunks there; the old slices are never written, so a crash leaves the old
 //! or the new chunk in force, and the goal (template, `balancing`, members `leaving`) is in
 //! the metadata: a restarted array picks up where it stopped. The planner is a pure function
 //! of the map, so `plan` runs the very same steps without I/O and its figures are the
 //! operation's.
 
-use crate::array::{alloc_candidates, flush, member_spaces, Array, Dev};
+use crate::array::{alloc_candidates, flush_all, member_spaces, Array, Dev};
 use crate::rebuild::merge_ranges;
 use std::collections::HashMap;
 
 const BLOCK: usize = 4096;
+/// New-slice bytes a reshape group writes before its flush and commit: few enough that
+/// writes waiting on the commit lock wait briefly, many enough that the per-commit cost
+/// (a flush of every member, the map commit, the journal retire) is shared.
+pub(crate) const GROUP_BYTES: u64 = 64 << 20;
 use crate::chunkmap::{Allocator, Chunk, ChunkMap, MemberSpace, Template};
 use crate::error::{Error, Result};
 use crate::events::EventKind;
@@ -31,6 +35,17 @@ pub(crate) struct Goal {
     pub targets: Vec<u16>,
     /// Members never-written chunks will use (see `alloc_candidates`).
     pub future: Vec<u16>,
+}
+
+/// Chunks written in their new places, not yet committed.
+#[derive(Default)]
+struct Copied {
+    moved: Vec<(usize, Arc<Chunk>)>,
+    /// Members their new slices are on (to flush).
+    flush: Vec<u16>,
+    csum_blocks: HashMap<u16, Vec<u64>>,
+    /// Volume ranges that could not be read (written as zeros).
+    lost: Vec<(u64, u64)>,
 }
 
 /// One chunk move: `staging` moves it as it is, only to make room on full members.
@@ -157,9 +172,51 @@ impl Planner {
             ) >= unwritten
     }
 
-    /// The next move, or `None` when the goal is reached or nothing more can move.
-    pub fn next(&self, map: &ChunkMap, staged: &HashSet<usize>) -> Option<Move> {
-        let alloc = Allocator::new(&self.spaces, map);
+    /// The next group of moves: each the next move on the map with the group's earlier
+    /// moves made, but never into their old places (that data is live until the group's
+    /// commit). A group ends at [`GROUP_BYTES`] of new slices; when nothing more fits beside
+    /// the pinned places except by staging; at a second move of a chunk already in it; and
+    /// after a staging move (its point is the room its commit frees). Empty when the goal is
+    /// reached or nothing more can move. Deterministic, so `plan` and the reshape make the
+    /// same groups.
+    pub fn next_group(&self, map: &ChunkMap, staged: &HashSet<usize>) -> Vec<Move> {
+        let mut map = map.clone();
+        let mut pinned: Vec<Arc<Chunk>> = Vec::new();
+        let mut moves: Vec<Move> = Vec::new();
+        let mut bytes = 0;
+        while bytes < GROUP_BYTES {
+            let mut alloc = Allocator::new(&self.spaces, &map);
+            for c in &pinned {
+                alloc.reserve(c);
+            }
+            let Some(m) = self.next_in(&map, staged, alloc, moves.is_empty()) else {
+                break;
+            };
+            if moves.iter().any(|x| x.idx == m.idx) {
+                break;
+            }
+            bytes += m.to.slice_len * m.to.slices.len() as u64;
+            let old = map.chunks[m.idx].replace(Arc::new(m.to.clone()));
+            pinned.extend(old);
+            let staging = m.staging;
+            moves.push(m);
+            if staging {
+                break;
+            }
+        }
+        moves
+    }
+
+    /// The next move, or `None` when the goal is reached or nothing more can move (or, without
+    /// `staging`, when only a staging move would do). `alloc`: the map's free space, less
+    /// any pinned slices.
+    fn next_in(
+        &self,
+        map: &ChunkMap,
+        staged: &HashSet<usize>,
+        alloc: Allocator,
+        staging: bool,
+    ) -> Option<Move> {
         let work = self.wanting(map, &alloc);
         let used = use_of(map, self.spaces.len());
         for &(idx, c) in &work {
@@ -179,6 +236,9 @@ impl Planner {
                     });
                 }
             }
+        }
+        if !staging {
+            return None;
         }
         // Nothing fits as wanted: move a chunk as it is to the members with the most room,
         // which frees room on the full ones (a full 2-member raid0 going to raid5 over 4).
@@ -235,19 +295,21 @@ impl Planner {
         let mut map = map.clone();
         let mut staged = HashSet::new();
         let mut plan = Plan::default();
-        while let Some(m) = self.next(&map, &staged) {
-            let old = map.chunks[m.idx]
-                .clone()
-                .expect("moves are of allocated chunks");
-            plan.moves += 1;
-            plan.bytes_read += old.slice_len * old.slices.len() as u64;
-            plan.bytes_written += m.to.slice_len * m.to.slices.len() as u64;
-            plan.progress_bytes += old.slice_len;
-            if m.staging {
-                plan.staging_moves += 1;
-                staged.insert(m.idx);
+        loop {
+            let group = self.next_group(&map, &staged);
+            if group.is_empty() {
+                break;
             }
-            map.chunks[m.idx] = Some(Arc::new(m.to));
+            for m in group {
+                let old = map.chunks[m.idx]
+                    .clone()
+                    .expect("moves are of allocated chunks");
+                plan.count(&m, &old);
+                if m.staging {
+                    staged.insert(m.idx);
+                }
+                map.chunks[m.idx] = Some(Arc::new(m.to));
+            }
         }
         plan.stuck = self.count_wanting(&map);
         (plan, map)
@@ -267,6 +329,19 @@ pub struct Plan {
     pub progress_bytes: u64,
     /// Chunks that still need a move when it ends (no room for them).
     pub stuck: usize,
+}
+
+impl Plan {
+    /// Counts one move of `old`.
+    fn count(&mut self, m: &Move, old: &Chunk) {
+        self.moves += 1;
+        self.bytes_read += old.slice_len * old.slices.len() as u64;
+        self.bytes_written += m.to.slice_len * m.to.slices.len() as u64;
+        self.progress_bytes += old.slice_len;
+        if m.staging {
+            self.staging_moves += 1;
+        }
+    }
 }
 
 /// A reshape request and its forecast, for `plan` and the changing commands.
@@ -478,7 +553,8 @@ impl Array {
     }
 
     /// Moves chunks towards the recorded goal until it is reached (or nothing can move),
-    /// one chunk per commit. Runs while I/O is served; resumable; `ctl` cancels (pauses).
+    /// one group of moves per commit. Runs while I/O is served; resumable; `ctl` cancels
+    /// (pauses; the moves already written in the group are committed).
     pub fn reshape(&self, ctl: Arc<JobControl>) -> Result<Plan> {
         if self.read_only {
             return Err(Error::ReadOnly);
@@ -515,39 +591,39 @@ impl Array {
         let mut done = Plan::default();
         let mut staged = HashSet::new();
         while !ctl.is_cancelled() {
-            // As a rebuild does: commits and journal-less writes wait while a chunk moves.
+            // As a rebuild does: commits and journal-less writes wait while a group moves.
             let commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
             let next_txg = commits.as_ref().map(|g| **g);
             let _direct = self.chunk_gate.write();
-            let (m, old) = {
+            let (group, olds) = {
                 let st = self.state.lock();
-                let p = self.planner(&st.meta);
-                match p.next(&st.meta.map, &staged) {
-                    Some(m) => {
-                        let old = st.meta.map.chunks[m.idx].clone().expect("allocated");
-                        (m, old)
-                    }
-                    None => break,
-                }
+                let group = self.planner(&st.meta).next_group(&st.meta.map, &staged);
+                let olds: Vec<Arc<Chunk>> = group
+                    .iter()
+                    .map(|m| st.meta.map.chunks[m.idx].clone().expect("allocated"))
+                    .collect();
+                (group, olds)
             };
+            if group.is_empty() {
+                break;
+            }
             let members = self.members();
-            let new = m.to.clone();
-            let lost = self.move_chunk(m.idx, &old, new, &members, &ctl, next_txg)?;
-            if !lost.is_empty() {
-                tracing::warn!(
-                    "reshape: {} ranges of chunk {} unreadable",
-                    lost.len(),
-                    m.idx
-                );
+            let mut copied = Copied::default();
+            for (m, old) in group.iter().zip(&olds) {
+                // A pause commits the moves made so far.
+                if ctl.is_cancelled() {
+                    break;
+                }
+                self.copy_chunk(m.idx, old, &m.to, &members, &ctl, &mut copied)?;
+                done.count(m, old);
+                if m.staging {
+                    staged.insert(m.idx);
+                }
             }
-            done.moves += 1;
-            done.bytes_read += old.slice_len * old.slices.len() as u64;
-            done.bytes_written += m.to.slice_len * m.to.slices.len() as u64;
-            done.progress_bytes += old.slice_len;
-            if m.staging {
-                done.staging_moves += 1;
-                staged.insert(m.idx);
+            if !copied.lost.is_empty() {
+                tracing::warn!("reshape: {} ranges unreadable", copied.lost.len());
             }
+            self.commit_moves(copied, &members, next_txg)?;
             // Writes and flushes go on while the rate limit makes this job wait.
             drop(_direct);
             drop(commits);
@@ -645,11 +721,27 @@ impl Array {
         ctl: &JobControl,
         next_txg: Option<u64>,
     ) -> Result<Vec<(u64, u64)>> {
+        let mut copied = Copied::default();
+        self.copy_chunk(idx, old, &new, members, ctl, &mut copied)?;
+        let lost = copied.lost.clone();
+        self.commit_moves(copied, members, next_txg)?;
+        Ok(lost)
+    }
+
+    /// Writes chunk `idx` (now laid out as `old`) anew as `new`, not yet flushed, and adds
+    /// it to `copied`. Unreadable blocks are written as zeros and recorded in `copied.lost`.
+    fn copy_chunk(
+        &self,
+        idx: usize,
+        old: &Chunk,
+        new: &Chunk,
+        members: &[Option<Dev>],
+        ctl: &JobControl,
+        copied: &mut Copied,
+    ) -> Result<()> {
         let p = new.profile;
         let rb = p.row_bytes();
         let rows = new.slice_len / p.stripe_unit;
-        let mut lost: Vec<(u64, u64)> = Vec::new();
-        let mut csum_blocks: HashMap<u16, Vec<u64>> = HashMap::new();
         let mut buf = vec![0u8; rb as usize];
         for row in 0..rows {
             let start = row * rb;
@@ -661,7 +753,9 @@ impl Array {
                     let co = start + (b * BLOCK) as u64;
                     if self.read_chunk(idx, old, co, blk).is_err() {
                         blk.fill(0);
-                        lost.push((idx as u64 * self.chunk_size + co, blk.len() as u64));
+                        copied
+                            .lost
+                            .push((idx as u64 * self.chunk_size + co, blk.len() as u64));
                     }
                 }
             }
@@ -673,7 +767,7 @@ impl Array {
                 })
                 .collect();
             let mut plan = Vec::new();
-            self.plan_row(idx, members, &new, row, &segs, &mut plan)?;
+            self.plan_row(idx, members, new, row, &segs, &mut plan)?;
             crate::io::execute(members, &plan)?;
             // Progress is counted in the old slice's bytes, as the rebuild's total is; the
             // caller sleeps for the rate limit once it has let go of its locks.
@@ -688,7 +782,8 @@ impl Array {
             if let Some(cs) = &self.csums {
                 for w in &plan {
                     if let Some(d) = &members[w.member as usize] {
-                        csum_blocks
+                        copied
+                            .csum_blocks
                             .entry(w.member)
                             .or_default()
                             .extend(cs.record(w.member, d, w.offset, &w.data));
@@ -696,29 +791,52 @@ impl Array {
                 }
             }
         }
-        self.write_csum_blocks(members, csum_blocks)?;
-        for s in &new.slices {
-            if let Some(d) = &members[s.member as usize] {
-                flush(d.as_ref())?;
-            }
+        copied.flush.extend(new.slices.iter().map(|s| s.member));
+        copied.moved.push((idx, Arc::new(new.clone())));
+        Ok(())
+    }
+
+    /// Makes the chunks in `copied` count: their checksums written, their new slices
+    /// flushed, then one map commit points the chunks there; then the journal, which may name
+    /// the old slices (free from now on), is retired before anything can be allocated there.
+    /// Caller holds the commit lock and chunk gate.
+    fn commit_moves(
+        &self,
+        copied: Copied,
+        members: &[Option<Dev>],
+        next_txg: Option<u64>,
+    ) -> Result<()> {
+        if copied.moved.is_empty() {
+            return Ok(());
         }
-        let new = Arc::new(new);
+        self.write_csum_blocks(members, copied.csum_blocks)?;
+        let mut to_flush = copied.flush;
+        to_flush.sort_unstable();
+        to_flush.dedup();
+        let holders: Vec<Option<Dev>> = to_flush
+            .iter()
+            .map(|&m| members[m as usize].clone())
+            .collect();
+        flush_all(&holders)?;
         let mut st = self.state.lock();
         let mut meta = st.meta.clone();
-        meta.map.chunks[idx] = Some(new.clone());
-        for &(o, l) in &lost {
-            meta.health.lost.push((o, l));
+        for (idx, new) in &copied.moved {
+            meta.map.chunks[*idx] = Some(new.clone());
         }
+        meta.health.lost.extend(copied.lost);
         meta.health.lost = merge_ranges(std::mem::take(&mut meta.health.lost));
         self.commit_meta(&mut st, meta)?;
-        self.chunks.write()[idx] = Some(new);
+        {
+            let mut chunks = self.chunks.write();
+            for (idx, new) in copied.moved {
+                chunks[idx] = Some(new);
+            }
+        }
         drop(st);
-        // The old slices are free from now on; the journal may still name them, so it is
-        // retired before anything can be allocated there.
         if let Some(next) = next_txg {
             self.retire_journal_at(next)?;
         }
-        Ok(lost)
+        Ok(())
     }
 
     /// Starts the reshape by itself when the metadata says one is under way (serve).
