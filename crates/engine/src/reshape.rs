@@ -325,8 +325,6 @@ pub struct Plan {
     /// Member bytes read and written by the moves.
     pub bytes_read: u64,
     pub bytes_written: u64,
-    /// What progress counts: the bytes of one old slice per move.
-    pub progress_bytes: u64,
     /// Chunks that still need a move when it ends (no room for them).
     pub stuck: usize,
 }
@@ -337,7 +335,6 @@ impl Plan {
         self.moves += 1;
         self.bytes_read += old.slice_len * old.slices.len() as u64;
         self.bytes_written += m.to.slice_len * m.to.slices.len() as u64;
-        self.progress_bytes += old.slice_len;
         if m.staging {
             self.staging_moves += 1;
         }
@@ -530,7 +527,7 @@ impl Array {
         // A reshape already running (a balance after `add --grow`, say) takes the new goal
         // at its next move: what it has left to do is now this forecast's work.
         if let Some(j) = self.reshape_job() {
-            j.set_total(j.progress().done + f.plan.progress_bytes);
+            j.set_total(j.progress().done + f.plan.bytes_written);
         }
         self.kick_reshape();
         Ok(f)
@@ -578,7 +575,7 @@ impl Array {
             let meta = self.state.lock().meta.clone();
             self.planner(&meta).simulate(&meta.map)
         };
-        ctl.set_total(forecast.progress_bytes);
+        ctl.set_total(forecast.bytes_written);
         self.emit(
             EventKind::ReshapeStarted,
             None,
@@ -769,16 +766,9 @@ impl Array {
             let mut plan = Vec::new();
             self.plan_row(idx, members, new, row, &segs, &mut plan)?;
             crate::io::execute(members, &plan)?;
-            // Progress is counted in the old slice's bytes, as the rebuild's total is; the
+            // Progress and the rate limit count member bytes written, as a rebuild's do; the
             // caller sleeps for the rate limit once it has let go of its locks.
-            ctl.count(
-                old.slice_len / rows
-                    + if row + 1 == rows {
-                        old.slice_len % rows
-                    } else {
-                        0
-                    },
-            );
+            ctl.count(p.stripe_unit * new.slices.len() as u64);
             if let Some(cs) = &self.csums {
                 for w in &plan {
                     if let Some(d) = &members[w.member as usize] {

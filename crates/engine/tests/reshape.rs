@@ -93,6 +93,58 @@ fn full_raid0_to_raid5_over_four() {
     }
 }
 
+/// Large enough for several groups of moves (64 MiB of new slices each): each group is one
+/// commit, the groups are what `plan` forecast, and a restart between them loses nothing.
+#[test]
+fn moves_go_in_groups_of_one_commit() {
+    let mut m = mems(2, 72 * MIB);
+    let a = create(&m, Level::Raid0);
+    let model = common::pattern(7, a.size() as usize);
+    a.write_at(&model, 0).unwrap();
+    a.flush().unwrap();
+    grow(&a, &mut m, 2, 72 * MIB);
+    let change = Change {
+        template: Some(template(Level::Raid5)),
+        ..Default::default()
+    };
+    let f = a.forecast(&change).unwrap();
+    assert!(f.refusals.is_empty(), "{f:?}");
+    assert!(f.plan.bytes_written > 2 * 64 * MIB, "{f:?}");
+    a.start_reshape(&change, false).unwrap();
+    // Pausing after a few MiB commits the moves made so far: a group cut short.
+    let ctl = Arc::new(JobControl::new(0));
+    let pauser = {
+        let ctl = ctl.clone();
+        std::thread::spawn(move || {
+            while ctl.progress().done < 8 * MIB {
+                std::thread::yield_now();
+            }
+            ctl.cancel();
+        })
+    };
+    let first = a.reshape(ctl).unwrap();
+    pauser.join().unwrap();
+    assert!(first.moves > 0 && first.moves < f.plan.moves, "{first:?}");
+    drop(a);
+    let a = Array::assemble(devs(&m), AssembleOptions::default()).unwrap();
+    assert_eq!(read_all(&a), model, "after the pause");
+    let gen = a.status().generation;
+    let rest = a.forecast(&Change::default()).unwrap().plan;
+    let done = run(&a);
+    assert_eq!(done, rest, "the plan is what the reshape did");
+    assert_eq!(done.moves + first.moves, f.plan.moves);
+    // Groups are small while free space is (each move needs room beside the old chunk,
+    // held until the commit) and grow as commits free the old places.
+    let commits = a.status().generation - gen;
+    assert!(
+        commits < done.moves as u64 / 8,
+        "{commits} commits for {} moves",
+        done.moves
+    );
+    assert_eq!(a.status().level, Level::Raid5);
+    assert_eq!(read_all(&a), model);
+}
+
 #[test]
 fn lowering_redundancy_or_outgrowing_the_members_is_refused() {
     let m = mems(4, 8 * MIB);

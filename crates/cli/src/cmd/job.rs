@@ -24,7 +24,8 @@ pub struct JobArgs {
     /// array is served.
     #[arg(long, value_name = "NAME", conflicts_with = "members")]
     pub(crate) array: Option<String>,
-    /// Rate limit in bytes per second of member I/O (suffixes K, M, G; 0 = none). Served:
+    /// Rate limit in bytes per second of member I/O: written by a rebuild or reshape, read
+    /// by a scrub (suffixes K, M, G; 0 = none). Served:
     /// defaults to 200M (the server's --rebuild-rate for rebuilds), and sets the limit of
     /// a job already running. Not served: no limit unless given.
     #[arg(long, value_parser = units::parse_size, value_name = "RATE")]

@@ -50,7 +50,7 @@ pub struct ServeOpts {
     /// path; one that fails is logged, one that runs over 60 s is killed.
     #[arg(long, value_name = "CMD")]
     pub on_event: Option<String>,
-    /// Rate limit of rebuilds, in bytes per second of member I/O (0 = none). Rebuilds
+    /// Rate limit of rebuilds, in bytes per second written to members (0 = none). Rebuilds
     /// start by themselves when a member fails or a spare is added.
     #[arg(long, default_value = "200M", value_parser = crate::units::parse_size, value_name = "RATE")]
     pub rebuild_rate: u64,
