@@ -15,10 +15,9 @@ use tokio::sync::watch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_and_unix_with_graceful_shutdown() {
-    let dir = std::env::temp_dir().join(format!("damocles-nbd-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("nbd.sock");
-    let _ = std::fs::remove_file(&sock);
+    // Removed when the test ends, passed or not.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nbd.sock");
 
     let mut d = TestDevice::new(MIB);
     d.slow_offset = Some(4096);
@@ -112,10 +111,9 @@ async fn connection_limit() {
 /// request must not hold up fast ones there either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_order_over_sockets() {
-    let dir = std::env::temp_dir().join(format!("damocles-nbd-ooo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("nbd.sock");
-    let _ = std::fs::remove_file(&sock);
+    // Removed when the test ends, passed or not.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nbd.sock");
     let mut d = TestDevice::new(MIB);
     d.slow_offset = Some(0);
     d.delay = Duration::from_millis(300);
