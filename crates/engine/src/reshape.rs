@@ -592,15 +592,14 @@ impl Array {
             let commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
             let next_txg = commits.as_ref().map(|g| **g);
             let _direct = self.chunk_gate.write();
-            let (group, olds) = {
-                let st = self.state.lock();
-                let group = self.planner(&st.meta).next_group(&st.meta.map, &staged);
-                let olds: Vec<Arc<Chunk>> = group
-                    .iter()
-                    .map(|m| st.meta.map.chunks[m.idx].clone().expect("allocated"))
-                    .collect();
-                (group, olds)
-            };
+            // Planned on a copy, off the state lock that reads take (a group under a balance
+            // goal costs a pass over the map per move); the locks held keep the map as is.
+            let meta = self.state.lock().meta.clone();
+            let group = self.planner(&meta).next_group(&meta.map, &staged);
+            let olds: Vec<Arc<Chunk>> = group
+                .iter()
+                .map(|m| meta.map.chunks[m.idx].clone().expect("allocated"))
+                .collect();
             if group.is_empty() {
                 break;
             }
