@@ -56,6 +56,7 @@ pub(crate) struct Move {
     pub staging: bool,
 }
 
+#[derive(Clone)]
 pub(crate) struct Planner {
     pub spaces: Vec<MemberSpace>,
     pub chunk_size: u64,
@@ -63,6 +64,8 @@ pub(crate) struct Planner {
     /// Balancing: bytes per member that a fresh array holding as many chunks would use
     /// (empty otherwise). Moves never change the chunk count, so it holds for a whole plan.
     pub fresh_use: Vec<u64>,
+    /// New-slice bytes per group of moves ([`GROUP_BYTES`], or 0: one move per commit).
+    pub group_bytes: u64,
 }
 
 /// Bytes per member the map's slices take.
@@ -174,7 +177,7 @@ impl Planner {
 
     /// The next group of moves: each the next move on the map with the group's earlier
     /// moves made, but never into their old places (that data is live until the group's
-    /// commit). A group ends at [`GROUP_BYTES`] of new slices; when nothing more fits beside
+    /// commit). A group ends at `group_bytes` of new slices (0: one move per group); when nothing more fits beside
     /// the pinned places except by staging; at a second move of a chunk already in it; and
     /// after a staging move (its point is the room its commit frees). Empty when the goal is
     /// reached or nothing more can move. Deterministic, so `plan` and the reshape make the
@@ -184,7 +187,7 @@ impl Planner {
         let mut pinned: Vec<Arc<Chunk>> = Vec::new();
         let mut moves: Vec<Move> = Vec::new();
         let mut bytes = 0;
-        while bytes < GROUP_BYTES {
+        while moves.is_empty() || bytes < self.group_bytes {
             let mut alloc = Allocator::new(&self.spaces, &map);
             for c in &pinned {
                 alloc.reserve(c);
@@ -285,13 +288,34 @@ impl Planner {
         None
     }
 
-    /// Runs the plan on a copy of the map: what the reshape will do.
-    pub fn simulate(&self, map: &ChunkMap) -> Plan {
+    /// Runs the plan on a copy of the map: what the reshape will do. Settles the grouping
+    /// (see [`Planner::simulate_to`]), so a reshape that goes on with this planner does it.
+    pub fn simulate(&mut self, map: &ChunkMap) -> Plan {
         self.simulate_to(map).0
     }
 
-    /// [`Planner::simulate`], and the map as the reshape leaves it.
-    pub fn simulate_to(&self, map: &ChunkMap) -> (Plan, ChunkMap) {
+    /// [`Planner::simulate`], and the map as the reshape leaves it. Moves go in groups
+    /// unless that leaves chunks stuck that one move per commit would not: a group's pinned
+    /// places steer its later moves elsewhere, and on members with little free space that
+    /// can fragment it past use (seen in the crash harness: raid5 → raid1 on a half-full
+    /// array). Then `group_bytes` becomes 0.
+    pub fn simulate_to(&mut self, map: &ChunkMap) -> (Plan, ChunkMap) {
+        let grouped = self.run_on_copy(map);
+        if grouped.0.stuck > 0 && self.group_bytes > 0 {
+            let single = Planner {
+                group_bytes: 0,
+                ..self.clone()
+            };
+            let one_by_one = single.run_on_copy(map);
+            if one_by_one.0.stuck < grouped.0.stuck {
+                self.group_bytes = 0;
+                return one_by_one;
+            }
+        }
+        grouped
+    }
+
+    fn run_on_copy(&self, map: &ChunkMap) -> (Plan, ChunkMap) {
         let mut map = map.clone();
         let mut staged = HashSet::new();
         let mut plan = Plan::default();
@@ -393,6 +417,7 @@ impl Array {
             chunk_size: self.chunk_size,
             goal,
             fresh_use,
+            group_bytes: GROUP_BYTES,
         }
     }
 
@@ -448,7 +473,7 @@ impl Array {
     pub fn forecast(&self, change: &Change) -> Result<Forecast> {
         let meta = self.state.lock().meta.clone();
         let next = self.with_change(&meta, change)?;
-        let planner = self.planner(&next);
+        let mut planner = self.planner(&next);
         let (plan, after) = planner.simulate_to(&next.map);
         let t_before = crate::array::template_tolerance(&meta.template);
         let t_after = crate::array::template_tolerance(&next.template);
@@ -571,9 +596,10 @@ impl Array {
             }
         }
         let _running = Running(self);
-        let forecast = {
+        let (forecast, group_bytes) = {
             let meta = self.state.lock().meta.clone();
-            self.planner(&meta).simulate(&meta.map)
+            let mut p = self.planner(&meta);
+            (p.simulate(&meta.map), p.group_bytes)
         };
         ctl.set_total(forecast.bytes_written);
         self.emit(
@@ -595,7 +621,11 @@ impl Array {
             // Planned on a copy, off the state lock that reads take (a group under a balance
             // goal costs a pass over the map per move); the locks held keep the map as is.
             let meta = self.state.lock().meta.clone();
-            let group = self.planner(&meta).next_group(&meta.map, &staged);
+            let group = Planner {
+                group_bytes,
+                ..self.planner(&meta)
+            }
+            .next_group(&meta.map, &staged);
             let olds: Vec<Arc<Chunk>> = group
                 .iter()
                 .map(|m| meta.map.chunks[m.idx].clone().expect("allocated"))
@@ -911,11 +941,12 @@ mod tests {
             targets: vec![0, 1, 2, 3],
             future: vec![0, 1, 2, 3],
         };
-        let p = Planner {
+        let mut p = Planner {
             spaces,
             chunk_size: MIB,
             goal,
             fresh_use: Vec::new(),
+            group_bytes: GROUP_BYTES,
         };
         let plan = p.simulate(&map);
         assert_eq!(plan.stuck, 0, "{plan:?}");
