@@ -673,8 +673,24 @@ impl BlockStack {
         self.mounted = true;
     }
 
+    /// Unmounts, retrying while the target is busy: seen once in 25 runs right after the
+    /// files were written and synced, so some holder was transient (a child another test
+    /// forked still has the files this one had open until its exec, for one).
     pub fn umount(&mut self) {
-        run_ok(Command::new("umount").arg(&self.mnt));
+        let start = Instant::now();
+        loop {
+            let o = run(Command::new("umount").arg(&self.mnt));
+            if o.status.success() {
+                break;
+            }
+            let why = text(&o);
+            assert!(
+                why.contains("busy") && start.elapsed() < Duration::from_secs(20),
+                "umount {} failed: {why}",
+                self.mnt.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.mounted = false;
     }
 
