@@ -113,9 +113,9 @@ grep -h -i -E 'warn|error|panic' "$T"/damocles.err >&2 || true
 
 echo
 echo "idle/during/after = fio read IOPS; ratio = during / idle; conv in fio = the conversion's"
-echo "progress when the 'during' run started and ended; MiB/s = its progress meanwhile (bytes"
-echo "of one old slice per chunk, as its rate limit counts them; limit $((limit >> 20)) MiB/s, the"
-echo "server's default); convert s = the whole reshape, from the first add --grow to its end"
+echo "progress when the 'during' run started and ended; MiB/s = its progress meanwhile (member"
+echo "bytes written, as its rate limit counts them; limit $((limit >> 20)) MiB/s, the server's"
+echo "default); convert s = the whole reshape, from the first add --grow to its end"
 if [ "${#res[@]}" -lt "$ROUNDS" ]; then
     echo "warning: in $((ROUNDS - ${#res[@]})) round(s) the conversion ended before fio did;" \
         "those are left out (raise DATA_MIB so it overlaps the whole ${RUNTIME} s)"
