@@ -281,6 +281,17 @@ pub(crate) fn flush(dev: &dyn MemberDevice) -> Result<()> {
 /// as parallel flushes allow. Zero (production) flushes all members at once.
 pub static SERIAL_FLUSHES: AtomicU64 = AtomicU64::new(0);
 
+/// Flushes the members numbered in `which` (repeats allowed) with [`flush_all`].
+pub(crate) fn flush_some(members: &[Option<Dev>], mut which: Vec<u16>) -> Result<()> {
+    which.sort_unstable();
+    which.dedup();
+    let holders: Vec<Option<Dev>> = which
+        .iter()
+        .map(|&m| members.get(m as usize).cloned().flatten())
+        .collect();
+    flush_all(&holders)
+}
+
 /// Flushes every present member at once: a commit then waits for the slowest disk, not for
 /// the sum of them.
 pub(crate) fn flush_all(members: &[Option<Dev>]) -> Result<()> {

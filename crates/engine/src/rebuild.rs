@@ -805,15 +805,7 @@ impl Array {
         if group.moved.is_empty() {
             return Ok(());
         }
-        let members = self.members();
-        let mut to_flush = group.flush.clone();
-        to_flush.sort_unstable();
-        to_flush.dedup();
-        let holders: Vec<Option<Dev>> = to_flush
-            .iter()
-            .map(|&m| members[m as usize].clone())
-            .collect();
-        crate::array::flush_all(&holders)?;
+        crate::array::flush_some(&self.members(), group.flush)?;
         let mut lost = group.lost;
         lost.sort_unstable();
         let mut st = self.state.lock();

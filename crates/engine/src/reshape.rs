@@ -6,7 +6,7 @@
 //! of the map, so `plan` runs the very same steps without I/O and its figures are the
 //! operation's.
 
-use crate::array::{alloc_candidates, flush_all, member_spaces, Array, Dev};
+use crate::array::{alloc_candidates, flush_some, member_spaces, Array, Dev};
 use crate::rebuild::merge_ranges;
 use std::collections::HashMap;
 
@@ -829,14 +829,7 @@ impl Array {
             return Ok(());
         }
         self.write_csum_blocks(members, copied.csum_blocks)?;
-        let mut to_flush = copied.flush;
-        to_flush.sort_unstable();
-        to_flush.dedup();
-        let holders: Vec<Option<Dev>> = to_flush
-            .iter()
-            .map(|&m| members[m as usize].clone())
-            .collect();
-        flush_all(&holders)?;
+        flush_some(members, copied.flush)?;
         let mut st = self.state.lock();
         let mut meta = st.meta.clone();
         for (idx, new) in &copied.moved {
