@@ -1,20 +1,15 @@
 //! Reshape: level conversion, balance and member evacuation, all as chunk moves. A group
 //! of moves writes each chunk's content in its new place, flushes them, and only then does
-//! one map commit point the chunks there; the old slices are never written, so a crash leaves the old
-//! or the new chunk in force, and the goal (template, `balancing`, members `leaving`) is in
-//! the metadata: a restarted array picks up where it stopped. The planner is a pure function
-//! of the map, so `plan` runs the very same steps without I/O and its figures are the
-//! operation's.
+//! one map commit point the chunks there; the old slices are never written, so a crash
+//! leaves the old or the new chunks in force, and the goal (template, `balancing`, members
+//! `leaving`) is in the metadata: a restarted array picks up where it stopped. The planner
+//! is a pure function of the map, so `plan` runs the very same steps without I/O and its
+//! figures are the operation's.
 
 use crate::array::{alloc_candidates, flush_some, member_spaces, Array, Dev};
 use crate::rebuild::merge_ranges;
 use std::collections::HashMap;
 
-const BLOCK: usize = 4096;
-/// New-slice bytes a reshape group writes before its flush and commit: few enough that
-/// writes waiting on the commit lock wait briefly, many enough that the per-commit cost
-/// (a flush of every member, the map commit, the journal retire) is shared.
-pub(crate) const GROUP_BYTES: u64 = 64 << 20;
 use crate::chunkmap::{Allocator, Chunk, ChunkMap, MemberSpace, Template};
 use crate::error::{Error, Result};
 use crate::events::EventKind;
@@ -24,6 +19,12 @@ use crate::profile::{Level, Profile};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
+
+const BLOCK: usize = 4096;
+/// New-slice bytes a reshape group writes before its flush and commit: few enough that
+/// writes waiting on the commit lock wait briefly, many enough that the per-commit cost
+/// (a flush of every member, the map commit, the journal retire) is shared.
+pub(crate) const GROUP_BYTES: u64 = 64 << 20;
 
 /// What the array is being reshaped towards, and where chunks may go.
 #[derive(Clone, Debug)]
@@ -177,9 +178,10 @@ impl Planner {
 
     /// The next group of moves: each the next move on the map with the group's earlier
     /// moves made, but never into their old places (that data is live until the group's
-    /// commit). A group ends at `group_bytes` of new slices (0: one move per group); when nothing more fits beside
-    /// the pinned places except by staging; at a second move of a chunk already in it; and
-    /// after a staging move (its point is the room its commit frees). Empty when the goal is
+    /// commit). A group ends at `group_bytes` of new slices (0: one move per group); when
+    /// nothing more fits beside the pinned places except by staging; at a second move of a
+    /// chunk already in it; and after a staging move (its point is the room its commit
+    /// frees). Empty when the goal is
     /// reached or nothing more can move. Deterministic, so `plan` and the reshape make the
     /// same groups.
     pub fn next_group(&self, map: &ChunkMap, staged: &HashSet<usize>) -> Vec<Move> {
@@ -315,6 +317,7 @@ impl Planner {
         grouped
     }
 
+    /// The moves, group by group, on a copy of `map`: the plan and the map it leaves.
     fn run_on_copy(&self, map: &ChunkMap) -> (Plan, ChunkMap) {
         let mut map = map.clone();
         let mut staged = HashSet::new();
