@@ -55,16 +55,23 @@ fn run(a: &Array) -> damocles_engine::Plan {
     a.reshape(Arc::new(JobControl::new(0))).unwrap()
 }
 
+/// A raid0 over two members of `size`, filled with pattern `seed` and flushed, then two
+/// more members of `size` added with `add --grow`: the members, the array and its data.
+fn full_raid0_plus_two(size: u64, seed: u64) -> (Vec<Arc<MemMember>>, Array, Vec<u8>) {
+    let mut m = mems(2, size);
+    let a = create(&m, Level::Raid0);
+    let model = common::pattern(seed, a.size() as usize);
+    a.write_at(&model, 0).unwrap();
+    a.flush().unwrap();
+    grow(&a, &mut m, 2, size);
+    (m, a, model)
+}
+
 /// The seed scenario in the engine: a full 2-member raid0 gets two more members and
 /// becomes raid5 over four; the forecast is what happens; one more failure is survived.
 #[test]
 fn full_raid0_to_raid5_over_four() {
-    let mut m = mems(2, 12 * MIB);
-    let a = create(&m, Level::Raid0);
-    let model = common::pattern(1, a.size() as usize);
-    a.write_at(&model, 0).unwrap();
-    a.flush().unwrap();
-    grow(&a, &mut m, 2, 12 * MIB);
+    let (m, a, model) = full_raid0_plus_two(12 * MIB, 1);
     let change = Change {
         template: Some(template(Level::Raid5)),
         ..Default::default()
@@ -97,12 +104,7 @@ fn full_raid0_to_raid5_over_four() {
 /// commit, the groups are what `plan` forecast, and a restart between them loses nothing.
 #[test]
 fn moves_go_in_groups_of_one_commit() {
-    let mut m = mems(2, 72 * MIB);
-    let a = create(&m, Level::Raid0);
-    let model = common::pattern(7, a.size() as usize);
-    a.write_at(&model, 0).unwrap();
-    a.flush().unwrap();
-    grow(&a, &mut m, 2, 72 * MIB);
+    let (m, a, model) = full_raid0_plus_two(72 * MIB, 7);
     let change = Change {
         template: Some(template(Level::Raid5)),
         ..Default::default()
