@@ -1,43 +1,51 @@
 //! The damocles array engine: member devices, the on-disk format, the chunk map and its
 //! allocator, RAID profiles, and volume reads and writes (also degraded).
+//!
+//! Layers, lowest first; a module uses only those below it (`docs/architecture.md`, checked
+//! by `tests/layers.rs`):
+//!
+//! - `units`, `error`, `events`, `telemetry` — shared pieces;
+//! - `layout` — pure geometry: profiles, the chunk map and allocator, stripe rows, the
+//!   reshape planner;
+//! - `ondisk` — pure codecs of what is written to a device;
+//! - `member` — member devices, positioned I/O, the member set;
+//! - `meta` — identity, the metadata store, create/assemble, membership changes;
+//! - `data` — the read and write paths and the one stripe module;
+//! - `txg` — dirty sets, commits, the journal;
+//! - `jobs` — the job registry; rebuild, reshape, scrub, grow;
+//! - `array` — the [`Array`] façade composed of the parts above.
 
 mod array;
-pub mod backup;
-pub mod chunkmap;
-pub mod csum;
-mod dirty;
+mod data;
 pub mod error;
 pub mod events;
-pub mod fault;
-pub mod format;
-mod grow;
-mod heal;
-pub mod io;
-pub mod jobs;
-pub mod journal;
-mod lifecycle;
+mod jobs;
+pub mod layout;
 pub mod member;
-pub mod metadata;
-pub mod powercut;
-pub mod probe;
-pub mod profile;
-mod rebuild;
-mod reshape;
-mod scrub;
-mod stripe_lock;
+mod meta;
+pub mod ondisk;
+mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod txg;
+pub mod units;
 
-pub use array::SERIAL_FLUSHES;
 pub use array::{
-    read_superblock, Array, AssembleOptions, CreateOptions, Dev, ErrorCounts, Health, JobStatus,
-    LostRange, MemberHealth, MemberStatus, ScrubStatus, Status, DEFAULT_STRIPE_UNIT,
+    Array, ErrorCounts, Health, JobStatus, LostRange, MemberHealth, MemberStatus, ScrubStatus,
+    Status,
 };
-pub use error::{Error, Result};
+pub use error::{Error, JobKind, Op, Result};
 pub use events::{Event, EventKind, EventSink};
-pub use fault::FaultMember;
-pub use grow::GrowForecast;
-pub use jobs::{JobControl, Progress, DEFAULT_RATE};
-pub use member::{FileMember, MemMember, MemberDevice, OpenMode};
-pub use profile::{Level, Profile};
-pub use rebuild::{RebuildReport, ScrubReport};
-pub use reshape::{Change, Forecast, Plan};
+pub use jobs::{
+    Change, Forecast, GrowForecast, JobControl, Plan, Progress, RebuildReport, ScrubReport,
+    DEFAULT_RATE,
+};
+pub use layout::chunkmap::Template;
+pub use layout::profile::{Level, Profile};
+pub use member::{Dev, FileMember, MemMember, MemberDevice, OpenMode};
+pub use meta::backup;
+pub use meta::{read_superblock, AssembleOptions, CreateOptions, DEFAULT_STRIPE_UNIT};
+pub use ondisk::metadata::MemberState;
+#[cfg(feature = "test-util")]
+pub use testing::{fault, powercut, FaultMember, SERIAL_FLUSHES};
+pub use units::MemberWrite;

@@ -3,8 +3,8 @@
 mod common;
 use common::*;
 use damocles_engine::backup::{self, Backup};
-use damocles_engine::metadata::MemberState;
 use damocles_engine::powercut::PowerGrid;
+use damocles_engine::MemberState;
 use damocles_engine::{Array, Dev, Error, Level, MemMember, MemberDevice};
 use std::sync::Arc;
 

@@ -14,7 +14,7 @@
 //! `DAMOCLES_CRASH_PARALLEL=1` flushes members in parallel as production does (then a seed
 //! no longer replays exactly).
 
-use damocles_engine::chunkmap::Template;
+use damocles_engine::layout::chunkmap::Template;
 use damocles_engine::powercut::{PowerGrid, Rng};
 use damocles_engine::{
     Array, AssembleOptions, Change, CreateOptions, Dev, Health, JobControl, Level, MemMember,

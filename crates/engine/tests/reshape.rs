@@ -43,8 +43,8 @@ fn read_all(a: &Array) -> Vec<u8> {
     v
 }
 
-fn template(level: Level) -> damocles_engine::chunkmap::Template {
-    damocles_engine::chunkmap::Template {
+fn template(level: Level) -> damocles_engine::layout::chunkmap::Template {
+    damocles_engine::layout::chunkmap::Template {
         level,
         copies: level.default_copies(),
         stripe_unit: 16 << 10,

@@ -5,7 +5,7 @@ use crate::cmd::status::utc;
 use crate::{members, units};
 use anyhow::Result;
 use damocles_engine::backup::{self, Backup, ImportPlan};
-use damocles_engine::metadata::MemberState;
+use damocles_engine::MemberState;
 use damocles_engine::{Dev, OpenMode};
 use std::path::PathBuf;
 

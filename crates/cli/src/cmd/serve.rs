@@ -177,10 +177,7 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         None => control::default_path(&st.uuid),
     };
     let control = match ControlServer::start(&control_path, shared.clone()) {
-        Ok(c) => {
-            array.set_control_socket(Some(control_path.display().to_string()));
-            Some(c)
-        }
+        Ok(c) => Some(c),
         Err(e) if o.control.is_none() => {
             eprintln!(
                 "warning: no control socket ({e:#}); damocles commands cannot reach this \

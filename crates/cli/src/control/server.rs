@@ -31,6 +31,8 @@ pub struct Shared {
     /// A scrub this server started and that has not returned yet.
     scrub: Mutex<Option<Arc<JobControl>>>,
     connections: AtomicUsize,
+    /// Where the control socket listens (shown in `status`).
+    socket: Mutex<Option<String>>,
 }
 
 struct EventLog {
@@ -55,6 +57,7 @@ impl Shared {
             last: Mutex::new([None, None, None]),
             scrub: Mutex::new(None),
             connections: AtomicUsize::new(0),
+            socket: Mutex::new(None),
         })
     }
 
@@ -138,6 +141,14 @@ impl Shared {
                 Response {
                     events: Some(events),
                     next: Some(log.next - 1),
+                    ..Response::ok()
+                }
+            }
+            Request::Status {} => {
+                let mut st = array.status();
+                st.control_socket = lock(&self.socket).clone();
+                Response {
+                    status: Some(serde_json::to_value(st)?),
                     ..Response::ok()
                 }
             }
@@ -543,7 +554,7 @@ pub fn to_change(array: &Array, c: &ChangeSpec) -> Result<Change> {
             None if level == st.level => st.copies,
             None => level.default_copies(),
         };
-        Some(damocles_engine::chunkmap::Template {
+        Some(damocles_engine::Template {
             level,
             copies,
             stripe_unit: c.stripe_unit.unwrap_or(st.stripe_unit),
@@ -593,6 +604,7 @@ impl ControlServer {
         // default, and changing the process-wide umask would race other threads.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod 600 {}", path.display()))?;
+        *lock(&shared.socket) = Some(path.display().to_string());
         std::thread::Builder::new()
             .name("damocles-control".into())
             .spawn(move || accept_loop(listener, shared))

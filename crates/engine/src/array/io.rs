@@ -1,0 +1,144 @@
+//! The volume's entry points: reads, writes and flushes of the virtual disk, checked
+//! against its size, its lost ranges and a poisoned commit; served through the commit
+//! layer's buffer when the array has a journal, straight from the members when not, and
+//! retried degraded when a member fails.
+
+use super::Array;
+use crate::error::{Error, Result};
+use crate::layout::stripe::pieces;
+use crate::member::flush_all;
+use crate::txg::Payload;
+
+impl Array {
+    /// Writes the virtual disk. With a journal the write is buffered until the next commit
+    /// (`flush`, the dirty budget, or the background flusher); durable after `flush`.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.write_payload(Payload::Borrowed(buf), offset)
+            .map(|_| ())
+    }
+
+    /// [`Array::write_at`] that may keep `buf` instead of copying it (a write of whole
+    /// 4 KiB blocks with the journal). Returns buffers no longer needed — `buf` itself or
+    /// older writes it replaced — for the caller to reuse.
+    pub fn write_owned(&self, buf: Vec<u8>, offset: u64) -> Result<Vec<Vec<u8>>> {
+        self.write_payload(Payload::Owned(buf), offset)
+    }
+
+    fn write_payload(&self, buf: Payload, offset: u64) -> Result<Vec<Vec<u8>>> {
+        let len = buf.len();
+        self.check_range(offset, len)?;
+        self.check_usable()?;
+        let mut payload = Some(buf);
+        let spare = self.with_failover(|| {
+            self.record_missing()?;
+            if self.journal.is_some() {
+                // Allocate now, so allocation status is true while the data is still dirty.
+                for (idx, ..) in pieces(self.chunk_size, offset, len) {
+                    self.chunk_for_write(idx)?;
+                }
+                self.write_cached(&mut payload, offset)
+            } else {
+                let _gate = self.chunk_gate.read();
+                let buf = payload.as_ref().expect("payload").as_slice();
+                self.write_direct(buf, offset).map(|()| Vec::new())
+            }
+        })?;
+        self.forget_lost(offset, len as u64)?;
+        Ok(match payload {
+            Some(Payload::Owned(v)) => vec![v],
+            _ => spare,
+        })
+    }
+
+    /// Makes every completed write durable.
+    pub fn flush(&self) -> Result<()> {
+        if self.journal.is_some() && !self.read_only {
+            self.check_usable()?;
+            return self.commit();
+        }
+        self.with_failover(|| flush_all(&self.members()))
+    }
+
+    /// Whole 4 KiB blocks written over a lost range hold good data again.
+    fn forget_lost(&self, offset: u64, len: u64) -> Result<()> {
+        let (lo, hi) = (offset.next_multiple_of(4096), (offset + len) / 4096 * 4096);
+        let mut st = self.store.lock();
+        if hi <= lo
+            || !st
+                .meta
+                .health
+                .lost
+                .iter()
+                .any(|&(o, l)| o < hi && lo < o + l)
+        {
+            return Ok(());
+        }
+        // Durable first: the range must not read as good before its new data is.
+        drop(st);
+        self.flush()?;
+        st = self.store.lock();
+        let mut meta = st.meta.clone();
+        let mut kept = Vec::new();
+        for &(o, l) in &meta.health.lost {
+            let e = o + l;
+            if e <= lo || hi <= o {
+                kept.push((o, l));
+                continue;
+            }
+            if o < lo {
+                kept.push((o, lo - o));
+            }
+            if hi < e {
+                kept.push((hi, e - hi));
+            }
+        }
+        meta.health.lost = kept;
+        self.commit_meta(&mut st, meta)
+    }
+
+    /// Writes are refused after a failure left the members' state unknown in memory.
+    fn check_usable(&self) -> Result<()> {
+        if self.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Unavailable(
+                "an earlier commit failed midway; restart to replay the journal".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn write_direct(&self, buf: &[u8], offset: u64) -> Result<()> {
+        for (idx, co, pos, n) in pieces(self.chunk_size, offset, buf.len()) {
+            let chunk = self.chunk_for_write(idx)?;
+            self.write_chunk(idx, &chunk, co, &buf[pos..pos + n])?;
+        }
+        Ok(())
+    }
+
+    /// Whether `[offset, offset+len)` lies in chunks never written (reads as zeros).
+    pub fn is_unallocated(&self, offset: u64, len: u64) -> bool {
+        let chunks = self.store.chunks();
+        let c = self.chunk_size;
+        let end = (offset + len).min(self.size());
+        (offset / c..end.div_ceil(c)).all(|i| chunks[i as usize].is_none())
+    }
+
+    /// Splits `[offset, offset+len)` into runs of allocated (`true`) and never-written
+    /// (`false`, reads as zeros) space, at chunk granularity.
+    pub fn allocation_runs(&self, offset: u64, len: u64) -> Vec<(u64, bool)> {
+        let chunks = self.store.chunks();
+        let c = self.chunk_size;
+        let end = offset.saturating_add(len).min(self.size());
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        let mut off = offset;
+        while off < end {
+            let n = (c - off % c).min(end - off);
+            let alloc = chunks[(off / c) as usize].is_some();
+            match runs.last_mut() {
+                Some((l, a)) if *a == alloc => *l += n,
+                _ => runs.push((n, alloc)),
+            }
+            off += n;
+        }
+        runs
+    }
+}

@@ -1,0 +1,170 @@
+//! The façade: [`Array`] is the jobs layer over the commit layer over the data layer over
+//! the metadata layer, each owning its state (`docs/architecture.md`). It creates and
+//! assembles arrays (replaying the journal), holds the volume's entry points (`io`), says
+//! what `status` shows (`status`), and starts the threads that need an owning reference:
+//! the background flusher and jobs that start by themselves.
+
+mod io;
+mod status;
+
+pub use status::{
+    ErrorCounts, Health, JobStatus, LostRange, MemberHealth, MemberStatus, ScrubStatus, Status,
+};
+
+use crate::data::Data;
+use crate::error::{JobKind, Result};
+use crate::jobs::{JobControl, Jobs};
+use crate::member::{execute, Dev, Overlay};
+use crate::meta::{self, AssembleOptions, CreateOptions, Meta};
+use crate::txg::{default_budget, Txg};
+use std::ops::Deref;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// An open array. Its methods are those of the layers it is made of (through `Deref`):
+/// volume I/O here, jobs, commits, data and metadata below.
+pub struct Array {
+    inner: Jobs,
+}
+
+impl Deref for Array {
+    type Target = Jobs;
+    fn deref(&self) -> &Jobs {
+        &self.inner
+    }
+}
+
+impl Array {
+    /// Creates a new array on `devs`, then assembles it.
+    pub fn create(devs: Vec<Dev>, opts: &CreateOptions) -> Result<Array> {
+        let all = meta::create(devs, opts)?;
+        Array::assemble(all, AssembleOptions::default())
+    }
+
+    /// Assembles an array from the members given; missing members make it degraded. Writes
+    /// still in the journal are replayed (shown through an overlay when read-only).
+    pub fn assemble(devs: Vec<Dev>, opts: AssembleOptions) -> Result<Array> {
+        let mut found = meta::assemble(devs, &opts)?;
+        let journal = found.journal.take();
+        let budget = opts.dirty_budget.unwrap_or_else(default_budget).max(4096);
+        let data = Data::new(Meta::new(found, opts.read_only));
+        let array = Array {
+            inner: Jobs::new(Txg::new(data, journal, budget)),
+        };
+        let (next_txg, replay) = array.replay_journal()?;
+        *array.cache.next_txg.lock() = next_txg;
+        if !replay.is_empty() {
+            let bytes: usize = replay.iter().map(|w| w.data.len()).sum();
+            let members = array.members();
+            if array.read_only {
+                // Do not write: show the replayed state through an overlay instead.
+                let wrapped: Vec<Option<Dev>> = members
+                    .iter()
+                    .enumerate()
+                    .map(|(m, d)| {
+                        d.clone().map(|d| {
+                            let mine: Vec<_> = replay
+                                .iter()
+                                .filter(|w| w.member as usize == m)
+                                .cloned()
+                                .collect();
+                            Arc::new(Overlay::new(d, mine)) as Dev
+                        })
+                    })
+                    .collect();
+                array.set.set_usable(Arc::new(wrapped));
+                array.tel.note(format!(
+                    "the journal holds {bytes} bytes of writes not known to be in place; \
+                 shown as replayed, applied when the array is next opened for writing"
+                ));
+            } else {
+                // A member that misses the replay misses writes: it must not come back as
+                // in sync.
+                array.record_missing()?;
+                execute(&members, &replay)?;
+                array.retire_journal()?;
+                tracing::info!("replayed {bytes} bytes from the journal");
+                array
+                    .tel
+                    .note(format!("replayed {bytes} bytes of writes from the journal"));
+            }
+        }
+        Ok(array)
+    }
+
+    /// Lets the array start rebuilds by itself (at `rate` bytes/s) when a member fails or a
+    /// spare is added, and resume a reshape the metadata says is under way.
+    pub fn set_auto_rebuild(self: &Arc<Self>, rate: u64) {
+        let weak = Arc::downgrade(self);
+        self.set_rebuild_hook(Arc::new(move || {
+            if let Some(a) = weak.upgrade() {
+                a.kick_rebuild();
+            }
+        }));
+        let weak = Arc::downgrade(self);
+        self.set_auto(
+            Arc::new(move |kind, ctl| spawn_job(weak.clone(), kind, ctl)),
+            rate,
+        );
+        self.kick_rebuild();
+        self.kick_reshape();
+    }
+
+    /// Starts a thread that commits dirty data older than `interval`. It ends with the array.
+    pub fn spawn_flusher(self: &Arc<Self>, interval: Duration) {
+        if self.journal.is_none() || self.read_only {
+            return;
+        }
+        let weak: Weak<Array> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("damocles-txg".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                let Some(a) = weak.upgrade() else { return };
+                if let Err(e) = a.commit() {
+                    tracing::error!("background commit failed: {e}");
+                }
+            })
+            .ok();
+    }
+}
+
+/// Runs a job that started by itself on its own thread.
+fn spawn_job(weak: Weak<Array>, kind: JobKind, ctl: Arc<JobControl>) {
+    let Some(me) = weak.upgrade() else { return };
+    let name = format!("damocles-{kind}");
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let r = match kind {
+                JobKind::Rebuild => me.run_rebuild(ctl).map(|_| ()),
+                JobKind::Reshape => me.reshape(ctl).map(|_| ()),
+                JobKind::Scrub => me.scrub(ctl).map(|_| ()),
+            };
+            if let Err(e) = r {
+                tracing::error!("{kind} failed: {e}");
+            }
+        })
+        .ok();
+}
+
+impl std::fmt::Debug for Array {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Array")
+            .field("uuid", &self.uuid())
+            .field("size", &self.size())
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Array {
+    /// A clean close commits what is still buffered.
+    fn drop(&mut self) {
+        if self.journal.is_some() && !self.read_only {
+            if let Err(e) = self.commit().and_then(|()| self.retire_journal()) {
+                tracing::error!("committing buffered writes on close failed: {e}");
+            }
+        }
+    }
+}

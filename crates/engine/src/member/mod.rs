@@ -1,0 +1,115 @@
+//! Member devices: the disks (or files) an array is made of, the positioned I/O the
+//! engine does on them (errors carry the operation, device and offset), and the set of
+//! members an open array uses. Owns the member set's locks: `slots` before `usable`.
+//!
+//! Everything the engine does to a member goes through [`MemberDevice`], so tests can plug in
+//! an in-memory member, a power-loss simulator or a fault injector.
+
+mod file;
+mod io;
+mod mem;
+mod overlay;
+mod set;
+
+pub use file::FileMember;
+#[cfg(feature = "test-util")]
+pub use io::SERIAL_FLUSHES;
+pub(crate) use io::{execute, flush, flush_all, flush_some, read, read_vectored, write, zero};
+pub use mem::MemMember;
+pub(crate) use overlay::Overlay;
+pub(crate) use set::{MemberSet, MemberSlot, Usable};
+
+use std::io as stdio;
+use std::sync::Arc;
+
+/// A member as the engine holds it.
+pub type Dev = Arc<dyn MemberDevice>;
+
+/// A member disk: positioned reads and writes, and a flush that makes completed writes durable.
+pub trait MemberDevice: Send + Sync {
+    /// Human-readable name (the path), used in messages.
+    fn name(&self) -> &str;
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> stdio::Result<()>;
+    /// Reads consecutive bytes starting at `offset` into `bufs`, one after another.
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> stdio::Result<()> {
+        let mut off = offset;
+        for b in bufs.iter_mut() {
+            self.read_at(b, off)?;
+            off += b.len() as u64;
+        }
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> stdio::Result<()>;
+    /// A hint: start writing `[offset, offset+len)` (just written) to stable storage now,
+    /// without waiting, so a later `flush` has less left to do. Durability still comes only
+    /// from `flush`. The default does nothing.
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
+    /// Makes `[offset, offset+len)` read as zeros. Members that can deallocate do so.
+    fn write_zeroes(&self, offset: u64, len: u64) -> stdio::Result<()> {
+        write_zeroes_by_writing(self, offset, len)
+    }
+}
+
+/// Fallback for [`MemberDevice::write_zeroes`]: writes zero buffers.
+pub fn write_zeroes_by_writing<D: MemberDevice + ?Sized>(
+    dev: &D,
+    offset: u64,
+    len: u64,
+) -> stdio::Result<()> {
+    const PIECE: u64 = 1 << 20;
+    let zeros = vec![0u8; PIECE.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = PIECE.min(len - done) as usize;
+        dev.write_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// How a member file is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Reading only; other readers may share the member.
+    ReadOnly,
+    /// Reading and writing; nobody else may have the member open through damocles.
+    ReadWrite,
+}
+
+pub(crate) fn check_range(size: u64, offset: u64, len: usize) -> stdio::Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(stdio::Error::new(
+            stdio::ErrorKind::InvalidInput,
+            format!("access {offset}+{len} beyond the end of the member ({size} bytes)"),
+        )),
+    }
+}
+
+impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> stdio::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> stdio::Result<()> {
+        (**self).read_vectored_at(bufs, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn flush(&self) -> stdio::Result<()> {
+        (**self).flush()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> stdio::Result<()> {
+        (**self).write_zeroes(offset, len)
+    }
+}

@@ -1,0 +1,673 @@
+//! Transaction groups: writes gather as dirty blocks in memory (`dirty.rs`) and reach the
+//! members in commits (on flush, when the dirty budget is reached, or on a timer). A commit
+//! plans every touched stripe row (data and fresh parity), journals each member's share,
+//! flushes, and only then writes in place — so a crash at any instant leaves every row
+//! either as it was or replayable from the journal.
+
+mod dirty;
+mod read;
+
+use crate::data::{Data, Seg};
+use crate::error::Result;
+use crate::layout::chunkmap::Chunk;
+use crate::layout::stripe::for_rows;
+use crate::member::{flush_all, read, write, Dev};
+use crate::meta::JournalArea;
+use crate::ondisk::journal::{self, SubRecord};
+use crate::units::{MemberWrite, BLOCK};
+use dirty::DirtySet;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Deref;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+pub(crate) struct Cache {
+    /// Blocks written since the last commit began.
+    pub open: Mutex<DirtySet>,
+    /// Blocks of the commit in progress; readable until they are in place.
+    pub committing: RwLock<DirtySet>,
+    /// Held for a whole commit; the number of the next txg.
+    pub next_txg: Mutex<u64>,
+    pub budget: u64,
+}
+
+impl Cache {
+    pub fn new(next_txg: u64, budget: u64) -> Cache {
+        Cache {
+            open: Mutex::new(DirtySet::default()),
+            committing: RwLock::new(DirtySet::default()),
+            next_txg: Mutex::new(next_txg),
+            budget,
+        }
+    }
+}
+
+/// Copies block `b` (volume offset, block-aligned) from `set` into `dst`, if it is held.
+fn copy_block(set: &DirtySet, b: u64, dst: &mut [u8]) -> bool {
+    if !set.contains(b) {
+        return false;
+    }
+    for (o, d) in set.overlapping(b, b + BLOCK) {
+        dst[(o - b) as usize..(o - b) as usize + d.len()].copy_from_slice(d);
+    }
+    true
+}
+
+/// Default dirty budget: a tenth of memory, between 16 MiB and 1 GiB (ZFS's rule of thumb).
+pub fn default_budget() -> u64 {
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(1 << 30, |kib| kib * 1024);
+    (mem / 10).clamp(16 << 20, 1 << 30)
+}
+
+/// The commit layer of an open array, over its data layer.
+pub struct Txg {
+    data: Data,
+    pub(crate) journal: Option<JournalArea>,
+    pub(crate) cache: Cache,
+    /// A commit failed after its journal was durable: memory no longer matches the members.
+    pub(crate) poisoned: AtomicBool,
+}
+
+impl Deref for Txg {
+    type Target = Data;
+    fn deref(&self) -> &Data {
+        &self.data
+    }
+}
+
+impl Txg {
+    pub(crate) fn new(data: Data, journal: Option<JournalArea>, budget: u64) -> Txg {
+        Txg {
+            data,
+            journal,
+            cache: Cache::new(1, budget),
+            poisoned: AtomicBool::new(false),
+        }
+    }
+
+    /// The chunk at `idx`, allocating (and zeroing) it first if it was never written.
+    pub(crate) fn chunk_for_write(&self, idx: usize) -> Result<Arc<Chunk>> {
+        if let Some(c) = self.store.chunk(idx) {
+            return Ok(c);
+        }
+        // Zeroing checksums writes checksum blocks outside the journal: no commit may be
+        // writing them meanwhile (lock order: commit lock, then metadata state). A rebuild
+        // holds the commit lock while it places slices the map does not show yet.
+        let _commit =
+            (self.csums.is_some() || self.journal.is_some()).then(|| self.cache.next_txg.lock());
+        self.chunk_for_write_locked(idx)
+    }
+
+    /// Buffers a write as dirty blocks; commits first if the budget is exceeded. A write of
+    /// whole blocks keeps `buf` as it is; returns buffers it displaced (for reuse).
+    /// `buf` is taken once it is in the dirty set (a retry after a failed commit finds
+    /// `None` and only commits).
+    pub(crate) fn write_cached(
+        &self,
+        payload: &mut Option<Payload>,
+        offset: u64,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut spare = Vec::new();
+        if payload.is_some() {
+            self.buffer_write(payload, offset, &mut spare)?;
+        }
+        let over = self.cache.open.lock().bytes() > self.cache.budget;
+        if over {
+            self.commit()?;
+        }
+        Ok(spare)
+    }
+
+    /// Puts the write into the open set; takes `payload` once nothing can fail any more.
+    fn buffer_write(
+        &self,
+        payload: &mut Option<Payload>,
+        offset: u64,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let len = payload.as_ref().expect("payload").len() as u64;
+        let end = offset + len;
+        let lo = offset / BLOCK * BLOCK;
+        let hi = end.next_multiple_of(BLOCK);
+        if lo == offset && hi == end {
+            let mut data = payload.take().expect("payload").into_vec();
+            if data.capacity() > 2 * data.len() {
+                // A recycled buffer much larger than the write: keep only the bytes.
+                let tight = data.clone();
+                spare.push(std::mem::replace(&mut data, tight));
+            }
+            self.cache
+                .open
+                .lock()
+                .insert(lo, data, &mut |d| spare.push(d));
+        } else {
+            // Partly written blocks keep their other bytes: from the open set, else read
+            // (outside the lock) and then taken from the open set after all if a writer
+            // dirtied them meanwhile.
+            let mut edges = vec![lo];
+            if hi - BLOCK != lo {
+                edges.push(hi - BLOCK);
+            }
+            edges.retain(|&b| b < offset || b + BLOCK > end);
+            let mut whole = vec![0u8; (hi - lo) as usize];
+            let at = |b: u64| (b - lo) as usize..(b - lo + BLOCK) as usize;
+            let need: Vec<u64> = {
+                let open = self.cache.open.lock();
+                edges
+                    .iter()
+                    .copied()
+                    .filter(|&b| !copy_block(&open, b, &mut whole[at(b)]))
+                    .collect()
+            };
+            for &b in &need {
+                self.read_at(&mut whole[at(b)], b)?;
+            }
+            let mut open = self.cache.open.lock();
+            for &b in &edges {
+                copy_block(&open, b, &mut whole[at(b)]);
+            }
+            let buf = payload.take().expect("payload");
+            whole[(offset - lo) as usize..(end - lo) as usize].copy_from_slice(buf.as_slice());
+            open.insert(lo, whole, &mut |d| spare.push(d));
+        }
+        Ok(())
+    }
+
+    /// Reads with dirty blocks laid over what the members hold.
+    pub(crate) fn read_cached(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        // Lock order is always `open` before `committing` (as in `commit`): copy what the
+        // open set has for this range first.
+        let newer: Vec<(u64, Vec<u8>)> = {
+            let open = self.cache.open.lock();
+            if open.is_empty() {
+                Vec::new()
+            } else {
+                open.overlapping(offset, end)
+                    .map(|(o, d)| (o, d.to_vec()))
+                    .collect()
+            }
+        };
+        // Held across the member read so a block cannot leave the committing set (being put
+        // in place) between our member read and the overlay.
+        let committing = self.cache.committing.read();
+        let in_newer = |b: u64| {
+            let (bs, be) = (b * BLOCK, (b + 1) * BLOCK);
+            // Pieces are in order: the first one ending after the block's start.
+            let k = newer.partition_point(|(o, d)| o + d.len() as u64 <= bs);
+            newer.get(k).is_some_and(|(o, _)| *o < be)
+        };
+        let dirty = |b: u64| in_newer(b) || committing.contains(b * BLOCK);
+        self.read_members(buf, offset, &dirty)?;
+        let mut lay = |o: u64, d: &[u8]| {
+            buf[(o - offset) as usize..(o - offset) as usize + d.len()].copy_from_slice(d);
+        };
+        for (o, d) in committing.overlapping(offset, end) {
+            lay(o, d);
+        }
+        drop(committing);
+        for (o, d) in &newer {
+            lay(*o, d);
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable: journal, flush, then in place.
+    pub(crate) fn commit(&self) -> Result<()> {
+        let mut next = self.cache.next_txg.lock();
+        {
+            let mut open = self.cache.open.lock();
+            if open.is_empty() {
+                return Ok(());
+            }
+            let mut c = self.cache.committing.write();
+            std::mem::swap(&mut *open, &mut *c);
+        }
+        let result = self.commit_frozen(&mut next);
+        let done = {
+            let mut c = self.cache.committing.write();
+            if result.is_err() {
+                // Keep what could not be committed: blocks written since stay newer.
+                let mut open = self.cache.open.lock();
+                for (s, d) in c.extents() {
+                    open.insert_under(s, d);
+                }
+            }
+            std::mem::take(&mut *c)
+        };
+        // Its buffers are freed outside the lock.
+        drop(done);
+        result
+    }
+
+    fn commit_frozen(&self, next: &mut u64) -> Result<()> {
+        if let Some(c) = &self.csums {
+            c.trim();
+        }
+        let frozen = self.cache.committing.read();
+        let members = self.members();
+        let area = self.journal.clone().expect("commit needs a journal");
+        // The extents cut at chunk boundaries: (chunk, offset in chunk, bytes), in order.
+        let c = self.chunk_size;
+        let mut pieces: Vec<(usize, u64, &[u8])> = Vec::new();
+        for (s, d) in frozen.extents() {
+            let mut at = 0;
+            while at < d.len() {
+                let off = s + at as u64;
+                let n = ((c - off % c) as usize).min(d.len() - at);
+                pieces.push(((off / c) as usize, off % c, &d[at..at + n]));
+                at += n;
+            }
+        }
+        let mut txg = TxgPlan::default();
+        let mut i = 0;
+        while i < pieces.len() {
+            let idx = pieces[i].0;
+            let mut j = i;
+            while j < pieces.len() && pieces[j].0 == idx {
+                j += 1;
+            }
+            let chunk = self.chunk_for_write_locked(idx)?;
+            // The stripe rows the pieces touch, each row planned once with all of its
+            // segments.
+            let mut rows: BTreeMap<u64, Vec<Seg>> = BTreeMap::new();
+            for &(_, co, data) in &pieces[i..j] {
+                for_rows(&chunk.profile, co, data.len(), |row, segs| {
+                    rows.entry(row)
+                        .or_default()
+                        .extend(segs.into_iter().map(|(i, col, r)| Seg {
+                            i,
+                            col,
+                            data: &data[r],
+                        }));
+                    Ok(())
+                })?;
+            }
+            for (row, segs) in rows {
+                let joined = join_adjacent(&segs);
+                let segs = with_joined(&segs, &joined);
+                let mut writes = Vec::new();
+                self.with_failover(|| {
+                    writes.clear();
+                    self.plan_row(idx, &self.members(), &chunk, row, &segs, &mut writes)
+                })?;
+                if !txg.fits(&writes, area.half, members.len(), area.device.is_some()) {
+                    self.journal_and_apply(&mut txg, next)?;
+                }
+                txg.add(idx as u32, row, writes, area.device.is_some());
+            }
+            i = j;
+        }
+        self.journal_and_apply(&mut txg, next)
+    }
+
+    fn journal_and_apply(&self, txg: &mut TxgPlan, next: &mut u64) -> Result<()> {
+        if txg.rows.is_empty() {
+            return Ok(());
+        }
+        let area = self.journal.clone().expect("journal");
+        let number = *next;
+        *next += 1;
+        // The checksum blocks these writes change are journaled with them.
+        let csum_writes: Vec<MemberWrite> = match &self.csums {
+            Some(c) => {
+                let all: Vec<MemberWrite> = txg
+                    .rows
+                    .iter()
+                    .flat_map(|(_, _, w)| w.iter().cloned())
+                    .collect();
+                c.plan(&all)
+            }
+            None => Vec::new(),
+        };
+        // Checksum entries go first in each share. A block's entry is `crc32c(block) ^
+        // crc32c(zero block)`, so the block directly followed by its entry differs from
+        // zeros by a CRC32C codeword: a torn record that lost both (a single-block write's
+        // share) would still pass its payload CRC and replay zeros over the block.
+        let mut shares: BTreeMap<u16, Vec<MemberWrite>> = BTreeMap::new();
+        for writes in std::iter::once(csum_writes.as_slice())
+            .chain(txg.rows.iter().map(|(_, _, w)| w.as_slice()))
+        {
+            for w in writes {
+                let owner = if area.device.is_some() {
+                    journal::EXTERNAL
+                } else {
+                    w.member
+                };
+                shares.entry(owner).or_default().push(w.clone());
+            }
+        }
+        let participants: Vec<u16> = shares.keys().copied().collect();
+        for (m, writes) in shares {
+            let d = match &area.device {
+                Some(dev) => dev.clone(),
+                None => match &self.members()[m as usize] {
+                    Some(d) => d.clone(),
+                    None => continue, // failed since the plan: its share is not needed
+                },
+            };
+            let rec = SubRecord {
+                txg: number,
+                member: m,
+                participants: participants.clone(),
+                writes,
+            };
+            let r = write(
+                d.as_ref(),
+                &journal::encode(self.uuid, &rec),
+                area.half_offset(number),
+            );
+            if let Err(e) = r {
+                // A member that fails now is recorded faulty before the journal flush, so
+                // its missing share is never needed.
+                if !self.absorb(&e) {
+                    return Err(e);
+                }
+            }
+        }
+        // Journal durable (and the previous txg's in-place writes with it) before any
+        // in-place write of this txg.
+        loop {
+            let mut to_flush: Vec<Option<Dev>> = self.members().to_vec();
+            to_flush.push(area.device.clone());
+            match flush_all(&to_flush) {
+                Ok(()) => break,
+                Err(e) if self.absorb(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        // From here the txg is durable in the journal: a failure must not leave the rows
+        // half applied in memory's view, so members that fail are dropped and the rest go on.
+        for (idx, row, writes) in txg.rows.drain(..) {
+            let _g = self.locks.lock(idx, row);
+            self.apply_in_place(&writes)?;
+            // Checksums change with their blocks, under the same row lock readers take.
+            if let Some(c) = &self.csums {
+                c.note_written(&writes, &self.members());
+            }
+        }
+        self.apply_in_place(&csum_writes)?;
+        txg.bytes.clear();
+        Ok(())
+    }
+
+    /// Writes journaled writes in place; a member that fails is dropped, the rest go on.
+    fn apply_in_place(&self, writes: &[MemberWrite]) -> Result<()> {
+        for w in writes {
+            let Some(d) = self.members()[w.member as usize].clone() else {
+                continue;
+            };
+            if let Err(e) = write(d.as_ref(), &w.data, w.offset) {
+                if !self.absorb(&e) {
+                    self.poisoned
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replays the journal on assemble (see [`journal::select_replay`]); returns the next txg.
+    pub(crate) fn replay_journal(&self) -> Result<(u64, Vec<MemberWrite>)> {
+        let Some(area) = self.journal.clone() else {
+            return Ok((1, Vec::new()));
+        };
+        let members = self.members();
+        let sizes: Vec<u64> = self
+            .store
+            .lock()
+            .meta
+            .members
+            .iter()
+            .map(|m| m.size)
+            .collect();
+        let data_offset = self.sb_layout.data_offset;
+        // Checksum blocks after each data area are journaled too.
+        let data_area = |m: u16| {
+            sizes.get(m as usize).map(|&end| match &self.csums {
+                Some(_) => (
+                    data_offset,
+                    end + crate::ondisk::csum::area_len(end - data_offset),
+                ),
+                None => (data_offset, end),
+            })
+        };
+        let sources = journal_holders(&area, &members);
+        let mut found = Vec::new();
+        let mut newest = 0;
+        for (d, m) in &sources {
+            for h in 0..2 {
+                let off = area.offset + h * area.half;
+                let mut hdr = vec![0u8; 4096];
+                read(d.as_ref(), &mut hdr, off)?;
+                let Some((txg, len)) = journal::decode_header(&hdr, &self.uuid, *m, area.half)
+                else {
+                    continue;
+                };
+                newest = newest.max(txg);
+                let mut all = vec![0u8; (journal::HEADER_LEN as u64 + len) as usize];
+                read(d.as_ref(), &mut all, off)?;
+                if let Some(r) = journal::decode(&all, &self.uuid, *m, area.half, &data_area) {
+                    found.push(r);
+                }
+            }
+        }
+        let present: Vec<u16> = if area.device.is_some() {
+            vec![journal::EXTERNAL]
+        } else {
+            (0..members.len() as u16)
+                .filter(|&m| members[m as usize].is_some())
+                .collect()
+        };
+        let replay = journal::select_replay(&found, &present, newest);
+        let mut writes = Vec::new();
+        for txg in &replay {
+            for r in found.iter().filter(|r| r.txg == *txg) {
+                writes.extend(r.writes.iter().cloned());
+            }
+        }
+        Ok((newest + 1, writes))
+    }
+
+    /// Once everything journaled is durable in place, forgets the journal so the next
+    /// assemble has nothing to replay. The half holding the older txg is cleared (and
+    /// flushed) before the newest one's, and in the newest one's half the records of older
+    /// txgs (on members that sat the newest out) before the newest's, so a crash midway
+    /// leaves either the newest txg complete — replaying it alone is harmless, its writes
+    /// are durable — or it incomplete and every older record gone, which replays nothing
+    /// (see `journal::select_replay`).
+    pub(crate) fn retire_journal(&self) -> Result<()> {
+        let next = *self.cache.next_txg.lock();
+        self.retire_journal_at(next)
+    }
+
+    /// [`Txg::retire_journal`] for a caller that holds the commit lock (`next`: the next
+    /// txg number).
+    pub(crate) fn retire_journal_at(&self, next: u64) -> Result<()> {
+        let Some(area) = self.journal.clone() else {
+            return Ok(());
+        };
+        let members = self.members();
+        flush_all(&members)?;
+        let holders = journal_holders(&area, &members);
+        let newest = next.saturating_sub(1);
+        let zeros = vec![0u8; 4096];
+        let clear = |group: &[&(Dev, u16)], half: u64| -> Result<()> {
+            for (d, _) in group {
+                write(d.as_ref(), &zeros, area.offset + half * area.half)?;
+            }
+            let devs: Vec<Option<Dev>> = group.iter().map(|(d, _)| Some(d.clone())).collect();
+            flush_all(&devs)
+        };
+        clear(&holders.iter().collect::<Vec<_>>(), (newest + 1) % 2)?;
+        // In the newest txg's half, a member that sat that txg out may still hold an older
+        // record of the same parity. It goes first: were the newest txg's records cleared
+        // and such a record left by a crash, it would pass for the newest txg and be
+        // replayed over newer data.
+        let half = newest % 2;
+        let mut hdr = vec![0u8; 4096];
+        let mut older = Vec::new();
+        let mut newest_holders = Vec::new();
+        for h in &holders {
+            read(h.0.as_ref(), &mut hdr, area.offset + half * area.half)?;
+            match journal::decode_header(&hdr, &self.uuid, h.1, area.half) {
+                Some((txg, _)) if txg == newest => newest_holders.push(h),
+                _ => older.push(h),
+            }
+        }
+        clear(&older, half)?;
+        clear(&newest_holders, half)?;
+        Ok(())
+    }
+
+    /// Bytes written but not yet committed.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.cache.open.lock().bytes()
+    }
+}
+
+/// Segments of one row that continue each other in one data block (pieces of separate
+/// extents), joined: (first segment, last + 1, the joined bytes). Planning a row sees a block
+/// written whole as one segment, as if the extents were one.
+fn join_adjacent(segs: &[Seg]) -> Vec<(usize, usize, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < segs.len() {
+        let mut e = k + 1;
+        while e < segs.len()
+            && segs[e].i == segs[k].i
+            && segs[e - 1].col + segs[e - 1].data.len() as u64 == segs[e].col
+        {
+            e += 1;
+        }
+        if e - k > 1 {
+            let mut v = Vec::with_capacity(segs[k..e].iter().map(|s| s.data.len()).sum());
+            for s in &segs[k..e] {
+                v.extend_from_slice(s.data);
+            }
+            out.push((k, e, v));
+        }
+        k = e;
+    }
+    out
+}
+
+/// `segs` with the runs of [`join_adjacent`] replaced by their joined bytes.
+fn with_joined<'a>(segs: &[Seg<'a>], joined: &'a [(usize, usize, Vec<u8>)]) -> Vec<Seg<'a>> {
+    let mut out = Vec::with_capacity(segs.len());
+    let mut k = 0;
+    let mut runs = joined.iter().peekable();
+    while k < segs.len() {
+        match runs.peek() {
+            Some((a, b, v)) if *a == k => {
+                out.push(Seg {
+                    i: segs[k].i,
+                    col: segs[k].col,
+                    data: v,
+                });
+                k = *b;
+                runs.next();
+            }
+            _ => {
+                out.push(Seg {
+                    i: segs[k].i,
+                    col: segs[k].col,
+                    data: segs[k].data,
+                });
+                k += 1;
+            }
+        }
+    }
+    out
+}
+
+/// A write's bytes: borrowed (copied into the dirty set) or owned (kept as they are).
+pub(crate) enum Payload<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Payload<'_> {
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(b) => b,
+            Payload::Owned(v) => v,
+        }
+    }
+    /// The bytes as a buffer of their own: an owned one as it is (no copy).
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Payload::Borrowed(b) => b.to_vec(),
+            Payload::Owned(v) => v,
+        }
+    }
+}
+
+/// The devices holding journal records, each with whose records they are: the journal
+/// device (all members' records), or every present member (its own).
+fn journal_holders(area: &JournalArea, members: &[Option<Dev>]) -> Vec<(Dev, u16)> {
+    match &area.device {
+        Some(dev) => vec![(dev.clone(), journal::EXTERNAL)],
+        None => members
+            .iter()
+            .enumerate()
+            .filter_map(|(m, d)| d.clone().map(|d| (d, m as u16)))
+            .collect(),
+    }
+}
+
+/// Rows planned for one txg, and each member's journal bytes so far.
+#[derive(Default)]
+struct TxgPlan {
+    rows: Vec<(u32, u64, Vec<MemberWrite>)>,
+    bytes: HashMap<u16, (usize, usize)>,
+}
+
+impl TxgPlan {
+    fn fits(
+        &self,
+        writes: &[MemberWrite],
+        half: u64,
+        member_count: usize,
+        one_record: bool,
+    ) -> bool {
+        let owner = |m: u16| if one_record { journal::EXTERNAL } else { m };
+        let mut extra: HashMap<u16, (usize, usize)> = HashMap::new();
+        for w in writes {
+            let e = extra.entry(owner(w.member)).or_default();
+            // Room for its checksum entries (a second journal entry).
+            e.0 += 2;
+            e.1 += w.data.len() + w.data.len() / 1024 + 16;
+        }
+        extra.iter().all(|(m, (n, d))| {
+            let (n0, d0) = self.bytes.get(m).copied().unwrap_or_default();
+            journal::encoded_len(member_count, n0 + n, d0 + d) as u64 <= half
+        })
+    }
+
+    fn add(&mut self, idx: u32, row: u64, writes: Vec<MemberWrite>, one_record: bool) {
+        for w in &writes {
+            let owner = if one_record {
+                journal::EXTERNAL
+            } else {
+                w.member
+            };
+            let e = self.bytes.entry(owner).or_default();
+            e.0 += 2;
+            e.1 += w.data.len() + w.data.len() / 1024 + 16;
+        }
+        self.rows.push((idx, row, writes));
+    }
+}
