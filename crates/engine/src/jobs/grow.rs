@@ -113,7 +113,7 @@ impl Jobs {
         })
     }
 
-    /// Grows the volume (see [`Array::grow_forecast`]); refused with the reason when it
+    /// Grows the volume (see [`Jobs::grow_forecast`]); refused with the reason when it
     /// cannot. Returns what was done.
     pub fn grow(&self, size: Option<u64>) -> Result<GrowForecast> {
         if self.read_only {

@@ -176,7 +176,7 @@ impl Jobs {
                 "redundancy goes down: survives {t_after} member failure(s) instead of {t_before}"
             ));
         }
-        if self.health() != crate::array::Health::Ok {
+        if self.health() != crate::meta::Health::Ok {
             warnings.push("the array is not healthy: a rebuild may be needed first".into());
         }
         let size_after = if next.grow_after && plan.stuck == 0 {
@@ -199,8 +199,8 @@ impl Jobs {
         })
     }
 
-    /// Records `change` as the array's goal (after checking it, see [`Array::forecast`]);
-    /// [`Array::reshape`] then moves the chunks. Lowering redundancy needs `force`.
+    /// Records `change` as the array's goal (after checking it, see [`Jobs::forecast`]);
+    /// [`Jobs::reshape`] then moves the chunks. Lowering redundancy needs `force`.
     pub fn start_reshape(&self, change: &Change, force: bool) -> Result<Forecast> {
         if self.read_only {
             return Err(Error::ReadOnly);

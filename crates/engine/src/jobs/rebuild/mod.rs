@@ -115,7 +115,7 @@ impl Drop for JobDone<'_> {
     }
 }
 
-/// Chunks moved but not yet committed (see `Array::rebuild`).
+/// Chunks moved but not yet committed (see `Jobs::rebuild`).
 #[derive(Default)]
 struct Group {
     /// The map the allocator sees: the committed one plus every new slice of the group.
