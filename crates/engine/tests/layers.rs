@@ -84,7 +84,12 @@ fn layers_point_down_only() {
     let mut seen = 0;
     for f in &files {
         let rel = f.strip_prefix(&src).unwrap();
-        let top = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let module = top.trim_end_matches(".rs").to_string();
         if module == "lib" {
             continue;
@@ -112,7 +117,10 @@ fn layers_point_down_only() {
                 .push("Array".into());
         }
     }
-    assert!(seen > 30, "only {seen} files read: is the layout as this test expects?");
+    assert!(
+        seen > 30,
+        "only {seen} files read: is the layout as this test expects?"
+    );
     assert!(
         wrong.is_empty(),
         "modules naming a layer that is not below them: {wrong:#?}"
@@ -123,5 +131,8 @@ fn layers_point_down_only() {
 fn the_reference_scanner_sees_groups_and_paths() {
     let refs = crate_refs("use crate::{meta::Meta, units};\nlet x = crate::data::f();");
     assert_eq!(refs, ["meta", "units", "data"]);
-    assert_eq!(code("use a;\n// crate::x\n#[cfg(test)]\nmod tests { crate::y }"), "use a;");
+    assert_eq!(
+        code("use a;\n// crate::x\n#[cfg(test)]\nmod tests { crate::y }"),
+        "use a;"
+    );
 }

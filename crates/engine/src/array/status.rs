@@ -2,6 +2,7 @@
 //! client reads back exactly what the server sent).
 
 use super::Array;
+use crate::error::JobKind;
 use crate::jobs::Progress;
 use crate::layout::profile::Level;
 use crate::member::{MemberSlot, Usable};
@@ -143,17 +144,21 @@ impl Array {
         let chunks_degraded = self.chunks_degraded();
         let rebuild = {
             let j = self.jobs.lock();
-            j.rebuild.as_ref().map(|c| JobStatus {
-                running: j.rebuild_running,
+            let s = j.slot(JobKind::Rebuild);
+            s.ctl.as_ref().map(|c| JobStatus {
+                running: s.running,
                 progress: c.progress(),
             })
         };
         let (scrub_running, reshape) = {
             let j = self.jobs.lock();
             (
-                j.scrub.as_ref().map(|c| c.progress()),
-                j.reshape.as_ref().map(|c| JobStatus {
-                    running: j.reshape_running,
+                j.slot(JobKind::Scrub)
+                    .running
+                    .then(|| j.slot(JobKind::Scrub).ctl.as_ref().map(|c| c.progress()))
+                    .flatten(),
+                j.slot(JobKind::Reshape).ctl.as_ref().map(|c| JobStatus {
+                    running: j.slot(JobKind::Reshape).running,
                     progress: c.progress(),
                 }),
             )

@@ -133,7 +133,7 @@ impl Data {
                 p: owned(ppos),
                 q: owned(qpos),
             };
-            if self.reconstruct(0, p, &mut sub).is_err() {
+            if !self.reconstruct(p, &mut sub) {
                 continue;
             }
             if let Some(i) = dpos.iter().position(|&q| q == pos) {
@@ -223,7 +223,7 @@ impl Data {
                     p: cols[ppos].take(),
                     q: qpos.and_then(|q| cols[q].take()),
                 };
-                if self.reconstruct(0, p, &mut sub).is_err() {
+                if !self.reconstruct(p, &mut sub) {
                     return false;
                 }
                 if let Some(i) = dpos.iter().position(|&q| q == pos) {

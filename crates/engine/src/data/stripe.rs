@@ -169,7 +169,9 @@ impl Data {
                 continue;
             }
             let mut blocks = self.read_subrow(&members, c, row, col, dst.len(), &[])?;
-            self.reconstruct(idx, &p, &mut blocks)?;
+            if !self.reconstruct(&p, &mut blocks) {
+                return Err(unavailable(idx, "cannot reconstruct a stripe"));
+            }
             dst.copy_from_slice(blocks.data[i].as_ref().expect("rebuilt"));
         }
         Ok(read_directly)
@@ -290,8 +292,9 @@ impl Data {
         })
     }
 
-    /// Fills in missing data blocks of a sub-row from parity.
-    pub(crate) fn reconstruct(&self, idx: usize, p: &Profile, b: &mut SubRow) -> Result<()> {
+    /// Fills the missing data blocks of a sub-row from P (and Q); `false` when too many are
+    /// missing.
+    pub(crate) fn reconstruct(&self, p: &Profile, b: &mut SubRow) -> bool {
         let missing: Vec<usize> = (0..p.data_count())
             .filter(|&i| b.data[i].is_none())
             .collect();
@@ -319,9 +322,9 @@ impl Data {
                 b.data[*x] = Some(ox);
                 b.data[*y] = Some(oy);
             }
-            _ => return Err(unavailable(idx, "cannot reconstruct a stripe")),
+            _ => return false,
         }
-        Ok(())
+        true
     }
 
     /// Plans part of one raid5/raid6 stripe row: the data and its new parity.
@@ -407,7 +410,9 @@ impl Data {
             }
         } else if data_missing {
             let mut b = self.read_subrow(members, c, row, lo, len, &[])?;
-            self.reconstruct(idx, p, &mut b)?;
+            if !self.reconstruct(p, &mut b) {
+                return Err(unavailable(idx, "cannot reconstruct a stripe"));
+            }
             b
         } else {
             let skip: Vec<bool> = covered.iter().map(Option::is_some).collect();

@@ -19,7 +19,7 @@ pub use scrub::ScrubReport;
 
 pub use crate::layout::planner::Plan;
 
-use crate::error::JobKind;
+use crate::error::{Error, JobKind, Result};
 use crate::txg::Txg;
 use parking_lot::Mutex;
 use std::ops::Deref;
@@ -36,18 +36,60 @@ pub(crate) struct Auto {
     pub rate: u64,
 }
 
+/// One kind of job: the control of the one running (or of the last one, for `status`).
+#[derive(Default)]
+pub(crate) struct Slot {
+    pub ctl: Option<Arc<JobControl>>,
+    pub running: bool,
+}
+
 /// Which jobs run, and the last ones' controls (for `status`).
 #[derive(Default)]
 pub(crate) struct JobState {
-    pub rebuild: Option<Arc<JobControl>>,
-    pub rebuild_running: bool,
-    /// Asked to start while one was running: look again when it ends.
+    slots: [Slot; 3],
+    /// A rebuild was asked for while one was running: look again when it ends.
     pub rebuild_pending: bool,
-    pub scrub: Option<Arc<JobControl>>,
-    pub reshape: Option<Arc<JobControl>>,
-    pub reshape_running: bool,
-    /// Start a rebuild by itself when a member fails or a spare arrives (serve sets this).
+    /// Start jobs by themselves when a member fails, a spare arrives or a reshape is
+    /// under way (serve sets this).
     pub auto: Option<Auto>,
+}
+
+fn slot_of(kind: JobKind) -> usize {
+    match kind {
+        JobKind::Rebuild => 0,
+        JobKind::Reshape => 1,
+        JobKind::Scrub => 2,
+    }
+}
+
+impl JobState {
+    pub fn slot(&self, kind: JobKind) -> &Slot {
+        &self.slots[slot_of(kind)]
+    }
+
+    fn slot_mut(&mut self, kind: JobKind) -> &mut Slot {
+        &mut self.slots[slot_of(kind)]
+    }
+}
+
+/// A job of one kind running: the registry's slot is released when this is dropped,
+/// however the job ends (a rebuild asked for meanwhile then starts).
+pub(crate) struct Claim<'a> {
+    jobs: &'a Jobs,
+    kind: JobKind,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let again = {
+            let mut j = self.jobs.jobs.lock();
+            j.slot_mut(self.kind).running = false;
+            self.kind == JobKind::Rebuild && std::mem::take(&mut j.rebuild_pending)
+        };
+        if again {
+            self.jobs.kick_rebuild();
+        }
+    }
 }
 
 /// The jobs layer of an open array, over its commit layer.
@@ -69,6 +111,30 @@ impl Jobs {
             txg,
             jobs: Mutex::new(JobState::default()),
         }
+    }
+
+    /// Registers a job of `kind` run by `ctl`; refused while one of that kind runs.
+    pub(crate) fn claim(&self, kind: JobKind, ctl: &Arc<JobControl>) -> Result<Claim<'_>> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let mut j = self.jobs.lock();
+        let slot = j.slot_mut(kind);
+        if slot.running {
+            return Err(Error::Busy(kind));
+        }
+        *slot = Slot {
+            ctl: Some(ctl.clone()),
+            running: true,
+        };
+        Ok(Claim { jobs: self, kind })
+    }
+
+    /// The job of `kind` running now, if any.
+    pub(crate) fn running(&self, kind: JobKind) -> Option<Arc<JobControl>> {
+        let j = self.jobs.lock();
+        let s = j.slot(kind);
+        s.running.then(|| s.ctl.clone()).flatten()
     }
 
     /// Lets jobs start by themselves through `spawn`, at `rate` bytes/s.

@@ -250,24 +250,7 @@ impl Jobs {
     /// one group of moves per commit. Runs while I/O is served; resumable; `ctl` cancels
     /// (pauses; the moves already written in the group are committed).
     pub fn reshape(&self, ctl: Arc<JobControl>) -> Result<Plan> {
-        if self.read_only {
-            return Err(Error::ReadOnly);
-        }
-        {
-            let mut j = self.jobs.lock();
-            if j.reshape_running {
-                return Err(Error::Busy(JobKind::Reshape));
-            }
-            j.reshape_running = true;
-            j.reshape = Some(ctl.clone());
-        }
-        struct Running<'a>(&'a Jobs);
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                self.0.jobs.lock().reshape_running = false;
-            }
-        }
-        let _running = Running(self);
+        let _claim = self.claim(JobKind::Reshape, &ctl)?;
         let (forecast, group_bytes) = {
             let meta = self.store.lock().meta.clone();
             let mut p = self.planner(&meta);
@@ -519,7 +502,7 @@ impl Jobs {
     pub(crate) fn kick_reshape(&self) {
         let auto = {
             let jobs = self.jobs.lock();
-            if jobs.reshape_running {
+            if jobs.slot(JobKind::Reshape).running {
                 return;
             }
             match &jobs.auto {
@@ -535,7 +518,6 @@ impl Jobs {
 
     /// The reshape running now, if any.
     pub fn reshape_job(&self) -> Option<Arc<JobControl>> {
-        let j = self.jobs.lock();
-        j.reshape_running.then(|| j.reshape.clone()).flatten()
+        self.running(JobKind::Reshape)
     }
 }

@@ -4,12 +4,12 @@
 use super::JobControl;
 use super::Jobs;
 use crate::error::JobKind;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::events::EventKind;
 use crate::layout::chunkmap::Chunk;
-use crate::layout::profile::Level;
+use crate::layout::profile::{Level, Profile};
 use crate::layout::stripe::data_volume_offset;
-use crate::member::{read, write, Dev};
+use crate::member::{read, write, Dev, Usable};
 use crate::units::merge_ranges;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -45,28 +45,12 @@ pub struct ScrubReport {
 impl Jobs {
     /// The scrub running now, if any.
     pub fn scrub_job(&self) -> Option<Arc<JobControl>> {
-        self.jobs.lock().scrub.clone()
+        self.running(JobKind::Scrub)
     }
 
     /// Scrubs the array (resuming an interrupted scrub where it stopped).
     pub fn scrub(&self, ctl: Arc<JobControl>) -> Result<ScrubReport> {
-        if self.read_only {
-            return Err(Error::ReadOnly);
-        }
-        {
-            let mut j = self.jobs.lock();
-            if j.scrub.is_some() {
-                return Err(Error::Busy(JobKind::Scrub));
-            }
-            j.scrub = Some(ctl.clone());
-        }
-        struct Running<'a>(&'a Jobs);
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                self.0.jobs.lock().scrub = None;
-            }
-        }
-        let _running = Running(self);
+        let _claim = self.claim(JobKind::Scrub, &ctl)?;
         // Resume, or start afresh with the results zeroed.
         let (start, mut report) = {
             let mut st = self.store.lock();
@@ -130,27 +114,7 @@ impl Jobs {
             let Some(c) = self.store.chunk(*idx) else {
                 continue;
             };
-            let su = c.profile.stripe_unit;
-            let rows = c.slice_len / su;
-            // About 1 MiB per member at a time; rows with any trouble go one by one.
-            let batch = ((1u64 << 20) / su).max(1);
-            let mut row = 0;
-            while row < rows {
-                let n = batch.min(rows - row);
-                if let Some(checked) = self.scrub_rows_clean(*idx, &c, row, n) {
-                    report.blocks_checked += checked;
-                } else {
-                    for r in row..row + n {
-                        let r = self.scrub_row(*idx, &c, r)?;
-                        report.blocks_checked += r.checked;
-                        report.repaired += r.repaired;
-                        report.unrecoverable += r.unrecoverable;
-                        lost.extend(r.lost);
-                    }
-                }
-                ctl.advance(n * su * c.slices.len() as u64);
-                row += n;
-            }
+            self.scrub_chunk(*idx, &c, &ctl, &mut report, &mut lost)?;
             next = idx + 1;
             if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                 self.scrub_checkpoint(Some(next as u32), &report, &mut lost, false)?;
@@ -177,6 +141,40 @@ impl Jobs {
             ),
         );
         Ok(report)
+    }
+
+    /// Scrubs every row of chunk `idx`, about 1 MiB per member at a time; rows with any
+    /// trouble go one by one.
+    fn scrub_chunk(
+        &self,
+        idx: usize,
+        c: &Chunk,
+        ctl: &JobControl,
+        report: &mut ScrubReport,
+        lost: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
+        let su = c.profile.stripe_unit;
+        let rows = c.slice_len / su;
+        // About 1 MiB per member at a time; rows with any trouble go one by one.
+        let batch = ((1u64 << 20) / su).max(1);
+        let mut row = 0;
+        while row < rows {
+            let n = batch.min(rows - row);
+            if let Some(checked) = self.scrub_rows_clean(idx, c, row, n) {
+                report.blocks_checked += checked;
+            } else {
+                for r in row..row + n {
+                    let r = self.scrub_row(idx, c, r)?;
+                    report.blocks_checked += r.checked;
+                    report.repaired += r.repaired;
+                    report.unrecoverable += r.unrecoverable;
+                    lost.extend(r.lost);
+                }
+            }
+            ctl.advance(n * su * c.slices.len() as u64);
+            row += n;
+        }
+        Ok(())
     }
 
     fn scrub_checkpoint(
@@ -302,6 +300,60 @@ impl Jobs {
                 read(d.as_ref(), &mut b, off(q)).ok().map(|_| b)
             })
             .collect();
+        self.heal_row_blocks(idx, c, row, &members, &mut bufs, &mut res)?;
+        if bufs.iter().any(Option::is_none) {
+            return Ok(res); // degraded row: nothing to compare parity with
+        }
+        let bufs: Vec<Vec<u8>> = bufs.into_iter().flatten().collect();
+        // Redundancy agrees with the (verified) data?
+        let fixes = self.redundancy_fixes(p, row, &bufs);
+        if fixes.is_empty() {
+            return Ok(res);
+        }
+        if !fix_parity {
+            res.rewrite = true;
+            return Ok(res);
+        }
+        let mut touched: HashMap<u16, Vec<u64>> = HashMap::new();
+        for (q, data) in fixes {
+            let d = dev(q).cloned().expect("present");
+            let m = c.slices[q].member;
+            write(d.as_ref(), &data, off(q))?;
+            if let Some(cs) = &self.csums {
+                touched
+                    .entry(m)
+                    .or_default()
+                    .extend(cs.record(m, &d, off(q), &data));
+            }
+            res.repaired += 1;
+            self.tel.counters.repaired.fetch_add(1, Ordering::Relaxed);
+            self.emit(
+                EventKind::ChecksumRepaired,
+                Some(m as usize),
+                None,
+                format!("scrub rewrote redundancy of chunk {idx} row {row} on member {m}"),
+            );
+        }
+        self.write_csum_blocks(&members, touched)?;
+        Ok(res)
+    }
+
+    /// Verifies every block of row `row` of `c` (read into `bufs`) against its checksum;
+    /// a block that fails or could not be read is rebuilt from the others, checked again
+    /// and written back, or counted unrecoverable.
+    fn heal_row_blocks(
+        &self,
+        idx: usize,
+        c: &Chunk,
+        row: u64,
+        members: &Usable,
+        bufs: &mut [Option<Vec<u8>>],
+        res: &mut RowResult,
+    ) -> Result<()> {
+        let p = &c.profile;
+        let su = p.stripe_unit as usize;
+        let dev = |q: usize| -> Option<&Dev> { members[c.slices[q].member as usize].as_ref() };
+        let off = |q: usize| c.slices[q].offset + row * p.stripe_unit;
         // Checksums: heal each block that fails (or that could not be read).
         #[allow(clippy::needless_range_loop)] // q also indexes slices and the row view
         for q in 0..p.width {
@@ -326,7 +378,7 @@ impl Jobs {
                         .checksum_errors
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                let mut view = (*members).clone();
+                let mut view = (**members).clone();
                 view[m as usize] = None;
                 let mut good = vec![0u8; BLOCK];
                 let rebuilt =
@@ -371,11 +423,13 @@ impl Jobs {
                 }
             }
         }
-        if bufs.iter().any(Option::is_none) {
-            return Ok(res); // degraded row: nothing to compare parity with
-        }
-        let bufs: Vec<Vec<u8>> = bufs.into_iter().flatten().collect();
-        // Redundancy agrees with the (verified) data?
+        Ok(())
+    }
+
+    /// What the row's redundancy should be given its (verified) data: (position, content)
+    /// for each parity block or copy that differs.
+    fn redundancy_fixes(&self, p: &Profile, row: u64, bufs: &[Vec<u8>]) -> Vec<(usize, Vec<u8>)> {
+        let su = p.stripe_unit as usize;
         let mut fixes: Vec<(usize, Vec<u8>)> = Vec::new();
         match p.level {
             Level::Raid5 | Level::Raid6 => {
@@ -411,34 +465,6 @@ impl Jobs {
                 }
             }
         }
-        if fixes.is_empty() {
-            return Ok(res);
-        }
-        if !fix_parity {
-            res.rewrite = true;
-            return Ok(res);
-        }
-        let mut touched: HashMap<u16, Vec<u64>> = HashMap::new();
-        for (q, data) in fixes {
-            let d = dev(q).cloned().expect("present");
-            let m = c.slices[q].member;
-            write(d.as_ref(), &data, off(q))?;
-            if let Some(cs) = &self.csums {
-                touched
-                    .entry(m)
-                    .or_default()
-                    .extend(cs.record(m, &d, off(q), &data));
-            }
-            res.repaired += 1;
-            self.tel.counters.repaired.fetch_add(1, Ordering::Relaxed);
-            self.emit(
-                EventKind::ChecksumRepaired,
-                Some(m as usize),
-                None,
-                format!("scrub rewrote redundancy of chunk {idx} row {row} on member {m}"),
-            );
-        }
-        self.write_csum_blocks(&members, touched)?;
-        Ok(res)
+        fixes
     }
 }
