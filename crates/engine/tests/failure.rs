@@ -262,6 +262,8 @@ fn read_error_during_rebuild_loses_only_those_blocks() {
     assert!(lost <= 2 * 4096, "only the affected blocks: {:?}", r.lost);
     let st = a.status();
     assert_eq!(st.lost.len(), r.lost.len().min(st.lost.len()).max(1));
+    // The rebuild's read errors count as the member's read errors do.
+    assert!(st.errors.read_errors >= 1, "{:?}", st.errors);
     // Reads of lost blocks fail; everything else is intact.
     let mut buf = vec![0u8; 4096];
     for &(o, l) in &r.lost {

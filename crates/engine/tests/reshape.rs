@@ -286,3 +286,81 @@ fn a_paused_reshape_resumes_after_reassembly() {
     assert_eq!(read_all(&a), model);
     assert_eq!(a.status().level, Level::Raid5);
 }
+
+/// Hot spares added with plain `add` are taken by a conversion that needs their room (as
+/// mdadm's `--grow` takes spares), and the forecast says so; a conversion that fits on the
+/// active members leaves the spares alone.
+#[test]
+fn convert_takes_hot_spares_when_the_new_layout_needs_them() {
+    let mut m = mems(2, 12 * MIB);
+    let a = create(&m, Level::Raid0);
+    let model = common::pattern(7, a.size() as usize);
+    a.write_at(&model, 0).unwrap();
+    a.flush().unwrap();
+    for _ in 0..2 {
+        let d = Arc::new(MemMember::new(format!("m{}", m.len()), 12 * MIB));
+        m.push(d.clone());
+        a.add_member(d as Dev, false).unwrap();
+    }
+    assert!(a
+        .status()
+        .members
+        .iter()
+        .skip(2)
+        .all(|s| s.state == MemberHealth::Spare));
+    let to_raid1 = Change {
+        template: Some(template(Level::Raid1)),
+        ..Default::default()
+    };
+    // raid1 over the two active members cannot hold the data: the spares are needed too.
+    let f = a.forecast(&to_raid1).unwrap();
+    assert!(f.refusals.is_empty(), "{:?}", f.refusals);
+    assert!(
+        f.warnings
+            .iter()
+            .any(|w| w.contains("hot spares [2, 3] become members")),
+        "{:?}",
+        f.warnings
+    );
+    let change = Change {
+        template: Some(template(Level::Raid5)),
+        ..Default::default()
+    };
+    let f = a.start_reshape(&change, false).unwrap();
+    assert!(
+        f.warnings.iter().any(|w| w.contains("hot spares")),
+        "{:?}",
+        f.warnings
+    );
+    run(&a);
+    assert_eq!(read_all(&a), model);
+    let st = a.status();
+    assert_eq!(st.tolerance, 1);
+    assert!(
+        st.members.iter().all(|s| s.state == MemberHealth::Ok),
+        "{st:?}"
+    );
+    a.fail_member(1, "test", false).unwrap();
+    assert_eq!(read_all(&a), model);
+
+    // Enough room on the active members: a spare stays a spare.
+    let m = mems(4, 12 * MIB);
+    let b = create(&m[..3], Level::Raid1);
+    b.add_member(m[3].clone() as Dev, false).unwrap();
+    let f = b
+        .start_reshape(
+            &Change {
+                template: Some(template(Level::Raid5)),
+                ..Default::default()
+            },
+            false,
+        )
+        .unwrap();
+    assert!(
+        !f.warnings.iter().any(|w| w.contains("hot spare")),
+        "{:?}",
+        f.warnings
+    );
+    run(&b);
+    assert_eq!(b.status().members[3].state, MemberHealth::Spare);
+}

@@ -12,7 +12,7 @@ pub use status::{
 };
 
 use crate::data::Data;
-use crate::error::{JobKind, Result};
+use crate::error::{Error, JobKind, Result};
 use crate::jobs::{JobControl, Jobs};
 use crate::member::{execute, Dev, Overlay};
 use crate::meta::{self, AssembleOptions, CreateOptions, Meta};
@@ -141,8 +141,11 @@ fn spawn_job(weak: Weak<Array>, kind: JobKind, ctl: Arc<JobControl>) {
                 JobKind::Reshape => me.reshape(ctl).map(|_| ()),
                 JobKind::Scrub => me.scrub(ctl).map(|_| ()),
             };
-            if let Err(e) = r {
-                tracing::error!("{kind} failed: {e}");
+            match r {
+                // Another start of the same job won the race: that one runs.
+                Err(Error::Busy(_)) => tracing::debug!("{kind} already running"),
+                Err(e) => tracing::error!("{kind} failed: {e}"),
+                Ok(()) => {}
             }
         })
         .ok();

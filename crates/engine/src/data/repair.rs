@@ -8,6 +8,7 @@ use crate::layout::chunkmap::Chunk;
 use crate::layout::profile::Level;
 use crate::member::{read, write, Dev};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 /// What one slice position of a chunk needs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -189,11 +190,26 @@ impl Data {
             match &members[m as usize] {
                 Some(d) => {
                     let off = c.slices[q].offset + at;
-                    read(d.as_ref(), buf, off).is_ok()
-                        && self
-                            .csums
-                            .as_ref()
-                            .is_none_or(|cs| cs.first_bad(m, d, off, buf).is_none())
+                    // What goes wrong here is counted as on any other read: rebuild and
+                    // scrub errors show in the member's error counts too.
+                    if read(d.as_ref(), buf, off).is_err() {
+                        self.tel
+                            .counters
+                            .read_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        return false;
+                    }
+                    let good = self
+                        .csums
+                        .as_ref()
+                        .is_none_or(|cs| cs.first_bad(m, d, off, buf).is_none());
+                    if !good {
+                        self.tel
+                            .counters
+                            .checksum_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    good
                 }
                 None => false,
             }

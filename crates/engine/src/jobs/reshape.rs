@@ -138,7 +138,28 @@ impl Jobs {
         }
         next.balancing |= change.balance;
         next.grow_after |= change.grow;
+        if change.template.is_some() && self.capacity_of(&next) < self.size() {
+            // As mdadm's --grow does: hot spares join when the new layout needs them.
+            for m in next.members.iter_mut() {
+                if m.state == MemberState::Spare && m.replaces.is_none() && !m.leaving {
+                    m.state = MemberState::Active;
+                }
+            }
+        }
         Ok(next)
+    }
+
+    /// What the members `meta` would place chunks on can hold in its layout, in bytes.
+    fn capacity_of(&self, meta: &ArrayMeta) -> u64 {
+        let planner = self.planner(meta);
+        let fit = Allocator::new(&planner.spaces, &ChunkMap::new(self.chunk_size, 0))
+            .count_fitting(
+                &meta.template,
+                self.chunk_size,
+                &planner.goal.targets,
+                u32::MAX as usize,
+            );
+        fit as u64 * self.chunk_size
     }
 
     /// What `change` would do: moves, capacity, tolerance, and why it would be refused.
@@ -149,19 +170,26 @@ impl Jobs {
         let (plan, after) = planner.simulate_to(&next.map);
         let t_before = template_tolerance(&meta.template);
         let t_after = template_tolerance(&next.template);
-        let fit = Allocator::new(&planner.spaces, &ChunkMap::new(self.chunk_size, 0))
-            .count_fitting(
-                &next.template,
-                self.chunk_size,
-                &planner.goal.targets,
-                u32::MAX as usize,
-            );
-        let capacity_after = fit as u64 * self.chunk_size;
+        let capacity_after = self.capacity_of(&next);
         let mut refusals = Vec::new();
         let mut warnings = Vec::new();
+        let joining: Vec<usize> = (0..meta.members.len())
+            .filter(|&i| {
+                meta.members[i].state == MemberState::Spare
+                    && next.members[i].state == MemberState::Active
+            })
+            .collect();
+        if !joining.is_empty() {
+            warnings.push(format!(
+                "hot spare{} {joining:?} become{} member{} of the new layout (it needs the room)",
+                if joining.len() > 1 { "s" } else { "" },
+                if joining.len() > 1 { "" } else { "s" },
+                if joining.len() > 1 { "s" } else { "" },
+            ));
+        }
         if capacity_after < self.size() {
             refusals.push(format!(
-                "the members left can hold {capacity_after} bytes as {}, less than the volume's {} bytes: add members first",
+                "the members (hot spares included) can hold {capacity_after} bytes as {}, less than the volume's {} bytes: add members first",
                 next.template.level,
                 self.size()
             ));
