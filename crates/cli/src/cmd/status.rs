@@ -1,11 +1,11 @@
 //! `damocles status`
 
 use crate::cmd::{target, Target};
-use crate::control::proto::{ProgressView, Request};
+use crate::control::proto::Request;
 use crate::progress;
 use crate::{members, units};
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use damocles_engine::{Health, MemberHealth, Status};
 use std::path::PathBuf;
 
 /// Show an array's level, size, health, members, jobs and errors.
@@ -44,118 +44,38 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let st: StatusView =
+    let st: Status =
         serde_json::from_value(value).context("reading the status the server sent")?;
     print!("{}", text(&st));
     Ok(())
 }
 
-/// The engine's `Status` as JSON carries it; every field defaults, so an older or newer
-/// server still shows what it has.
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct StatusView {
-    pub name: String,
-    pub uuid: String,
-    pub level: String,
-    pub copies: usize,
-    pub stripe_unit: u64,
-    pub size: u64,
-    pub chunk_size: u64,
-    pub chunks_total: usize,
-    pub chunks_allocated: usize,
-    pub tolerance: usize,
-    pub generation: u64,
-    pub health: String,
-    pub journal: String,
-    pub checksums: bool,
-    pub members: Vec<MemberView>,
-    pub chunks_degraded: usize,
-    pub rebuild: Option<JobView>,
-    pub chunks_to_move: usize,
-    #[serde(default)]
-    pub max_size: u64,
-    #[serde(default)]
-    pub grow_after_reshape: bool,
-    pub reshape: Option<JobView>,
-    pub scrub: ScrubView,
-    pub errors: ErrorView,
-    pub lost: Vec<LostView>,
-    pub needs: Option<String>,
-    pub control_socket: Option<String>,
-    pub notes: Vec<String>,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct MemberView {
-    pub index: usize,
-    pub device: Option<String>,
-    pub uuid: String,
-    pub size: u64,
-    pub state: String,
-    pub generation: Option<u64>,
-    pub used: u64,
-    pub reason: Option<String>,
-    pub replaces: Option<usize>,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct JobView {
-    pub running: bool,
-    #[serde(flatten)]
-    pub progress: ProgressView,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct ScrubView {
-    pub running: Option<ProgressView>,
-    pub resume_at_chunk: Option<u32>,
-    pub blocks_checked: u64,
-    pub repaired: u64,
-    pub unrecoverable: u64,
-    pub last_finished: u64,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct ErrorView {
-    pub read_errors: u64,
-    pub write_errors: u64,
-    pub checksum_errors: u64,
-    pub repaired: u64,
-    pub unrecoverable: u64,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct LostView {
-    pub offset: u64,
-    pub len: u64,
-}
-
 /// Lost ranges listed one by one before the rest is summed up.
 const LOST_SHOWN: usize = 10;
 
-pub fn health_text(h: &str) -> String {
+/// The array's health as `status` and the commands that change the array show it.
+pub fn health_text(h: Health) -> &'static str {
     match h {
-        "ok" => "ok".into(),
-        "degraded" => "DEGRADED".into(),
-        "failed" => "FAILED (data beyond redundancy is unreadable)".into(),
-        other => other.to_uppercase(),
+        Health::Ok => "ok",
+        Health::Degraded => "DEGRADED",
+        Health::Failed => "FAILED (data beyond redundancy is unreadable)",
     }
 }
 
-fn state_text(s: &str) -> String {
+/// A member's state in the members table: a failed one stands out.
+fn state_text(s: MemberHealth) -> &'static str {
     match s {
-        "ok" | "missing" | "stale" | "spare" | "replacing" | "removed" => s.into(),
-        other => other.to_uppercase(),
+        MemberHealth::Ok => "ok",
+        MemberHealth::Missing => "missing",
+        MemberHealth::Stale => "stale",
+        MemberHealth::Failed => "FAILED",
+        MemberHealth::Spare => "spare",
+        MemberHealth::Replacing => "replacing",
+        MemberHealth::Removed => "removed",
     }
 }
 
-pub fn text(st: &StatusView) -> String {
+pub fn text(st: &Status) -> String {
     let mut o = String::new();
     let mut line = |s: String| {
         o.push_str(&s);
@@ -199,7 +119,7 @@ pub fn text(st: &StatusView) -> String {
     ));
     line(format!("tolerance:   {} member failure(s)", st.tolerance));
     line(format!("generation:  {}", st.generation));
-    line(format!("health:      {}", health_text(&st.health)));
+    line(format!("health:      {}", health_text(st.health)));
     if st.chunks_degraded > 0 {
         line(format!(
             "degraded:    {} chunks lack some of their redundancy",
@@ -232,7 +152,7 @@ pub fn text(st: &StatusView) -> String {
         let mut s = format!(
             "  {:>2}  {:<9} {:<10} {:<10} {:<36}  {}",
             m.index,
-            state_text(&m.state),
+            state_text(m.state),
             units::human(m.size),
             units::human(m.used),
             m.uuid,
@@ -329,8 +249,8 @@ pub fn text(st: &StatusView) -> String {
 
 /// One or two lines after a command changed the array: its health, a running rebuild,
 /// what it needs.
-pub fn summary(st: &StatusView) -> String {
-    let mut s = format!("array health: {}", health_text(&st.health));
+pub fn summary(st: &Status) -> String {
+    let mut s = format!("array health: {}", health_text(st.health));
     if let Some(r) = st.rebuild.as_ref().filter(|r| r.running) {
         s += &format!("; rebuilding, {}", progress::line(&r.progress));
     }
@@ -382,28 +302,38 @@ mod tests {
 
     #[test]
     fn text_shows_failures_jobs_and_losses() {
+        // As the server sends it: every field of the engine's Status, plus one it does
+        // not know (ignored).
         let v = serde_json::json!({
-            "name": "tank", "uuid": "u", "level": "raid5", "copies": 1, "health": "degraded",
+            "name": "tank", "uuid": "u", "level": "raid5", "copies": 1,
+            "stripe_unit": 65536, "size": 1048576, "chunk_size": 262144,
+            "chunks_total": 4, "chunks_allocated": 2, "tolerance": 1, "generation": 9,
+            "health": "degraded", "journal": "members", "checksums": true, "dirty": 0,
             "members": [
-                {"index": 0, "state": "ok", "device": "/a", "uuid": "m0"},
-                {"index": 1, "state": "failed", "device": "/b", "uuid": "m1",
-                 "reason": "read on /b at offset 0: EIO"},
-                {"index": 2, "state": "spare", "uuid": "m2"}
+                {"index": 0, "state": "ok", "device": "/a", "uuid": "m0", "size": 1,
+                 "generation": 9, "used": 0},
+                {"index": 1, "state": "failed", "device": "/b", "uuid": "m1", "size": 1,
+                 "generation": 9, "used": 0, "reason": "read on /b at offset 0: EIO"},
+                {"index": 2, "state": "spare", "device": null, "uuid": "m2", "size": 1,
+                 "generation": null, "used": 0}
             ],
+            "chunks_degraded": 1,
             "rebuild": {"running": true, "done": 50, "total": 100, "rate": 10,
                         "eta_seconds": 5, "rate_limit": 0},
-            "chunks_to_move": 7,
+            "chunks_to_move": 7, "max_size": 1048576, "grow_after_reshape": false,
             "reshape": {"running": true, "done": 20, "total": 80, "rate": 10,
                         "eta_seconds": 6, "rate_limit": 10},
             "scrub": {"blocks_checked": 7, "repaired": 1, "unrecoverable": 0,
                       "last_finished": 1700000000},
-            "errors": {"read_errors": 3},
+            "errors": {"read_errors": 3, "write_errors": 0, "checksum_errors": 0,
+                       "repaired": 0, "unrecoverable": 0},
             "lost": [{"offset": 4096, "len": 4096}],
             "needs": "a spare",
             "control_socket": "/run/damocles/u.sock",
+            "notes": [],
             "some_future_field": 1
         });
-        let st: StatusView = serde_json::from_value(v).unwrap();
+        let st: Status = serde_json::from_value(v).unwrap();
         let t = text(&st);
         for want in [
             "health:      DEGRADED",

@@ -1,7 +1,7 @@
 //! The server side of the control socket, run by `damocles serve`.
 
 use super::proto::{
-    ChangeSpec, JobKind, JobState, ProgressView, Request, Response, MAX_LINE, PROTOCOL,
+    ChangeSpec, JobKind, JobState, Request, Response, MAX_LINE, PROTOCOL,
 };
 use crate::{members, units};
 use anyhow::{bail, Context, Result};
@@ -178,7 +178,7 @@ impl Shared {
         let last = lock(&self.last)[job as usize].clone();
         JobState {
             running: ctl.is_some(),
-            progress: ctl.map(|c| ProgressView::from(c.progress())),
+            progress: ctl.map(|c| c.progress()),
             last_failed: last.as_ref().is_some_and(|(_, f)| *f),
             last: last.map(|(m, _)| m),
         }
