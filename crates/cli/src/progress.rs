@@ -1,8 +1,8 @@
 //! Progress of a long job: an indicatif bar with ETA on a terminal, plain lines otherwise
 //! (logs and pipes get a line every few seconds, not a stream of redraws).
 
-use damocles_engine::Progress;
 use crate::units::human;
+use damocles_engine::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};

@@ -44,8 +44,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let st: Status =
-        serde_json::from_value(value).context("reading the status the server sent")?;
+    let st: Status = serde_json::from_value(value).context("reading the status the server sent")?;
     print!("{}", text(&st));
     Ok(())
 }
@@ -75,79 +74,101 @@ fn state_text(s: MemberHealth) -> &'static str {
     }
 }
 
+/// The text `damocles status` prints: one line per fact, each ending in a newline.
 pub fn text(st: &Status) -> String {
-    let mut o = String::new();
-    let mut line = |s: String| {
-        o.push_str(&s);
-        o.push('\n');
-    };
-    line(format!(
-        "name:        {}",
-        if st.name.is_empty() { "-" } else { &st.name }
-    ));
-    line(format!("uuid:        {}", st.uuid));
-    line(format!(
-        "level:       {}{} (stripe unit {})",
-        st.level,
-        if st.copies > 1 {
-            format!(", {} copies", st.copies)
-        } else {
-            String::new()
-        },
-        units::human(st.stripe_unit)
-    ));
-    line(format!(
-        "size:        {} ({} bytes){}",
-        units::human(st.size),
-        st.size,
-        if st.grow_after_reshape {
-            "; grows to what the members hold when the reshape ends".to_string()
-        } else if st.max_size > st.size {
-            format!(
-                "; the members hold {}: `damocles grow`",
-                units::human(st.max_size)
-            )
-        } else {
-            String::new()
-        }
-    ));
-    line(format!(
-        "allocated:   {} of {} chunks of {}",
-        st.chunks_allocated,
-        st.chunks_total,
-        units::human(st.chunk_size)
-    ));
-    line(format!("tolerance:   {} member failure(s)", st.tolerance));
-    line(format!("generation:  {}", st.generation));
-    line(format!("health:      {}", health_text(st.health)));
+    let mut lines = identity_lines(st);
+    lines.extend(state_lines(st));
+    lines.extend(member_lines(st));
+    lines.extend(rebuild_line(st));
+    lines.extend(reshape_line(st));
+    lines.extend(scrub_lines(st));
+    lines.extend(error_lines(st));
+    lines.extend(st.notes.iter().map(|n| format!("note: {n}")));
+    lines.into_iter().map(|l| l + "\n").collect()
+}
+
+/// What the array is: name, UUID, level, size, allocation, tolerance, generation.
+fn identity_lines(st: &Status) -> Vec<String> {
+    vec![
+        format!(
+            "name:        {}",
+            if st.name.is_empty() { "-" } else { &st.name }
+        ),
+        format!("uuid:        {}", st.uuid),
+        format!(
+            "level:       {}{} (stripe unit {})",
+            st.level,
+            if st.copies > 1 {
+                format!(", {} copies", st.copies)
+            } else {
+                String::new()
+            },
+            units::human(st.stripe_unit)
+        ),
+        format!(
+            "size:        {} ({} bytes){}",
+            units::human(st.size),
+            st.size,
+            if st.grow_after_reshape {
+                "; grows to what the members hold when the reshape ends".to_string()
+            } else if st.max_size > st.size {
+                format!(
+                    "; the members hold {}: `damocles grow`",
+                    units::human(st.max_size)
+                )
+            } else {
+                String::new()
+            }
+        ),
+        format!(
+            "allocated:   {} of {} chunks of {}",
+            st.chunks_allocated,
+            st.chunks_total,
+            units::human(st.chunk_size)
+        ),
+        format!("tolerance:   {} member failure(s)", st.tolerance),
+        format!("generation:  {}", st.generation),
+    ]
+}
+
+/// How the array is: health, what it needs, journal, checksums, control socket.
+fn state_lines(st: &Status) -> Vec<String> {
+    let mut lines = vec![format!("health:      {}", health_text(st.health))];
     if st.chunks_degraded > 0 {
-        line(format!(
+        lines.push(format!(
             "degraded:    {} chunks lack some of their redundancy",
             st.chunks_degraded
         ));
     }
     if let Some(n) = &st.needs {
-        line(format!("needs:       {n}"));
+        lines.push(format!("needs:       {n}"));
     }
-    line(match st.journal.as_str() {
+    lines.push(match st.journal.as_str() {
         "none" => {
             "journal:     NONE (a power cut during a write can damage that stripe's parity)".into()
         }
         "members" => "journal:     on the members".into(),
         j => format!("journal:     {j}"),
     });
-    line(format!(
+    lines.push(format!(
         "checksums:   {}",
         if st.checksums { "on" } else { "off" }
     ));
     if let Some(c) = &st.control_socket {
-        line(format!("control:     {c}"));
+        lines.push(format!("control:     {c}"));
     }
-    line("members:".into());
-    line(format!(
-        "   #  {:<9} {:<10} {:<10} {:<36}  device",
-        "state", "size", "used", "uuid"
-    ));
+    lines
+}
+
+/// The members table, with why a member failed under it.
+fn member_lines(st: &Status) -> Vec<String> {
+    let mut lines = vec![
+        "members:".to_string(),
+        format!(
+            "   #  {:<9} {:<10} {:<10} {:<36}  device",
+            "state", "size", "used", "uuid"
+        ),
+    ];
     for m in &st.members {
         let mut s = format!(
             "  {:>2}  {:<9} {:<10} {:<10} {:<36}  {}",
@@ -161,29 +182,37 @@ pub fn text(st: &Status) -> String {
         if let Some(r) = m.replaces {
             s += &format!("  (replacing member {r})");
         }
-        line(s);
+        lines.push(s);
         if let Some(r) = &m.reason {
-            line(format!("      reason: {r}"));
+            lines.push(format!("      reason: {r}"));
         }
     }
-    if let Some(r) = &st.rebuild {
-        let p = &r.progress;
-        line(if r.running {
-            format!("rebuild:     running, {}", progress::line(p))
-        } else if p.done >= p.total {
-            format!("rebuild:     finished ({} rebuilt)", units::human(p.done))
-        } else {
-            format!("rebuild:     last run ended at {}", progress::line(p))
-        });
-    }
+    lines
+}
+
+/// The rebuild running, or how the last one ended (none: no rebuild ran).
+fn rebuild_line(st: &Status) -> Option<String> {
+    let r = st.rebuild.as_ref()?;
+    let p = &r.progress;
+    Some(if r.running {
+        format!("rebuild:     running, {}", progress::line(p))
+    } else if p.done >= p.total {
+        format!("rebuild:     finished ({} rebuilt)", units::human(p.done))
+    } else {
+        format!("rebuild:     last run ended at {}", progress::line(p))
+    })
+}
+
+/// The reshape running, paused or finished (none: no reshape ran or is due).
+fn reshape_line(st: &Status) -> Option<String> {
     let r = st.reshape.as_ref();
     match r {
-        Some(r) if r.running => line(format!(
+        Some(r) if r.running => Some(format!(
             "reshape:     running, {}; {} chunks to move",
             progress::line(&r.progress),
             st.chunks_to_move
         )),
-        _ if st.chunks_to_move > 0 => line(format!(
+        _ if st.chunks_to_move > 0 => Some(format!(
             "reshape:     {} chunks still to move; {}",
             st.chunks_to_move,
             if r.is_some() {
@@ -192,14 +221,18 @@ pub fn text(st: &Status) -> String {
                 "`damocles serve` or `damocles balance` resumes it"
             }
         )),
-        Some(r) => line(format!(
+        Some(r) => Some(format!(
             "reshape:     finished ({} moved)",
             units::human(r.progress.done)
         )),
-        None => {}
+        None => None,
     }
+}
+
+/// The scrub running, or the results of the last one and where an interrupted one resumes.
+fn scrub_lines(st: &Status) -> Vec<String> {
     let s = &st.scrub;
-    line(match &s.running {
+    let mut lines = vec![match &s.running {
         Some(p) => format!("scrub:       running, {}", progress::line(p)),
         None if s.last_finished == 0 && s.blocks_checked == 0 => "scrub:       never run".into(),
         None => format!(
@@ -213,38 +246,40 @@ pub fn text(st: &Status) -> String {
             s.repaired,
             s.unrecoverable
         ),
-    });
+    }];
     if let (None, Some(c)) = (&s.running, s.resume_at_chunk) {
-        line(format!(
+        lines.push(format!(
             "             interrupted; `damocles scrub` resumes at chunk {c}"
         ));
     }
+    lines
+}
+
+/// The error counters, and the lost ranges (the first [`LOST_SHOWN`] of them).
+fn error_lines(st: &Status) -> Vec<String> {
     let e = &st.errors;
-    line(format!(
+    let mut lines = vec![format!(
         "errors:      {} read, {} write, {} checksum; {} repaired, {} unrecoverable",
         e.read_errors, e.write_errors, e.checksum_errors, e.repaired, e.unrecoverable
-    ));
+    )];
     if !st.lost.is_empty() {
         let bytes: u64 = st.lost.iter().map(|l| l.len).sum();
-        line(format!(
+        lines.push(format!(
             "lost:        {} in {} ranges of the volume; reads of them fail:",
             units::human(bytes),
             st.lost.len()
         ));
         for l in st.lost.iter().take(LOST_SHOWN) {
-            line(format!("             offset {} length {}", l.offset, l.len));
+            lines.push(format!("             offset {} length {}", l.offset, l.len));
         }
         if st.lost.len() > LOST_SHOWN {
-            line(format!(
+            lines.push(format!(
                 "             ... and {} more (status --json lists all)",
                 st.lost.len() - LOST_SHOWN
             ));
         }
     }
-    for n in &st.notes {
-        line(format!("note: {n}"));
-    }
-    o
+    lines
 }
 
 /// One or two lines after a command changed the array: its health, a running rebuild,

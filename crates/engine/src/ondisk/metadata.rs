@@ -248,6 +248,9 @@ struct Geometry {
 /// Where a slice lies: `(member, start, end)`.
 type Extent = (u16, u64, u64);
 
+/// The chunk map by index (`None`: not allocated).
+type ChunkSlots = Vec<Option<Arc<Chunk>>>;
+
 /// The template of new chunks, checked to be valid as a chunk profile at its narrowest.
 fn decode_template(member: &str, a: &ArrayRaw) -> Result<Template> {
     let level = Level::from_code(a.level)
@@ -310,9 +313,9 @@ fn decode_chunks(
     allocated: usize,
     g: &Geometry,
     members: &[MemberInfo],
-) -> Result<(Vec<Option<Arc<Chunk>>>, Vec<Extent>)> {
+) -> Result<(ChunkSlots, Vec<Extent>)> {
     let bad = |m: String| bad(member, m);
-    let mut chunks: Vec<Option<Arc<Chunk>>> = Vec::new();
+    let mut chunks: ChunkSlots = Vec::new();
     let mut extents: Vec<Extent> = Vec::new();
     for _ in 0..allocated {
         let c: ChunkRaw = r.take()?;
