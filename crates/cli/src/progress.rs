@@ -1,8 +1,8 @@
 //! Progress of a long job: an indicatif bar with ETA on a terminal, plain lines otherwise
 //! (logs and pipes get a line every few seconds, not a stream of redraws).
 
-use crate::control::proto::ProgressView;
 use crate::units::human;
+use damocles_engine::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ impl Meter {
         }
     }
 
-    pub fn update(&mut self, p: &ProgressView) {
+    pub fn update(&mut self, p: &Progress) {
         match &self.bar {
             Some(b) => {
                 b.set_length(p.total.max(1));
@@ -63,7 +63,7 @@ impl Meter {
     }
 
     /// Removes the bar; plain output gets a last line with the final figures.
-    pub fn finish(self, last: Option<&ProgressView>) {
+    pub fn finish(self, last: Option<&Progress>) {
         match (self.bar, last) {
             (Some(b), _) => b.finish_and_clear(),
             (None, Some(p)) => println!("{}: {}", self.what, line(p)),
@@ -72,7 +72,7 @@ impl Meter {
     }
 }
 
-fn percent(p: &ProgressView) -> u64 {
+fn percent(p: &Progress) -> u64 {
     if p.total == 0 {
         0
     } else {
@@ -80,7 +80,7 @@ fn percent(p: &ProgressView) -> u64 {
     }
 }
 
-fn detail(p: &ProgressView) -> String {
+fn detail(p: &Progress) -> String {
     let mut s = format!(
         "{} of {}, {}/s",
         human(p.done),
@@ -97,7 +97,7 @@ fn detail(p: &ProgressView) -> String {
 }
 
 /// "42% (1.2 GiB of 3.0 GiB, 180.0 MiB/s, ETA 12s)"
-pub fn line(p: &ProgressView) -> String {
+pub fn line(p: &Progress) -> String {
     format!("{}% ({})", percent(p), detail(p))
 }
 
@@ -119,7 +119,7 @@ mod tests {
         assert_eq!(duration(45), "45s");
         assert_eq!(duration(192), "3m12s");
         assert_eq!(duration(7500), "2h05m");
-        let p = ProgressView {
+        let p = Progress {
             done: 1 << 30,
             total: 4 << 30,
             rate: 100 << 20,
@@ -130,7 +130,13 @@ mod tests {
             line(&p),
             "25% (1.0 GiB of 4.0 GiB, 100.0 MiB/s, limit 200.0 MiB/s, ETA 30s)"
         );
-        let empty = ProgressView::default();
+        let empty = Progress {
+            done: 0,
+            total: 0,
+            rate: 0,
+            eta_seconds: None,
+            rate_limit: 0,
+        };
         assert_eq!(line(&empty), "0% (0 B of 0 B, 0 B/s)");
     }
 }

@@ -1,16 +1,16 @@
 //! `damocles rebuild` and `damocles scrub`: long jobs, run by the server of a served array
 //! (and followed from here) or in the foreground on members given.
 
-use crate::cmd::status::{summary, StatusView};
+use crate::cmd::status::summary;
 use crate::cmd::{target, Target};
-use crate::control::proto::{JobKind, ProgressView, Request};
+use crate::control::proto::{JobKind, Request};
 use crate::control::server::{describe_rebuild, describe_reshape, describe_scrub};
 use crate::control::Client;
 use crate::members;
 use crate::progress::Meter;
 use crate::units;
 use anyhow::{anyhow, bail, Context, Result};
-use damocles_engine::JobControl;
+use damocles_engine::{JobControl, Status};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,7 +210,7 @@ fn follow(
         .call(&Request::Status {})?
         .status
         .context("the server sent no status")?;
-    println!("{}", summary(&serde_json::from_value::<StatusView>(st)?));
+    println!("{}", summary(&serde_json::from_value::<Status>(st)?));
     if state.last_failed && (saw_running || started) {
         bail!("the {} failed", kind.name());
     }
@@ -240,14 +240,14 @@ fn offline(
         let mut meter = Meter::new(kind.name());
         let mut shown = false;
         while !job.is_finished() {
-            let p = ProgressView::from(ctl.progress());
+            let p = ctl.progress();
             if p.total > 0 {
                 meter.update(&p);
                 shown = true;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let p = ProgressView::from(ctl.progress());
+        let p = ctl.progress();
         meter.finish(shown.then_some(&p));
         job.join()
             .map_err(|_| anyhow!("the {} thread panicked", kind.name()))?
@@ -262,8 +262,7 @@ fn offline(
             kind.name()
         );
     }
-    let st: StatusView = serde_json::from_value(serde_json::to_value(array.status())?)?;
-    println!("{}", summary(&st));
+    println!("{}", summary(&array.status()));
     Ok(())
 }
 

@@ -1,12 +1,13 @@
 //! `damocles fail`, `remove`, `add` and `replace`: membership changes, on a served array
 //! through its control socket or on members given after `--`.
 
-use crate::cmd::status::{summary, StatusView};
+use crate::cmd::status::summary;
 use crate::cmd::{absolute, member_spec, target, Target};
 use crate::control::proto::Request;
 use crate::control::server::apply;
 use crate::members;
 use anyhow::{Context, Result};
+use damocles_engine::Status;
 use std::path::PathBuf;
 
 /// Which array: a served one (--array) or, after `--`, the members of one that is not.
@@ -182,7 +183,7 @@ fn run(
                 .call(&Request::Status {})?
                 .status
                 .context("the server sent no status")?;
-            println!("{}", summary(&serde_json::from_value::<StatusView>(st)?));
+            println!("{}", summary(&serde_json::from_value::<Status>(st)?));
         }
         Target::Members(paths) => {
             let array = members::assemble(&paths, false)?;
@@ -190,7 +191,7 @@ fn run(
             if let Some(m) = r.message {
                 println!("{m}");
             }
-            let st: StatusView = serde_json::from_value(serde_json::to_value(array.status())?)?;
+            let st = array.status();
             println!("{}", summary(&st));
             if let Some(n) = new {
                 println!("from now on list {} with the members", n.display());

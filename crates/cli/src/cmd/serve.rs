@@ -4,7 +4,7 @@ use crate::blockdev::ArrayDevice;
 use crate::control::server::{ControlServer, Shared};
 use crate::{control, hook, members, units};
 use anyhow::{bail, Context, Result};
-use damocles_engine::{Array, Event, Health};
+use damocles_engine::{Array, Event, Health, Status};
 use damocles_nbd::{BlockDevice, Listener, ServerConfig};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -119,6 +119,63 @@ fn clear_stale_socket(path: &Path) -> Result<()> {
 /// Serves until a signal; `ready` is called with the client URI once listening.
 pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Result<()> {
     let st = array.status();
+    let (export, cfg) = nbd_config(&st, o)?;
+    warn_about_health(&st);
+    // Events go to the control socket's log (for watchers) and to the --on-event hook.
+    let shared = Shared::new(&array, o.rebuild_rate);
+    let hook_worker = route_events(&array, &shared, o)?;
+    let control = start_control(o, &st.uuid, &shared)?;
+    // A failed member with a spare (or free space) at start resumes its rebuild now.
+    array.set_auto_rebuild(o.rebuild_rate);
+    // Only accepting and the handshake are async; each connection then serves requests on
+    // threads of its own, so one runtime thread is plenty.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    // Buffered writes reach the members within a few seconds even if no client flushes.
+    array.spawn_flusher(std::time::Duration::from_secs(5));
+    let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array.clone()));
+    let control_line = control
+        .as_ref()
+        .map(|c| format!("control socket {}", c.path().display()));
+    let result = rt.block_on(async move {
+        let (listener, uri) = listen(o, &export).await?;
+        println!(
+            "serving {} '{}' ({}, {}{}) at {uri}",
+            st.level,
+            export,
+            units::human(st.size),
+            format!("{:?}", st.health).to_lowercase(),
+            if o.read_only { ", read-only" } else { "" }
+        );
+        if let Some(l) = control_line {
+            println!("{l}");
+        }
+        ready(&uri);
+        use std::io::Write;
+        std::io::stdout().flush().ok();
+        let stop = stop_on_signal();
+        let r = damocles_nbd::serve(vec![listener], dev, Arc::new(cfg), stop).await;
+        if let Some(p) = &o.socket {
+            let _ = std::fs::remove_file(p);
+        }
+        r.context("NBD server")
+    });
+    drop(control);
+    close_array(array, &shared);
+    drop(rt);
+    if let Some(w) = hook_worker {
+        w.finish(Duration::from_secs(5));
+    }
+    result?;
+    eprintln!("stopped; all writes flushed");
+    Ok(())
+}
+
+/// The export name (--export, else the array's name, else "damocles") and the NBD server
+/// configuration.
+fn nbd_config(st: &Status, o: &ServeOpts) -> Result<(String, ServerConfig)> {
     let export = o.export.clone().unwrap_or_else(|| {
         if st.name.is_empty() {
             "damocles".into()
@@ -131,6 +188,11 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
     cfg.read_only = o.read_only;
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("--export: {e}"))?;
+    Ok((export, cfg))
+}
+
+/// Warns on stderr that the array is degraded or failed, and prints its notes.
+fn warn_about_health(st: &Status) {
     match st.health {
         Health::Ok => {}
         Health::Degraded => {
@@ -154,8 +216,15 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
     for n in &st.notes {
         eprintln!("note: {n}");
     }
-    // Events go to the control socket's log (for watchers) and to the --on-event hook.
-    let shared = Shared::new(&array, o.rebuild_rate);
+}
+
+/// Sends the array's events to the control socket's log and to the --on-event hook (whose
+/// worker is returned, to be finished at the end).
+fn route_events(
+    array: &Arc<Array>,
+    shared: &Arc<Shared>,
+    o: &ServeOpts,
+) -> Result<Option<hook::Worker>> {
     let (hook, hook_worker) = match &o.on_event {
         Some(cmd) => {
             let (h, w) = hook::start(cmd.clone()).context("starting the --on-event worker")?;
@@ -163,104 +232,85 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         }
         None => (None, None),
     };
-    {
-        let shared = shared.clone();
-        array.set_event_sink(Arc::new(move |e: &Event| {
-            shared.record(e);
-            if let Some(h) = &hook {
-                h.send(e);
-            }
-        }));
-    }
+    let shared = shared.clone();
+    array.set_event_sink(Arc::new(move |e: &Event| {
+        shared.record(e);
+        if let Some(h) = &hook {
+            h.send(e);
+        }
+    }));
+    Ok(hook_worker)
+}
+
+/// Starts the control socket (--control, or the default path for the array's UUID). At the
+/// default path a failure only warns; at one asked for, it is an error.
+fn start_control(o: &ServeOpts, uuid: &str, shared: &Arc<Shared>) -> Result<Option<ControlServer>> {
     let control_path = match &o.control {
         Some(p) => std::path::absolute(p).with_context(|| format!("--control {}", p.display()))?,
-        None => control::default_path(&st.uuid),
+        None => control::default_path(uuid),
     };
-    let control = match ControlServer::start(&control_path, shared.clone()) {
-        Ok(c) => Some(c),
+    match ControlServer::start(&control_path, shared.clone()) {
+        Ok(c) => Ok(Some(c)),
         Err(e) if o.control.is_none() => {
             eprintln!(
                 "warning: no control socket ({e:#}); damocles commands cannot reach this \
                  server (--control PATH puts the socket elsewhere)"
             );
-            None
+            Ok(None)
         }
-        Err(e) => return Err(e.context("--control")),
-    };
-    // A failed member with a spare (or free space) at start resumes its rebuild now.
-    array.set_auto_rebuild(o.rebuild_rate);
-    // Only accepting and the handshake are async; each connection then serves requests on
-    // threads of its own, so one runtime thread is plenty.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    // Buffered writes reach the members within a few seconds even if no client flushes.
-    array.spawn_flusher(std::time::Duration::from_secs(5));
-    let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array.clone()));
-    let control_line = control
-        .as_ref()
-        .map(|c| format!("control socket {}", c.path().display()));
-    let result = rt.block_on(async move {
-        let (listener, uri) = match &o.socket {
-            Some(path) => {
-                clear_stale_socket(path)?;
-                let l = Listener::bind_unix(path)
-                    .with_context(|| format!("--socket {}", path.display()))?;
-                (l, format!("nbd+unix:///{export}?socket={}", path.display()))
-            }
-            None => {
-                let addrs = tcp_addrs(&o.listen, o.allow_remote)?;
-                let l = Listener::bind_tcp(&addrs[..])
-                    .await
-                    .with_context(|| format!("--listen {}", o.listen))?;
-                let a = l.tcp_addr().context("bound address")?;
-                let host = match a {
-                    SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
-                    SocketAddr::V4(v4) => v4.ip().to_string(),
-                };
-                (l, format!("nbd://{host}:{}/{export}", a.port()))
-            }
-        };
-        println!(
-            "serving {} '{}' ({}, {}{}) at {uri}",
-            st.level,
-            export,
-            units::human(st.size),
-            format!("{:?}", st.health).to_lowercase(),
-            if o.read_only { ", read-only" } else { "" }
-        );
-        if let Some(l) = control_line {
-            println!("{l}");
+        Err(e) => Err(e.context("--control")),
+    }
+}
+
+/// Binds the NBD listener (--socket, else --listen) and gives the URI clients connect to.
+async fn listen(o: &ServeOpts, export: &str) -> Result<(Listener, String)> {
+    Ok(match &o.socket {
+        Some(path) => {
+            clear_stale_socket(path)?;
+            let l = Listener::bind_unix(path)
+                .with_context(|| format!("--socket {}", path.display()))?;
+            (l, format!("nbd+unix:///{export}?socket={}", path.display()))
         }
-        ready(&uri);
-        use std::io::Write;
-        std::io::stdout().flush().ok();
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
+        None => {
+            let addrs = tcp_addrs(&o.listen, o.allow_remote)?;
+            let l = Listener::bind_tcp(&addrs[..])
+                .await
+                .with_context(|| format!("--listen {}", o.listen))?;
+            let a = l.tcp_addr().context("bound address")?;
+            let host = match a {
+                SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+                SocketAddr::V4(v4) => v4.ip().to_string(),
             };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("stopping: finishing in-flight requests and flushing");
-            let _ = tx.send(true);
-        });
-        let r = damocles_nbd::serve(vec![listener], dev, Arc::new(cfg), rx).await;
-        if let Some(p) = &o.socket {
-            let _ = std::fs::remove_file(p);
+            (l, format!("nbd://{host}:{}/{export}", a.port()))
         }
-        r.context("NBD server")
+    })
+}
+
+/// A channel that turns true at the first SIGINT or SIGTERM (the NBD server's stop
+/// signal). Must be called inside the runtime.
+fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("stopping: finishing in-flight requests and flushing");
+        let _ = tx.send(true);
     });
-    drop(control);
-    // Jobs stop at a checkpoint, and the array closes here (its final commit) rather than
-    // wherever the last job thread lets go of it.
+    rx
+}
+
+/// Stops the jobs at a checkpoint and closes the array here (its final commit) rather than
+/// wherever the last job thread lets go of it; waits at most [`JOB_STOP_WAIT`] for them.
+fn close_array(array: Arc<Array>, shared: &Shared) {
     shared.cancel_jobs(&array);
     let start = Instant::now();
     while Arc::strong_count(&array) > 1 && start.elapsed() < JOB_STOP_WAIT {
@@ -274,13 +324,6 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         );
     }
     drop(array);
-    drop(rt);
-    if let Some(w) = hook_worker {
-        w.finish(Duration::from_secs(5));
-    }
-    result?;
-    eprintln!("stopped; all writes flushed");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 //! `damocles status`
 
 use crate::cmd::{target, Target};
-use crate::control::proto::{ProgressView, Request};
+use crate::control::proto::Request;
 use crate::progress;
 use crate::{members, units};
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use damocles_engine::{Health, MemberHealth, Status};
 use std::path::PathBuf;
 
 /// Show an array's level, size, health, members, jobs and errors.
@@ -44,195 +44,136 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let st: StatusView =
-        serde_json::from_value(value).context("reading the status the server sent")?;
+    let st: Status = serde_json::from_value(value).context("reading the status the server sent")?;
     print!("{}", text(&st));
     Ok(())
-}
-
-/// The engine's `Status` as JSON carries it; every field defaults, so an older or newer
-/// server still shows what it has.
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct StatusView {
-    pub name: String,
-    pub uuid: String,
-    pub level: String,
-    pub copies: usize,
-    pub stripe_unit: u64,
-    pub size: u64,
-    pub chunk_size: u64,
-    pub chunks_total: usize,
-    pub chunks_allocated: usize,
-    pub tolerance: usize,
-    pub generation: u64,
-    pub health: String,
-    pub journal: String,
-    pub checksums: bool,
-    pub members: Vec<MemberView>,
-    pub chunks_degraded: usize,
-    pub rebuild: Option<JobView>,
-    pub chunks_to_move: usize,
-    #[serde(default)]
-    pub max_size: u64,
-    #[serde(default)]
-    pub grow_after_reshape: bool,
-    pub reshape: Option<JobView>,
-    pub scrub: ScrubView,
-    pub errors: ErrorView,
-    pub lost: Vec<LostView>,
-    pub needs: Option<String>,
-    pub control_socket: Option<String>,
-    pub notes: Vec<String>,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct MemberView {
-    pub index: usize,
-    pub device: Option<String>,
-    pub uuid: String,
-    pub size: u64,
-    pub state: String,
-    pub generation: Option<u64>,
-    pub used: u64,
-    pub reason: Option<String>,
-    pub replaces: Option<usize>,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct JobView {
-    pub running: bool,
-    #[serde(flatten)]
-    pub progress: ProgressView,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct ScrubView {
-    pub running: Option<ProgressView>,
-    pub resume_at_chunk: Option<u32>,
-    pub blocks_checked: u64,
-    pub repaired: u64,
-    pub unrecoverable: u64,
-    pub last_finished: u64,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct ErrorView {
-    pub read_errors: u64,
-    pub write_errors: u64,
-    pub checksum_errors: u64,
-    pub repaired: u64,
-    pub unrecoverable: u64,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct LostView {
-    pub offset: u64,
-    pub len: u64,
 }
 
 /// Lost ranges listed one by one before the rest is summed up.
 const LOST_SHOWN: usize = 10;
 
-pub fn health_text(h: &str) -> String {
+/// The array's health as `status` and the commands that change the array show it.
+pub fn health_text(h: Health) -> &'static str {
     match h {
-        "ok" => "ok".into(),
-        "degraded" => "DEGRADED".into(),
-        "failed" => "FAILED (data beyond redundancy is unreadable)".into(),
-        other => other.to_uppercase(),
+        Health::Ok => "ok",
+        Health::Degraded => "DEGRADED",
+        Health::Failed => "FAILED (data beyond redundancy is unreadable)",
     }
 }
 
-fn state_text(s: &str) -> String {
+/// A member's state in the members table: a failed one stands out.
+fn state_text(s: MemberHealth) -> &'static str {
     match s {
-        "ok" | "missing" | "stale" | "spare" | "replacing" | "removed" => s.into(),
-        other => other.to_uppercase(),
+        MemberHealth::Ok => "ok",
+        MemberHealth::Missing => "missing",
+        MemberHealth::Stale => "stale",
+        MemberHealth::Failed => "FAILED",
+        MemberHealth::Spare => "spare",
+        MemberHealth::Replacing => "replacing",
+        MemberHealth::Removed => "removed",
     }
 }
 
-pub fn text(st: &StatusView) -> String {
-    let mut o = String::new();
-    let mut line = |s: String| {
-        o.push_str(&s);
-        o.push('\n');
-    };
-    line(format!(
-        "name:        {}",
-        if st.name.is_empty() { "-" } else { &st.name }
-    ));
-    line(format!("uuid:        {}", st.uuid));
-    line(format!(
-        "level:       {}{} (stripe unit {})",
-        st.level,
-        if st.copies > 1 {
-            format!(", {} copies", st.copies)
-        } else {
-            String::new()
-        },
-        units::human(st.stripe_unit)
-    ));
-    line(format!(
-        "size:        {} ({} bytes){}",
-        units::human(st.size),
-        st.size,
-        if st.grow_after_reshape {
-            "; grows to what the members hold when the reshape ends".to_string()
-        } else if st.max_size > st.size {
-            format!(
-                "; the members hold {}: `damocles grow`",
-                units::human(st.max_size)
-            )
-        } else {
-            String::new()
-        }
-    ));
-    line(format!(
-        "allocated:   {} of {} chunks of {}",
-        st.chunks_allocated,
-        st.chunks_total,
-        units::human(st.chunk_size)
-    ));
-    line(format!("tolerance:   {} member failure(s)", st.tolerance));
-    line(format!("generation:  {}", st.generation));
-    line(format!("health:      {}", health_text(&st.health)));
+/// The text `damocles status` prints: one line per fact, each ending in a newline.
+pub fn text(st: &Status) -> String {
+    let mut lines = identity_lines(st);
+    lines.extend(state_lines(st));
+    lines.extend(member_lines(st));
+    lines.extend(rebuild_line(st));
+    lines.extend(reshape_line(st));
+    lines.extend(scrub_lines(st));
+    lines.extend(error_lines(st));
+    lines.extend(st.notes.iter().map(|n| format!("note: {n}")));
+    lines.into_iter().map(|l| l + "\n").collect()
+}
+
+/// What the array is: name, UUID, level, size, allocation, tolerance, generation.
+fn identity_lines(st: &Status) -> Vec<String> {
+    vec![
+        format!(
+            "name:        {}",
+            if st.name.is_empty() { "-" } else { &st.name }
+        ),
+        format!("uuid:        {}", st.uuid),
+        format!(
+            "level:       {}{} (stripe unit {})",
+            st.level,
+            if st.copies > 1 {
+                format!(", {} copies", st.copies)
+            } else {
+                String::new()
+            },
+            units::human(st.stripe_unit)
+        ),
+        format!(
+            "size:        {} ({} bytes){}",
+            units::human(st.size),
+            st.size,
+            if st.grow_after_reshape {
+                "; grows to what the members hold when the reshape ends".to_string()
+            } else if st.max_size > st.size {
+                format!(
+                    "; the members hold {}: `damocles grow`",
+                    units::human(st.max_size)
+                )
+            } else {
+                String::new()
+            }
+        ),
+        format!(
+            "allocated:   {} of {} chunks of {}",
+            st.chunks_allocated,
+            st.chunks_total,
+            units::human(st.chunk_size)
+        ),
+        format!("tolerance:   {} member failure(s)", st.tolerance),
+        format!("generation:  {}", st.generation),
+    ]
+}
+
+/// How the array is: health, what it needs, journal, checksums, control socket.
+fn state_lines(st: &Status) -> Vec<String> {
+    let mut lines = vec![format!("health:      {}", health_text(st.health))];
     if st.chunks_degraded > 0 {
-        line(format!(
+        lines.push(format!(
             "degraded:    {} chunks lack some of their redundancy",
             st.chunks_degraded
         ));
     }
     if let Some(n) = &st.needs {
-        line(format!("needs:       {n}"));
+        lines.push(format!("needs:       {n}"));
     }
-    line(match st.journal.as_str() {
+    lines.push(match st.journal.as_str() {
         "none" => {
             "journal:     NONE (a power cut during a write can damage that stripe's parity)".into()
         }
         "members" => "journal:     on the members".into(),
         j => format!("journal:     {j}"),
     });
-    line(format!(
+    lines.push(format!(
         "checksums:   {}",
         if st.checksums { "on" } else { "off" }
     ));
     if let Some(c) = &st.control_socket {
-        line(format!("control:     {c}"));
+        lines.push(format!("control:     {c}"));
     }
-    line("members:".into());
-    line(format!(
-        "   #  {:<9} {:<10} {:<10} {:<36}  device",
-        "state", "size", "used", "uuid"
-    ));
+    lines
+}
+
+/// The members table, with why a member failed under it.
+fn member_lines(st: &Status) -> Vec<String> {
+    let mut lines = vec![
+        "members:".to_string(),
+        format!(
+            "   #  {:<9} {:<10} {:<10} {:<36}  device",
+            "state", "size", "used", "uuid"
+        ),
+    ];
     for m in &st.members {
         let mut s = format!(
             "  {:>2}  {:<9} {:<10} {:<10} {:<36}  {}",
             m.index,
-            state_text(&m.state),
+            state_text(m.state),
             units::human(m.size),
             units::human(m.used),
             m.uuid,
@@ -241,29 +182,37 @@ pub fn text(st: &StatusView) -> String {
         if let Some(r) = m.replaces {
             s += &format!("  (replacing member {r})");
         }
-        line(s);
+        lines.push(s);
         if let Some(r) = &m.reason {
-            line(format!("      reason: {r}"));
+            lines.push(format!("      reason: {r}"));
         }
     }
-    if let Some(r) = &st.rebuild {
-        let p = &r.progress;
-        line(if r.running {
-            format!("rebuild:     running, {}", progress::line(p))
-        } else if p.done >= p.total {
-            format!("rebuild:     finished ({} rebuilt)", units::human(p.done))
-        } else {
-            format!("rebuild:     last run ended at {}", progress::line(p))
-        });
-    }
+    lines
+}
+
+/// The rebuild running, or how the last one ended (none: no rebuild ran).
+fn rebuild_line(st: &Status) -> Option<String> {
+    let r = st.rebuild.as_ref()?;
+    let p = &r.progress;
+    Some(if r.running {
+        format!("rebuild:     running, {}", progress::line(p))
+    } else if p.done >= p.total {
+        format!("rebuild:     finished ({} rebuilt)", units::human(p.done))
+    } else {
+        format!("rebuild:     last run ended at {}", progress::line(p))
+    })
+}
+
+/// The reshape running, paused or finished (none: no reshape ran or is due).
+fn reshape_line(st: &Status) -> Option<String> {
     let r = st.reshape.as_ref();
     match r {
-        Some(r) if r.running => line(format!(
+        Some(r) if r.running => Some(format!(
             "reshape:     running, {}; {} chunks to move",
             progress::line(&r.progress),
             st.chunks_to_move
         )),
-        _ if st.chunks_to_move > 0 => line(format!(
+        _ if st.chunks_to_move > 0 => Some(format!(
             "reshape:     {} chunks still to move; {}",
             st.chunks_to_move,
             if r.is_some() {
@@ -272,14 +221,18 @@ pub fn text(st: &StatusView) -> String {
                 "`damocles serve` or `damocles balance` resumes it"
             }
         )),
-        Some(r) => line(format!(
+        Some(r) => Some(format!(
             "reshape:     finished ({} moved)",
             units::human(r.progress.done)
         )),
-        None => {}
+        None => None,
     }
+}
+
+/// The scrub running, or the results of the last one and where an interrupted one resumes.
+fn scrub_lines(st: &Status) -> Vec<String> {
     let s = &st.scrub;
-    line(match &s.running {
+    let mut lines = vec![match &s.running {
         Some(p) => format!("scrub:       running, {}", progress::line(p)),
         None if s.last_finished == 0 && s.blocks_checked == 0 => "scrub:       never run".into(),
         None => format!(
@@ -293,44 +246,46 @@ pub fn text(st: &StatusView) -> String {
             s.repaired,
             s.unrecoverable
         ),
-    });
+    }];
     if let (None, Some(c)) = (&s.running, s.resume_at_chunk) {
-        line(format!(
+        lines.push(format!(
             "             interrupted; `damocles scrub` resumes at chunk {c}"
         ));
     }
+    lines
+}
+
+/// The error counters, and the lost ranges (the first [`LOST_SHOWN`] of them).
+fn error_lines(st: &Status) -> Vec<String> {
     let e = &st.errors;
-    line(format!(
+    let mut lines = vec![format!(
         "errors:      {} read, {} write, {} checksum; {} repaired, {} unrecoverable",
         e.read_errors, e.write_errors, e.checksum_errors, e.repaired, e.unrecoverable
-    ));
+    )];
     if !st.lost.is_empty() {
         let bytes: u64 = st.lost.iter().map(|l| l.len).sum();
-        line(format!(
+        lines.push(format!(
             "lost:        {} in {} ranges of the volume; reads of them fail:",
             units::human(bytes),
             st.lost.len()
         ));
         for l in st.lost.iter().take(LOST_SHOWN) {
-            line(format!("             offset {} length {}", l.offset, l.len));
+            lines.push(format!("             offset {} length {}", l.offset, l.len));
         }
         if st.lost.len() > LOST_SHOWN {
-            line(format!(
+            lines.push(format!(
                 "             ... and {} more (status --json lists all)",
                 st.lost.len() - LOST_SHOWN
             ));
         }
     }
-    for n in &st.notes {
-        line(format!("note: {n}"));
-    }
-    o
+    lines
 }
 
 /// One or two lines after a command changed the array: its health, a running rebuild,
 /// what it needs.
-pub fn summary(st: &StatusView) -> String {
-    let mut s = format!("array health: {}", health_text(&st.health));
+pub fn summary(st: &Status) -> String {
+    let mut s = format!("array health: {}", health_text(st.health));
     if let Some(r) = st.rebuild.as_ref().filter(|r| r.running) {
         s += &format!("; rebuilding, {}", progress::line(&r.progress));
     }
@@ -382,28 +337,38 @@ mod tests {
 
     #[test]
     fn text_shows_failures_jobs_and_losses() {
+        // As the server sends it: every field of the engine's Status, plus one it does
+        // not know (ignored).
         let v = serde_json::json!({
-            "name": "tank", "uuid": "u", "level": "raid5", "copies": 1, "health": "degraded",
+            "name": "tank", "uuid": "u", "level": "raid5", "copies": 1,
+            "stripe_unit": 65536, "size": 1048576, "chunk_size": 262144,
+            "chunks_total": 4, "chunks_allocated": 2, "tolerance": 1, "generation": 9,
+            "health": "degraded", "journal": "members", "checksums": true, "dirty": 0,
             "members": [
-                {"index": 0, "state": "ok", "device": "/a", "uuid": "m0"},
-                {"index": 1, "state": "failed", "device": "/b", "uuid": "m1",
-                 "reason": "read on /b at offset 0: EIO"},
-                {"index": 2, "state": "spare", "uuid": "m2"}
+                {"index": 0, "state": "ok", "device": "/a", "uuid": "m0", "size": 1,
+                 "generation": 9, "used": 0},
+                {"index": 1, "state": "failed", "device": "/b", "uuid": "m1", "size": 1,
+                 "generation": 9, "used": 0, "reason": "read on /b at offset 0: EIO"},
+                {"index": 2, "state": "spare", "device": null, "uuid": "m2", "size": 1,
+                 "generation": null, "used": 0}
             ],
+            "chunks_degraded": 1,
             "rebuild": {"running": true, "done": 50, "total": 100, "rate": 10,
                         "eta_seconds": 5, "rate_limit": 0},
-            "chunks_to_move": 7,
+            "chunks_to_move": 7, "max_size": 1048576, "grow_after_reshape": false,
             "reshape": {"running": true, "done": 20, "total": 80, "rate": 10,
                         "eta_seconds": 6, "rate_limit": 10},
             "scrub": {"blocks_checked": 7, "repaired": 1, "unrecoverable": 0,
                       "last_finished": 1700000000},
-            "errors": {"read_errors": 3},
+            "errors": {"read_errors": 3, "write_errors": 0, "checksum_errors": 0,
+                       "repaired": 0, "unrecoverable": 0},
             "lost": [{"offset": 4096, "len": 4096}],
             "needs": "a spare",
             "control_socket": "/run/damocles/u.sock",
+            "notes": [],
             "some_future_field": 1
         });
-        let st: StatusView = serde_json::from_value(v).unwrap();
+        let st: Status = serde_json::from_value(v).unwrap();
         let t = text(&st);
         for want in [
             "health:      DEGRADED",

@@ -1,6 +1,7 @@
 //! The control protocol: one JSON request per line, one JSON response per line
 //! (docs/control.md).
 
+use damocles_engine::Progress;
 use serde::{Deserialize, Serialize};
 
 /// Bumped when a request or response changes incompatibly.
@@ -185,36 +186,13 @@ impl Response {
 pub struct JobState {
     pub running: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<ProgressView>,
+    pub progress: Option<Progress>,
     /// How the last run of this job ended, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<String>,
     /// Whether that run ended with an error.
     #[serde(default)]
     pub last_failed: bool,
-}
-
-/// A job's progress, as the engine's `Progress` serializes.
-#[derive(Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
-#[serde(default)]
-pub struct ProgressView {
-    pub done: u64,
-    pub total: u64,
-    pub rate: u64,
-    pub eta_seconds: Option<u64>,
-    pub rate_limit: u64,
-}
-
-impl From<damocles_engine::Progress> for ProgressView {
-    fn from(p: damocles_engine::Progress) -> Self {
-        ProgressView {
-            done: p.done,
-            total: p.total,
-            rate: p.rate,
-            eta_seconds: p.eta_seconds,
-            rate_limit: p.rate_limit,
-        }
-    }
 }
 
 #[cfg(test)]

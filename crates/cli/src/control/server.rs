@@ -1,8 +1,6 @@
 //! The server side of the control socket, run by `damocles serve`.
 
-use super::proto::{
-    ChangeSpec, JobKind, JobState, ProgressView, Request, Response, MAX_LINE, PROTOCOL,
-};
+use super::proto::{ChangeSpec, JobKind, JobState, Request, Response, MAX_LINE, PROTOCOL};
 use crate::{members, units};
 use anyhow::{bail, Context, Result};
 use damocles_engine::{Array, Change, Event, EventKind, JobControl, Level, MemberHealth, OpenMode};
@@ -178,7 +176,7 @@ impl Shared {
         let last = lock(&self.last)[job as usize].clone();
         JobState {
             running: ctl.is_some(),
-            progress: ctl.map(|c| ProgressView::from(c.progress())),
+            progress: ctl.map(|c| c.progress()),
             last_failed: last.as_ref().is_some_and(|(_, f)| *f),
             last: last.map(|(m, _)| m),
         }
@@ -215,47 +213,70 @@ impl Shared {
         std::thread::Builder::new()
             .name(format!("damocles-{}", job.name()))
             .spawn(move || {
-                let outcome = match job {
-                    // Lost a race with a rebuild the array started by itself: that one runs.
-                    JobKind::Rebuild => match a.rebuild(c) {
-                        Err(_) if a.rebuild_job().is_some() => {
-                            if let (Some(r), Some(j)) = (rate, a.rebuild_job()) {
-                                j.set_rate_limit(r);
-                            }
-                            let _ = tx.send(Ok("a rebuild is already running".into()));
-                            return;
-                        }
-                        r => r.map(|r| describe_rebuild(&r)),
-                    },
-                    JobKind::Scrub => {
-                        let r = a.scrub(c).map(|r| describe_scrub(&r));
-                        *lock(&me.scrub) = None;
-                        r
-                    }
-                    // The array may have started it by itself a moment ago.
-                    JobKind::Reshape => match a.reshape(c) {
-                        Err(_) if a.reshape_job().is_some() => {
-                            if let (Some(r), Some(j)) = (rate, a.reshape_job()) {
-                                j.set_rate_limit(r);
-                            }
-                            let _ = tx.send(Ok("the reshape is running".into()));
-                            return;
-                        }
-                        r => r.map(|p| describe_reshape(&p)),
-                    },
-                };
-                let outcome = outcome.map_err(|e| format!("{} failed: {e}", job.name()));
-                if let Err(e) = &outcome {
-                    tracing::error!("{e}");
-                }
-                match &outcome {
-                    Ok(m) => me.set_last(job, m.clone(), false),
-                    Err(e) => me.set_last(job, e.clone(), true),
-                }
-                let _ = tx.send(outcome);
+                let _ = tx.send(me.run_job(&a, c, job, rate));
             })
             .context("starting a thread")?;
-        // Answer once the job is visible (or over), so a watcher's first poll sees it.
+        self.answer_when_started(array, job, &ctl, &rx, rate.unwrap_or(default))
+    }
+
+    /// Runs `job` to its end on this thread and records how it ended. When the array
+    /// started the same job by itself a moment before, that one runs (retuned to `rate`)
+    /// and nothing is recorded.
+    fn run_job(
+        &self,
+        a: &Array,
+        c: Arc<JobControl>,
+        job: JobKind,
+        rate: Option<u64>,
+    ) -> Result<String, String> {
+        let outcome = match job {
+            // Lost a race with a rebuild the array started by itself: that one runs.
+            JobKind::Rebuild => match a.rebuild(c) {
+                Err(_) if a.rebuild_job().is_some() => {
+                    if let (Some(r), Some(j)) = (rate, a.rebuild_job()) {
+                        j.set_rate_limit(r);
+                    }
+                    return Ok("a rebuild is already running".into());
+                }
+                r => r.map(|r| describe_rebuild(&r)),
+            },
+            JobKind::Scrub => {
+                let r = a.scrub(c).map(|r| describe_scrub(&r));
+                *lock(&self.scrub) = None;
+                r
+            }
+            // The array may have started it by itself a moment ago.
+            JobKind::Reshape => match a.reshape(c) {
+                Err(_) if a.reshape_job().is_some() => {
+                    if let (Some(r), Some(j)) = (rate, a.reshape_job()) {
+                        j.set_rate_limit(r);
+                    }
+                    return Ok("the reshape is running".into());
+                }
+                r => r.map(|p| describe_reshape(&p)),
+            },
+        };
+        let outcome = outcome.map_err(|e| format!("{} failed: {e}", job.name()));
+        if let Err(e) = &outcome {
+            tracing::error!("{e}");
+        }
+        match &outcome {
+            Ok(m) => self.set_last(job, m.clone(), false),
+            Err(e) => self.set_last(job, e.clone(), true),
+        }
+        outcome
+    }
+
+    /// Answers a request that started the job `ctl` once the job is visible (or over), so
+    /// a watcher's first poll sees it; waits at most 2 s. `rate` is its rate limit.
+    fn answer_when_started(
+        &self,
+        array: &Array,
+        job: JobKind,
+        ctl: &Arc<JobControl>,
+        rx: &std::sync::mpsc::Receiver<Result<String, String>>,
+        rate: u64,
+    ) -> Result<Response> {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(2);
         loop {
@@ -271,7 +292,7 @@ impl Shared {
             // The short minimum catches a job that fails at once (a refused request).
             let visible = self
                 .running(array, job)
-                .is_some_and(|r| Arc::ptr_eq(&r, &ctl));
+                .is_some_and(|r| Arc::ptr_eq(&r, ctl));
             if (visible && started.elapsed() > Duration::from_millis(100))
                 || Instant::now() > deadline
             {
@@ -280,7 +301,7 @@ impl Shared {
                     ..Response::ok().with_message(format!(
                         "{} started (rate limit {})",
                         job.name(),
-                        rate_text(rate.unwrap_or(default))
+                        rate_text(rate)
                     ))
                 });
             }

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::member::Dev;
 pub use crate::ondisk::backup::{Backup, BACKUP_HEADER_LEN, BACKUP_MAGIC};
 use crate::ondisk::format::Superblock;
-use crate::ondisk::metadata::MemberState;
+use crate::ondisk::metadata::{ArrayMeta, MemberState};
 use crate::units::now;
 use uuid::Uuid;
 
@@ -308,79 +308,14 @@ pub fn plan_import(devs: &[Dev], backup: &Backup) -> Result<ImportPlan> {
         )));
     }
     let file = &backup.meta;
-    let mut devices: Vec<Option<Dev>> = vec![None; file.members.len()];
-    for (d, sb) in &f.members {
-        let idx = sb.member_index as usize;
-        let Some(m) = file.members.get(idx) else {
-            return Err(Error::Members(format!(
-                "{} (member {idx}, uuid {}) is not in the backup: it joined the array after the \
-                 export; leave it off the list to import anyway (it is then no longer a member)",
-                d.name(),
-                Uuid::from_bytes(sb.member_uuid)
-            )));
-        };
-        if m.uuid != sb.member_uuid {
-            return Err(Error::Members(format!(
-                "{} is member {idx} with uuid {}, but the backup's member {idx} has uuid {}: \
-                 it is not that member; leave it off the list",
-                d.name(),
-                Uuid::from_bytes(sb.member_uuid),
-                Uuid::from_bytes(m.uuid)
-            )));
-        }
-        if d.size() / 4096 * 4096 < m.size {
-            return Err(Error::Members(format!(
-                "{} is smaller ({} bytes) than the backup records ({} bytes)",
-                d.name(),
-                d.size(),
-                m.size
-            )));
-        }
-        devices[idx] = Some(d.clone());
-    }
-    for (d, sb) in &f.journals {
-        match file.journal_device {
-            Some(want) if want == sb.member_uuid => {}
-            Some(want) => {
-                return Err(Error::Members(format!(
-                    "{} is journal device {}, but the backup records journal device {}: \
-                     leave it off the list",
-                    d.name(),
-                    Uuid::from_bytes(sb.member_uuid),
-                    Uuid::from_bytes(want)
-                )))
-            }
-            None => {
-                return Err(Error::Members(format!(
-                    "{} is a journal device, but the backup records none (the journal is on \
-                     the members): leave it off the list",
-                    d.name()
-                )))
-            }
-        }
-    }
+    let devices = match_members(&f.members, file)?;
+    check_journals(&f.journals, file)?;
     let cur = f.newest.as_ref().map(|(_, m, _)| m);
     let mut notes = f.notes;
     if cur.is_none() {
         notes.push("no member holds valid metadata now: nothing to compare the backup with".into());
     }
-    let n = file.members.len().max(cur.map_or(0, |m| m.members.len()));
-    let members: Vec<MemberChange> = (0..n)
-        .map(|i| {
-            let (a, b) = (cur.and_then(|m| m.members.get(i)), file.members.get(i));
-            MemberChange {
-                index: i,
-                uuid: Uuid::from_bytes(b.or(a).map_or([0; 16], |m| m.uuid)),
-                device: devices
-                    .get(i)
-                    .and_then(|d| d.as_ref().map(|d| d.name().to_string())),
-                now: a.map(|m| m.state),
-                file: b.map(|m| m.state),
-            }
-        })
-        .collect();
-    let in_service =
-        |s: Option<MemberState>| matches!(s, Some(MemberState::Active) | Some(MemberState::Spare));
+    let members = member_changes(cur, file, &devices);
     let revived = members
         .iter()
         .filter(|c| {
@@ -399,42 +334,10 @@ pub fn plan_import(devs: &[Dev], backup: &Backup) -> Result<ImportPlan> {
         .filter(|(i, m)| in_service(Some(m.state)) && devices[*i].is_none())
         .map(|(i, _)| i)
         .collect();
-    let (mut forgotten, mut moved, mut restored) = (Vec::new(), Vec::new(), Vec::new());
-    if let Some(now) = cur {
-        let chunks = now.map.chunks.len().max(file.map.chunks.len());
-        for i in 0..chunks {
-            let a = now.map.chunks.get(i).and_then(Option::as_ref);
-            let b = file.map.chunks.get(i).and_then(Option::as_ref);
-            match (a, b) {
-                (Some(_), None) => forgotten.push(i),
-                (None, Some(_)) => restored.push(i),
-                (Some(x), Some(y)) if x != y => moved.push(i),
-                _ => {}
-            }
-        }
-        if now.map.chunks.len() != file.map.chunks.len() {
-            notes.push(format!(
-                "volume size changes from {} to {} bytes",
-                now.map.virtual_size(),
-                file.map.virtual_size()
-            ));
-        }
-        if now.name != file.name {
-            notes.push(format!(
-                "name changes from {:?} to {:?}",
-                now.name, file.name
-            ));
-        }
-        if now.template != file.template {
-            notes.push(format!(
-                "level of new chunks changes from {} to {}",
-                now.template.level, file.template.level
-            ));
-        }
-        if now.journal_device != file.journal_device {
-            notes.push("the journal device recorded differs".into());
-        }
-    }
+    let diff = match cur {
+        Some(now) => compare(now, file, &mut notes),
+        None => ChunkDiff::default(),
+    };
     // Written where a commit with this metadata would write: members it has in service.
     let targets: Vec<Option<Dev>> = devices
         .iter()
@@ -466,14 +369,152 @@ pub fn plan_import(devs: &[Dev], backup: &Backup) -> Result<ImportPlan> {
         revived,
         chunks_now: cur.map(|m| m.map.allocated().count()),
         chunks_file: file.map.allocated().count(),
-        forgotten,
-        moved,
-        restored,
+        forgotten: diff.forgotten,
+        moved: diff.moved,
+        restored: diff.restored,
         notes,
         layout: f.layout,
         targets,
         payload: backup.payload.clone(),
     })
+}
+
+/// Whether a member in this state is in service (active or spare).
+fn in_service(s: Option<MemberState>) -> bool {
+    matches!(s, Some(MemberState::Active) | Some(MemberState::Spare))
+}
+
+/// Places each member given at its index in the backup's member table, refusing one the
+/// backup does not have (or has with another UUID, or larger than the device).
+fn match_members(given: &[(Dev, Superblock)], file: &ArrayMeta) -> Result<Vec<Option<Dev>>> {
+    let mut devices: Vec<Option<Dev>> = vec![None; file.members.len()];
+    for (d, sb) in given {
+        let idx = sb.member_index as usize;
+        let Some(m) = file.members.get(idx) else {
+            return Err(Error::Members(format!(
+                "{} (member {idx}, uuid {}) is not in the backup: it joined the array after the \
+                 export; leave it off the list to import anyway (it is then no longer a member)",
+                d.name(),
+                Uuid::from_bytes(sb.member_uuid)
+            )));
+        };
+        if m.uuid != sb.member_uuid {
+            return Err(Error::Members(format!(
+                "{} is member {idx} with uuid {}, but the backup's member {idx} has uuid {}: \
+                 it is not that member; leave it off the list",
+                d.name(),
+                Uuid::from_bytes(sb.member_uuid),
+                Uuid::from_bytes(m.uuid)
+            )));
+        }
+        if d.size() / 4096 * 4096 < m.size {
+            return Err(Error::Members(format!(
+                "{} is smaller ({} bytes) than the backup records ({} bytes)",
+                d.name(),
+                d.size(),
+                m.size
+            )));
+        }
+        devices[idx] = Some(d.clone());
+    }
+    Ok(devices)
+}
+
+/// Refuses a journal device given that is not the one the backup records.
+fn check_journals(journals: &[(Dev, Superblock)], file: &ArrayMeta) -> Result<()> {
+    for (d, sb) in journals {
+        match file.journal_device {
+            Some(want) if want == sb.member_uuid => {}
+            Some(want) => {
+                return Err(Error::Members(format!(
+                    "{} is journal device {}, but the backup records journal device {}: \
+                     leave it off the list",
+                    d.name(),
+                    Uuid::from_bytes(sb.member_uuid),
+                    Uuid::from_bytes(want)
+                )))
+            }
+            None => {
+                return Err(Error::Members(format!(
+                    "{} is a journal device, but the backup records none (the journal is on \
+                     the members): leave it off the list",
+                    d.name()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every member's state now (`cur`) and in the backup, with the device given for it.
+fn member_changes(
+    cur: Option<&ArrayMeta>,
+    file: &ArrayMeta,
+    devices: &[Option<Dev>],
+) -> Vec<MemberChange> {
+    let n = file.members.len().max(cur.map_or(0, |m| m.members.len()));
+    (0..n)
+        .map(|i| {
+            let (a, b) = (cur.and_then(|m| m.members.get(i)), file.members.get(i));
+            MemberChange {
+                index: i,
+                uuid: Uuid::from_bytes(b.or(a).map_or([0; 16], |m| m.uuid)),
+                device: devices
+                    .get(i)
+                    .and_then(|d| d.as_ref().map(|d| d.name().to_string())),
+                now: a.map(|m| m.state),
+                file: b.map(|m| m.state),
+            }
+        })
+        .collect()
+}
+
+/// How the backup's chunk map differs from the one on the members.
+#[derive(Default)]
+struct ChunkDiff {
+    forgotten: Vec<usize>,
+    moved: Vec<usize>,
+    restored: Vec<usize>,
+}
+
+/// Compares the metadata on the members (`now`) with the backup's: chunk by chunk, and
+/// (as `notes`) the volume size, name, template and journal device.
+fn compare(now: &ArrayMeta, file: &ArrayMeta, notes: &mut Vec<String>) -> ChunkDiff {
+    let mut d = ChunkDiff::default();
+    let chunks = now.map.chunks.len().max(file.map.chunks.len());
+    for i in 0..chunks {
+        let a = now.map.chunks.get(i).and_then(Option::as_ref);
+        let b = file.map.chunks.get(i).and_then(Option::as_ref);
+        match (a, b) {
+            (Some(_), None) => d.forgotten.push(i),
+            (None, Some(_)) => d.restored.push(i),
+            (Some(x), Some(y)) if x != y => d.moved.push(i),
+            _ => {}
+        }
+    }
+    if now.map.chunks.len() != file.map.chunks.len() {
+        notes.push(format!(
+            "volume size changes from {} to {} bytes",
+            now.map.virtual_size(),
+            file.map.virtual_size()
+        ));
+    }
+    if now.name != file.name {
+        notes.push(format!(
+            "name changes from {:?} to {:?}",
+            now.name, file.name
+        ));
+    }
+    if now.template != file.template {
+        notes.push(format!(
+            "level of new chunks changes from {} to {}",
+            now.template.level, file.template.level
+        ));
+    }
+    if now.journal_device != file.journal_device {
+        notes.push("the journal device recorded differs".into());
+    }
+    d
 }
 
 /// [`plan_import`] then [`ImportPlan::apply`].

@@ -169,7 +169,7 @@ impl ArrayMeta {
 
     /// Decodes and checks a payload; `data_offset` is where member data areas start.
     pub fn decode(member: &str, payload: &[u8], data_offset: u64) -> Result<ArrayMeta> {
-        let bad = |m: String| Error::format(member, format!("metadata: {m}"));
+        let bad = |m: String| bad(member, m);
         let mut r = Reader::new(member, payload);
         let a: ArrayRaw = r.take()?;
         let name_len = a.name.iter().position(|&b| b == 0).unwrap_or(MAX_NAME);
@@ -179,22 +179,7 @@ impl ArrayMeta {
         if a.flags.get() & !3 != 0 {
             return Err(bad(format!("unknown array flags {:#x}", a.flags.get())));
         }
-        let level =
-            Level::from_code(a.level).ok_or_else(|| bad(format!("unknown level {}", a.level)))?;
-        let template = Template {
-            level,
-            copies: a.copies as usize,
-            stripe_unit: a.stripe_unit.get() as u64,
-        };
-        // A template is a chunk profile at its narrowest width; it must be valid as such.
-        Profile {
-            level,
-            width: level.min_width(template.copies),
-            copies: template.copies,
-            stripe_unit: template.stripe_unit,
-        }
-        .validate()
-        .map_err(|e| bad(e.to_string()))?;
+        let template = decode_template(member, &a)?;
         let chunk_size = a.chunk_size.get();
         if !chunk_size.is_power_of_two() || chunk_size < template.stripe_unit {
             return Err(bad(format!("bad chunk size {chunk_size}")));
@@ -207,28 +192,7 @@ impl ArrayMeta {
         if (chunk_count as u64).checked_mul(chunk_size).is_none() {
             return Err(bad("virtual size overflows".into()));
         }
-        let mut members = Vec::with_capacity(member_count.min(1024));
-        for _ in 0..member_count {
-            let m: MemberRaw = r.take()?;
-            let state = MemberState::from_code(m.state)
-                .ok_or_else(|| bad(format!("unknown member state {}", m.state)))?;
-            let replaces = match m.replaces.get() {
-                0 => None,
-                r if (r as usize) <= member_count => Some(r - 1),
-                r => return Err(bad(format!("member replaces unknown member {}", r - 1))),
-            };
-            if m.flags & !3 != 0 {
-                return Err(bad(format!("unknown member flags {:#x}", m.flags)));
-            }
-            members.push(MemberInfo {
-                uuid: m.uuid,
-                size: m.size.get(),
-                state,
-                replaces,
-                failed: m.flags & 1 != 0,
-                leaving: m.flags & 2 != 0,
-            });
-        }
+        let members = decode_members(member, &mut r, member_count)?;
         // The virtual disk can never be larger than the raw space under it.
         let raw: u64 = members.iter().map(|m| m.size).fold(0, u64::saturating_add);
         if chunk_count > MAX_CHUNKS || chunk_count as u64 > raw / chunk_size {
@@ -240,99 +204,18 @@ impl ArrayMeta {
         if allocated > chunk_count {
             return Err(bad("more allocated chunks than chunks".into()));
         }
-        let mut map = ChunkMap::new(chunk_size, 0);
-        let mut chunks: Vec<Option<Arc<Chunk>>> = Vec::new();
-        let mut extents: Vec<(u16, u64, u64)> = Vec::new();
-        for _ in 0..allocated {
-            let c: ChunkRaw = r.take()?;
-            let index = c.index.get() as usize;
-            if index >= chunk_count || index < chunks.len() {
-                return Err(bad(format!("chunk index {index} out of order or range")));
-            }
-            let level = Level::from_code(c.level)
-                .ok_or_else(|| bad(format!("chunk {index}: unknown level {}", c.level)))?;
-            let profile = Profile {
-                level,
-                width: c.width as usize,
-                copies: c.copies as usize,
-                stripe_unit: c.stripe_unit.get() as u64,
-            };
-            profile
-                .validate()
-                .map_err(|e| bad(format!("chunk {index}: {e}")))?;
-            let slice_len = c.slice_len.get();
-            if slice_len != profile.slice_len(chunk_size) {
-                return Err(bad(format!(
-                    "chunk {index}: slice length {slice_len} is wrong"
-                )));
-            }
-            let mut slices = Vec::with_capacity(profile.width);
-            for _ in 0..profile.width {
-                let s: SliceRaw = r.take()?;
-                let m = s.member.get();
-                let off = s.offset.get();
-                let end = off.checked_add(slice_len);
-                let fits = (m as usize) < member_count
-                    && off >= data_offset
-                    && end.is_some_and(|e| e <= members[m as usize].size);
-                if !fits || slices.iter().any(|x: &Slice| x.member == m) {
-                    return Err(bad(format!("chunk {index}: bad slice on member {m}")));
-                }
-                extents.push((m, off, off + slice_len));
-                slices.push(Slice {
-                    member: m,
-                    offset: off,
-                });
-            }
-            chunks.resize(index, None);
-            chunks.push(Some(Arc::new(Chunk {
-                profile,
-                slice_len,
-                slices,
-            })));
-        }
-        // Payloads written before the health record existed end with the chunk map.
-        let e: HealthRaw = if r.is_empty() {
-            HealthRaw::new_zeroed()
-        } else {
-            r.take()?
+        let geometry = Geometry {
+            chunk_count,
+            chunk_size,
+            data_offset,
         };
-        let lost_count = e.lost_count.get() as usize;
-        if lost_count > MAX_LOST {
-            return Err(bad(format!("{lost_count} lost ranges recorded")));
-        }
-        let size = chunk_count as u64 * chunk_size;
-        let mut lost = Vec::with_capacity(lost_count);
-        for _ in 0..lost_count {
-            let l: LostRaw = r.take()?;
-            let (o, n) = (l.offset.get(), l.len.get());
-            if o.checked_add(n).is_none_or(|end| end > size) || n == 0 {
-                return Err(bad(format!("lost range {o}+{n} is outside the volume")));
-            }
-            lost.push((o, n));
-        }
-        let cursor = e.scrub_cursor.get();
-        if cursor as usize > chunk_count + 1 {
-            return Err(bad(format!("scrub cursor {cursor} out of range")));
-        }
-        let health = Health {
-            scrub_cursor: cursor.checked_sub(1),
-            scrub_checked: e.scrub_checked.get(),
-            scrub_repaired: e.scrub_repaired.get(),
-            scrub_unrecoverable: e.scrub_unrecoverable.get(),
-            scrub_finished: e.scrub_finished.get(),
-            lost,
-        };
+        let (mut chunks, extents) = decode_chunks(member, &mut r, allocated, &geometry, &members)?;
+        let health = decode_health(member, &mut r, chunk_count, chunk_size)?;
         if !r.is_empty() {
             return Err(bad("trailing bytes after the chunk map".into()));
         }
-        extents.sort_unstable();
-        if extents
-            .windows(2)
-            .any(|w| w[0].0 == w[1].0 && w[0].2 > w[1].1)
-        {
-            return Err(bad("two slices overlap on one member".into()));
-        }
+        check_no_overlap(member, extents)?;
+        let mut map = ChunkMap::new(chunk_size, 0);
         chunks.resize(chunk_count, None);
         map.chunks = chunks;
         Ok(ArrayMeta {
@@ -347,6 +230,196 @@ impl ArrayMeta {
             grow_after: a.flags.get() & 2 != 0,
         })
     }
+}
+
+/// A metadata format error on `member`.
+fn bad(member: &str, m: String) -> Error {
+    Error::format(member, format!("metadata: {m}"))
+}
+
+/// The volume's shape as the array record gives it, for checking the chunk records.
+struct Geometry {
+    chunk_count: usize,
+    chunk_size: u64,
+    /// Where member data areas start: no slice lies below.
+    data_offset: u64,
+}
+
+/// Where a slice lies: `(member, start, end)`.
+type Extent = (u16, u64, u64);
+
+/// The chunk map by index (`None`: not allocated).
+type ChunkSlots = Vec<Option<Arc<Chunk>>>;
+
+/// The template of new chunks, checked to be valid as a chunk profile at its narrowest.
+fn decode_template(member: &str, a: &ArrayRaw) -> Result<Template> {
+    let level = Level::from_code(a.level)
+        .ok_or_else(|| bad(member, format!("unknown level {}", a.level)))?;
+    let template = Template {
+        level,
+        copies: a.copies as usize,
+        stripe_unit: a.stripe_unit.get() as u64,
+    };
+    // A template is a chunk profile at its narrowest width; it must be valid as such.
+    Profile {
+        level,
+        width: level.min_width(template.copies),
+        copies: template.copies,
+        stripe_unit: template.stripe_unit,
+    }
+    .validate()
+    .map_err(|e| bad(member, e.to_string()))?;
+    Ok(template)
+}
+
+/// The member table: `member_count` member records.
+fn decode_members(
+    member: &str,
+    r: &mut Reader<'_>,
+    member_count: usize,
+) -> Result<Vec<MemberInfo>> {
+    let bad = |m: String| bad(member, m);
+    let mut members = Vec::with_capacity(member_count.min(1024));
+    for _ in 0..member_count {
+        let m: MemberRaw = r.take()?;
+        let state = MemberState::from_code(m.state)
+            .ok_or_else(|| bad(format!("unknown member state {}", m.state)))?;
+        let replaces = match m.replaces.get() {
+            0 => None,
+            r if (r as usize) <= member_count => Some(r - 1),
+            r => return Err(bad(format!("member replaces unknown member {}", r - 1))),
+        };
+        if m.flags & !3 != 0 {
+            return Err(bad(format!("unknown member flags {:#x}", m.flags)));
+        }
+        members.push(MemberInfo {
+            uuid: m.uuid,
+            size: m.size.get(),
+            state,
+            replaces,
+            failed: m.flags & 1 != 0,
+            leaving: m.flags & 2 != 0,
+        });
+    }
+    Ok(members)
+}
+
+/// The chunk map: `allocated` chunk records in index order, each followed by its slices.
+/// Returns the chunks up to the last allocated one, and every slice's extent for
+/// [`check_no_overlap`].
+fn decode_chunks(
+    member: &str,
+    r: &mut Reader<'_>,
+    allocated: usize,
+    g: &Geometry,
+    members: &[MemberInfo],
+) -> Result<(ChunkSlots, Vec<Extent>)> {
+    let bad = |m: String| bad(member, m);
+    let mut chunks: ChunkSlots = Vec::new();
+    let mut extents: Vec<Extent> = Vec::new();
+    for _ in 0..allocated {
+        let c: ChunkRaw = r.take()?;
+        let index = c.index.get() as usize;
+        if index >= g.chunk_count || index < chunks.len() {
+            return Err(bad(format!("chunk index {index} out of order or range")));
+        }
+        let level = Level::from_code(c.level)
+            .ok_or_else(|| bad(format!("chunk {index}: unknown level {}", c.level)))?;
+        let profile = Profile {
+            level,
+            width: c.width as usize,
+            copies: c.copies as usize,
+            stripe_unit: c.stripe_unit.get() as u64,
+        };
+        profile
+            .validate()
+            .map_err(|e| bad(format!("chunk {index}: {e}")))?;
+        let slice_len = c.slice_len.get();
+        if slice_len != profile.slice_len(g.chunk_size) {
+            return Err(bad(format!(
+                "chunk {index}: slice length {slice_len} is wrong"
+            )));
+        }
+        let mut slices = Vec::with_capacity(profile.width);
+        for _ in 0..profile.width {
+            let s: SliceRaw = r.take()?;
+            let m = s.member.get();
+            let off = s.offset.get();
+            let end = off.checked_add(slice_len);
+            let fits = (m as usize) < members.len()
+                && off >= g.data_offset
+                && end.is_some_and(|e| e <= members[m as usize].size);
+            if !fits || slices.iter().any(|x: &Slice| x.member == m) {
+                return Err(bad(format!("chunk {index}: bad slice on member {m}")));
+            }
+            extents.push((m, off, off + slice_len));
+            slices.push(Slice {
+                member: m,
+                offset: off,
+            });
+        }
+        chunks.resize(index, None);
+        chunks.push(Some(Arc::new(Chunk {
+            profile,
+            slice_len,
+            slices,
+        })));
+    }
+    Ok((chunks, extents))
+}
+
+/// The health record and its lost ranges (absent in payloads written before it existed).
+fn decode_health(
+    member: &str,
+    r: &mut Reader<'_>,
+    chunk_count: usize,
+    chunk_size: u64,
+) -> Result<Health> {
+    let bad = |m: String| bad(member, m);
+    // Payloads written before the health record existed end with the chunk map.
+    let e: HealthRaw = if r.is_empty() {
+        HealthRaw::new_zeroed()
+    } else {
+        r.take()?
+    };
+    let lost_count = e.lost_count.get() as usize;
+    if lost_count > MAX_LOST {
+        return Err(bad(format!("{lost_count} lost ranges recorded")));
+    }
+    let size = chunk_count as u64 * chunk_size;
+    let mut lost = Vec::with_capacity(lost_count);
+    for _ in 0..lost_count {
+        let l: LostRaw = r.take()?;
+        let (o, n) = (l.offset.get(), l.len.get());
+        if o.checked_add(n).is_none_or(|end| end > size) || n == 0 {
+            return Err(bad(format!("lost range {o}+{n} is outside the volume")));
+        }
+        lost.push((o, n));
+    }
+    let cursor = e.scrub_cursor.get();
+    if cursor as usize > chunk_count + 1 {
+        return Err(bad(format!("scrub cursor {cursor} out of range")));
+    }
+    Ok(Health {
+        scrub_cursor: cursor.checked_sub(1),
+        scrub_checked: e.scrub_checked.get(),
+        scrub_repaired: e.scrub_repaired.get(),
+        scrub_unrecoverable: e.scrub_unrecoverable.get(),
+        scrub_finished: e.scrub_finished.get(),
+        lost,
+    })
+}
+
+/// Refuses two slices that overlap on one member.
+fn check_no_overlap(member: &str, mut extents: Vec<Extent>) -> Result<()> {
+    extents.sort_unstable();
+    if extents
+        .windows(2)
+        .any(|w| w[0].0 == w[1].0 && w[0].2 > w[1].1)
+    {
+        return Err(bad(member, "two slices overlap on one member".into()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
