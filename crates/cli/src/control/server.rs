@@ -111,9 +111,23 @@ impl Shared {
                     });
                 }
                 let f = array.start_reshape(&ch, force)?;
+                // The array may have started the reshape by itself at once, or one already
+                // running took the new goal: either way it is this request's reshape.
+                let started = match self.running(array, JobKind::Reshape) {
+                    Some(ctl) => {
+                        if let Some(r) = rate {
+                            ctl.set_rate_limit(r);
+                        }
+                        Response {
+                            job: Some(self.job_state(array, JobKind::Reshape)),
+                            ..Response::ok().with_message("the reshape is running")
+                        }
+                    }
+                    None => self.start(array, JobKind::Reshape, rate)?,
+                };
                 Response {
                     forecast: Some(serde_json::to_value(f)?),
-                    ..self.start(array, JobKind::Reshape, rate)?
+                    ..started
                 }
             }
             Request::Job { job } => Response {
