@@ -37,9 +37,13 @@ libs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts 
     grep -v '^ ' | grep -E '^(lib|zlib|gcc-[0-9]+-base)' | grep -v -E 'perl|python' | sort -u)
 pkgs=("$kpkg" "${tools[@]}" $libs)
 
-versions=$(for p in "${pkgs[@]}"; do
-    printf '%s=%s\n' "$p" "$(apt-cache policy "$p" | sed -n 's/^ *Candidate: //p')"
-done)
+versions=$(apt-cache policy "${pkgs[@]}" | awk '/^[^ ].*:$/ { p = substr($0, 1, length($0) - 1) }
+    /^ *Candidate:/ { print p "=" $2 }')
+if [ "$(printf '%s\n' "$versions" | grep -c -v '=(none)$')" -ne ${#pkgs[@]} ]; then
+    echo "build-image: apt-cache has no candidate for some packages (apt-get update?):" >&2
+    printf '%s\n' "$versions" | grep '=(none)$' >&2
+    exit 2
+fi
 key=$( (printf '%s\n' "$versions"; cat "$0") | sha256sum | cut -c1-16)
 dest="$out/$key"
 if [ -s "$dest/initrd.img" ] && [ -s "$dest/vmlinuz" ]; then
@@ -180,5 +184,9 @@ printf 'root:x:0:\n' >"$root/etc/group"
 mkdir -p "$dest"
 mv "$work/vmlinuz" "$work/initrd.img" "$dest/"
 printf '%s\n' "$versions" >"$dest/versions"
+# Images of older package versions or of an older script are not used again.
+for d in "$out"/????????????????; do
+    [ "$d" = "$dest" ] || rm -rf "$d"
+done
 echo "build-image: built $(du -h "$dest/initrd.img" | cut -f1) initramfs for kernel $kver" >&2
 echo "$dest"
