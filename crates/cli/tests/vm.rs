@@ -14,13 +14,13 @@
 //!
 //! One VM at a time. The accelerator (KVM if a probe boot works, else TCG) is printed.
 
-mod interop_support;
 #[path = "vm/guest.rs"]
 mod guest;
+mod interop_support;
 
 use guest::{limit, sums, NbdDisk, Vm};
 use interop_support::*;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Every tool the suite runs on the host (the guest's come from the image).
 fn vm_ready(test: &str) -> bool {
@@ -93,10 +93,22 @@ fn guest_ext4_on_raid5_survives_a_reboot() {
          mount -t ext4 /dev/vda /mnt || fail mount\n{}umount /mnt || fail umount\n{NO_IO_ERRORS}",
         write_files("/mnt/data", 16, 512)
     );
-    let mut vm = Vm::boot(rig.dir.path(), "boot1", &first, &[NbdDisk { socket: &sock }]);
+    let mut vm = Vm::boot(
+        rig.dir.path(),
+        "boot1",
+        &first,
+        &[NbdDisk { socket: &sock }],
+    );
     let con = vm.pass(limit(60));
     let sums = sums(&con);
-    log(t0, test, &format!("first boot: ext4 made, {} files written", sums.lines().count()));
+    log(
+        t0,
+        test,
+        &format!(
+            "first boot: ext4 made, {} files written",
+            sums.lines().count()
+        ),
+    );
     drop(vm);
 
     // The storage restarts between the boots: the data must be on the members.
@@ -107,8 +119,202 @@ fn guest_ext4_on_raid5_survives_a_reboot() {
          mount -t ext4 /dev/vda /mnt || fail mount\n{}umount /mnt\n{NO_IO_ERRORS}",
         check_sums(&sums)
     );
-    let mut vm = Vm::boot(rig.dir.path(), "boot2", &second, &[NbdDisk { socket: &sock }]);
+    let mut vm = Vm::boot(
+        rig.dir.path(),
+        "boot2",
+        &second,
+        &[NbdDisk { socket: &sock }],
+    );
     let con = vm.pass(limit(60));
     assert!(con.contains("checked 16 files"), "{con}");
-    log(t0, test, "second boot: e2fsck clean, every checksum matches");
+    log(
+        t0,
+        test,
+        "second boot: e2fsck clean, every checksum matches",
+    );
+}
+
+#[test]
+fn server_killed_and_restarted_under_a_writing_guest() {
+    let test = "storage-restart";
+    if !vm_ready(test) {
+        return;
+    }
+    let _one = guest::serial();
+    let t0 = Instant::now();
+    let rig = Rig::create("raid5", "vmdisk", 4, 128 * MIB);
+    let sock = rig.path("a.nbd");
+    let srv = rig.serve(&rig.members, &[], "a");
+    // Each file is written with conv=fsync (a FLUSH to the server), and its sum is taken
+    // from the page cache: what the guest wrote. After the restart the caches are dropped
+    // and every file is read back through the new server.
+    let scenario = format!(
+        r#"mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 /dev/vda || fail mkfs
+mount -t ext4 /dev/vda /mnt || fail mount
+mkdir /mnt/w
+step WRITING
+i=0
+while [ $i -lt 48 ]; do
+    dd if=/dev/urandom of=/mnt/w/f$i bs=64k count=16 conv=fsync 2>/dev/null || fail "dd f$i: I/O error"
+    sha256sum /mnt/w/f$i >> /tmp/sums
+    i=$((i + 1))
+done
+sync || fail sync
+step WROTE
+wait_host restarted
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum -c -s /tmp/sums || {{ sha256sum -c /tmp/sums; fail "checksums differ"; }}
+echo "checked $(wc -l < /tmp/sums) files"
+umount /mnt || fail umount
+e2fsck -fn /dev/vda || fail "e2fsck found problems"
+{NO_IO_ERRORS}"#
+    );
+    let mut vm = Vm::boot(
+        rig.dir.path(),
+        "writer",
+        &scenario,
+        &[NbdDisk { socket: &sock }],
+    );
+    vm.step("WRITING", limit(60));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !vm.console().contains("STEP WROTE"),
+        "the guest finished writing before the kill: write more\n{}",
+        vm.console()
+    );
+    // SAFETY: plain syscall on our own child, not reaped yet (Server reaps it on drop).
+    let r = unsafe { libc::kill(srv.pid(), libc::SIGKILL) };
+    assert_eq!(r, 0, "kill -KILL {}", srv.pid());
+    drop(srv);
+    log(
+        t0,
+        test,
+        "damocles serve killed with SIGKILL while the guest writes",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let _srv = rig.serve(&rig.members, &[], "a");
+    log(t0, test, "damocles serve restarted on the same socket");
+    vm.step("WROTE", limit(60));
+    vm.send("restarted");
+    let con = vm.pass(limit(60));
+    assert!(con.contains("checked 48 files"), "{con}");
+    log(
+        t0,
+        test,
+        "no I/O error in the guest; 48 synced files verify; e2fsck clean",
+    );
+}
+
+#[test]
+fn raid0_converted_to_raid5_under_a_guest_running_fio() {
+    let test = "migration";
+    if !vm_ready(test) {
+        return;
+    }
+    let _one = guest::serial();
+    let t0 = Instant::now();
+    let rig = Rig::create("raid0", "vmdisk", 2, 256 * MIB);
+    let sock = rig.path("a.nbd");
+    let _srv = rig.serve(&rig.members, &[], "a");
+    let fio = "fio --name=mig --filename=/mnt/fio.dat --size=24M --bs=64k --rw=write \
+               --ioengine=psync --direct=1 --verify=crc32c --verify_fatal=1";
+    let scenario = format!(
+        r#"mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 /dev/vda || fail mkfs
+mount -t ext4 /dev/vda /mnt || fail mount
+{files}
+(cd /mnt/data && sha256sum f*) | sed 's|  |  /mnt/data/|' > /tmp/sums
+(
+    n=0
+    while [ ! -e /tmp/stop ]; do
+        {fio} > /tmp/fio.out 2>&1 || {{ cat /tmp/fio.out; touch /tmp/fiofail; break; }}
+        n=$((n + 1))
+        echo $n > /tmp/fioruns
+    done
+) &
+fpid=$!
+step FIO
+wait_host converted
+touch /tmp/stop
+wait $fpid
+[ -e /tmp/fiofail ] && fail "fio verify failed during the conversion"
+echo "fio write+verify runs during the conversion: $(cat /tmp/fioruns)"
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum -c -s /tmp/sums || {{ sha256sum -c /tmp/sums; fail "checksums differ after the conversion"; }}
+step CONVERTED-OK
+wait_host failed
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum -c -s /tmp/sums || {{ sha256sum -c /tmp/sums; fail "checksums differ degraded"; }}
+{fio} --verify_only > /tmp/fio.out 2>&1 || {{ cat /tmp/fio.out; fail "fio verify failed degraded"; }}
+echo "degraded: files and fio data verify"
+umount /mnt || fail umount
+e2fsck -fn /dev/vda || fail "e2fsck found problems"
+{NO_IO_ERRORS}"#,
+        files = write_files("/mnt/data", 8, 2048)
+    );
+    let mut vm = Vm::boot(
+        rig.dir.path(),
+        "fio",
+        &scenario,
+        &[NbdDisk { socket: &sock }],
+    );
+    vm.step("FIO", limit(90));
+    log(
+        t0,
+        test,
+        "guest data written; fio with verification running",
+    );
+
+    let new: Vec<_> = (2..4)
+        .map(|i| rig.spare(&format!("m{i}.img"), 256 * MIB))
+        .collect();
+    assert_eq!(rig.add_grow(&new[0]), 2);
+    assert_eq!(rig.add_grow(&new[1]), 3);
+    let out = run_ok(rig.cmd().args([
+        "convert",
+        "--level",
+        "raid5",
+        "--background",
+        "--rate",
+        "20M",
+    ]));
+    log(
+        t0,
+        test,
+        &format!("convert: {}", out.trim().replace('\n', " / ")),
+    );
+    let st = rig.status();
+    assert_eq!(st["level"], "raid5", "{st:#}");
+    assert_eq!(st["reshape"]["running"], true, "{st:#}");
+    let st = rig.wait_status("the conversion under the guest", limit(60), |s| {
+        s["reshape"]["running"] != true && s["chunks_to_move"] == 0
+    });
+    assert_eq!(st["health"], "ok", "{st:#}");
+    assert_eq!(st["tolerance"], 1, "{st:#}");
+    assert!(
+        !vm.console().contains("DAMOCLES-VM: FAIL"),
+        "{}",
+        vm.console()
+    );
+    log(
+        t0,
+        test,
+        &format!("converted to raid5 ({} bytes moved)", st["reshape"]["done"]),
+    );
+    vm.send("converted");
+    vm.step("CONVERTED-OK", limit(90));
+    rig.fail(0);
+    let st = rig.status();
+    assert_eq!(st["health"], "degraded", "{st:#}");
+    vm.send("failed");
+    let con = vm.pass(limit(90));
+    assert!(con.contains("degraded: files and fio data verify"), "{con}");
+    let runs = con
+        .lines()
+        .find(|l| l.starts_with("fio write+verify runs"))
+        .unwrap_or("");
+    log(
+        t0,
+        test,
+        &format!("member 0 failed; guest verified everything ({runs})"),
+    );
 }

@@ -99,7 +99,10 @@ fn probe_kvm() -> &'static str {
     let mut vm = Vm::boot_with(dir.path(), "probe", "true\n", &[], "kvm");
     match vm.wait_for(PASS, KVM_PROBE) {
         Ok(_) => {
-            eprintln!("vm: KVM probe booted in {:.1} s", t0.elapsed().as_secs_f64());
+            eprintln!(
+                "vm: KVM probe booted in {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
             vm.wait_exit(Duration::from_secs(10));
             "kvm"
         }
@@ -139,7 +142,12 @@ impl Vm {
     fn boot_with(dir: &Path, name: &str, scenario: &str, disks: &[NbdDisk], accel: &str) -> Vm {
         let img = image();
         let initrd = dir.join(format!("{name}.initrd"));
-        write_initrd(&img.initrd, scenario, &dir.join(format!("{name}.scn")), &initrd);
+        write_initrd(
+            &img.initrd,
+            scenario,
+            &dir.join(format!("{name}.scn")),
+            &initrd,
+        );
         let serial = dir.join(format!("{name}.serial"));
         let ctl_path = dir.join(format!("{name}.ctl"));
         let mut c = Command::new("qemu-system-x86_64");
@@ -231,8 +239,8 @@ impl Vm {
     }
 
     fn report(&self) -> String {
-        let qerr = std::fs::read_to_string(self.serial.with_extension("qemu.stderr"))
-            .unwrap_or_default();
+        let qerr =
+            std::fs::read_to_string(self.serial.with_extension("qemu.stderr")).unwrap_or_default();
         format!(
             "--- console ---\n{}\n--- qemu stderr ---\n{qerr}",
             self.console()
@@ -242,9 +250,10 @@ impl Vm {
     /// Sends one line to the guest's `wait_host`.
     pub fn send(&mut self, line: &str) {
         if self.ctl.is_none() {
-            self.ctl = Some(UnixStream::connect(&self.ctl_path).unwrap_or_else(|e| {
-                panic!("connecting {}: {e}", self.ctl_path.display())
-            }));
+            self.ctl = Some(
+                UnixStream::connect(&self.ctl_path)
+                    .unwrap_or_else(|e| panic!("connecting {}: {e}", self.ctl_path.display())),
+            );
         }
         let s = self.ctl.as_mut().unwrap();
         s.write_all(format!("{line}\n").as_bytes()).unwrap();
