@@ -15,6 +15,9 @@
 //!   both SIGKILLed in the middle of a raid0 -> raid5 conversion while the guest writes;
 //!   the restarted server finishes the conversion, the guest boots again, `e2fsck -fn` is
 //!   clean and every file it had synced verifies.
+//! - `kernel_nbd_client_in_the_guest_on_a_damocles_it_serves`: damocles inside the guest on
+//!   its loopback, the guest kernel's `nbd-client -C 4` on /dev/nbd0, ext4 + fio verify,
+//!   a member failed and a spare rebuilt underneath.
 //!
 //! One VM at a time. The accelerator (KVM if a probe boot works, else TCG) is printed.
 
@@ -428,4 +431,81 @@ done
         test,
         "the guest booted again: e2fsck clean, every synced file verifies",
     );
+}
+
+#[test]
+fn kernel_nbd_client_in_the_guest_on_a_damocles_it_serves() {
+    let test = "kernel-nbd";
+    if !vm_ready(test) || !require_tools(test, &["strip"]) {
+        return;
+    }
+    let _one = guest::serial();
+    let t0 = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("damocles-vm.")
+        .tempdir()
+        .unwrap();
+    // damocles runs inside the guest, on its loopback, over members in its tmpfs; the
+    // guest's kernel nbd client attaches /dev/nbd0 with 4 connections.
+    let fio = "fio --name=k --filename=/mnt/k.dat --size=24M --bs=64k --rw=write \
+               --ioengine=psync --direct=1 --verify=crc32c --verify_fatal=1";
+    let scenario = format!(
+        r#"export XDG_RUNTIME_DIR=/run
+ip link set lo up || fail "lo up"
+for i in 0 1 2 3; do truncate -s 96M /tmp/m$i.img || fail truncate; done
+damocles create --level raid5 --name g /tmp/m0.img /tmp/m1.img /tmp/m2.img /tmp/m3.img || fail create
+damocles serve --listen 127.0.0.1:10809 /tmp/m0.img /tmp/m1.img /tmp/m2.img /tmp/m3.img > /tmp/serve.out 2>&1 &
+n=0
+until grep -q '^serving ' /tmp/serve.out; do
+    n=$((n + 1)); [ $n -gt 60 ] && {{ cat /tmp/serve.out; fail "damocles serve did not start"; }}
+    sleep 1
+done
+nbd-client 127.0.0.1 10809 /dev/nbd0 -N g -C 4 || fail "nbd-client -C 4"
+mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 /dev/nbd0 || fail mkfs
+mount -t ext4 /dev/nbd0 /mnt || fail mount
+{fio} > /tmp/fio.out 2>&1 || {{ cat /tmp/fio.out; fail "fio on /dev/nbd0"; }}
+step FIO-OK
+damocles fail 1 || fail "damocles fail 1"
+damocles status --json | tr -d ' \n' | grep -q '"health":"degraded"' || {{ damocles status; fail "not degraded after fail 1"; }}
+echo 3 > /proc/sys/vm/drop_caches
+{fio} --verify_only > /tmp/fio.out 2>&1 || {{ cat /tmp/fio.out; fail "fio verify degraded"; }}
+truncate -s 96M /tmp/s.img
+damocles add /tmp/s.img || fail "damocles add"
+n=0
+until damocles status --json | tr -d ' \n' | grep -q '"health":"ok"'; do
+    n=$((n + 1)); [ $n -gt 120 ] && {{ damocles status; fail "no rebuild to health ok"; }}
+    sleep 1
+done
+damocles status | sed 's/^/status: /'
+echo 3 > /proc/sys/vm/drop_caches
+{fio} --verify_only > /tmp/fio.out 2>&1 || {{ cat /tmp/fio.out; fail "fio verify after the rebuild"; }}
+umount /mnt || fail umount
+e2fsck -fn /dev/nbd0 || fail "e2fsck found problems"
+nbd-client -d /dev/nbd0 || fail "nbd-client -d"
+echo "kernel nbd: fio verifies clean, degraded and rebuilt"
+{NO_IO_ERRORS}"#
+    );
+    let mut vm = Vm::boot_with_damocles(dir.path(), "knbd", &scenario);
+    vm.step("FIO-OK", limit(120));
+    log(
+        t0,
+        test,
+        "ext4 + fio verify on the guest's /dev/nbd0 (-C 4)",
+    );
+    let con = vm.pass(limit(120));
+    assert!(
+        con.contains("kernel nbd: fio verifies clean, degraded and rebuilt"),
+        "{con}"
+    );
+    let status: Vec<&str> = con
+        .lines()
+        .filter_map(|l| l.strip_prefix("status: "))
+        .filter(|l| l.contains("health") || l.contains("rebuild"))
+        .collect();
+    assert!(!status.is_empty(), "{con}");
+    let what = format!(
+        "member failed and rebuilt underneath: fio verifies, e2fsck clean ({})",
+        status.join(" / ")
+    );
+    log(t0, test, &what);
 }

@@ -139,6 +139,21 @@ impl Vm {
         Vm::boot_with(dir, name, scenario, disks, accel())
     }
 
+    /// Like `boot`, with this build's `damocles` binary (stripped) at /bin/damocles in the
+    /// guest: the image's glibc is Debian's, as on the host it was built on.
+    pub fn boot_with_damocles(dir: &Path, name: &str, scenario: &str) -> Vm {
+        let scn = dir.join(format!("{name}.scn"));
+        std::fs::create_dir_all(scn.join("bin")).unwrap();
+        let o = crate::interop_support::run(
+            Command::new("strip")
+                .arg("-o")
+                .arg(scn.join("bin/damocles"))
+                .arg(crate::interop_support::bin()),
+        );
+        assert!(o.status.success(), "strip damocles: {}", text(&o));
+        Vm::boot_with(dir, name, scenario, &[], accel())
+    }
+
     fn boot_with(dir: &Path, name: &str, scenario: &str, disks: &[NbdDisk], accel: &str) -> Vm {
         let img = image();
         let initrd = dir.join(format!("{name}.initrd"));
@@ -310,7 +325,10 @@ fn write_initrd(base: &Path, scenario: &str, scn_dir: &Path, out: &Path) {
     std::fs::write(scn_dir.join("scenario.sh"), scenario).unwrap();
     // Compressed like the base archive: the kernel takes a gzip segment after a gzip one.
     let o = Command::new("sh")
-        .args(["-c", "echo scenario.sh | cpio -o -H newc --quiet | gzip -1"])
+        .args([
+            "-c",
+            "find . -mindepth 1 | cpio -o -H newc --quiet | gzip -1",
+        ])
         .current_dir(scn_dir)
         .stdin(Stdio::null())
         .output()
