@@ -20,6 +20,15 @@ deps=(
     sync:coreutils
     cmp:diffutils
     nbdkit:nbdkit
+    # The VM suite (crates/cli/tests/vm.rs): QEMU, and what builds the guest image from
+    # Debian packages (apt-get download, unpacked, never installed).
+    qemu-system-x86_64:qemu-system-x86
+    cpio:cpio
+    gzip:gzip
+    xz:xz-utils
+    depmod:kmod
+    readelf:binutils
+    dpkg-deb:dpkg
 )
 
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -33,15 +42,22 @@ for d in "${deps[@]}"; do
     fi
 done
 
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    sudo=(sudo)
+fi
+
+# The guest image is built from the package lists: without them apt-get download fails.
+if ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
+    echo "no package lists know linux-image-amd64 (VM suite guest image): apt-get update"
+    "${sudo[@]}" apt-get update
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
     echo "interop test tools: all present"
     exit 0
 fi
 
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-    sudo=(sudo)
-fi
 pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
 "${sudo[@]}" apt-get update
 # shellcheck disable=SC2086
