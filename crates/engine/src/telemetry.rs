@@ -54,6 +54,11 @@ impl Telemetry {
         }
     }
 
+    /// Whether events go anywhere besides the log.
+    pub fn has_sink(&self) -> bool {
+        self.sink.read().is_some()
+    }
+
     pub fn note(&self, note: String) {
         self.notes.lock().push(note);
     }

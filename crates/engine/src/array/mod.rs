@@ -47,7 +47,8 @@ impl Array {
         let mut found = meta::assemble(devs, &opts)?;
         let journal = found.journal.take();
         let budget = opts.dirty_budget.unwrap_or_else(default_budget).max(4096);
-        let data = Data::new(Meta::new(found, opts.read_only));
+        let checksums = found.checksums;
+        let data = Data::new(Meta::new(found, opts.read_only), checksums);
         let array = Array {
             inner: Jobs::new(Txg::new(data, journal, budget)),
         };

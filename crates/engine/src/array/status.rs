@@ -153,10 +153,7 @@ impl Array {
         let (scrub_running, reshape) = {
             let j = self.jobs.lock();
             (
-                j.slot(JobKind::Scrub)
-                    .running
-                    .then(|| j.slot(JobKind::Scrub).ctl.as_ref().map(|c| c.progress()))
-                    .flatten(),
+                j.running(JobKind::Scrub).map(|c| c.progress()),
                 j.slot(JobKind::Reshape).ctl.as_ref().map(|c| JobStatus {
                     running: j.slot(JobKind::Reshape).running,
                     progress: c.progress(),

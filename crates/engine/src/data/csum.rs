@@ -188,17 +188,7 @@ impl Csums {
             }
             at += BLOCK;
         }
-        let cache = self.cache.lock();
-        touched
-            .into_iter()
-            .filter_map(|cb| {
-                cache.get(&(member, cb)).map(|v| MemberWrite {
-                    member,
-                    offset: self.block_offset(member, cb),
-                    data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                })
-            })
-            .collect()
+        self.block_writes(member, &touched)
     }
 
     /// Sets the cached checksums of `data` written at `off` on `member` (outside the journal,

@@ -47,8 +47,9 @@ impl Deref for Data {
 }
 
 impl Data {
-    pub(crate) fn new(meta: Meta) -> Data {
-        let csums = meta.checksums.then(|| {
+    /// The data layer over `meta`; `checksums`: the superblock says blocks have CRCs.
+    pub(crate) fn new(meta: Meta, checksums: bool) -> Data {
+        let csums = checksums.then(|| {
             let st = meta.store.lock();
             Csums::new(
                 meta.sb_layout.data_offset,

@@ -67,6 +67,12 @@ impl JobState {
         &self.slots[slot_of(kind)]
     }
 
+    /// The control of the job of `kind` running now, if any.
+    pub fn running(&self, kind: JobKind) -> Option<&Arc<JobControl>> {
+        let s = self.slot(kind);
+        s.ctl.as_ref().filter(|_| s.running)
+    }
+
     fn slot_mut(&mut self, kind: JobKind) -> &mut Slot {
         &mut self.slots[slot_of(kind)]
     }
@@ -132,9 +138,7 @@ impl Jobs {
 
     /// The job of `kind` running now, if any.
     pub(crate) fn running(&self, kind: JobKind) -> Option<Arc<JobControl>> {
-        let j = self.jobs.lock();
-        let s = j.slot(kind);
-        s.running.then(|| s.ctl.clone()).flatten()
+        self.jobs.lock().running(kind).cloned()
     }
 
     /// Lets jobs start by themselves through `spawn`, at `rate` bytes/s.

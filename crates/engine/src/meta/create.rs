@@ -285,8 +285,8 @@ fn plan(devs: &[Dev], opts: &CreateOptions, template: Template) -> Result<Plan> 
 
 /// Superblocks, generation 1 in slot 1, a zeroed slot 0, journal headers and checksum area.
 fn write_labels(devs: &[Dev], plan: &Plan) -> Result<()> {
-    let Plan {
-        meta,
+    let &Plan {
+        ref meta,
         array_uuid,
         created,
         checksums,
@@ -296,14 +296,6 @@ fn write_labels(devs: &[Dev], plan: &Plan) -> Result<()> {
         journal_size,
         data_offset,
     } = plan;
-    let (array_uuid, created, checksums) = (*array_uuid, *created, *checksums);
-    let (slot_offset, slot_size, journal_offset, journal_size, data_offset) = (
-        *slot_offset,
-        *slot_size,
-        *journal_offset,
-        *journal_size,
-        *data_offset,
-    );
     let payload = meta.encode();
     let slot = format::encode_slot(array_uuid, 1, 1, &payload);
     let zero_hdr = vec![0u8; 4096];

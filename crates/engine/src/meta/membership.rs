@@ -25,7 +25,12 @@ impl Meta {
         message: String,
     ) {
         let device = member.and_then(|m| self.set.device_name(m));
-        let array = self.store.lock().meta.name.clone();
+        // The log does not show the name: take the metadata lock only for a sink.
+        let array = if self.tel.has_sink() {
+            self.store.lock().meta.name.clone()
+        } else {
+            String::new()
+        };
         self.tel.send(Event {
             event,
             array,

@@ -112,8 +112,6 @@ pub struct Meta {
     /// The members' common superblock layout.
     pub(crate) sb_layout: Superblock,
     pub(crate) chunk_size: u64,
-    /// Per-block checksums are kept (the superblock flag).
-    pub(crate) checksums: bool,
     pub(crate) set: MemberSet,
     pub(crate) store: MetaStore,
     pub(crate) tel: Telemetry,
@@ -126,7 +124,6 @@ impl Meta {
             uuid: a.uuid,
             read_only,
             chunk_size: a.meta.map.chunk_size,
-            checksums: a.checksums,
             sb_layout: a.sb,
             set: MemberSet::new(a.slots, a.usable),
             store: MetaStore::new(a.meta, a.generation),
