@@ -1,17 +1,44 @@
 //! Turning MEMBER paths into opened member devices.
 
 use anyhow::{bail, Context, Result};
-use damocles_engine::{Array, AssembleOptions, Dev, FileMember, OpenMode};
+use damocles_engine::{Array, AssembleOptions, Dev, FileMember, OpenMode, DEFAULT_FAIL};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Opens each path once; the same file or device named twice is an error.
+/// Opens each path once; the same file or device named twice is an error, and so is a
+/// path that does not answer within the default fail limit.
 pub fn open(paths: &[PathBuf], mode: OpenMode) -> Result<Vec<Dev>> {
+    let opened = open_within(paths, mode, DEFAULT_FAIL)?;
+    opened
+        .into_iter()
+        .zip(paths)
+        .map(|(d, p)| {
+            d.with_context(|| {
+                format!(
+                    "{}: no answer within {} s",
+                    p.display(),
+                    DEFAULT_FAIL.as_secs()
+                )
+            })
+        })
+        .collect()
+}
+
+/// Opens each path once (the same file or device twice is an error); a path whose
+/// `stat` or `open` does not answer within `limit` (a hung disk, a stopped FUSE server)
+/// is `None`, its thread left behind.
+pub fn open_within(paths: &[PathBuf], mode: OpenMode, limit: Duration) -> Result<Vec<Option<Dev>>> {
     let mut seen: Vec<((u64, u64), &PathBuf)> = Vec::new();
     let mut devs = Vec::with_capacity(paths.len());
     for p in paths {
-        let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
+        let path = p.clone();
+        let Some(meta) = within(limit, move || std::fs::metadata(&path))? else {
+            devs.push(None);
+            continue;
+        };
+        let meta = meta.with_context(|| format!("{}", p.display()))?;
         // Block devices are identified by their device number, files by inode.
         let id = if meta.file_type_is_block() {
             (meta.rdev(), 0)
@@ -26,10 +53,32 @@ pub fn open(paths: &[PathBuf], mode: OpenMode) -> Result<Vec<Dev>> {
             );
         }
         seen.push((id, p));
-        let m = FileMember::open(p, mode).with_context(|| format!("{}", p.display()))?;
-        devs.push(Arc::new(m) as Dev);
+        let path = p.clone();
+        match within(limit, move || FileMember::open(&path, mode))? {
+            None => devs.push(None),
+            Some(m) => {
+                let m = m.with_context(|| format!("{}", p.display()))?;
+                devs.push(Some(Arc::new(m) as Dev));
+            }
+        }
     }
     Ok(devs)
+}
+
+/// Runs `f` on a thread of its own; `None` when it does not return within `limit` (the
+/// thread is left to finish or hang).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<Option<T>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("damocles-open".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .context("starting a thread to open a member")?;
+    Ok(rx.recv_timeout(limit).ok())
 }
 
 trait BlockType {
@@ -54,17 +103,42 @@ pub fn assemble_with(
     read_only: bool,
     dirty_budget: Option<u64>,
 ) -> Result<Array> {
-    let mode = if read_only {
+    assemble_opts(
+        paths,
+        AssembleOptions {
+            read_only,
+            dirty_budget,
+            ..Default::default()
+        },
+    )
+}
+
+/// Opens and assembles the array on `paths` with `opts`. A member that does not answer
+/// within the fail limit is left out (the array assembles without it, degraded) and the
+/// log says so.
+pub fn assemble_opts(paths: &[PathBuf], opts: AssembleOptions) -> Result<Array> {
+    let mode = if opts.read_only {
         OpenMode::ReadOnly
     } else {
         OpenMode::ReadWrite
     };
-    let devs = open(paths, mode)?;
-    Ok(Array::assemble(
-        devs,
-        AssembleOptions {
-            read_only,
-            dirty_budget,
-        },
-    )?)
+    let limit = opts.limits().1;
+    let mut devs = Vec::with_capacity(paths.len());
+    for (d, p) in open_within(paths, mode, limit)?.into_iter().zip(paths) {
+        match d {
+            Some(d) => devs.push(d),
+            None => tracing::warn!(
+                "{}: no answer within the fail limit ({} s): assembling without it",
+                p.display(),
+                limit.as_secs_f64()
+            ),
+        }
+    }
+    if devs.is_empty() {
+        bail!(
+            "none of the members answered within {} s",
+            limit.as_secs_f64()
+        );
+    }
+    Ok(Array::assemble(devs, opts)?)
 }

@@ -103,6 +103,10 @@ pub enum Error {
     /// A job of this kind is already running.
     #[error("a {0} is already running")]
     Busy(JobKind),
+    /// A read passed the member's slow limit; the engine reads the other members instead
+    /// (callers of the engine do not see it unless no other member could answer).
+    #[error("{device} did not answer within the slow limit")]
+    Slow { device: String },
     /// A worker thread of the engine panicked: a bug, not the caller's fault.
     #[error("internal error: {0}")]
     Internal(String),

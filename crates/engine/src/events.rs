@@ -8,6 +8,8 @@ use std::sync::Arc;
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     MemberFailed,
+    /// A member's p99 latency stayed over the slow limit for a minute.
+    MemberSlow,
     SpareActivated,
     MemberAdded,
     MemberRemoved,

@@ -42,7 +42,10 @@ pub use jobs::{
 };
 pub use layout::chunkmap::Template;
 pub use layout::profile::{Level, Profile};
-pub use member::{Dev, FileMember, MemMember, MemberDevice, OpenMode};
+pub use member::{
+    filesystem_free, reserve_file, unallocated_bytes, Dev, FileMember, Guarded, MemMember,
+    MemberDevice, MemberIo, OpenMode, DEFAULT_FAIL, DEFAULT_SLOW,
+};
 pub use meta::backup;
 pub use meta::{read_superblock, AssembleOptions, CreateOptions, DEFAULT_STRIPE_UNIT};
 pub use ondisk::metadata::MemberState;

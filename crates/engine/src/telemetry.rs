@@ -43,7 +43,7 @@ impl Telemetry {
             EventKind::Unrecoverable => {
                 tracing::error!(?event, ?member, ?device, ?offset, "{message}")
             }
-            EventKind::MemberFailed | EventKind::ChecksumRepaired => {
+            EventKind::MemberFailed | EventKind::MemberSlow | EventKind::ChecksumRepaired => {
                 tracing::warn!(?event, ?member, ?device, ?offset, "{message}")
             }
             _ => tracing::info!(?event, ?member, ?device, "{message}"),

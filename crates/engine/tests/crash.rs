@@ -186,6 +186,7 @@ fn assemble(devs: Vec<Dev>, budget: u64) -> damocles_engine::Result<Array> {
         AssembleOptions {
             read_only: false,
             dirty_budget: Some(budget),
+            ..Default::default()
         },
     )
 }

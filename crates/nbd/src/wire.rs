@@ -150,6 +150,9 @@ impl NbdErrno {
         match e.kind() {
             io::ErrorKind::PermissionDenied => NbdErrno::Perm,
             io::ErrorKind::InvalidInput => NbdErrno::Inval,
+            io::ErrorKind::StorageFull
+            | io::ErrorKind::QuotaExceeded
+            | io::ErrorKind::FileTooLarge => NbdErrno::NoSpc,
             // ENOMEM is discouraged by the spec; the client should retry on EIO anyway.
             io::ErrorKind::OutOfMemory => NbdErrno::NoMem,
             // ENOTSUP is reserved for fast-zero, so an unsupported op is EINVAL.

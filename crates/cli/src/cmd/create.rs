@@ -43,6 +43,11 @@ pub struct Args {
     /// without it is refused, since it may hold the newest writes.
     #[arg(long, value_name = "DEVICE")]
     journal: Option<PathBuf>,
+    /// Keep member files sparse instead of reserving their space. A sparse member's writes
+    /// fail with ENOSPC when its filesystem fills up (the array keeps the member and the
+    /// client gets ENOSPC), so only use this where the space is certain to be there.
+    #[arg(long)]
+    sparse: bool,
     /// Members (at least 2; raid5 3, raid6 4, raid10 4).
     #[arg(required = true, value_name = "MEMBER")]
     members: Vec<PathBuf>,
@@ -63,6 +68,10 @@ pub fn run(a: Args) -> Result<()> {
     o.force = a.force;
     o.journal = !a.no_journal;
     o.journal_device = journal_device;
+    if !a.sparse {
+        // Allocating changes no byte of the members: safe before `create` checks them.
+        reserve(&paths)?;
+    }
     let array = Array::create(devs, &o)?;
     let st = array.status();
     let name = if st.name.is_empty() {
@@ -86,10 +95,42 @@ pub fn run(a: Args) -> Result<()> {
             j.display()
         );
     }
+    if a.sparse {
+        println!(
+            "warning: member files kept sparse: a write finds no room if their filesystem fills up"
+        );
+    }
     if a.no_journal {
         println!(
             "warning: no write journal: a power cut during a write can damage that stripe's parity"
         );
+    }
+    Ok(())
+}
+
+/// Allocates the space of member files (block devices need nothing). A filesystem that
+/// cannot allocate ahead (FUSE, some network filesystems) gets a warning.
+fn reserve(paths: &[PathBuf]) -> Result<()> {
+    for p in paths {
+        let holes = damocles_engine::unallocated_bytes(p)?.unwrap_or(0);
+        if holes == 0 {
+            continue;
+        }
+        match damocles_engine::reserve_file(p) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => anyhow::bail!(
+                "{}: its filesystem cannot hold it ({} more needed, {} free): free space \
+                 there, or create with --sparse to accept ENOSPC when it fills; nothing was \
+                 written",
+                p.display(),
+                units::human(holes),
+                units::human(damocles_engine::filesystem_free(p).unwrap_or(0))
+            ),
+            Err(e) => eprintln!(
+                "warning: {}: cannot reserve its space ({e}); it stays sparse",
+                p.display()
+            ),
+        }
     }
     Ok(())
 }

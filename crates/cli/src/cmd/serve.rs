@@ -4,7 +4,7 @@ use crate::blockdev::ArrayDevice;
 use crate::control::server::{ControlServer, Shared};
 use crate::{control, hook, members, units};
 use anyhow::{bail, Context, Result};
-use damocles_engine::{Array, Event, Health, Status};
+use damocles_engine::{Array, AssembleOptions, Event, Health, Status};
 use damocles_nbd::{BlockDevice, Listener, ServerConfig};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -54,6 +54,19 @@ pub struct ServeOpts {
     /// start by themselves when a member fails or a spare is added.
     #[arg(long, default_value = "200M", value_parser = crate::units::parse_size, value_name = "RATE")]
     pub rebuild_rate: u64,
+    /// A member read that takes longer than this is answered from the other members when
+    /// the array's redundancy allows (the slow read stays counted in flight).
+    #[arg(long, default_value = "2s", value_parser = crate::units::parse_duration, value_name = "TIME")]
+    pub slow_limit: Duration,
+    /// A member that does not answer a request within this is failed as on an I/O error
+    /// (recorded on the other members, event sent, rebuild onto a spare); without
+    /// redundancy left, the request gets EIO.
+    #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration, value_name = "TIME")]
+    pub fail_limit: Duration,
+    /// On SIGTERM/SIGINT, how long to try to flush before giving up: what was not flushed
+    /// is logged and the exit status is 1.
+    #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration, value_name = "TIME")]
+    pub shutdown_limit: Duration,
 }
 
 /// Assemble the array on MEMBER... and serve it over NBD.
@@ -73,8 +86,50 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let array = members::assemble_with(&a.members, a.opts.read_only, a.opts.dirty_budget)?;
+    warn_sparse(&a.members);
+    let array = members::assemble_opts(
+        &a.members,
+        AssembleOptions {
+            read_only: a.opts.read_only,
+            dirty_budget: a.opts.dirty_budget,
+            slow_limit: Some(a.opts.slow_limit),
+            fail_limit: Some(a.opts.fail_limit),
+        },
+    )?;
     serve(Arc::new(array), &a.opts, |_| {})
+}
+
+/// Warns when sparse member files could not all be filled on their filesystems: writes
+/// there would get ENOSPC.
+fn warn_sparse(paths: &[PathBuf]) {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    let mut by_fs: HashMap<u64, (u64, u64, Vec<String>)> = HashMap::new();
+    for p in paths {
+        let (Ok(Some(holes)), Ok(meta)) =
+            (damocles_engine::unallocated_bytes(p), std::fs::metadata(p))
+        else {
+            continue;
+        };
+        if holes == 0 {
+            continue;
+        }
+        let free = damocles_engine::filesystem_free(p).unwrap_or(u64::MAX);
+        let e = by_fs.entry(meta.dev()).or_insert((0, free, Vec::new()));
+        e.0 += holes;
+        e.2.push(p.display().to_string());
+    }
+    for (holes, free, names) in by_fs.values() {
+        if holes > free {
+            eprintln!(
+                "warning: sparse members {} need {} more to be filled, but their filesystem has {} \
+                 free: writes will get ENOSPC when it fills (the members stay in service)",
+                names.join(", "),
+                units::human(*holes),
+                units::human(*free)
+            );
+        }
+    }
 }
 
 fn tcp_addrs(listen: &str, allow_remote: bool) -> Result<Vec<SocketAddr>> {
@@ -135,6 +190,10 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         .context("starting the runtime")?;
     // Buffered writes reach the members within a few seconds even if no client flushes.
     array.spawn_flusher(std::time::Duration::from_secs(5));
+    // Member requests are held to the limits: a member that hangs is failed, not waited for.
+    array.set_limits(o.slow_limit, o.fail_limit);
+    array.spawn_watch();
+    let weak = Arc::downgrade(&array);
     let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array.clone()));
     let control_line = control
         .as_ref()
@@ -155,7 +214,7 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         ready(&uri);
         use std::io::Write;
         std::io::stdout().flush().ok();
-        let stop = stop_on_signal();
+        let stop = stop_on_signal(weak, o.shutdown_limit);
         let r = damocles_nbd::serve(vec![listener], dev, Arc::new(cfg), stop).await;
         if let Some(p) = &o.socket {
             let _ = std::fs::remove_file(p);
@@ -163,12 +222,13 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         r.context("NBD server")
     });
     drop(control);
-    close_array(array, &shared);
+    let closed = close_array(array, &shared);
     drop(rt);
     if let Some(w) = hook_worker {
         w.finish(Duration::from_secs(5));
     }
     result?;
+    closed?;
     eprintln!("stopped; all writes flushed");
     Ok(())
 }
@@ -288,7 +348,12 @@ async fn listen(o: &ServeOpts, export: &str) -> Result<(Listener, String)> {
 
 /// A channel that turns true at the first SIGINT or SIGTERM (the NBD server's stop
 /// signal). Must be called inside the runtime.
-fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+/// Stops on SIGINT/SIGTERM; a stop that has not ended `limit` after the signal (a member
+/// that does not answer the final flush) logs what was not flushed and exits 1.
+fn stop_on_signal(
+    array: std::sync::Weak<Array>,
+    limit: Duration,
+) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -304,13 +369,28 @@ fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
         }
         eprintln!("stopping: finishing in-flight requests and flushing");
         let _ = tx.send(true);
+        let spawned = std::thread::Builder::new()
+            .name("damocles-stop".into())
+            .spawn(move || {
+                std::thread::sleep(limit);
+                let dirty = array.upgrade().map(|a| a.dirty_bytes()).unwrap_or(0);
+                eprintln!(
+                    "error: stopping did not finish within {} s (--shutdown-limit); {dirty} \
+                     bytes written by clients were not flushed",
+                    limit.as_secs_f64()
+                );
+                std::process::exit(1);
+            });
+        if spawned.is_err() {
+            eprintln!("warning: no thread to bound the stop");
+        }
     });
     rx
 }
 
 /// Stops the jobs at a checkpoint and closes the array here (its final commit) rather than
 /// wherever the last job thread lets go of it; waits at most [`JOB_STOP_WAIT`] for them.
-fn close_array(array: Arc<Array>, shared: &Shared) {
+fn close_array(array: Arc<Array>, shared: &Shared) -> Result<()> {
     shared.cancel_jobs(&array);
     let start = Instant::now();
     while Arc::strong_count(&array) > 1 && start.elapsed() < JOB_STOP_WAIT {
@@ -323,7 +403,35 @@ fn close_array(array: Arc<Array>, shared: &Shared) {
             JOB_STOP_WAIT.as_secs()
         );
     }
+    let failed = |a: &Array| -> Vec<usize> {
+        a.status()
+            .members
+            .iter()
+            .filter(|m| m.state == damocles_engine::MemberHealth::Failed)
+            .map(|m| m.index)
+            .collect()
+    };
+    let before = failed(&array);
+    let flushed = if array.is_read_only() {
+        Ok(())
+    } else {
+        array.flush()
+    };
+    let newly: Vec<usize> = failed(&array)
+        .into_iter()
+        .filter(|i| !before.contains(i))
+        .collect();
     drop(array);
+    flushed.context("the final flush failed; what was not flushed is replayed from the journal at the next start if it reached it")?;
+    if !newly.is_empty() {
+        bail!(
+            "member{} {newly:?} did not answer the final flush and {} marked failed; the \
+             data is flushed on the others",
+            if newly.len() > 1 { "s" } else { "" },
+            if newly.len() > 1 { "were" } else { "was" }
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

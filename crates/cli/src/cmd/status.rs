@@ -187,6 +187,55 @@ fn member_lines(st: &Status) -> Vec<String> {
             lines.push(format!("      reason: {r}"));
         }
     }
+    lines.extend(member_io_lines(st));
+    lines
+}
+
+/// Per member: requests in flight and the oldest one's age, latency over the last minute,
+/// slow reads, timeouts and errors by kind (none shown when no member has figures).
+fn member_io_lines(st: &Status) -> Vec<String> {
+    let us = |v: Option<u64>| match v {
+        None => "-".to_string(),
+        Some(v) if v >= 10_000 => format!("{} ms", v / 1000),
+        Some(v) => format!("{v} us"),
+    };
+    let rows: Vec<String> = st
+        .members
+        .iter()
+        .filter_map(|m| m.io.as_ref().map(|io| (m.index, io)))
+        .map(|(i, io)| {
+            format!(
+                "  {:>2}  {:>8} {:>9} {:>9} {:>9} {:>6} {:>8}  {} read, {} write, {} flush, {} checksum, {} no space",
+                i,
+                io.in_flight,
+                io.oldest_ms.map_or("-".into(), |ms| format!("{ms} ms")),
+                us(io.p50_us),
+                us(io.p99_us),
+                io.slow,
+                io.timeouts,
+                io.read_errors,
+                io.write_errors,
+                io.flush_errors,
+                io.checksum_errors,
+                io.no_space
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return rows;
+    }
+    let mut lines = vec![
+        format!(
+            "member requests (last minute; slow limit {} ms, fail limit {} s):",
+            st.slow_limit_ms,
+            st.fail_limit_ms as f64 / 1000.0
+        ),
+        format!(
+            "   #  {:>8} {:>9} {:>9} {:>9} {:>6} {:>8}  errors",
+            "inflight", "oldest", "p50", "p99", "slow", "timeouts"
+        ),
+    ];
+    lines.extend(rows);
     lines
 }
 

@@ -30,6 +30,7 @@ pub fn default_path(uuid: &str) -> PathBuf {
 /// A connection to one server.
 pub struct Client {
     path: PathBuf,
+    timeout: Duration,
     reader: BufReader<UnixStream>,
     out: UnixStream,
 }
@@ -42,6 +43,7 @@ impl Client {
         s.set_write_timeout(Some(timeout))?;
         Ok(Client {
             path: path.to_path_buf(),
+            timeout,
             reader: BufReader::new(s.try_clone()?),
             out: s,
         })
@@ -63,7 +65,21 @@ impl Client {
         let line = serde_json::to_string(req)?;
         writeln!(self.out, "{line}").with_context(lost)?;
         let mut resp = String::new();
-        let n = self.reader.read_line(&mut resp).with_context(lost)?;
+        let n = match self.reader.read_line(&mut resp) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!(
+                    "the server at {} did not answer within {} s",
+                    self.path.display(),
+                    self.timeout.as_secs_f64()
+                )
+            }
+            r => r.with_context(lost)?,
+        };
         if n == 0 {
             bail!("{}", lost());
         }
@@ -93,11 +109,12 @@ impl Served {
     }
 }
 
-/// Every server answering in `dir`, in path order. Sockets nobody answers on are left over
-/// from a server that was killed: skipped.
-pub fn discover(dir: &Path) -> Vec<Served> {
+/// Every server answering in `dir`, in path order (sockets nobody listens on are left
+/// over from a server that was killed: skipped), and the sockets where a server accepted
+/// but did not answer in time.
+pub fn discover_all(dir: &Path) -> (Vec<Served>, Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let mut paths: Vec<PathBuf> = entries
         .flatten()
@@ -109,19 +126,25 @@ pub fn discover(dir: &Path) -> Vec<Served> {
         })
         .collect();
     paths.sort();
-    paths
-        .into_iter()
-        .filter_map(|path| {
-            let mut c = Client::connect(&path, Duration::from_secs(2)).ok()?;
-            let r = c.call(&Request::Hello {}).ok()?;
-            Some(Served {
+    let (mut served, mut silent) = (Vec::new(), Vec::new());
+    for path in paths {
+        let Ok(mut c) = Client::connect(&path, HELLO_WAIT) else {
+            continue;
+        };
+        match c.call(&Request::Hello {}) {
+            Ok(r) => served.push(Served {
                 name: r.name.unwrap_or_default(),
                 uuid: r.uuid.unwrap_or_default(),
                 path,
-            })
-        })
-        .collect()
+            }),
+            Err(_) => silent.push(path),
+        }
+    }
+    (served, silent)
 }
+
+/// How long a server has to say who it is.
+const HELLO_WAIT: Duration = Duration::from_secs(2);
 
 /// Connects to the served array `array` names (a name, a UUID, or a socket path), or to the
 /// only one served. `usage` shows how to name members instead, for the error message.
@@ -132,7 +155,7 @@ pub fn select(array: Option<&str>, usage: &str) -> Result<Client> {
         return Client::connect(Path::new(a), timeout);
     }
     let dir = default_dir();
-    let served = discover(&dir);
+    let (served, silent) = discover_all(&dir);
     let pick: Vec<&Served> = match array {
         Some(a) => served
             .iter()
@@ -142,6 +165,15 @@ pub fn select(array: Option<&str>, usage: &str) -> Result<Client> {
     };
     match (pick.len(), array) {
         (1, _) => Client::connect(&pick[0].path, timeout),
+        (0, _) if !silent.is_empty() => bail!(
+            "the server at {} did not answer within {} s",
+            silent
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            HELLO_WAIT.as_secs()
+        ),
         (0, None) => bail!(
             "no array is served (no control socket answers in {}); for an array that is not \
              served, name its members: {usage}",

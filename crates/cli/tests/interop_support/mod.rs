@@ -535,6 +535,29 @@ impl Server {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// SIGTERM; panics unless the server exits within `limit`; its exit status.
+    pub fn stop_within(mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id() as i32;
+        // SAFETY: plain syscall on our own child's pid, which has not been reaped yet.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGTERM) },
+            0,
+            "kill -TERM {pid}"
+        );
+        match wait_bounded(&mut child, limit) {
+            Some(s) => s,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "damocles serve did not exit within {limit:?} of SIGTERM\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+        }
+    }
+
     /// SIGTERM, wait (bounded), assert exit status 0.
     pub fn stop(mut self) {
         let mut child = self.child.take().unwrap();

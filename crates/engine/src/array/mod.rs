@@ -15,7 +15,7 @@ use crate::data::Data;
 use crate::error::{Error, JobKind, Result};
 use crate::jobs::{JobControl, Jobs};
 use crate::member::{execute, Dev, Overlay};
-use crate::meta::{self, AssembleOptions, CreateOptions, Meta};
+use crate::meta::{self, AssembleOptions, CreateOptions, Meta, Watch};
 use crate::txg::{default_budget, Txg};
 use std::ops::Deref;
 use std::sync::{Arc, Weak};
@@ -124,6 +124,25 @@ impl Array {
                 let Some(a) = weak.upgrade() else { return };
                 if let Err(e) = a.commit() {
                     tracing::error!("background commit failed: {e}");
+                }
+            })
+            .ok();
+    }
+}
+
+impl Array {
+    /// Starts a thread that holds member requests to the limits (see `meta::Watch`): a
+    /// member past the fail limit is failed, a slow one reported. It ends with the array.
+    pub fn spawn_watch(self: &Arc<Self>) {
+        let weak: Weak<Array> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("damocles-watch".into())
+            .spawn(move || {
+                let mut watch = Watch::default();
+                loop {
+                    std::thread::sleep(Duration::from_millis(250));
+                    let Some(a) = weak.upgrade() else { return };
+                    watch.tick(&a);
                 }
             })
             .ok();

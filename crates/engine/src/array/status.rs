@@ -5,7 +5,7 @@ use super::Array;
 use crate::error::JobKind;
 use crate::jobs::Progress;
 use crate::layout::profile::Level;
-use crate::member::{MemberSlot, Usable};
+use crate::member::{MemberIo, MemberSlot, Usable};
 pub use crate::meta::Health;
 use crate::meta::{chunk_intact, template_tolerance};
 use crate::ondisk::metadata::{ArrayMeta, MemberState};
@@ -45,6 +45,9 @@ pub struct MemberStatus {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replaces: Option<usize>,
+    /// Its requests: in flight, latency, slow reads, timeouts, errors by kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<MemberIo>,
 }
 
 /// Error counters since the array was opened.
@@ -109,6 +112,12 @@ pub struct Status {
     /// Bytes written but not yet committed.
     pub dirty: u64,
     pub members: Vec<MemberStatus>,
+    /// Member requests: a read slower than this is answered from the others.
+    #[serde(default)]
+    pub slow_limit_ms: u64,
+    /// Member requests: a member that does not answer within this is failed.
+    #[serde(default)]
+    pub fail_limit_ms: u64,
     /// Chunks with a slice on a member that is gone (what a rebuild has left to do).
     pub chunks_degraded: usize,
     /// A rebuild in progress (or the last one this process ran).
@@ -160,18 +169,14 @@ impl Array {
                 }),
             )
         };
+        // The committed metadata, not the state lock: a commit may be waiting for a member.
+        let st = self.store.committed();
         let (chunks_to_move, max_size) = {
-            let meta = self.store.lock().meta.clone();
-            let limit = self
-                .chunk_limit(&meta, &meta.map)
-                .max(meta.map.chunks.len());
-            (
-                self.chunks_to_move_in(&meta),
-                limit as u64 * self.chunk_size,
-            )
+            let meta = &st.meta;
+            let limit = self.chunk_limit(meta, &meta.map).max(meta.map.chunks.len());
+            (self.chunks_to_move_in(meta), limit as u64 * self.chunk_size)
         };
         let members_now = self.members();
-        let st = self.store.lock();
         let m = &st.meta;
         let t = m.template;
         let slots = self.set.slots();
@@ -210,6 +215,8 @@ impl Array {
             checksums: self.checksums_enabled(),
             dirty: self.dirty_bytes(),
             members,
+            slow_limit_ms: self.limits().0.as_millis() as u64,
+            fail_limit_ms: self.limits().1.as_millis() as u64,
             chunks_degraded,
             rebuild,
             chunks_to_move,
@@ -272,6 +279,7 @@ fn member_statuses(m: &ArrayMeta, slots: &[MemberSlot], members_now: &Usable) ->
             used: used(index),
             reason: slot.failed.clone(),
             replaces: info.replaces.map(|r| r as usize),
+            io: slot.dev.as_ref().and_then(|d| d.guard()).map(|g| g.io()),
         })
         .collect()
 }

@@ -61,6 +61,7 @@ impl Data {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
+        let dev = self.set.guarded(dev);
         let sb0 = &self.sb_layout;
         if dev.size() < sb0.data_offset + (4 << 20) {
             return Err(Error::Invalid(format!(

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::layout::chunkmap::Chunk;
 use crate::layout::profile::{Level, Profile};
 use crate::layout::stripe::{for_rows, pieces};
-use crate::member::{execute, read, read_vectored, Dev};
+use crate::member::{execute, read, read_hedged, read_vectored, Dev};
 use crate::units::MemberWrite;
 use damocles_parity::gf;
 use std::collections::HashMap;
@@ -32,11 +32,13 @@ fn unavailable(idx: usize, what: &str) -> Error {
 impl Data {
     /// Reads what the members hold. Blocks for which `dirty(volume block)` is true are not
     /// verified against their checksums (newer data is laid over them).
+    /// `view`: the members to read (the usable set, less members passed over as slow).
     pub(crate) fn read_members(
         &self,
         buf: &mut [u8],
         offset: u64,
         dirty: &dyn Fn(u64) -> bool,
+        view: &[Option<Dev>],
     ) -> Result<()> {
         for (idx, co, pos, n) in pieces(self.chunk_size, offset, buf.len()) {
             let chunk = self.store.chunk(idx);
@@ -44,7 +46,7 @@ impl Data {
             match chunk {
                 None => dst.fill(0),
                 Some(c) => {
-                    let direct = self.read_chunk_raw(idx, &c, co, dst)?;
+                    let direct = self.read_chunk_raw(idx, &c, co, dst, view)?;
                     if self.csums.is_some() {
                         self.verify_direct(idx, &c, co, dst, &direct, dirty)?;
                     }
@@ -56,7 +58,8 @@ impl Data {
 
     /// Reads part of a chunk (no checksum verification).
     pub(crate) fn read_chunk(&self, idx: usize, c: &Chunk, co: u64, buf: &mut [u8]) -> Result<()> {
-        self.read_chunk_raw(idx, c, co, buf).map(|_| ())
+        self.read_chunk_raw(idx, c, co, buf, &self.members())
+            .map(|_| ())
     }
 
     fn dev<'m>(members: &'m [Option<Dev>], c: &Chunk, pos: usize) -> Option<&'m Dev> {
@@ -64,14 +67,16 @@ impl Data {
     }
 
     /// Reads part of a chunk; returns the pieces read directly: (member, offset, range).
+    /// A member whose read passes the slow limit gives [`Error::Slow`] where the chunk's
+    /// redundancy could answer without it (the caller reads again without that member).
     fn read_chunk_raw(
         &self,
         idx: usize,
         c: &Chunk,
         co: u64,
         buf: &mut [u8],
+        members: &[Option<Dev>],
     ) -> Result<Vec<(u16, u64, Range<usize>)>> {
-        let members = self.members();
         let p = c.profile;
         let su = p.stripe_unit;
         // Pieces read as they are: (member, offset on it, range of buf). Pieces on a missing
@@ -84,7 +89,7 @@ impl Data {
                 let pos = match p.level {
                     Level::Raid5 | Level::Raid6 => {
                         let pos = p.data_positions(row, i).start;
-                        Self::dev(&members, c, pos).is_some().then_some(pos)
+                        Self::dev(members, c, pos).is_some().then_some(pos)
                     }
                     _ => {
                         // Mirrors alternate copies every 16 rows: sequential reads spread
@@ -94,7 +99,7 @@ impl Data {
                         let first = (row / 16) as usize % n;
                         let pos = (0..n)
                             .map(|k| copies.start + (first + k) % n)
-                            .find(|&pos| Self::dev(&members, c, pos).is_some())
+                            .find(|&pos| Self::dev(members, c, pos).is_some())
                             .ok_or_else(|| unavailable(idx, "every copy is missing"))?;
                         Some(pos)
                     }
@@ -143,7 +148,11 @@ impl Data {
             let d = members[m as usize]
                 .as_ref()
                 .expect("direct pieces are on present members");
-            read_vectored(d.as_ref(), &mut bufs, off)?;
+            if Self::others_can_answer(c, members, m) {
+                read_hedged(d.as_ref(), &mut bufs, off)?;
+            } else {
+                read_vectored(d.as_ref(), &mut bufs, off)?;
+            }
         }
         for (row, i, col, range) in rebuild {
             let dst = pieces.remove(&range.start).expect("piece");
@@ -154,7 +163,7 @@ impl Data {
                 for (k, out) in dst.chunks_mut(4096).enumerate() {
                     if !self.rebuild_block_checked(
                         c,
-                        &members,
+                        members,
                         pos,
                         row,
                         col + k as u64 * 4096,
@@ -168,13 +177,31 @@ impl Data {
                 }
                 continue;
             }
-            let mut blocks = self.read_subrow(&members, c, row, col, dst.len(), &[])?;
+            let mut blocks = self.read_subrow(members, c, row, col, dst.len(), &[])?;
             if !self.reconstruct(&p, &mut blocks) {
                 return Err(unavailable(idx, "cannot reconstruct a stripe"));
             }
             dst.copy_from_slice(blocks.data[i].as_ref().expect("rebuilt"));
         }
         Ok(read_directly)
+    }
+
+    /// Whether chunk `c` stays readable from `members` without member `m`.
+    fn others_can_answer(c: &Chunk, members: &[Option<Dev>], m: u16) -> bool {
+        let p = &c.profile;
+        if p.tolerance() == 0 {
+            return false;
+        }
+        let gone = |pos: usize| {
+            let s = c.slices[pos].member;
+            s == m || members[s as usize].is_none()
+        };
+        match p.level {
+            Level::Raid5 | Level::Raid6 => {
+                (0..p.width).filter(|&i| gone(i)).count() <= p.tolerance()
+            }
+            _ => (0..p.data_count()).all(|i| p.data_positions(0, i).any(|pos| !gone(pos))),
+        }
     }
 
     pub(crate) fn write_chunk(&self, idx: usize, c: &Chunk, co: u64, buf: &[u8]) -> Result<()> {

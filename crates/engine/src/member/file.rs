@@ -11,7 +11,39 @@ pub struct FileMember {
     name: String,
     file: File,
     size: u64,
-    block_device: bool,
+    /// A regular file with holes when opened: zeroing punches holes. A file fully
+    /// allocated (reserved by `create`) stays so: zeroing keeps its blocks.
+    sparse: bool,
+}
+
+/// Bytes of the regular file at `path` not backed by allocated blocks (0 for a fully
+/// allocated file; `None` for anything but a regular file).
+pub fn unallocated_bytes(path: &Path) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    if !m.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(m.len().saturating_sub(m.blocks() * 512)))
+}
+
+/// Bytes free for unprivileged users on the filesystem holding `path`.
+pub fn filesystem_free(path: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Allocates every block of the regular file at `path` (its data unchanged), so writes to
+/// it cannot fail for want of space on its filesystem. Block devices need nothing:
+/// `Ok(false)`.
+pub fn reserve_file(path: &Path) -> io::Result<bool> {
+    let m = std::fs::metadata(path)?;
+    if !m.is_file() {
+        return Ok(false);
+    }
+    let f = OpenOptions::new().write(true).open(path)?;
+    rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, m.len())?;
+    Ok(true)
 }
 
 impl FileMember {
@@ -52,11 +84,13 @@ impl FileMember {
         } else {
             meta.len()
         };
+        use std::os::unix::fs::MetadataExt;
+        let sparse = !block_device && meta.blocks() * 512 < meta.len();
         Ok(FileMember {
             name,
             file,
             size,
-            block_device,
+            sparse,
         })
     }
 }
@@ -113,13 +147,15 @@ impl MemberDevice for FileMember {
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         check_range(self.size, offset, len as usize)?;
         use rustix::fs::FallocateFlags as F;
-        // Punching a hole keeps test files sparse; ZERO_RANGE is the block-device path.
-        let first = if self.block_device {
-            F::ZERO_RANGE
+        // Punching a hole keeps sparse files sparse; ZERO_RANGE keeps the blocks of block
+        // devices and of reserved files (a punched hole could not be refilled on a full
+        // filesystem).
+        let tries: &[F] = if self.sparse {
+            &[F::PUNCH_HOLE.union(F::KEEP_SIZE), F::ZERO_RANGE]
         } else {
-            F::PUNCH_HOLE | F::KEEP_SIZE
+            &[F::ZERO_RANGE]
         };
-        for flags in [first, F::ZERO_RANGE] {
+        for &flags in tries {
             if rustix::fs::fallocate(&self.file, flags, offset, len).is_ok() {
                 return Ok(());
             }

@@ -29,6 +29,20 @@ pub(crate) fn read_vectored(
         .map_err(|e| io_err(Op::Read, dev, off, e))
 }
 
+/// [`read_vectored`] that gives up at the slow limit with [`Error::Slow`] (the caller
+/// answers from the other members).
+pub(crate) fn read_hedged(dev: &dyn MemberDevice, bufs: &mut [&mut [u8]], off: u64) -> Result<()> {
+    dev.read_hedged(bufs, off).map_err(|e| {
+        if super::is_slow(&e) {
+            Error::Slow {
+                device: dev.name().to_string(),
+            }
+        } else {
+            io_err(Op::Read, dev, off, e)
+        }
+    })
+}
+
 pub(crate) fn write(dev: &dyn MemberDevice, buf: &[u8], off: u64) -> Result<()> {
     dev.write_at(buf, off)
         .map_err(|e| io_err(Op::Write, dev, off, e))

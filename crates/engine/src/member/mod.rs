@@ -6,18 +6,24 @@
 //! an in-memory member, a power-loss simulator or a fault injector.
 
 mod file;
+mod guard;
 mod io;
 mod mem;
 mod overlay;
 mod set;
+mod stats;
 
-pub use file::FileMember;
+pub use file::{filesystem_free, reserve_file, unallocated_bytes, FileMember};
+pub use guard::{is_slow, Guarded, Limits, DEFAULT_FAIL, DEFAULT_SLOW};
 #[cfg(feature = "test-util")]
 pub use io::SERIAL_FLUSHES;
-pub(crate) use io::{execute, flush, flush_all, flush_some, read, read_vectored, write, zero};
+pub(crate) use io::{
+    execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write, zero,
+};
 pub use mem::MemMember;
 pub(crate) use overlay::Overlay;
 pub(crate) use set::{MemberSet, MemberSlot, Usable};
+pub use stats::{MemberIo, Pending};
 
 use std::io as stdio;
 use std::sync::Arc;
@@ -41,6 +47,12 @@ pub trait MemberDevice: Send + Sync {
         }
         Ok(())
     }
+    /// [`MemberDevice::read_vectored_at`] for a read the array's redundancy can answer
+    /// without this member: a guarded member gives up at the slow limit (see
+    /// [`is_slow`]) instead of the fail limit. Others read as usual.
+    fn read_hedged(&self, bufs: &mut [&mut [u8]], offset: u64) -> stdio::Result<()> {
+        self.read_vectored_at(bufs, offset)
+    }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()>;
     /// Makes every completed write durable.
     fn flush(&self) -> stdio::Result<()>;
@@ -51,6 +63,10 @@ pub trait MemberDevice: Send + Sync {
     /// Makes `[offset, offset+len)` read as zeros. Members that can deallocate do so.
     fn write_zeroes(&self, offset: u64, len: u64) -> stdio::Result<()> {
         write_zeroes_by_writing(self, offset, len)
+    }
+    /// The deadline guard this member's requests go through, if it is one.
+    fn guard(&self) -> Option<&Guarded> {
+        None
     }
 }
 
@@ -109,7 +125,16 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     fn flush(&self) -> stdio::Result<()> {
         (**self).flush()
     }
+    fn read_hedged(&self, bufs: &mut [&mut [u8]], offset: u64) -> stdio::Result<()> {
+        (**self).read_hedged(bufs, offset)
+    }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        (**self).start_writeback(offset, len)
+    }
     fn write_zeroes(&self, offset: u64, len: u64) -> stdio::Result<()> {
         (**self).write_zeroes(offset, len)
+    }
+    fn guard(&self) -> Option<&Guarded> {
+        (**self).guard()
     }
 }

@@ -6,9 +6,10 @@
 //! Lock order: `slots` before `usable`. The usable set is handed out as an `Arc` snapshot,
 //! so an I/O path never holds a lock of this set while it waits for a member.
 
-use super::Dev;
-use parking_lot::{RwLock, RwLockReadGuard};
+use super::{Dev, Guarded};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Members usable for I/O, by member index; `None` is missing, stale or faulty.
 pub(crate) type Usable = Arc<Vec<Option<Dev>>>;
@@ -25,14 +26,42 @@ pub(crate) struct MemberSlot {
 pub(crate) struct MemberSet {
     slots: RwLock<Vec<MemberSlot>>,
     usable: RwLock<Usable>,
+    /// The (slow, fail) limits of member requests, for members added later too.
+    limits: Mutex<(Duration, Duration)>,
 }
 
 impl MemberSet {
-    pub fn new(slots: Vec<MemberSlot>, usable: Vec<Option<Dev>>) -> MemberSet {
+    pub fn new(
+        slots: Vec<MemberSlot>,
+        usable: Vec<Option<Dev>>,
+        limits: (Duration, Duration),
+    ) -> MemberSet {
         MemberSet {
             slots: RwLock::new(slots),
             usable: RwLock::new(Arc::new(usable)),
+            limits: Mutex::new(limits),
         }
+    }
+
+    /// `dev` under this set's limits (see [`Guarded`]).
+    pub fn guarded(&self, dev: Dev) -> Dev {
+        Guarded::wrap(dev, *self.limits.lock())
+    }
+
+    /// The (slow, fail) limits of member requests.
+    pub fn limits(&self) -> (Duration, Duration) {
+        *self.limits.lock()
+    }
+
+    /// Sets the limits of every member's requests, now and for members added later.
+    pub fn set_limits(&self, slow: Duration, fail: Duration) {
+        let mut l = self.limits.lock();
+        for s in self.slots.read().iter() {
+            if let Some(g) = s.dev.as_ref().and_then(|d| d.guard()) {
+                g.limits().set(slow, fail);
+            }
+        }
+        *l = (slow, fail.max(slow));
     }
 
     /// The members I/O uses now.

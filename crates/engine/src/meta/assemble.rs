@@ -6,9 +6,10 @@
 use super::labels::{read_best_slot, read_superblock};
 use super::JournalArea;
 use crate::error::{Error, Result};
-use crate::member::{Dev, MemberSlot};
+use crate::member::{Dev, Guarded, MemberSlot, DEFAULT_FAIL, DEFAULT_SLOW};
 use crate::ondisk::format::{self, Superblock};
 use crate::ondisk::metadata::{ArrayMeta, MemberState};
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AssembleOptions {
@@ -16,6 +17,20 @@ pub struct AssembleOptions {
     /// Dirty bytes buffered before a commit is forced (default: a tenth of memory, at most
     /// 1 GiB).
     pub dirty_budget: Option<u64>,
+    /// A member read slower than this is answered from the others (default 2 s).
+    pub slow_limit: Option<Duration>,
+    /// A member that does not answer within this is failed (default 30 s).
+    pub fail_limit: Option<Duration>,
+}
+
+impl AssembleOptions {
+    /// The (slow, fail) limits of member requests.
+    pub fn limits(&self) -> (Duration, Duration) {
+        (
+            self.slow_limit.unwrap_or(DEFAULT_SLOW),
+            self.fail_limit.unwrap_or(DEFAULT_FAIL),
+        )
+    }
 }
 
 /// What assembling found: the parts an open array is built from.
@@ -30,13 +45,17 @@ pub(crate) struct Assembled {
     pub journal: Option<JournalArea>,
     pub checksums: bool,
     pub notes: Vec<String>,
+    /// The member requests' (slow, fail) limits.
+    pub limits: (Duration, Duration),
 }
 
 pub(crate) fn assemble(devs: Vec<Dev>, opts: &AssembleOptions) -> Result<Assembled> {
-    let (devs, sbs, journal_dev) = read_labels(devs)?;
+    let limits = opts.limits();
+    let devs = devs.into_iter().map(|d| Guarded::wrap(d, limits)).collect();
+    let mut notes = Vec::new();
+    let (devs, sbs, journal_dev) = read_labels(devs, &mut notes)?;
     let uuid = sbs[0].array_uuid;
     check_one_array(&devs, &sbs)?;
-    let mut notes = Vec::new();
     let (newest, meta, found) = newest_meta(&devs, &sbs, &mut notes)?;
     let (slots, usable) = place_members(&devs, &sbs, &found, &meta, newest, &mut notes)?;
     let journal = journal_area(&meta, journal_dev, &sbs[0], opts, &mut notes)?;
@@ -50,13 +69,15 @@ pub(crate) fn assemble(devs: Vec<Dev>, opts: &AssembleOptions) -> Result<Assembl
         usable,
         journal,
         notes,
+        limits,
     })
 }
 
 type Labels = (Vec<Dev>, Vec<Superblock>, Option<(Dev, Superblock)>);
 
-/// Every device's superblock; the journal device apart from the members.
-fn read_labels(devs: Vec<Dev>) -> Result<Labels> {
+/// Every device's superblock; the journal device apart from the members. A device that
+/// does not answer within the fail limit is left out (the array assembles without it).
+fn read_labels(devs: Vec<Dev>, notes: &mut Vec<String>) -> Result<Labels> {
     if devs.is_empty() {
         return Err(Error::Members("no members given".into()));
     }
@@ -64,7 +85,18 @@ fn read_labels(devs: Vec<Dev>) -> Result<Labels> {
     let mut journal_dev: Option<(Dev, Superblock)> = None;
     let mut members_only = Vec::with_capacity(devs.len());
     for d in devs {
-        let sb = read_superblock(d.as_ref())?;
+        let sb = match read_superblock(d.as_ref()) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::TimedOut => {
+                let why = format!(
+                    "{} did not answer ({source}): assembled without it",
+                    d.name()
+                );
+                tracing::warn!("{why}");
+                notes.push(why);
+                continue;
+            }
+            r => r?,
+        };
         if sb.is_journal_device() {
             if let Some((other, _)) = &journal_dev {
                 return Err(Error::Members(format!(

@@ -6,7 +6,7 @@ use super::health::member_spaces;
 use crate::error::{Error, Result};
 use crate::layout::chunkmap::{Allocator, ChunkMap, Template};
 use crate::layout::profile::{Level, Profile};
-use crate::member::{flush, read, write, zero, Dev};
+use crate::member::{flush, read, write, zero, Dev, Guarded, DEFAULT_FAIL, DEFAULT_SLOW};
 use crate::ondisk::csum;
 use crate::ondisk::format::{self, Superblock, SB_OFFSETS};
 use crate::ondisk::metadata::{ArrayMeta, MemberInfo, MemberState, MAX_NAME};
@@ -88,6 +88,8 @@ struct Plan {
 /// Writes a new array's labels on `devs` (and its journal device); returns every device
 /// written, ready to be assembled.
 pub(crate) fn create(devs: Vec<Dev>, opts: &CreateOptions) -> Result<Vec<Dev>> {
+    let limits = (DEFAULT_SLOW, DEFAULT_FAIL);
+    let devs: Vec<Dev> = devs.into_iter().map(|d| Guarded::wrap(d, limits)).collect();
     let template = check(&devs, opts)?;
     let plan = plan(&devs, opts, template)?;
     write_labels(&devs, &plan)?;

@@ -45,7 +45,7 @@ impl Meta {
     /// redundancy, or a member the array counts on is missing.
     pub fn health(&self) -> Health {
         let members = self.members();
-        let st = self.store.lock();
+        let st = self.store.committed();
         let counted = |i: usize| {
             matches!(
                 st.meta.members[i].state,

@@ -11,6 +11,14 @@ use crate::units::now;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// ENOSPC (or a quota): the member's filesystem is full, the member is fine.
+pub(crate) fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 impl Meta {
     /// Where events go besides the log (`serve --on-event`).
     pub fn set_event_sink(&self, sink: EventSink) {
@@ -172,10 +180,14 @@ impl Meta {
     /// What to do with an error from a member: if it is an I/O error of a member the array
     /// can do without, fail that member and say so (`true`: retry the operation degraded).
     pub(crate) fn absorb(&self, e: &Error) -> bool {
-        let Error::Io { op, device, .. } = e else {
+        let Error::Io {
+            op, device, source, ..
+        } = e
+        else {
             return false;
         };
-        if self.read_only {
+        if self.read_only || is_no_space(source) {
+            // A full host filesystem is not a failed disk: the request gets ENOSPC.
             return false;
         }
         let Some(index) = self.member_by_device(device) else {

@@ -13,6 +13,7 @@
 mod assemble;
 pub mod backup;
 mod create;
+mod deadlines;
 mod health;
 mod labels;
 mod membership;
@@ -21,9 +22,11 @@ pub use assemble::AssembleOptions;
 pub(crate) use assemble::{assemble, Assembled};
 pub(crate) use create::create;
 pub use create::{CreateOptions, DEFAULT_STRIPE_UNIT};
+pub(crate) use deadlines::Watch;
 pub use health::Health;
 pub(crate) use health::{alloc_candidates, chunk_intact, member_spaces, template_tolerance};
 pub use labels::read_superblock;
+pub(crate) use membership::is_no_space;
 
 use crate::error::{Error, Result};
 use crate::layout::chunkmap::Chunk;
@@ -52,6 +55,7 @@ impl JournalArea {
 }
 
 /// The committed metadata and its generation. Changed only by [`Meta::commit_meta`].
+#[derive(Clone)]
 pub(crate) struct MetaState {
     pub meta: ArrayMeta,
     pub generation: u64,
@@ -63,6 +67,9 @@ pub(crate) struct MetaState {
 pub(crate) struct MetaStore {
     state: Mutex<MetaState>,
     chunks: RwLock<Arc<Vec<Option<Arc<Chunk>>>>>,
+    /// The metadata as last committed, for readers (`status`) that must answer while a
+    /// commit waits for a member.
+    committed: RwLock<Arc<MetaState>>,
     /// Missing members were recorded as faulty (before the first degraded write).
     pub missing_recorded: AtomicBool,
 }
@@ -71,6 +78,10 @@ impl MetaStore {
     pub fn new(meta: ArrayMeta, generation: u64) -> MetaStore {
         MetaStore {
             chunks: RwLock::new(Arc::new(meta.map.chunks.clone())),
+            committed: RwLock::new(Arc::new(MetaState {
+                meta: meta.clone(),
+                generation,
+            })),
             state: Mutex::new(MetaState { meta, generation }),
             missing_recorded: AtomicBool::new(false),
         }
@@ -95,8 +106,17 @@ impl MetaStore {
         self.chunks.read().len()
     }
 
+    /// The metadata as last committed, without waiting for a commit under way.
+    pub fn committed(&self) -> Arc<MetaState> {
+        self.committed.read().clone()
+    }
+
     fn publish(&self, st: &mut MetaState, meta: ArrayMeta, generation: u64) {
         *self.chunks.write() = Arc::new(meta.map.chunks.clone());
+        *self.committed.write() = Arc::new(MetaState {
+            meta: meta.clone(),
+            generation,
+        });
         st.meta = meta;
         st.generation = generation;
     }
@@ -125,7 +145,7 @@ impl Meta {
             read_only,
             chunk_size: a.meta.map.chunk_size,
             sb_layout: a.sb,
-            set: MemberSet::new(a.slots, a.usable),
+            set: MemberSet::new(a.slots, a.usable, a.limits),
             store: MetaStore::new(a.meta, a.generation),
             tel: Telemetry::new(a.notes),
             rebuild_hook: RwLock::new(None),

@@ -8,11 +8,11 @@ mod dirty;
 mod read;
 
 use crate::data::{Data, Seg};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layout::chunkmap::Chunk;
 use crate::layout::stripe::for_rows;
 use crate::member::{flush_all, read, write, Dev};
-use crate::meta::JournalArea;
+use crate::meta::{is_no_space, JournalArea};
 use crate::ondisk::journal::{self, SubRecord};
 use crate::units::{MemberWrite, BLOCK};
 use dirty::DirtySet;
@@ -182,7 +182,12 @@ impl Txg {
     }
 
     /// Reads with dirty blocks laid over what the members hold.
-    pub(crate) fn read_cached(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    pub(crate) fn read_cached(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        view: &[Option<Dev>],
+    ) -> Result<()> {
         let end = offset + buf.len() as u64;
         // Lock order is always `open` before `committing` (as in `commit`): copy what the
         // open set has for this range first.
@@ -206,7 +211,7 @@ impl Txg {
             newer.get(k).is_some_and(|(o, _)| *o < be)
         };
         let dirty = |b: u64| in_newer(b) || committing.contains(b * BLOCK);
-        self.read_members(buf, offset, &dirty)?;
+        self.read_members(buf, offset, &dirty, view)?;
         let mut lay = |o: u64, d: &[u8]| {
             buf[(o - offset) as usize..(o - offset) as usize + d.len()].copy_from_slice(d);
         };
@@ -406,6 +411,12 @@ impl Txg {
                 continue;
             };
             if let Err(e) = write(d.as_ref(), &w.data, w.offset) {
+                if matches!(&e, Error::Io { source, .. } if is_no_space(source)) {
+                    // The journal holds this txg and its blocks go back to the open set:
+                    // the next commit journals and applies them again (restart replays).
+                    tracing::warn!("{e}: the commit is retried with the next flush");
+                    return Err(e);
+                }
                 if !self.absorb(&e) {
                     self.poisoned
                         .store(true, std::sync::atomic::Ordering::Release);

@@ -31,13 +31,36 @@ impl Txg {
             buf.copy_from_slice(&whole[at..at + buf.len()]);
             return Ok(());
         }
-        self.with_failover(|| {
-            if self.journal.is_some() {
-                self.read_cached(buf, offset)
+        self.with_failover(|| self.read_passing_slow(buf, offset))
+    }
+
+    /// Reads; a member that passes the slow limit where the others could answer is left
+    /// out and the read done again without it (it stays in service: only the fail limit
+    /// fails a member).
+    fn read_passing_slow(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let mut view = self.members();
+        loop {
+            let r = if self.journal.is_some() {
+                self.read_cached(buf, offset, &view)
             } else {
-                self.read_members(buf, offset, &|_| false)
+                self.read_members(buf, offset, &|_| false, &view)
+            };
+            match r {
+                Err(Error::Slow { device }) => {
+                    let slow = view
+                        .iter()
+                        .position(|d| d.as_ref().is_some_and(|d| d.name() == device));
+                    let Some(i) = slow else {
+                        return Err(Error::Internal(format!("a slow read of {device}")));
+                    };
+                    let mut less = (*view).clone();
+                    less[i] = None;
+                    view = std::sync::Arc::new(less);
+                    tracing::debug!("{device} passed the slow limit: read from the others");
+                }
+                r => return r,
             }
-        })
+        }
     }
 
     /// EIO for ranges recorded lost.

@@ -182,7 +182,7 @@ impl Jobs {
     /// Chunks with a slice on a member that is gone.
     pub fn chunks_degraded(&self) -> usize {
         let members = self.members();
-        let st = self.store.lock();
+        let st = self.store.committed();
         st.meta
             .map
             .allocated()

@@ -1,0 +1,380 @@
+//! Disks that hang: one member is a file on a FUSE mount (nbdfuse of an nbdkit export)
+//! whose FUSE server is stopped with SIGSTOP, as a dying disk or a stalled USB bridge
+//! stops answering. The server must answer reads from the others within the slow limit,
+//! fail the member at the fail limit, rebuild onto a spare, answer `status` at every
+//! moment, and stop on SIGTERM in bounded time.
+
+mod interop_support;
+
+use interop_support::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SIZE: u64 = 64 << 20;
+const SLOW: Duration = Duration::from_millis(500);
+const FAIL: Duration = Duration::from_secs(5);
+
+/// nbdkit (memory plugin) and nbdfuse exposing it as `dir/fuse/nbd`; `stop` and `cont`
+/// send SIGSTOP/SIGCONT to the FUSE server. Unmounted and stopped on drop.
+struct HangingDisk {
+    nbdkit: Child,
+    fuse: Option<Child>,
+    fuse_dir: PathBuf,
+}
+
+impl HangingDisk {
+    fn start(dir: &Path, name: &str) -> HangingDisk {
+        let sock = dir.join(format!("{name}.nbdkit.sock"));
+        let nbdkit = Command::new("nbdkit")
+            .arg("--foreground")
+            .arg("--exit-with-parent")
+            .arg("--unix")
+            .arg(&sock)
+            .arg("memory")
+            .arg(SIZE.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nbdkit");
+        wait_for(&sock, "nbdkit did not listen");
+        let fuse_dir = dir.join(format!("{name}.fuse"));
+        std::fs::create_dir_all(&fuse_dir).unwrap();
+        let fuse = Command::new("nbdfuse")
+            .arg(&fuse_dir)
+            .arg(format!("nbd+unix:///?socket={}", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nbdfuse");
+        wait_for(&fuse_dir.join("nbd"), "nbdfuse did not start");
+        HangingDisk {
+            nbdkit,
+            fuse: Some(fuse),
+            fuse_dir,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.fuse_dir.join("nbd")
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.fuse {
+            signal(c, sig);
+        }
+    }
+
+    /// Drops the member's cached pages, so reads really go to the FUSE server, then stops
+    /// the server.
+    fn hang(&self) {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(self.path()).unwrap();
+        // SAFETY: a plain syscall on an open descriptor.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        drop(f);
+        self.signal(libc::SIGSTOP);
+    }
+}
+
+impl Drop for HangingDisk {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.fuse.take() {
+            signal(&c, libc::SIGCONT);
+            let _ = run_timeout(
+                Command::new("fusermount3").arg("-uz").arg(&self.fuse_dir),
+                Duration::from_secs(10),
+            );
+            if wait_bounded(&mut c, Duration::from_secs(10)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = self.nbdkit.kill();
+        let _ = self.nbdkit.wait();
+    }
+}
+
+fn signal(c: &Child, sig: i32) {
+    // SAFETY: a plain syscall on our own child's pid, not reaped yet.
+    assert_eq!(unsafe { libc::kill(c.id() as i32, sig) }, 0);
+}
+
+fn wait_for(p: &Path, what: &str) {
+    let start = Instant::now();
+    while !p.exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn available(test: &str) -> bool {
+    if !require_tools(test, &["nbdkit", "nbdfuse", "nbdcopy", "fusermount3"]) {
+        return false;
+    }
+    if let Some(why) = mount_unavailable() {
+        skip(&format!("{test}: {why}"));
+        return false;
+    }
+    true
+}
+
+fn limits() -> Vec<String> {
+    vec![
+        "--slow-limit".into(),
+        format!("{}ms", SLOW.as_millis()),
+        "--fail-limit".into(),
+        format!("{}s", FAIL.as_secs()),
+        "--shutdown-limit".into(),
+        "8s".into(),
+    ]
+}
+
+/// Polls `status --json` on a thread while the test runs; records the slowest answer.
+struct StatusPoller {
+    stop: Arc<AtomicBool>,
+    worst: Arc<Mutex<(Duration, String)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatusPoller {
+    fn start(rt: &Path) -> StatusPoller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let worst = Arc::new(Mutex::new((Duration::ZERO, String::new())));
+        let (s, w, rt) = (stop.clone(), worst.clone(), rt.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let out = run_timeout(
+                    Command::new(bin())
+                        .env("XDG_RUNTIME_DIR", &rt)
+                        .args(["status", "--json"]),
+                    Duration::from_secs(20),
+                );
+                let took = t.elapsed();
+                let mut g = w.lock().unwrap();
+                if took > g.0 || !out.status.success() {
+                    *g = (took.max(g.0), text(&out));
+                }
+                drop(g);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        StatusPoller {
+            stop,
+            worst,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (Duration, String) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.worst.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn raid5_with_a_hung_member_answers_fails_it_and_rebuilds() {
+    if !available("hung member raid5") {
+        return;
+    }
+    let rig = Rig::create("raid5", "hang5", 3, SIZE);
+    let disk = HangingDisk::start(rig.dir.path(), "d3");
+    // The hung disk is the fourth member: add it and grow onto it before it hangs.
+    let mut members = rig.members.clone();
+    {
+        let srv = rig.serve(&members, &[], "setup");
+        rig.add_grow(&disk.path());
+        srv.stop();
+    }
+    members.push(disk.path());
+    let spare = rig.spare("spare.img", SIZE);
+    let mut extra = limits();
+    extra.push("--on-event".into());
+    extra.push(format!("cat >> {}", rig.path("events.jsonl").display()));
+    let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+    let srv = rig.serve(&members, &extra, "hang");
+    rig.add_spare(&spare);
+    // Data over the whole array (every member holds some), flushed.
+    let size = rig.status()["size"].as_u64().unwrap();
+    let data = random_bytes(size.min(96 << 20) as usize, 7);
+    let src = rig.path("src.bin");
+    std::fs::write(&src, &data).unwrap();
+    run_ok(Command::new("nbdcopy").arg(&src).arg(&srv.uri));
+
+    let poller = StatusPoller::start(&rig.rt);
+    disk.hang();
+    let hung_at = Instant::now();
+    // Reads: answered from the other members, none waits much past the slow limit.
+    let out = rig.path("out.bin");
+    let t = Instant::now();
+    let o = run_timeout(
+        Command::new("nbdcopy")
+            .args(["--requests=4", "--connections=1"])
+            .arg(&srv.uri)
+            .arg(&out),
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "nbdcopy read with a hung member: {}",
+        text(&o)
+    );
+    assert_same(
+        "read with a member hung",
+        &std::fs::read(&out).unwrap()[..data.len()],
+        &data,
+    );
+    eprintln!(
+        "read {} MiB with a hung member in {:?}",
+        data.len() >> 20,
+        t.elapsed()
+    );
+    // The member is failed within the fail limit (plus 5 s), the spare rebuilt.
+    let st = rig.wait_status(
+        "the hung member failed",
+        FAIL + Duration::from_secs(25),
+        |st| matches!(state(st, 3), "failed" | "removed"),
+    );
+    eprintln!("failed after {:?}: {}", hung_at.elapsed(), st["members"][3]);
+    assert!(
+        hung_at.elapsed() < FAIL + Duration::from_secs(5) + Duration::from_secs(20),
+        "the member was failed {:?} after it hung",
+        hung_at.elapsed()
+    );
+    let st = rig.wait_status(
+        "the rebuild onto the spare",
+        Duration::from_secs(120),
+        |st| st["health"] == "ok",
+    );
+    let (worst, worst_out) = poller.finish();
+    assert!(
+        worst < Duration::from_secs(1),
+        "status took {worst:?} to answer while a member hung:\n{worst_out}"
+    );
+    // The member's requests are counted: timeouts or slow reads, and what is in flight.
+    let io = &st["members"][3]["io"];
+    eprintln!("hung member's io: {io}");
+    let events = std::fs::read_to_string(rig.path("events.jsonl")).unwrap_or_default();
+    assert!(
+        events.contains("member-failed"),
+        "a member-failed event was sent:\n{events}"
+    );
+    // Writes still work and read back.
+    let more = random_bytes(8 << 20, 8);
+    std::fs::write(&src, &more).unwrap();
+    run_ok(Command::new("nbdcopy").arg(&src).arg(&srv.uri));
+    run_ok(Command::new("nbdcopy").arg(&srv.uri).arg(&out));
+    assert_same(
+        "written after",
+        &std::fs::read(&out).unwrap()[..more.len()],
+        &more,
+    );
+    // The disk answering again does not bring it back into service.
+    disk.signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_secs(1));
+    let st = rig.status();
+    assert!(matches!(state(&st, 3), "failed" | "removed"), "{st:#}");
+    assert_eq!(st["health"], "ok", "{st:#}");
+    srv.stop();
+}
+
+#[test]
+fn raid0_with_a_hung_member_gives_eio_at_the_fail_limit_and_serves_the_other() {
+    if !available("hung member raid0") {
+        return;
+    }
+    let rig = Rig::create("raid0", "hang0", 2, SIZE);
+    let disk = HangingDisk::start(rig.dir.path(), "d1");
+    // raid0 of a plain file and the disk that will hang.
+    let members = vec![rig.path("r0.img"), disk.path()];
+    sparse(&members[0], SIZE);
+    run_ok(
+        rig.cmd()
+            .args(["create", "--level", "raid0", "--name", "hang0"])
+            .args(&members),
+    );
+    let extra = limits();
+    let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+    let srv = rig.serve(&members, &extra, "hang");
+    let data = random_bytes(16 << 20, 9);
+    let src = rig.path("src.bin");
+    std::fs::write(&src, &data).unwrap();
+    run_ok(Command::new("nbdcopy").arg(&src).arg(&srv.uri));
+    let poller = StatusPoller::start(&rig.rt);
+    disk.hang();
+    // Stripe units alternate between the members: read each 64 KiB unit of the first
+    // MiB on its own; some must fail (EIO at the fail limit), some succeed, none hang.
+    let (mut ok, mut failed) = (0, 0);
+    let start = Instant::now();
+    // nbdcopy cannot read a sub-range; use qemu-io when present, else the NBD URI's
+    // whole-volume copy, which must fail with EIO (not hang).
+    if which("qemu-io") {
+        for unit in 0..16u64 {
+            let t = Instant::now();
+            let o = run_timeout(
+                Command::new("qemu-io")
+                    .args(["-f", "raw", "-r"])
+                    .arg(&srv.uri)
+                    .arg("-c")
+                    .arg(format!("read {} 64k", unit * 65536)),
+                FAIL + Duration::from_secs(20),
+            );
+            let out = text(&o);
+            let took = t.elapsed();
+            if out.contains("read 65536/65536 bytes") {
+                ok += 1;
+            } else {
+                // The first waits for the fail limit; later ones are given up at once
+                // (the member has not answered for longer than the limit).
+                assert!(
+                    took < FAIL + Duration::from_secs(10)
+                        && (failed > 0 || took >= FAIL - Duration::from_millis(100)),
+                    "a read of the hung member's unit {unit} ended after {took:?}: {out}"
+                );
+                assert!(out.contains("Input/output error"), "unit {unit}: {out}");
+                failed += 1;
+            }
+        }
+        assert!(ok > 0 && failed > 0, "ok {ok}, failed {failed}");
+    } else {
+        let out = rig.path("out.bin");
+        let o = run_timeout(
+            Command::new("nbdcopy").arg(&srv.uri).arg(&out),
+            FAIL + Duration::from_secs(30),
+        );
+        assert!(
+            !o.status.success(),
+            "a copy through a hung raid0 cannot succeed"
+        );
+    }
+    eprintln!(
+        "raid0 with a hung member: {ok} units read, {failed} got EIO in {:?}",
+        start.elapsed()
+    );
+    let (worst, worst_out) = poller.finish();
+    assert!(
+        worst < Duration::from_secs(1),
+        "status took {worst:?} while a member hung:\n{worst_out}"
+    );
+    // The member stays (raid0 cannot do without it); SIGTERM stops in bounded time.
+    let t = Instant::now();
+    let code = srv.stop_within(Duration::from_secs(8) + Duration::from_secs(5));
+    eprintln!("exit status {code:?}");
+    eprintln!("stopped in {:?}", t.elapsed());
+    drop(disk);
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
