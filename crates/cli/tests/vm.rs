@@ -453,7 +453,7 @@ fn kernel_nbd_client_in_the_guest_on_a_damocles_it_serves() {
         r#"export XDG_RUNTIME_DIR=/run
 ip link set lo up || fail "lo up"
 for i in 0 1 2 3; do truncate -s 96M /tmp/m$i.img || fail truncate; done
-damocles create --level raid5 --name g /tmp/m0.img /tmp/m1.img /tmp/m2.img /tmp/m3.img || fail create
+damocles create --sparse --level raid5 --name g /tmp/m0.img /tmp/m1.img /tmp/m2.img /tmp/m3.img || fail create
 damocles serve --listen 127.0.0.1:10809 /tmp/m0.img /tmp/m1.img /tmp/m2.img /tmp/m3.img > /tmp/serve.out 2>&1 &
 n=0
 until grep -q '^serving ' /tmp/serve.out; do

@@ -58,6 +58,11 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(j) = &a.journal {
         paths.push(j.clone());
     }
+    if !a.sparse {
+        // Allocating changes no byte of the members: safe before `create` checks them, and
+        // done before they are opened, so zeroing keeps the blocks (see FileMember).
+        reserve(&paths)?;
+    }
     let mut devs = members::open(&paths, OpenMode::ReadWrite)?;
     let journal_device = a.journal.as_ref().and_then(|_| devs.pop());
     let mut o = CreateOptions::new(a.level);
@@ -68,10 +73,6 @@ pub fn run(a: Args) -> Result<()> {
     o.force = a.force;
     o.journal = !a.no_journal;
     o.journal_device = journal_device;
-    if !a.sparse {
-        // Allocating changes no byte of the members: safe before `create` checks them.
-        reserve(&paths)?;
-    }
     let array = Array::create(devs, &o)?;
     let st = array.status();
     let name = if st.name.is_empty() {

@@ -32,6 +32,11 @@ pub struct ConvertArgs {
     /// New stripe unit (default: as now).
     #[arg(long, value_parser = units::parse_size)]
     stripe_unit: Option<u64>,
+    /// Do not let hot spares join the new layout. By default a layout that needs more room
+    /// than the members in service have takes the spares it needs (as mdadm --grow does),
+    /// and the plan names them.
+    #[arg(long)]
+    no_spares: bool,
     #[command(flatten)]
     common: ReshapeArgs,
 }
@@ -97,6 +102,7 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         level: Some(a.level.to_string()),
         copies: a.copies,
         stripe_unit: a.stripe_unit,
+        no_spares: a.no_spares,
         ..Default::default()
     };
     reshape(&format!("convert --level {}", a.level), spec, a.common)

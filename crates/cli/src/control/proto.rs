@@ -106,6 +106,9 @@ pub struct ChangeSpec {
     pub remove: Vec<String>,
     #[serde(default)]
     pub balance: bool,
+    /// Keep hot spares out of the new layout.
+    #[serde(default)]
+    pub no_spares: bool,
     /// Grow the volume to what the members hold when the chunks have moved.
     #[serde(default)]
     pub grow: bool,

@@ -602,6 +602,7 @@ pub fn to_change(array: &Array, c: &ChangeSpec) -> Result<Change> {
         remove: ids,
         balance: c.balance,
         grow: c.grow,
+        no_spares: c.no_spares,
     })
 }
 

@@ -161,14 +161,8 @@ impl Data {
                 // Block by block, each source verified against its checksum.
                 let pos = p.data_positions(row, i).start;
                 for (k, out) in dst.chunks_mut(4096).enumerate() {
-                    if !self.rebuild_block_checked(
-                        c,
-                        members,
-                        pos,
-                        row,
-                        col + k as u64 * 4096,
-                        out,
-                    ) {
+                    if !self.rebuild_block_checked(c, members, pos, row, col + k as u64 * 4096, out)
+                    {
                         return Err(unavailable(
                             idx,
                             "cannot rebuild a block from verified data",

@@ -64,6 +64,8 @@ pub struct Change {
     pub balance: bool,
     /// When the chunks have moved, grow the volume to what the members then hold.
     pub grow: bool,
+    /// Do not let hot spares join a new layout that needs the room (they stay spares).
+    pub no_spares: bool,
 }
 
 impl Jobs {
@@ -138,7 +140,7 @@ impl Jobs {
         }
         next.balancing |= change.balance;
         next.grow_after |= change.grow;
-        if change.template.is_some() && self.capacity_of(&next) < self.size() {
+        if change.template.is_some() && !change.no_spares && self.capacity_of(&next) < self.size() {
             // As mdadm's --grow does: hot spares join when the new layout needs them.
             for m in next.members.iter_mut() {
                 if m.state == MemberState::Spare && m.replaces.is_none() && !m.leaving {
@@ -160,6 +162,29 @@ impl Jobs {
                 u32::MAX as usize,
             );
         fit as u64 * self.chunk_size
+    }
+
+    /// How many more members as large as the largest one `next` needs to hold the volume
+    /// (`None`: more than 16).
+    fn members_needed(&self, next: &ArrayMeta) -> Option<usize> {
+        let largest = next
+            .members
+            .iter()
+            .filter(|m| m.state != MemberState::Removed)
+            .max_by_key(|m| m.size)?
+            .clone();
+        let mut more = next.clone();
+        for n in 1..=16 {
+            let mut m = largest.clone();
+            m.state = MemberState::Active;
+            m.leaving = false;
+            m.replaces = None;
+            more.members.push(m);
+            if self.capacity_of(&more) >= self.size() {
+                return Some(n);
+            }
+        }
+        None
     }
 
     /// What `change` would do: moves, capacity, tolerance, and why it would be refused.
@@ -188,8 +213,36 @@ impl Jobs {
             ));
         }
         if capacity_after < self.size() {
+            let spares = meta
+                .members
+                .iter()
+                .filter(|m| m.state == MemberState::Spare && m.replaces.is_none())
+                .count();
+            let counted = if change.no_spares || spares == 0 {
+                ""
+            } else {
+                " (hot spares included)"
+            };
+            let more = match self.members_needed(&next) {
+                Some(n) => format!(
+                    "{n} more member{} as large as the largest",
+                    if n > 1 { "s" } else { "" }
+                ),
+                None => "more members".to_string(),
+            };
+            let spare_note = match (spares, change.no_spares) {
+                (0, _) => "there are no hot spares".to_string(),
+                (n, true) => format!(
+                    "{n} hot spare{} left out by --no-spares",
+                    if n > 1 { "s" } else { "" }
+                ),
+                (n, false) => format!(
+                    "the {n} hot spare{} already counted",
+                    if n > 1 { "s" } else { "" }
+                ),
+            };
             refusals.push(format!(
-                "the members (hot spares included) can hold {capacity_after} bytes as {}, less than the volume's {} bytes: add members first",
+                "the members{counted} can hold {capacity_after} bytes as {}, less than the volume's {} bytes: {more} needed ({spare_note}); add members first",
                 next.template.level,
                 self.size()
             ));
