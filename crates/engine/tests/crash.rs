@@ -75,6 +75,7 @@ impl Migration {
             remove: self.remove.into_iter().collect(),
             balance: self.balance,
             grow: false,
+            no_spares: false,
         }
     }
 }
