@@ -312,6 +312,20 @@ fn convert_takes_hot_spares_when_the_new_layout_needs_them() {
         template: Some(template(Level::Raid1)),
         ..Default::default()
     };
+    // Kept out with no_spares, the refusal says how many members are missing and that
+    // spares were left out.
+    let f = a
+        .forecast(&Change {
+            no_spares: true,
+            ..to_raid1.clone()
+        })
+        .unwrap();
+    let r = f.refusals.join("; ");
+    assert!(
+        r.contains("2 more members as large as the largest needed")
+            && r.contains("2 hot spares left out by --no-spares"),
+        "{r}"
+    );
     // raid1 over the two active members cannot hold the data: the spares are needed too.
     let f = a.forecast(&to_raid1).unwrap();
     assert!(f.refusals.is_empty(), "{:?}", f.refusals);

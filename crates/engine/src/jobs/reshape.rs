@@ -103,7 +103,10 @@ impl Jobs {
         let targets = (0..meta.members.len() as u16)
             .filter(|&i| {
                 let m = &meta.members[i as usize];
-                m.state == MemberState::Active && !m.leaving && members[i as usize].is_some()
+                // Members beyond the open set are hypothetical ones (`members_needed`).
+                m.state == MemberState::Active
+                    && !m.leaving
+                    && members.get(i as usize).is_none_or(|d| d.is_some())
             })
             .collect();
         Goal {
