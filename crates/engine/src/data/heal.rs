@@ -67,10 +67,7 @@ impl Data {
         voff: u64,
     ) -> Result<Vec<u8>> {
         let cs = self.csums.as_ref().expect("checksums");
-        self.tel
-            .counters
-            .checksum_errors
-            .fetch_add(1, Ordering::Relaxed);
+        self.count_checksum_error(m);
         let members = self.members();
         let pos = c
             .slices

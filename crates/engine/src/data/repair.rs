@@ -204,10 +204,7 @@ impl Data {
                         .as_ref()
                         .is_none_or(|cs| cs.first_bad(m, d, off, buf).is_none());
                     if !good {
-                        self.tel
-                            .counters
-                            .checksum_errors
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.count_checksum_error(m);
                     }
                     good
                 }

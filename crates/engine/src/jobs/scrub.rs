@@ -373,10 +373,7 @@ impl Jobs {
                     continue;
                 }
                 if self.csums.is_some() {
-                    self.tel
-                        .counters
-                        .checksum_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.count_checksum_error(m);
                 }
                 let mut view = (**members).clone();
                 view[m as usize] = None;

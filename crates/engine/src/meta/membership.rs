@@ -177,6 +177,19 @@ impl Meta {
         Ok(())
     }
 
+    /// Counts a block of member `m` that failed its checksum (array and member figures).
+    pub(crate) fn count_checksum_error(&self, m: u16) {
+        self.tel
+            .counters
+            .checksum_errors
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(Some(d)) = self.members().get(m as usize) {
+            if let Some(g) = d.guard() {
+                g.count_checksum_error();
+            }
+        }
+    }
+
     /// What to do with an error from a member: if it is an I/O error of a member the array
     /// can do without, fail that member and say so (`true`: retry the operation degraded).
     pub(crate) fn absorb(&self, e: &Error) -> bool {
