@@ -6,6 +6,7 @@ mod control;
 mod hook;
 mod members;
 mod progress;
+mod tls;
 mod units;
 
 use clap::{Parser, Subcommand};

@@ -67,6 +67,8 @@ pub struct ServeOpts {
     /// is logged and the exit status is 1.
     #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration, value_name = "TIME")]
     pub shutdown_limit: Duration,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Assemble the array on MEMBER... and serve it over NBD.
@@ -326,6 +328,7 @@ fn start_control(o: &ServeOpts, uuid: &str, shared: &Arc<Shared>) -> Result<Opti
 async fn listen(o: &ServeOpts, export: &str) -> Result<(Listener, String)> {
     Ok(match &o.socket {
         Some(path) => {
+            o.tls.check(&[])?;
             clear_stale_socket(path)?;
             let l = Listener::bind_unix(path)
                 .with_context(|| format!("--socket {}", path.display()))?;
@@ -333,6 +336,7 @@ async fn listen(o: &ServeOpts, export: &str) -> Result<(Listener, String)> {
         }
         None => {
             let addrs = tcp_addrs(&o.listen, o.allow_remote)?;
+            o.tls.check(&addrs)?;
             let l = Listener::bind_tcp(&addrs[..])
                 .await
                 .with_context(|| format!("--listen {}", o.listen))?;
