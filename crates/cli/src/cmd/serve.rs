@@ -116,7 +116,9 @@ fn warn_sparse(paths: &[PathBuf]) {
         if holes == 0 {
             continue;
         }
-        let free = damocles_engine::filesystem_free(p).unwrap_or(u64::MAX);
+        let Ok(Some(free)) = damocles_engine::filesystem_free(p) else {
+            continue;
+        };
         let e = by_fs.entry(meta.dev()).or_insert((0, free, Vec::new()));
         e.0 += holes;
         e.2.push(p.display().to_string());

@@ -27,10 +27,15 @@ pub fn unallocated_bytes(path: &Path) -> io::Result<Option<u64>> {
     Ok(Some(m.len().saturating_sub(m.blocks() * 512)))
 }
 
-/// Bytes free for unprivileged users on the filesystem holding `path`.
-pub fn filesystem_free(path: &Path) -> io::Result<u64> {
+/// Bytes free for unprivileged users on the filesystem holding `path`; `None` when that
+/// filesystem reports no capacity at all (FUSE file systems such as nbdfuse's often do),
+/// so nothing can be said about its space.
+pub fn filesystem_free(path: &Path) -> io::Result<Option<u64>> {
     let st = rustix::fs::statvfs(path)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    if st.f_blocks == 0 {
+        return Ok(None);
+    }
+    Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
 }
 
 /// Allocates every block of the regular file at `path` (its data unchanged), so writes to
