@@ -29,7 +29,8 @@ make_tmpdir damocles-deadline-cost
 for v in before after; do
     DAMOCLES=$BEFORE; [ $v = after ] && DAMOCLES=$AFTER
     for i in 0 1 2 3; do truncate -s "$MEMBER" "$T/$v-m$i"; done
-    "$DAMOCLES" create --sparse --level raid5 "$T/$v-m"{0..3} >"$T/$v.create" 2>&1 \
+    sparse=(); "$DAMOCLES" create --help | grep -q -- --sparse && sparse=(--sparse)
+    "$DAMOCLES" create "${sparse[@]}" --level raid5 "$T/$v-m"{0..3} >"$T/$v.create" 2>&1 \
         || { cat "$T/$v.create" >&2; exit 1; }
     start_damocles "$v" "$T/$v-m"{0..3}
     fio --name=fill --ioengine=nbd --uri="${URI[$v]}" --rw=write --bs=1M --iodepth=16 \

@@ -14,6 +14,8 @@ pub struct FileMember {
     /// A regular file with holes when opened: zeroing punches holes. A file fully
     /// allocated (reserved by `create`) stays so: zeroing keeps its blocks.
     sparse: bool,
+    /// The file refused `RWF_NOWAIT` once (EOPNOTSUPP): not asked again.
+    no_nowait: std::sync::atomic::AtomicBool,
 }
 
 /// Bytes of the regular file at `path` not backed by allocated blocks (0 for a fully
@@ -96,6 +98,7 @@ impl FileMember {
             file,
             size,
             sparse,
+            no_nowait: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -110,6 +113,29 @@ impl MemberDevice for FileMember {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len())?;
         self.file.read_exact_at(buf, offset)
+    }
+    fn read_nowait(&self, bufs: &mut [&mut [u8]], offset: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.no_nowait.load(Ordering::Relaxed) || check_range(self.size, offset, total).is_err()
+        {
+            return false;
+        }
+        let mut iov: Vec<io::IoSliceMut> =
+            bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+        match rustix::io::preadv2(
+            &self.file,
+            &mut iov,
+            offset,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(n) => n == total,
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                self.no_nowait.store(true, Ordering::Relaxed);
+                false
+            }
+            Err(_) => false,
+        }
     }
     fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
