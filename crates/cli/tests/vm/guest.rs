@@ -96,7 +96,7 @@ fn probe_kvm() -> &'static str {
         .tempdir()
         .unwrap();
     let t0 = Instant::now();
-    let mut vm = Vm::boot_with(dir.path(), "probe", "true\n", &[], "kvm");
+    let mut vm = Vm::boot_with(dir.path(), "probe", "true\n", &[], "kvm", "");
     match vm.wait_for(PASS, KVM_PROBE) {
         Ok(_) => {
             eprintln!(
@@ -136,7 +136,14 @@ pub fn limit(kvm_secs: u64) -> Duration {
 
 impl Vm {
     pub fn boot(dir: &Path, name: &str, scenario: &str, disks: &[NbdDisk]) -> Vm {
-        Vm::boot_with(dir, name, scenario, disks, accel())
+        Vm::boot_with(dir, name, scenario, disks, accel(), "")
+    }
+
+    /// Like `boot` with `root=/dev/vda` on the kernel command line: the initramfs checks the
+    /// first disk's filesystem (`e2fsck -fn`), mounts it read-only and `switch_root`s to its
+    /// `/init`, which runs `scenario` from `/run` (see tests/vm/init).
+    pub fn boot_root(dir: &Path, name: &str, scenario: &str, disks: &[NbdDisk]) -> Vm {
+        Vm::boot_with(dir, name, scenario, disks, accel(), " root=/dev/vda")
     }
 
     /// Like `boot`, with this build's `damocles` binary (stripped) at /bin/damocles in the
@@ -151,10 +158,17 @@ impl Vm {
                 .arg(crate::interop_support::bin()),
         );
         assert!(o.status.success(), "strip damocles: {}", text(&o));
-        Vm::boot_with(dir, name, scenario, &[], accel())
+        Vm::boot_with(dir, name, scenario, &[], accel(), "")
     }
 
-    fn boot_with(dir: &Path, name: &str, scenario: &str, disks: &[NbdDisk], accel: &str) -> Vm {
+    fn boot_with(
+        dir: &Path,
+        name: &str,
+        scenario: &str,
+        disks: &[NbdDisk],
+        accel: &str,
+        cmdline: &str,
+    ) -> Vm {
         let img = image();
         let initrd = dir.join(format!("{name}.initrd"));
         write_initrd(
@@ -172,7 +186,8 @@ impl Vm {
             .arg(&img.kernel)
             .arg("-initrd")
             .arg(&initrd)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .arg("-append")
+            .arg(format!("console=ttyS0 quiet panic=-1{cmdline}"))
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .arg("-chardev")
