@@ -153,6 +153,8 @@ impl TlsBuilder {
         b.set_session_id_context(b"damocles-nbd")?;
         // No resumption: every connection authenticates afresh.
         b.set_num_tickets(0)?;
+        // Read whole records (and what follows) per system call, not header then body.
+        b.set_read_ahead(true);
         // Writes may be retried with a moved buffer and return per record.
         b.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
         if let (Some(chain), Some(key)) = (&self.chain, &self.key) {
@@ -160,7 +162,9 @@ impl TlsBuilder {
             for c in &chain[1..] {
                 b.add_extra_chain_cert(c.clone())?;
             }
-            b.set_private_key(key)?;
+            // OpenSSL compares the key with the certificate here already.
+            b.set_private_key(key)
+                .map_err(|e| TlsError::KeyMismatch(first_reason(&e)))?;
             b.check_private_key()
                 .map_err(|e| TlsError::KeyMismatch(first_reason(&e)))?;
         }

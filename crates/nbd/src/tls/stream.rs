@@ -119,7 +119,38 @@ impl Write for Raw {
     }
 }
 
-fn lock(m: &Mutex<SslStream<Raw>>) -> MutexGuard<'_, SslStream<Raw>> {
+/// What OpenSSL reads from and writes to: the socket, and in transmission a buffer that
+/// gathers the records of a whole reply, sent with one large write instead of one
+/// system call per 16 KiB record.
+pub(crate) struct Io {
+    raw: Raw,
+    /// Some: writes are gathered here (never blocking) until [`TlsSock::drain`].
+    wbuf: Option<Vec<u8>>,
+}
+
+impl Read for Io {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.raw.read(buf)
+    }
+}
+
+impl Write for Io {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.wbuf {
+            Some(w) => {
+                w.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            None => self.raw.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn lock(m: &Mutex<SslStream<Io>>) -> MutexGuard<'_, SslStream<Io>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -146,7 +177,7 @@ fn step(e: ssl::Error) -> Step {
 
 /// The TLS stream during the handshake, driven by the runtime.
 pub(crate) struct AsyncTls {
-    ssl: Mutex<SslStream<Raw>>,
+    ssl: Mutex<SslStream<Io>>,
     /// The socket inside `ssl`, shared for its readiness.
     sock: Raw,
 }
@@ -155,7 +186,7 @@ impl AsyncTls {
     /// Runs the TLS handshake as the server.
     pub async fn accept(ssl: Ssl, raw: Raw) -> io::Result<Self> {
         let sock = raw.share()?;
-        let s = SslStream::new(ssl, raw).map_err(io::Error::other)?;
+        let s = SslStream::new(ssl, Io { raw, wbuf: None }).map_err(io::Error::other)?;
         let this = AsyncTls {
             ssl: Mutex::new(s),
             sock,
@@ -174,7 +205,7 @@ impl AsyncTls {
     fn poll_op<R>(
         &self,
         cx: &mut Context<'_>,
-        mut op: impl FnMut(&mut SslStream<Raw>) -> Result<R, ssl::Error>,
+        mut op: impl FnMut(&mut SslStream<Io>) -> Result<R, ssl::Error>,
     ) -> Poll<io::Result<R>> {
         loop {
             let r = op(&mut lock(&self.ssl));
@@ -194,7 +225,7 @@ impl AsyncTls {
     pub fn into_blocking(self) -> io::Result<TlsSock> {
         let AsyncTls { ssl, sock } = self;
         let mut guard = lock(&ssl);
-        let inner = std::mem::replace(guard.get_mut(), Raw::Gone);
+        let inner = std::mem::replace(&mut guard.get_mut().raw, Raw::Gone);
         drop(sock);
         let std_sock = inner.into_std()?;
         let raw = match &std_sock {
@@ -202,7 +233,10 @@ impl AsyncTls {
             Raw::Unix(s) => Raw::Unix(s.try_clone()?),
             _ => return Err(io::ErrorKind::NotConnected.into()),
         };
-        *guard.get_mut() = std_sock;
+        *guard.get_mut() = Io {
+            raw: std_sock,
+            wbuf: Some(Vec::with_capacity(FLUSH_AT + (64 << 10))),
+        };
         drop(guard);
         let wake = rustix::event::eventfd(
             0,
@@ -265,7 +299,7 @@ const ABORTED: u8 = 2;
 /// The TLS connection in transmission: blocking calls made of non-blocking tries and
 /// `poll(2)`.
 pub(crate) struct TlsSock {
-    ssl: Mutex<SslStream<Raw>>,
+    ssl: Mutex<SslStream<Io>>,
     raw: Raw,
     state: AtomicU8,
     /// Readable once reading is to stop: wakes a reader waiting in poll.
@@ -297,22 +331,73 @@ impl TlsSock {
         self.state.load(Ordering::Acquire) >= STOP_READING
     }
 
-    /// Writes all of `buf`.
+    /// Encrypts all of `buf` into the write buffer; sends it once it is large.
     fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             if self.state.load(Ordering::Acquire) >= ABORTED {
                 return Err(io::ErrorKind::BrokenPipe.into());
             }
-            let r = lock(&self.ssl).ssl_write(buf);
+            let (r, pending) = {
+                let mut s = lock(&self.ssl);
+                let r = s.ssl_write(buf);
+                (r, s.get_ref().wbuf.as_ref().map_or(0, Vec::len))
+            };
             match r.map_err(step) {
                 Ok(n) => buf = &buf[n..],
+                // Not with the buffer in place, but harmless.
                 Err(Step::WantWrite) => self.wait(PollFlags::OUT, false)?,
                 Err(Step::WantRead) => self.wait(PollFlags::IN, false)?,
                 Err(Step::Eof) => return Err(io::ErrorKind::BrokenPipe.into()),
                 Err(Step::Fail(e)) => return Err(e),
             }
+            if pending >= FLUSH_AT {
+                self.drain()?;
+            }
         }
         Ok(())
+    }
+
+    /// Sends what the write buffer holds. Only writers call it, one at a time (the
+    /// caller serialises writes), so the buffer taken out is sent whole before any later
+    /// one.
+    fn drain(&self) -> io::Result<()> {
+        let mut data = match lock(&self.ssl).get_mut().wbuf.as_mut() {
+            Some(w) if !w.is_empty() => std::mem::take(w),
+            _ => return Ok(()),
+        };
+        let mut off = 0;
+        let r = loop {
+            if off == data.len() {
+                break Ok(());
+            }
+            if self.state.load(Ordering::Acquire) >= ABORTED {
+                break Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let w = match &self.raw {
+                Raw::Tcp(s) => (&*s).write(&data[off..]),
+                Raw::Unix(s) => (&*s).write(&data[off..]),
+                _ => Err(io::ErrorKind::NotConnected.into()),
+            };
+            match w {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.wait(PollFlags::OUT, false) {
+                        break Err(e);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        // Hand the allocation back unless records were gathered meanwhile (by a reader).
+        data.clear();
+        if let Some(w) = lock(&self.ssl).get_mut().wbuf.as_mut() {
+            if w.is_empty() {
+                *w = data;
+            }
+        }
+        r
     }
 
     fn signal(&self, state: u8) {
@@ -324,6 +409,8 @@ impl TlsSock {
 
 /// Small replies are gathered into one TLS record rather than one record each.
 const GATHER: usize = 16 << 10;
+/// Encrypted bytes gathered before they are sent.
+const FLUSH_AT: usize = 1 << 20;
 
 impl Transport for TlsSock {
     fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -367,6 +454,7 @@ impl Transport for TlsSock {
             self.write_all(&small)?;
             done += small.len();
         }
+        self.drain()?;
         Ok(done)
     }
 
