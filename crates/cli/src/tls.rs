@@ -25,8 +25,9 @@ pub struct TlsArgs {
     /// off, on (offered) or require (default: require for a non-loopback address, else off).
     #[arg(long, value_enum, value_name = "MODE")]
     pub tls: Option<TlsMode>,
-    /// Pre-shared keys in psktool's format (`identity:hexkey` lines), as qemu-nbd and
-    /// nbdkit read them.
+    /// Pre-shared keys in psktool's format (`identity:hexkey` lines, made by `psktool -u
+    /// NAME -p FILE`), as qemu-nbd and nbdkit read them. libnbd clients give the identity
+    /// as the URI's user (`nbds://NAME@host/export?tls-psk-file=FILE`).
     #[arg(long, value_name = "FILE")]
     pub tls_psk_file: Option<PathBuf>,
     /// Server certificate (PEM, with its chain).
@@ -35,11 +36,13 @@ pub struct TlsArgs {
     /// Private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Clients must present a certificate signed by this CA (PEM).
+    /// Clients must present a certificate signed by this CA (PEM); clients using a
+    /// pre-shared key need none. Needs --tls-cert.
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// Only these PSK identities or certificate subjects (repeatable; default: any client
-    /// that authenticates).
+    /// that authenticates). A subject matches by its common name, or whole as `openssl x509
+    /// -noout -subject -nameopt RFC2253` prints it (`CN=hv1,O=example`).
     #[arg(long, value_name = "ID")]
     pub tls_allow: Vec<String>,
 }
