@@ -263,7 +263,11 @@ where
         }
     }
     match haggle(&mut tls, &mut neg, cfg, is_down).await? {
-        Haggled::Closed => Ok(None),
+        Haggled::Closed => {
+            // close_notify, best effort: the client is leaving anyway.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            Ok(None)
+        }
         Haggled::Transmission(n) => Ok(Some((n, Upgraded::Tls(tls)))),
         // A second STARTTLS is refused with NBD_REP_ERR_INVALID, never acknowledged.
         Haggled::StartTls => Err(NbdError::Handshake("STARTTLS inside TLS")),

@@ -331,7 +331,7 @@ impl TlsSock {
         self.state.load(Ordering::Acquire) >= STOP_READING
     }
 
-    /// Encrypts all of `buf` into the write buffer; sends it once it is large.
+    /// Encrypts all of `buf` into the write buffer, sending it whenever it is large.
     fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             if self.state.load(Ordering::Acquire) >= ABORTED {
@@ -339,7 +339,8 @@ impl TlsSock {
             }
             let (r, pending) = {
                 let mut s = lock(&self.ssl);
-                let r = s.ssl_write(buf);
+                // At most FLUSH_AT per call, so the buffer stays near that size.
+                let r = s.ssl_write(&buf[..buf.len().min(FLUSH_AT)]);
                 (r, s.get_ref().wbuf.as_ref().map_or(0, Vec::len))
             };
             match r.map_err(step) {
