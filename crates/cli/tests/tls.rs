@@ -631,3 +631,78 @@ fn a_non_loopback_address_requires_tls_by_default() {
         "{e}"
     );
 }
+
+#[test]
+fn sigterm_with_tls_clients_connected_stops_promptly() {
+    if !require_tools(
+        "sigterm_with_tls_clients_connected_stops_promptly",
+        &["nbdcopy", "qemu-io", "psktool"],
+    ) {
+        return;
+    }
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let a = Small::new();
+    let keys = a.path("keys.psk");
+    psktool("alice", &keys);
+    let (srv, port) = a.serve_tcp("stop", &["--tls", "require", "--tls-psk-file", s(&keys)]);
+    let uri = format!(
+        "nbds://alice@127.0.0.1:{port}/tank?tls-psk-file={}",
+        keys.display()
+    );
+    // An idle client: qemu-io connected over TLS, waiting for commands on its stdin.
+    let qdir = a.path("qemu-psk");
+    std::fs::create_dir(&qdir).unwrap();
+    std::fs::copy(&keys, qdir.join("keys.psk")).unwrap();
+    let mut idle = Command::new("qemu-io")
+        .args([
+            "--object",
+            &format!(
+                "tls-creds-psk,id=tls0,endpoint=client,dir={},username=alice",
+                qdir.display()
+            ),
+            "--image-opts",
+            &format!("driver=nbd,host=127.0.0.1,port={port},export=tank,tls-creds=tls0"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Busy clients reading the export over and over until the server goes away.
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let uri = uri.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(60) {
+                    let o = run(Command::new("nbdcopy").args(["--no-extents", &uri, "null:"]));
+                    if !o.status.success() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Until all three are in (their TLS handshakes logged).
+    let start = Instant::now();
+    while srv.stderr().matches("TLS client:").count() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            srv.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // A connection blocked reading its TLS socket must see the stop, not wait out the
+    // 30 s grace.
+    let status = srv.stop_within(Duration::from_secs(15));
+    assert!(status.success(), "serve exited with {status}");
+    for r in readers {
+        r.join().unwrap();
+    }
+    drop(idle.stdin.take());
+    let _ = idle.kill();
+    let _ = idle.wait();
+}
