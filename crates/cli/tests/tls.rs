@@ -706,3 +706,39 @@ fn sigterm_with_tls_clients_connected_stops_promptly() {
     let _ = idle.kill();
     let _ = idle.wait();
 }
+
+#[test]
+fn tls_on_serves_plain_and_tls_clients() {
+    if !require_tools(
+        "tls_on_serves_plain_and_tls_clients",
+        &["nbdinfo", "psktool"],
+    ) {
+        return;
+    }
+    let a = Small::new();
+    let size = a.size();
+    let keys = a.path("keys.psk");
+    psktool("alice", &keys);
+    let (srv, port) = a.serve_tcp("on", &["--tls", "on", "--tls-psk-file", s(&keys)]);
+    assert_size(&nbdinfo_size(&format!("nbd://127.0.0.1:{port}/tank")), size);
+    let tls = format!(
+        "nbds://alice@127.0.0.1:{port}/tank?tls-psk-file={}",
+        keys.display()
+    );
+    assert_size(&nbdinfo_size(&tls), size);
+    // Offered, not forced: a TLS client with a wrong key is still refused.
+    let wrong = a.path("wrong.psk");
+    psktool("alice", &wrong);
+    let bad = format!(
+        "nbds://alice@127.0.0.1:{port}/tank?tls-psk-file={}",
+        wrong.display()
+    );
+    assert_refused("wrong key", &nbdinfo_size(&bad));
+    assert_eq!(
+        srv.stderr().matches("TLS client:").count(),
+        1,
+        "{}",
+        srv.stderr()
+    );
+    srv.stop();
+}
