@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the external tools the black-box suites (crates/cli/tests) drive.
+# Installs the external tools the black-box suites (crates/cli/tests) drive, and the
+# system libraries the build needs (OpenSSL's headers for the openssl crate).
 # Does nothing when they are all present. With CI set, the suite fails on a missing tool.
 set -euo pipefail
 
@@ -20,6 +21,10 @@ deps=(
     sync:coreutils
     cmp:diffutils
     nbdkit:nbdkit
+    # The TLS suite (crates/cli/tests/tls.rs): test certificates and pre-shared keys.
+    certtool:gnutls-bin
+    psktool:gnutls-bin
+    openssl:openssl
     # The VM suite (crates/cli/tests/vm.rs): QEMU, and what builds the guest image from
     # Debian packages (apt-get download, unpacked, never installed).
     qemu-system-x86_64:qemu-system-x86
@@ -32,6 +37,14 @@ deps=(
     dpkg-deb:dpkg
 )
 
+# Build dependencies, checked by the files the build needs (a tool alone is not enough):
+# the openssl crate (damocles-nbd's TLS) finds OpenSSL's headers through pkg-config.
+# file:package
+build_deps=(
+    /usr/include/openssl/ssl.h:libssl-dev
+    /usr/bin/pkg-config:pkg-config
+)
+
 export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
 for d in "${deps[@]}"; do
@@ -42,6 +55,18 @@ for d in "${deps[@]}"; do
         missing+=("$pkg")
     fi
 done
+for d in "${build_deps[@]}"; do
+    file=${d%%:*}
+    pkg=${d#*:}
+    if [ ! -e "$file" ]; then
+        echo "missing: $file (package $pkg)"
+        missing+=("$pkg")
+    fi
+done
+if [ -x /usr/bin/pkg-config ] && ! pkg-config --exists openssl; then
+    echo "missing: openssl.pc for pkg-config (package libssl-dev)"
+    missing+=(libssl-dev)
+fi
 
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -82,4 +107,9 @@ for d in "${deps[@]}"; do
     tool=${d%%:*}
     command -v "$tool" >/dev/null 2>&1 || { echo "still missing after install: $tool" >&2; exit 1; }
 done
+for d in "${build_deps[@]}"; do
+    file=${d%%:*}
+    [ -e "$file" ] || { echo "still missing after install: $file" >&2; exit 1; }
+done
+pkg-config --exists openssl || { echo "still missing after install: openssl.pc" >&2; exit 1; }
 echo "interop test tools: installed $pkgs"

@@ -3,6 +3,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::tls::TlsMode;
 use crate::wire::{self, *};
 use crate::{NbdError, ServerConfig};
 
@@ -34,6 +35,9 @@ pub enum OptionOutcome {
     Abort,
     /// Enter transmission after writing the reply.
     Transmission(Negotiated),
+    /// NBD_OPT_STARTTLS was acknowledged: the TLS handshake follows the reply, and the
+    /// option haggling goes on inside TLS.
+    StartTls,
     /// Hard disconnect (nothing sensible can be sent).
     Disconnect(&'static str),
 }
@@ -52,6 +56,10 @@ pub struct Negotiator {
     no_zeroes: bool,
     structured: bool,
     base_allocation: bool,
+    /// TLS offered or required (None: NOTLS).
+    tls: Option<TlsMode>,
+    /// STARTTLS was acknowledged.
+    tls_active: bool,
 }
 
 impl Negotiator {
@@ -68,7 +76,19 @@ impl Negotiator {
             no_zeroes: false,
             structured: false,
             base_allocation: false,
+            tls: cfg.tls.as_ref().map(|t| t.mode()),
+            tls_active: false,
         }
+    }
+
+    /// True while TLS is required and not yet started: options are refused.
+    fn tls_missing(&self) -> bool {
+        self.tls == Some(TlsMode::Require) && !self.tls_active
+    }
+
+    /// Whether the option haggling runs inside TLS.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
     }
 
     pub fn greeting(&self) -> [u8; 18] {
@@ -127,6 +147,10 @@ impl Negotiator {
         if !self.fixed || option == OPT_EXPORT_NAME {
             return OptionOutcome::Disconnect("oversized option");
         }
+        if self.tls_missing() {
+            err_reply(out, option, REP_ERR_TLS_REQD, TLS_REQUIRED);
+            return OptionOutcome::Continue;
+        }
         if option == OPT_SET_META_CONTEXT {
             self.base_allocation = false;
         }
@@ -155,6 +179,14 @@ impl Negotiator {
         }
         if shutting_down {
             err_reply(out, option, REP_ERR_SHUTDOWN, "server shutting down");
+            return OptionOutcome::Continue;
+        }
+        if option == OPT_STARTTLS {
+            return self.starttls(data, out);
+        }
+        if self.tls_missing() {
+            // FORCEDTLS: everything but STARTTLS and ABORT, INFO and GO included.
+            err_reply(out, option, REP_ERR_TLS_REQD, TLS_REQUIRED);
             return OptionOutcome::Continue;
         }
         match option {
@@ -187,12 +219,40 @@ impl Negotiator {
             }
             OPT_INFO | OPT_GO => self.info_or_go(option, data, out),
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => self.meta_context(option, data, out),
-            // STARTTLS (NOTLS mode), EXTENDED_HEADERS and anything unknown.
+            // EXTENDED_HEADERS and anything unknown.
             _ => {
                 err_reply(out, option, REP_ERR_UNSUP, "option not supported");
                 OptionOutcome::Continue
             }
         }
+    }
+
+    fn starttls(&mut self, data: &[u8], out: &mut Vec<u8>) -> OptionOutcome {
+        if self.tls.is_none() {
+            err_reply(
+                out,
+                OPT_STARTTLS,
+                REP_ERR_UNSUP,
+                "TLS is not enabled on this server",
+            );
+        } else if self.tls_active {
+            err_reply(
+                out,
+                OPT_STARTTLS,
+                REP_ERR_INVALID,
+                "TLS is already negotiated",
+            );
+        } else if !data.is_empty() {
+            err_reply(out, OPT_STARTTLS, REP_ERR_INVALID, "STARTTLS takes no data");
+        } else {
+            encode_option_reply(out, OPT_STARTTLS, REP_ACK, &[]);
+            self.tls_active = true;
+            // The spec: nothing negotiated before STARTTLS survives it.
+            self.structured = false;
+            self.base_allocation = false;
+            return OptionOutcome::StartTls;
+        }
+        OptionOutcome::Continue
     }
 
     fn export_name_option(
@@ -203,6 +263,10 @@ impl Negotiator {
     ) -> OptionOutcome {
         if shutting_down {
             return OptionOutcome::Disconnect("server shutting down");
+        }
+        if self.tls_missing() {
+            // EXPORT_NAME cannot carry an error.
+            return OptionOutcome::Disconnect("client skipped TLS, which this export requires");
         }
         match wire::parse_string(data) {
             Ok(name) if self.is_our_export(&name) => {}
@@ -331,32 +395,49 @@ impl Negotiator {
     }
 }
 
+const TLS_REQUIRED: &str = "TLS required: this server needs NBD_OPT_STARTTLS first";
+
 fn err_reply(out: &mut Vec<u8>, option: u32, rep: u32, msg: &str) {
     encode_option_reply(out, option, rep, msg.as_bytes());
 }
 
-/// Run the handshake on `stream`. `Ok(None)` means the client ended it
-/// cleanly (ABORT or EOF between options).
-pub(crate) async fn negotiate<S>(
-    stream: &mut S,
-    cfg: &ServerConfig,
-    export: ExportInfo,
-    shutting_down: impl Fn() -> bool,
-) -> Result<Option<Negotiated>, NbdError>
+/// How the option haggling ended.
+#[derive(Debug)]
+pub(crate) enum Haggled {
+    /// The client ended it cleanly (ABORT or EOF between options).
+    Closed,
+    /// STARTTLS was acknowledged: start TLS, then haggle on inside it.
+    StartTls,
+    Transmission(Negotiated),
+}
+
+/// Sends the greeting and reads the client's flags.
+pub(crate) async fn greet<S>(stream: &mut S, neg: &mut Negotiator) -> Result<(), NbdError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut neg = Negotiator::new(cfg, export);
     stream.write_all(&neg.greeting()).await?;
     stream.flush().await?;
     let flags = stream.read_u32().await?;
-    neg.client_flags(flags)?;
+    neg.client_flags(flags)
+}
 
+/// Reads and answers options until the client enters transmission, ends the handshake,
+/// or starts TLS.
+pub(crate) async fn haggle<S>(
+    stream: &mut S,
+    neg: &mut Negotiator,
+    cfg: &ServerConfig,
+    shutting_down: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<Haggled, NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let mut out = Vec::new();
     loop {
         let mut hdr = [0u8; OPTION_HEADER_LEN];
         if !read_exact_or_eof(stream, &mut hdr).await? {
-            return Ok(None);
+            return Ok(Haggled::Closed);
         }
         let h = wire::parse_option_header(&hdr)?;
         out.clear();
@@ -376,15 +457,16 @@ where
         stream.flush().await?;
         match outcome {
             OptionOutcome::Continue => {}
-            OptionOutcome::Abort => return Ok(None),
-            OptionOutcome::Transmission(n) => return Ok(Some(n)),
+            OptionOutcome::Abort => return Ok(Haggled::Closed),
+            OptionOutcome::StartTls => return Ok(Haggled::StartTls),
+            OptionOutcome::Transmission(n) => return Ok(Haggled::Transmission(n)),
             OptionOutcome::Disconnect(why) => return Err(NbdError::Handshake(why)),
         }
     }
 }
 
 /// Fill `buf`; `Ok(false)` on EOF before the first byte.
-pub(crate) async fn read_exact_or_eof<R: AsyncRead + Unpin>(
+pub(crate) async fn read_exact_or_eof<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
     buf: &mut [u8],
 ) -> std::io::Result<bool> {
@@ -486,6 +568,127 @@ mod tests {
             OptionOutcome::Abort
         );
         assert_eq!(reply_types(&out), vec![REP_ACK]);
+    }
+
+    fn tls_neg(mode: TlsMode) -> Negotiator {
+        let mut b = crate::tls::TlsBuilder::new(mode);
+        b.psk(crate::tls::PskTable::parse("alice:00112233").unwrap())
+            .unwrap();
+        let mut cfg = ServerConfig::new("exp");
+        cfg.tls = Some(std::sync::Arc::new(b.build().unwrap()));
+        let mut n = Negotiator::new(
+            &cfg,
+            ExportInfo {
+                size: 1 << 20,
+                read_only: false,
+                preferred_block_size: 4096,
+            },
+        );
+        n.client_flags(FLAG_C_FIXED_NEWSTYLE).unwrap();
+        n
+    }
+
+    fn go_request() -> Vec<u8> {
+        let mut d = 3u32.to_be_bytes().to_vec();
+        d.extend_from_slice(b"exp");
+        d.extend_from_slice(&0u16.to_be_bytes());
+        d
+    }
+
+    #[test]
+    fn require_refuses_everything_but_starttls_and_abort() {
+        let mut n = tls_neg(TlsMode::Require);
+        let mut out = Vec::new();
+        for (opt, data) in [
+            (OPT_LIST, vec![]),
+            (OPT_INFO, go_request()),
+            (OPT_GO, go_request()),
+            (OPT_STRUCTURED_REPLY, vec![]),
+            (OPT_LIST_META_CONTEXT, vec![]),
+            (99, vec![]),
+        ] {
+            out.clear();
+            assert_eq!(
+                n.handle_option(opt, &data, false, &mut out),
+                OptionOutcome::Continue
+            );
+            assert_eq!(reply_types(&out), vec![REP_ERR_TLS_REQD], "option {opt}");
+        }
+        out.clear();
+        assert_eq!(
+            n.oversized_option(OPT_LIST, &mut out),
+            OptionOutcome::Continue
+        );
+        assert_eq!(reply_types(&out), vec![REP_ERR_TLS_REQD]);
+        // EXPORT_NAME cannot be answered with an error.
+        out.clear();
+        assert!(matches!(
+            n.handle_option(OPT_EXPORT_NAME, b"exp", false, &mut out),
+            OptionOutcome::Disconnect(_)
+        ));
+        assert!(out.is_empty());
+        out.clear();
+        assert_eq!(
+            n.handle_option(OPT_ABORT, &[], false, &mut out),
+            OptionOutcome::Abort
+        );
+        assert_eq!(reply_types(&out), vec![REP_ACK]);
+    }
+
+    #[test]
+    fn starttls_then_options_inside_tls() {
+        let mut n = tls_neg(TlsMode::Require);
+        let mut out = Vec::new();
+        n.handle_option(OPT_STARTTLS, b"x", false, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ERR_INVALID]);
+        assert!(!n.tls_active());
+        out.clear();
+        assert_eq!(
+            n.handle_option(OPT_STARTTLS, &[], false, &mut out),
+            OptionOutcome::StartTls
+        );
+        assert_eq!(reply_types(&out), vec![REP_ACK]);
+        assert!(n.tls_active());
+        out.clear();
+        // Only once.
+        n.handle_option(OPT_STARTTLS, &[], false, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ERR_INVALID]);
+        out.clear();
+        n.handle_option(OPT_LIST, &[], false, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_SERVER, REP_ACK]);
+        out.clear();
+        assert!(matches!(
+            n.handle_option(OPT_GO, &go_request(), false, &mut out),
+            OptionOutcome::Transmission(_)
+        ));
+    }
+
+    #[test]
+    fn offer_serves_plain_and_starttls_forgets_earlier_state() {
+        let mut n = tls_neg(TlsMode::Offer);
+        let mut out = Vec::new();
+        n.handle_option(OPT_STRUCTURED_REPLY, &[], false, &mut out);
+        n.handle_option(OPT_LIST, &[], false, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ACK, REP_SERVER, REP_ACK]);
+        assert!(n.negotiated().structured);
+        out.clear();
+        assert_eq!(
+            n.handle_option(OPT_STARTTLS, &[], false, &mut out),
+            OptionOutcome::StartTls
+        );
+        assert!(
+            !n.negotiated().structured,
+            "STARTTLS keeps no earlier state"
+        );
+    }
+
+    #[test]
+    fn starttls_unsupported_without_tls() {
+        let mut n = neg(true);
+        let mut out = Vec::new();
+        n.handle_option(OPT_STARTTLS, &[], false, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ERR_UNSUP]);
+        assert!(!n.tls_active());
     }
 
     #[test]

@@ -6,19 +6,22 @@
 //!
 //! Supported: options `EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO`,
 //! `STRUCTURED_REPLY`, `LIST_META_CONTEXT` / `SET_META_CONTEXT`
-//! (`base:allocation`); commands `READ`, `WRITE`, `DISC`, `FLUSH`, `TRIM`,
-//! `CACHE` (no-op), `WRITE_ZEROES`, `BLOCK_STATUS`.
+//! (`base:allocation`), `STARTTLS` (when [`ServerConfig::tls`] is set: TLS
+//! offered, or required as the spec's FORCEDTLS mode; see [`tls`]); commands
+//! `READ`, `WRITE`, `DISC`, `FLUSH`, `TRIM`, `CACHE` (no-op), `WRITE_ZEROES`,
+//! `BLOCK_STATUS`.
 //!
-//! Not supported (answered with `NBD_REP_ERR_UNSUP`): `STARTTLS` (the server
-//! runs in NOTLS mode) and `EXTENDED_HEADERS` (64-bit headers). Fast zero is
-//! not advertised. Oldstyle negotiation is never offered; non-fixed newstyle
-//! clients may only use `NBD_OPT_EXPORT_NAME`.
+//! Not supported (answered with `NBD_REP_ERR_UNSUP`): `EXTENDED_HEADERS`
+//! (64-bit headers), and `STARTTLS` without TLS settings. Fast zero is not
+//! advertised. Oldstyle negotiation is never offered; non-fixed newstyle
+//! clients may only use `NBD_OPT_EXPORT_NAME`, and never TLS.
 
 #![forbid(unsafe_code)]
 
 mod device;
 mod handshake;
 mod server;
+pub mod tls;
 mod transmission;
 mod transport;
 pub mod wire;
@@ -58,6 +61,9 @@ pub struct ServerConfig {
     /// to drain before cutting them off (requests already running on the
     /// device still finish, unanswered, before the final flush).
     pub shutdown_grace: Duration,
+    /// TLS credentials and whether TLS is offered or required (None: no TLS,
+    /// NBD_OPT_STARTTLS is refused). Only TCP and Unix socket connections can use it.
+    pub tls: Option<std::sync::Arc<tls::TlsConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +79,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(30),
             max_option_len: 64 << 10,
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -125,4 +132,6 @@ pub enum NbdError {
     HandshakeTimeout,
     #[error("invalid server configuration: {0}")]
     Config(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }

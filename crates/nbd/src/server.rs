@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::device::BlockDevice;
-use crate::handshake::{negotiate, ExportInfo};
+use crate::handshake::{greet, haggle, ExportInfo, Haggled, Negotiated, Negotiator};
+use crate::tls;
 use crate::transmission;
 use crate::transport::{Bridge, Sock};
 use crate::{NbdError, ServerConfig};
@@ -116,7 +117,7 @@ where
 /// socket is cut, and this returns when the requests still running on the
 /// device have finished (their replies are dropped).
 async fn serve_one<S>(
-    mut stream: S,
+    stream: S,
     dev: Arc<dyn BlockDevice>,
     cfg: Arc<ServerConfig>,
     shutdown: watch::Receiver<bool>,
@@ -131,39 +132,145 @@ where
         read_only: dev.read_only(),
         preferred_block_size: dev.preferred_block_size(),
     };
+    let conn = Plain::classify(stream);
+    if cfg.tls.is_some() && matches!(conn, Plain::Other(_)) {
+        return Err(NbdError::Config(
+            "TLS needs a TCP or Unix socket connection".into(),
+        ));
+    }
     let flag = shutdown.clone();
+    let is_down = move || *flag.borrow();
     let neg = tokio::select! {
         r = tokio::time::timeout(
             cfg.handshake_timeout,
-            negotiate(&mut stream, &cfg, export, || *flag.borrow()),
+            handshake(conn, &cfg, export, &is_down),
         ) => r.map_err(|_| NbdError::HandshakeTimeout)??,
         _ = wait_shutdown(shutdown.clone()) => return Ok(()),
     };
-    let Some(neg) = neg else {
+    let Some((neg, conn)) = neg else {
         return Ok(());
     };
     tracing::debug!(?neg, "entering transmission");
     let stop = wait_shutdown(shutdown);
-    let any: Box<dyn Any + Send> = Box::new(stream);
-    let any = match any.downcast::<TcpStream>() {
-        Ok(s) => {
-            let t = Sock::from_tokio_tcp(*s)?;
-            return transmission::run(t, dev, &cfg, neg, stop, abort).await;
+    match conn {
+        Upgraded::Plain(Plain::Tcp(s)) => {
+            let t = Sock::from_tokio_tcp(s)?;
+            transmission::run(t, dev, &cfg, neg, stop, abort).await
         }
-        Err(any) => any,
-    };
+        #[cfg(unix)]
+        Upgraded::Plain(Plain::Unix(s)) => {
+            let t = Sock::from_tokio_unix(s)?;
+            transmission::run(t, dev, &cfg, neg, stop, abort).await
+        }
+        Upgraded::Plain(Plain::Other(s)) => {
+            transmission::run(Bridge::new(s), dev, &cfg, neg, stop, abort).await
+        }
+        Upgraded::Tls(t) => {
+            let t = t.into_blocking()?;
+            transmission::run(t, dev, &cfg, neg, stop, abort).await
+        }
+    }
+}
+
+/// An accepted stream before TLS: a real socket (served from blocking threads in
+/// transmission, and able to start TLS) or any other stream.
+enum Plain<S> {
+    Tcp(TcpStream),
     #[cfg(unix)]
-    let any = match any.downcast::<tokio::net::UnixStream>() {
-        Ok(s) => {
-            let t = Sock::from_tokio_unix(*s)?;
-            return transmission::run(t, dev, &cfg, neg, stop, abort).await;
+    Unix(tokio::net::UnixStream),
+    Other(S),
+}
+
+/// Anything the handshake can talk over.
+trait HandshakeStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> HandshakeStream for T {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Plain<S> {
+    fn classify(stream: S) -> Self {
+        let any: Box<dyn Any + Send> = Box::new(stream);
+        let any = match any.downcast::<TcpStream>() {
+            Ok(s) => return Plain::Tcp(*s),
+            Err(any) => any,
+        };
+        #[cfg(unix)]
+        let any = match any.downcast::<tokio::net::UnixStream>() {
+            Ok(s) => return Plain::Unix(*s),
+            Err(any) => any,
+        };
+        match any.downcast::<S>() {
+            Ok(s) => Plain::Other(*s),
+            // Cannot happen: `any` was made from an `S` just above.
+            Err(_) => unreachable!("stream of unexpected type"),
         }
-        Err(any) => any,
-    };
-    match any.downcast::<S>() {
-        Ok(s) => transmission::run(Bridge::new(*s), dev, &cfg, neg, stop, abort).await,
-        // Cannot happen: `any` was made from an `S` just above.
-        Err(_) => Err(NbdError::Io(io::Error::other("stream of unexpected type"))),
+    }
+
+    fn as_dyn(&mut self) -> &mut dyn HandshakeStream {
+        match self {
+            Plain::Tcp(s) => s,
+            #[cfg(unix)]
+            Plain::Unix(s) => s,
+            Plain::Other(s) => s,
+        }
+    }
+
+    fn into_raw(self) -> io::Result<tls::Raw> {
+        match self {
+            Plain::Tcp(s) => tls::Raw::from_tokio_tcp(s),
+            #[cfg(unix)]
+            Plain::Unix(s) => tls::Raw::from_tokio_unix(s),
+            Plain::Other(_) => Err(io::Error::other("TLS needs a TCP or Unix socket")),
+        }
+    }
+}
+
+/// The stream the handshake ended on.
+enum Upgraded<S> {
+    Plain(Plain<S>),
+    Tls(tls::AsyncTls),
+}
+
+/// The whole handshake, with the upgrade to TLS if the client asks for it. `Ok(None)`:
+/// the client ended it cleanly.
+async fn handshake<S>(
+    mut conn: Plain<S>,
+    cfg: &ServerConfig,
+    export: ExportInfo,
+    is_down: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<Option<(Negotiated, Upgraded<S>)>, NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut neg = Negotiator::new(cfg, export);
+    greet(conn.as_dyn(), &mut neg).await?;
+    match haggle(conn.as_dyn(), &mut neg, cfg, is_down).await? {
+        Haggled::Closed => return Ok(None),
+        Haggled::Transmission(n) => return Ok(Some((n, Upgraded::Plain(conn)))),
+        Haggled::StartTls => {}
+    }
+    let creds = cfg
+        .tls
+        .as_ref()
+        .ok_or_else(|| NbdError::Config("STARTTLS acknowledged without TLS settings".into()))?;
+    let ssl = creds.new_ssl().map_err(|e| NbdError::Tls(e.to_string()))?;
+    let mut tls = tls::AsyncTls::accept(ssl, conn.into_raw()?)
+        .await
+        .map_err(|e| NbdError::Tls(format!("handshake failed: {e}")))?;
+    match tls.with_ssl(|s| creds.admit(s)) {
+        Ok(who) => tracing::info!("TLS client: {who}"),
+        Err(why) => {
+            tracing::info!("TLS client refused: {why}");
+            return Err(NbdError::Tls(why));
+        }
+    }
+    match haggle(&mut tls, &mut neg, cfg, is_down).await? {
+        Haggled::Closed => {
+            // close_notify, best effort: the client is leaving anyway.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            Ok(None)
+        }
+        Haggled::Transmission(n) => Ok(Some((n, Upgraded::Tls(tls)))),
+        // A second STARTTLS is refused with NBD_REP_ERR_INVALID, never acknowledged.
+        Haggled::StartTls => Err(NbdError::Handshake("STARTTLS inside TLS")),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use crate::blockdev::ArrayDevice;
 use crate::control::server::{ControlServer, Shared};
+use crate::tls::{TlsArgs, TlsMode};
 use crate::{control, hook, members, units};
 use anyhow::{bail, Context, Result};
 use damocles_engine::{Array, AssembleOptions, Event, Health, Status};
@@ -30,7 +31,8 @@ pub struct ServeOpts {
     /// Refuse writes.
     #[arg(long)]
     pub read_only: bool,
-    /// Allow a non-loopback --listen address. NBD traffic is not encrypted.
+    /// Allow a non-loopback --listen address without TLS required (plain NBD is neither
+    /// encrypted nor authenticated). With --tls require it is not needed.
     #[arg(long)]
     pub allow_remote: bool,
     /// Writes buffered in memory before a commit is forced (default: a tenth of RAM, at
@@ -136,7 +138,7 @@ fn warn_sparse(paths: &[PathBuf]) {
     }
 }
 
-fn tcp_addrs(listen: &str, allow_remote: bool) -> Result<Vec<SocketAddr>> {
+fn tcp_addrs(listen: &str, allow_remote: bool, tls: &TlsArgs) -> Result<Vec<SocketAddr>> {
     let addrs: Vec<SocketAddr> = listen
         .to_socket_addrs()
         .with_context(|| format!("--listen {listen}"))?
@@ -145,14 +147,27 @@ fn tcp_addrs(listen: &str, allow_remote: bool) -> Result<Vec<SocketAddr>> {
         bail!("--listen {listen}: no address");
     }
     if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-        if !allow_remote {
-            bail!(
-                "--listen {listen}: {} is not a loopback address; NBD is unencrypted, so serving \
-                 beyond this machine needs --allow-remote",
-                a.ip()
-            );
+        match tls.mode(&addrs) {
+            // Only clients that authenticate get in (TlsArgs::server refuses no credentials).
+            TlsMode::Require => {}
+            mode if !allow_remote => bail!(
+                "--listen {listen}: {} is not a loopback address and TLS is {}; serving plain \
+                 NBD beyond this machine needs --allow-remote",
+                a.ip(),
+                if mode == TlsMode::On {
+                    "optional (--tls on)"
+                } else {
+                    "off"
+                }
+            ),
+            TlsMode::On => eprintln!(
+                "warning: serving on {a} with TLS optional: clients that skip it are served \
+                 unencrypted and unauthenticated"
+            ),
+            TlsMode::Off => {
+                eprintln!("warning: serving on {a}: NBD traffic is not encrypted or authenticated")
+            }
         }
-        eprintln!("warning: serving on {a}: NBD traffic is not encrypted or authenticated");
     }
     Ok(addrs)
 }
@@ -207,7 +222,8 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         .as_ref()
         .map(|c| format!("control socket {}", c.path().display()));
     let result = rt.block_on(async move {
-        let (listener, uri) = listen(o, &export).await?;
+        let mut cfg = cfg;
+        let (listener, uri) = listen(o, &export, &mut cfg).await?;
         println!(
             "serving {} '{}' ({}, {}{}) at {uri}",
             st.level,
@@ -334,19 +350,26 @@ fn start_control(o: &ServeOpts, uuid: &str, shared: &Arc<Shared>) -> Result<Opti
     }
 }
 
-/// Binds the NBD listener (--socket, else --listen) and gives the URI clients connect to.
-async fn listen(o: &ServeOpts, export: &str) -> Result<(Listener, String)> {
+/// Binds the NBD listener (--socket, else --listen), sets `cfg`'s TLS settings for it, and
+/// gives the URI clients connect to.
+async fn listen(o: &ServeOpts, export: &str, cfg: &mut ServerConfig) -> Result<(Listener, String)> {
     Ok(match &o.socket {
         Some(path) => {
-            o.tls.check(&[])?;
+            cfg.tls = o.tls.server(&[])?;
+            let scheme = if cfg.tls.is_some() {
+                "nbds+unix"
+            } else {
+                "nbd+unix"
+            };
             clear_stale_socket(path)?;
             let l = Listener::bind_unix(path)
                 .with_context(|| format!("--socket {}", path.display()))?;
-            (l, format!("nbd+unix:///{export}?socket={}", path.display()))
+            (l, format!("{scheme}:///{export}?socket={}", path.display()))
         }
         None => {
-            let addrs = tcp_addrs(&o.listen, o.allow_remote)?;
-            o.tls.check(&addrs)?;
+            let addrs = tcp_addrs(&o.listen, o.allow_remote, &o.tls)?;
+            cfg.tls = o.tls.server(&addrs)?;
+            let scheme = if cfg.tls.is_some() { "nbds" } else { "nbd" };
             let l = Listener::bind_tcp(&addrs[..])
                 .await
                 .with_context(|| format!("--listen {}", o.listen))?;
@@ -355,7 +378,7 @@ async fn listen(o: &ServeOpts, export: &str) -> Result<(Listener, String)> {
                 SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
                 SocketAddr::V4(v4) => v4.ip().to_string(),
             };
-            (l, format!("nbd://{host}:{}/{export}", a.port()))
+            (l, format!("{scheme}://{host}:{}/{export}", a.port()))
         }
     })
 }
