@@ -2,10 +2,14 @@
 
 mod blockdev;
 mod cmd;
+mod config;
 mod control;
 mod hook;
 mod members;
+mod metrics;
+mod notify;
 mod progress;
+mod scan;
 mod tls;
 mod units;
 
@@ -25,8 +29,41 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "damocles", version, propagate_version = true)]
 struct Cli {
+    /// How log lines on stderr are written: text (level, fields such as array= and
+    /// member=, no timestamp: journald adds one) or json (one object a line). DAMOCLES_LOG
+    /// sets the level (default: info for `daemon`, warn otherwise).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DAMOCLES_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let b = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => b
+            .without_time()
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => b.json().with_current_span(false).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -48,6 +85,10 @@ enum Command {
     #[command(subcommand)]
     Plan(cmd::reshape::PlanArgs),
     Demo(cmd::demo::Args),
+    Scan(cmd::scan::Args),
+    Daemon(cmd::daemon::Args),
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCmd),
     #[command(subcommand)]
     Metadata(cmd::metadata::Metadata),
     #[command(subcommand)]
@@ -55,15 +96,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DAMOCLES_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .without_time()
-        .init();
     let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Daemon(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, default_level);
     let result = match cli.command {
         Command::Create(a) => cmd::create::run(a),
         Command::Status(a) => cmd::status::run(a),
@@ -81,6 +120,9 @@ fn main() -> ExitCode {
         Command::Grow(a) => cmd::grow::run(a),
         Command::Plan(p) => cmd::reshape::plan(p),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Scan(a) => cmd::scan::run(a),
+        Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Config(c) => cmd::config::run(c),
         Command::Metadata(m) => cmd::metadata::run(m),
         Command::Bench(b) => cmd::bench::run(b),
     };

@@ -19,6 +19,7 @@
 mod device;
 mod handshake;
 mod server;
+pub mod stats;
 mod transmission;
 mod transport;
 pub mod wire;
@@ -28,6 +29,7 @@ use std::time::Duration;
 pub use device::{BlockDevice, Extent, MemDevice};
 pub use handshake::{ExportInfo, Negotiated, Negotiator, OptionOutcome};
 pub use server::{serve, serve_connection, serve_connection_with_shutdown, Listener};
+pub use stats::{ExportStats, StatsSnapshot, LATENCY_BUCKETS};
 pub use wire::NbdErrno;
 
 /// Server-wide settings for one export.
@@ -58,6 +60,8 @@ pub struct ServerConfig {
     /// to drain before cutting them off (requests already running on the
     /// device still finish, unanswered, before the final flush).
     pub shutdown_grace: Duration,
+    /// Where connections and requests are counted (metrics), if anywhere.
+    pub stats: Option<std::sync::Arc<stats::ExportStats>>,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(30),
             max_option_len: 64 << 10,
             shutdown_grace: Duration::from_secs(30),
+            stats: None,
         }
     }
 }

@@ -71,6 +71,16 @@ pub struct ServeOpts {
     pub tls: crate::tls::TlsArgs,
 }
 
+impl ServeOpts {
+    /// The options `serve` has when no flag is given (the daemon starts from these).
+    pub fn defaults() -> Result<ServeOpts> {
+        use clap::{Args, FromArgMatches};
+        let cmd = ServeOpts::augment_args(clap::Command::new("serve"));
+        let m = cmd.try_get_matches_from(["serve"])?;
+        Ok(ServeOpts::from_arg_matches(&m)?)
+    }
+}
+
 /// Assemble the array on MEMBER... and serve it over NBD.
 ///
 /// Missing members make the array degraded (it says so). A member that fails is marked
@@ -177,29 +187,22 @@ fn clear_stale_socket(path: &Path) -> Result<()> {
 pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Result<()> {
     let st = array.status();
     let (export, cfg) = nbd_config(&st, o)?;
-    warn_about_health(&st);
-    // Events go to the control socket's log (for watchers) and to the --on-event hook.
-    let shared = Shared::new(&array, o.rebuild_rate);
-    let hook_worker = route_events(&array, &shared, o)?;
-    let control = start_control(o, &st.uuid, &shared)?;
-    // A failed member with a spare (or free space) at start resumes its rebuild now.
-    array.set_auto_rebuild(o.rebuild_rate);
+    for (warning, line) in health_lines(&st) {
+        eprintln!("{}{line}", if warning { "warning: " } else { "note: " });
+    }
+    let running = start_array(array, o)?;
+    let array = running.array.clone();
     // Only accepting and the handshake are async; each connection then serves requests on
     // threads of its own, so one runtime thread is plenty.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    // Buffered writes reach the members within a few seconds even if no client flushes.
-    array.spawn_flusher(std::time::Duration::from_secs(5));
-    // Member requests are held to the limits: a member that hangs is failed, not waited for.
-    array.set_limits(o.slow_limit, o.fail_limit);
-    array.spawn_watch();
     let weak = Arc::downgrade(&array);
-    let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array.clone()));
-    let control_line = control
-        .as_ref()
-        .map(|c| format!("control socket {}", c.path().display()));
+    let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array));
+    let control_line = running
+        .control_path()
+        .map(|p| format!("control socket {}", p.display()));
     let result = rt.block_on(async move {
         let (listener, uri) = listen(o, &export).await?;
         println!(
@@ -223,21 +226,71 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         }
         r.context("NBD server")
     });
-    drop(control);
-    let closed = close_array(array, &shared);
     drop(rt);
-    if let Some(w) = hook_worker {
-        w.finish(Duration::from_secs(5));
-    }
+    let closed = running.stop();
     result?;
     closed?;
     eprintln!("stopped; all writes flushed");
     Ok(())
 }
 
+/// An array being served: its control socket, event routing and background threads
+/// (flusher, request watch, automatic rebuilds). Shared by `serve` and the daemon.
+pub(crate) struct Running {
+    pub array: Arc<Array>,
+    pub shared: Arc<Shared>,
+    control: Option<ControlServer>,
+    hook_worker: Option<hook::Worker>,
+}
+
+/// Starts serving `array` as `o` says, except NBD: events to the control socket's log and
+/// the hook, the control socket, automatic rebuilds, the flusher and the request limits.
+pub(crate) fn start_array(array: Arc<Array>, o: &ServeOpts) -> Result<Running> {
+    let st = array.status();
+    let shared = Shared::new(&array, o.rebuild_rate);
+    let hook_worker = route_events(&array, &shared, o)?;
+    let control = start_control(o, &st.uuid, &shared)?;
+    // A failed member with a spare (or free space) at start resumes its rebuild now.
+    array.set_auto_rebuild(o.rebuild_rate);
+    // Buffered writes reach the members within a few seconds even if no client flushes.
+    array.spawn_flusher(std::time::Duration::from_secs(5));
+    // Member requests are held to the limits: a member that hangs is failed, not waited for.
+    array.set_limits(o.slow_limit, o.fail_limit);
+    array.spawn_watch();
+    Ok(Running {
+        array,
+        shared,
+        control,
+        hook_worker,
+    })
+}
+
+impl Running {
+    pub fn control_path(&self) -> Option<&Path> {
+        self.control.as_ref().map(|c| c.path())
+    }
+
+    /// Closes the control socket, stops the jobs at a checkpoint, flushes and closes the
+    /// array, and lets the hook worker finish. Call once no NBD server uses the array.
+    pub fn stop(self) -> Result<()> {
+        let Running {
+            array,
+            shared,
+            control,
+            hook_worker,
+        } = self;
+        drop(control);
+        let closed = close_array(array, &shared);
+        if let Some(w) = hook_worker {
+            w.finish(Duration::from_secs(5));
+        }
+        closed
+    }
+}
+
 /// The export name (--export, else the array's name, else "damocles") and the NBD server
 /// configuration.
-fn nbd_config(st: &Status, o: &ServeOpts) -> Result<(String, ServerConfig)> {
+pub(crate) fn nbd_config(st: &Status, o: &ServeOpts) -> Result<(String, ServerConfig)> {
     let export = o.export.clone().unwrap_or_else(|| {
         if st.name.is_empty() {
             "damocles".into()
@@ -253,8 +306,9 @@ fn nbd_config(st: &Status, o: &ServeOpts) -> Result<(String, ServerConfig)> {
     Ok((export, cfg))
 }
 
-/// Warns on stderr that the array is degraded or failed, and prints its notes.
-fn warn_about_health(st: &Status) {
+/// What to warn about at start: a degraded or failed array (`true`), and its notes.
+pub(crate) fn health_lines(st: &Status) -> Vec<(bool, String)> {
+    let mut v = Vec::new();
     match st.health {
         Health::Ok => {}
         Health::Degraded => {
@@ -264,20 +318,24 @@ fn warn_about_health(st: &Status) {
                 .filter(|m| m.state != damocles_engine::MemberHealth::Ok)
                 .map(|m| format!("member {} {:?}", m.index, m.state).to_lowercase())
                 .collect();
-            eprintln!(
-                "warning: array is DEGRADED ({}); serving anyway",
-                gone.join(", ")
-            );
+            v.push((
+                true,
+                format!("array is DEGRADED ({}); serving anyway", gone.join(", ")),
+            ));
         }
-        Health::Failed => eprintln!(
-            "warning: array has FAILED: more members are missing than {} tolerates; \
-             reads of lost data return errors",
-            st.level
-        ),
+        Health::Failed => v.push((
+            true,
+            format!(
+                "array has FAILED: more members are missing than {} tolerates; reads of \
+                 lost data return errors",
+                st.level
+            ),
+        )),
     }
     for n in &st.notes {
-        eprintln!("note: {n}");
+        v.push((false, n.clone()));
     }
+    v
 }
 
 /// Sends the array's events to the control socket's log and to the --on-event hook (whose
@@ -325,7 +383,7 @@ fn start_control(o: &ServeOpts, uuid: &str, shared: &Arc<Shared>) -> Result<Opti
 }
 
 /// Binds the NBD listener (--socket, else --listen) and gives the URI clients connect to.
-async fn listen(o: &ServeOpts, export: &str) -> Result<(Listener, String)> {
+pub(crate) async fn listen(o: &ServeOpts, export: &str) -> Result<(Listener, String)> {
     Ok(match &o.socket {
         Some(path) => {
             o.tls.check(&[])?;
