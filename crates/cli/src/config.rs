@@ -447,6 +447,19 @@ listen = "127.0.0.1:9860"
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../../../docs/damocles.toml.example");
+        let c = parse(Path::new("damocles.toml.example"), text).unwrap();
+        assert_eq!((c.array.len(), c.export.len()), (2, 2));
+        assert_eq!(c.defaults().scrub, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(
+            c.array[1].settings(&c).scrub,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(c.export[1].tls_args().tls_allow, vec!["pve1".to_string()]);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_name_the_line() {
         let e = err("[[array]]\nname = \"a\"\nmembrs = [\"x\"]\n");
         assert!(e.starts_with("d.toml:3:1:"), "{e}");

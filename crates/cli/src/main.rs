@@ -13,7 +13,7 @@ mod scan;
 mod tls;
 mod units;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// damocles: plain disks or files become one redundant virtual disk (RAID 0/1/5/6/10).
@@ -87,12 +87,41 @@ enum Command {
     Demo(cmd::demo::Args),
     Scan(cmd::scan::Args),
     Daemon(cmd::daemon::Args),
+    Completions(CompletionsArgs),
+    Man(ManArgs),
     #[command(subcommand)]
     Config(cmd::config::ConfigCmd),
     #[command(subcommand)]
     Metadata(cmd::metadata::Metadata),
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
+}
+
+/// Print a shell completion script.
+///
+/// bash: `damocles completions bash > /usr/share/bash-completion/completions/damocles`;
+/// zsh: into a directory of $fpath as `_damocles`; fish: into
+/// ~/.config/fish/completions/damocles.fish. packaging/install.sh installs all three.
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+/// Write the man pages (damocles.1 and one per command, damocles-serve.1, ...) into DIR.
+#[derive(clap::Args)]
+struct ManArgs {
+    /// The directory to write into (made if missing).
+    #[arg(value_name = "DIR")]
+    dir: std::path::PathBuf,
+}
+
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("writing man pages into {}", dir.display()))
 }
 
 fn main() -> ExitCode {
@@ -122,6 +151,16 @@ fn main() -> ExitCode {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Scan(a) => cmd::scan::run(a),
         Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Completions(a) => {
+            clap_complete::generate(
+                a.shell,
+                &mut Cli::command(),
+                "damocles",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man(a) => man_pages(&a.dir),
         Command::Config(c) => cmd::config::run(c),
         Command::Metadata(m) => cmd::metadata::run(m),
         Command::Bench(b) => cmd::bench::run(b),

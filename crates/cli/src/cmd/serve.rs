@@ -67,6 +67,12 @@ pub struct ServeOpts {
     /// is logged and the exit status is 1.
     #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration, value_name = "TIME")]
     pub shutdown_limit: Duration,
+    /// Serve Prometheus metrics (text format) at http://ADDR/metrics: health, member
+    /// states and request figures, errors by kind, job progress, and this export's
+    /// connections, requests and latency; names prefixed `damocles_`. The daemon takes
+    /// this from its config's `[metrics] listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
 }
@@ -186,7 +192,7 @@ fn clear_stale_socket(path: &Path) -> Result<()> {
 /// Serves until a signal; `ready` is called with the client URI once listening.
 pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Result<()> {
     let st = array.status();
-    let (export, cfg) = nbd_config(&st, o)?;
+    let (export, mut cfg) = nbd_config(&st, o)?;
     for (warning, line) in health_lines(&st) {
         eprintln!("{}{line}", if warning { "warning: " } else { "note: " });
     }
@@ -203,8 +209,36 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
     let control_line = running
         .control_path()
         .map(|p| format!("control socket {}", p.display()));
+    let sources = o.metrics.as_ref().map(|_| {
+        let stats = Arc::new(damocles_nbd::ExportStats::new());
+        cfg.stats = Some(stats.clone());
+        let key = if st.name.is_empty() {
+            st.uuid.clone()
+        } else {
+            st.name.clone()
+        };
+        Arc::new(std::sync::Mutex::new(crate::metrics::Sources {
+            arrays: vec![crate::metrics::ArraySource {
+                key: key.clone(),
+                array: Arc::downgrade(&running.array),
+                shared: running.shared.clone(),
+            }],
+            exports: vec![crate::metrics::ExportSource {
+                name: export.clone(),
+                array: key,
+                stats,
+            }],
+        }))
+    });
     let result = rt.block_on(async move {
         let (listener, uri) = listen(o, &export).await?;
+        let (_metrics_stop, metrics_rx) = tokio::sync::watch::channel(false);
+        if let (Some(addr), Some(src)) = (&o.metrics, sources) {
+            let bound = crate::metrics::start(addr, src, metrics_rx)
+                .await
+                .context("--metrics")?;
+            println!("metrics at http://{bound}/metrics");
+        }
         println!(
             "serving {} '{}' ({}, {}{}) at {uri}",
             st.level,
