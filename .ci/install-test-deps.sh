@@ -20,6 +20,9 @@ deps=(
     sync:coreutils
     cmp:diffutils
     nbdkit:nbdkit
+    # The service suites (crates/cli/tests/packaging.rs, metrics.rs).
+    systemd-analyze:systemd
+    curl:curl
     # The VM suite (crates/cli/tests/vm.rs): QEMU, and what builds the guest image from
     # Debian packages (apt-get download, unpacked, never installed).
     qemu-system-x86_64:qemu-system-x86
