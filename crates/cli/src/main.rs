@@ -5,6 +5,7 @@ mod cmd;
 mod config;
 mod control;
 mod hook;
+mod logging;
 mod members;
 mod metrics;
 mod notify;
@@ -39,31 +40,9 @@ struct Cli {
         default_value = "text",
         value_name = "FORMAT"
     )]
-    log_format: LogFormat,
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_logging(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DAMOCLES_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let b = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    match format {
-        LogFormat::Text => b
-            .without_time()
-            .with_target(false)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => b.json().with_current_span(false).init(),
-    }
 }
 
 #[derive(Subcommand)]
@@ -131,7 +110,7 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    init_logging(cli.log_format, default_level);
+    logging::init(cli.log_format, default_level);
     let result = match cli.command {
         Command::Create(a) => cmd::create::run(a),
         Command::Status(a) => cmd::status::run(a),

@@ -508,3 +508,79 @@ impl Daemon {
         assert!(status.success(), "{}", self.stderr());
     }
 }
+
+#[test]
+fn logs_carry_level_and_array_for_journald_and_as_json() {
+    let env = Env::new();
+    let pool = env.create("disks", "pool", "raid1", 2);
+    std::fs::remove_file(&pool[1]).unwrap();
+    let cfg = env.write_config(&format!(
+        "[[array]]\nname = \"pool\"\nscan = [\"{}\"]\n[[export]]\narray = \"pool\"\nlisten = [\"unix:{}\"]\n",
+        env.path("disks").display(),
+        env.sock("pool")
+    ));
+    // Under systemd, JOURNAL_STREAM names stderr (device:inode): priorities prefix lines.
+    let err = env.path("journal.err");
+    let f = std::fs::File::create(&err).unwrap();
+    let m = {
+        use std::os::unix::fs::MetadataExt;
+        let m = f.metadata().unwrap();
+        format!("{}:{}", m.dev(), m.ino())
+    };
+    let mut c = env.cmd();
+    c.arg("daemon")
+        .arg("--config")
+        .arg(&cfg)
+        .env("JOURNAL_STREAM", &m);
+    let d = Daemon {
+        child: Some(
+            c.stdin(Stdio::null())
+                .stdout(std::fs::File::create(env.path("j.out")).unwrap())
+                .stderr(f)
+                .spawn()
+                .unwrap(),
+        ),
+        out: env.path("j.out"),
+        err: err.clone(),
+    };
+    d.wait_log("ready");
+    let log = d.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<4>") && l.contains("DEGRADED") && l.contains("array=pool")),
+        "{log}"
+    );
+    assert!(log.lines().any(|l| l.starts_with("<6>")), "{log}");
+    d.stop();
+
+    let mut c = env.cmd();
+    c.args(["--log-format", "json", "daemon", "--config"])
+        .arg(&cfg);
+    let d = Daemon {
+        child: Some(
+            c.stdin(Stdio::null())
+                .stdout(std::fs::File::create(env.path("json.out")).unwrap())
+                .stderr(std::fs::File::create(env.path("json.err")).unwrap())
+                .spawn()
+                .unwrap(),
+        ),
+        out: env.path("json.out"),
+        err: env.path("json.err"),
+    };
+    d.wait_log("ready");
+    let log = d.stderr();
+    let warn = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["level"] == "WARN")
+        .unwrap_or_else(|| panic!("no JSON warning line:\n{log}"));
+    assert_eq!(warn["fields"]["array"], "pool", "{warn}");
+    assert!(
+        warn["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("DEGRADED"),
+        "{warn}"
+    );
+    d.stop();
+}
