@@ -584,3 +584,37 @@ fn logs_carry_level_and_array_for_journald_and_as_json() {
     );
     d.stop();
 }
+
+#[test]
+fn scheduled_scrubs_run_on_their_interval() {
+    let env = Env::new();
+    env.create("disks", "tank", "raid5", 3);
+    let cfg = env.write_config(&format!(
+        "scrub = \"monthly\"\n[[array]]\nname = \"tank\"\nscan = [\"{}\"]\nscrub = \"2s\"\n[[export]]\narray = \"tank\"\nlisten = [\"unix:{}\"]\n",
+        env.path("disks").display(),
+        env.sock("tank")
+    ));
+    let check = run_ok(env.cmd().args(["config", "check"]).arg(&cfg));
+    assert!(check.contains("scrub every 2 s"), "{check}");
+    let d = Daemon::start(&env, &cfg, 1, "scrub", None);
+    let start = Instant::now();
+    let scrubs = |d: &Daemon| d.stderr().matches("scheduled scrub started").count();
+    while scrubs(&d) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "fewer than 2 scheduled scrubs in 30 s:\n{}",
+            d.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Two seconds apart at least: the second waited for the interval after the first.
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let st = run_ok(env.cmd().args(["status", "--json"]));
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert!(st["scrub"]["last_finished"].as_u64().unwrap() > 0, "{st:#}");
+    d.stop();
+}

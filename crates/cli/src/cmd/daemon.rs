@@ -154,10 +154,12 @@ fn bound_stop(limit: Duration) {
         });
 }
 
+/// What the config says of an array that needs it reassembled to change (the scrub
+/// schedule and rate change in place).
 fn array_fingerprint(cfg: &Config, a: &ArrayConfig) -> String {
     let s = a.settings(cfg);
     format!(
-        "{:?} {:?} {:?} {:?} {} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+        "{:?} {:?} {:?} {:?} {} {:?} {:?} {:?} {:?} {:?} {:?}",
         a.name.as_ref().map(|n| n.get_ref()),
         a.uuid.as_ref().map(|u| u.get_ref()),
         a.members,
@@ -165,8 +167,6 @@ fn array_fingerprint(cfg: &Config, a: &ArrayConfig) -> String {
         a.read_only,
         s.on_event,
         s.rebuild_rate,
-        s.scrub_rate,
-        s.scrub,
         s.slow_limit,
         s.fail_limit,
         s.dirty_budget,
@@ -605,8 +605,15 @@ impl Daemon {
         self.missing.clear();
         for a in &cfg.array {
             let fp = array_fingerprint(&cfg, a);
-            if !self.arrays.iter().any(|r| r.fingerprint == fp) {
-                self.start_array(&cfg, a, None).await;
+            match self.arrays.iter_mut().find(|r| r.fingerprint == fp) {
+                Some(run) => {
+                    let s = a.settings(&cfg);
+                    if (run.scrub, run.scrub_rate) != (s.scrub, s.scrub_rate) {
+                        info!(array = %run.key, "scrub schedule now {:?}", s.scrub);
+                    }
+                    (run.scrub, run.scrub_rate) = (s.scrub, s.scrub_rate);
+                }
+                None => self.start_array(&cfg, a, None).await,
             }
         }
         self.sync_sources();
