@@ -167,6 +167,19 @@ impl ExportConfig {
             .collect()
     }
 
+    /// The TCP addresses among `listen`, resolved (those that do not resolve are left
+    /// out: binding them fails later with the reason).
+    pub fn tcp_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.addrs()
+            .iter()
+            .filter_map(|a| match a {
+                ListenAddr::Tcp(t) => std::net::ToSocketAddrs::to_socket_addrs(t).ok(),
+                ListenAddr::Unix(_) => None,
+            })
+            .flatten()
+            .collect()
+    }
+
     /// The export's TLS settings, as `serve`'s flags would give them.
     pub fn tls_args(&self) -> TlsArgs {
         TlsArgs {

@@ -1,7 +1,7 @@
 //! `damocles config check`: what the daemon would assemble and serve with a config file,
 //! worked out exactly as the daemon does (the daemon prints the same plan at start).
 
-use crate::config::{self, ArrayConfig, Config, ExportConfig, ListenAddr};
+use crate::config::{self, ArrayConfig, Config, ExportConfig};
 use crate::scan::{self, ScannedArray};
 use crate::units;
 use anyhow::Result;
@@ -137,15 +137,7 @@ pub fn plan(cfg: &Config) -> Plan {
 /// An export in one line: name, array, addresses, TLS mode, read-only.
 pub fn describe_export(e: &ExportConfig, array_key: &str) -> String {
     let addrs: Vec<String> = e.addrs().iter().map(|a| a.to_string()).collect();
-    let tcp: Vec<std::net::SocketAddr> = e
-        .addrs()
-        .iter()
-        .filter_map(|a| match a {
-            ListenAddr::Tcp(t) => std::net::ToSocketAddrs::to_socket_addrs(t).ok(),
-            ListenAddr::Unix(_) => None,
-        })
-        .flatten()
-        .collect();
+    let tcp = e.tcp_addrs();
     let tls = format!("{:?}", e.tls_args().mode(&tcp)).to_lowercase();
     format!(
         "export '{}' of array '{array_key}' at {} (tls {tls}{}{})",

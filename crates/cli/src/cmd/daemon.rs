@@ -213,6 +213,9 @@ fn export_opts(base: &ServeOpts, e: &ExportConfig, key: &str, addr: &ListenAddr)
     o.read_only = base.read_only || e.read_only;
     o.allow_remote = e.allow_remote;
     o.tls = e.tls_args();
+    // One mode for all of the export's addresses: the one `serve` would pick for all of
+    // them together (require when any is not loopback), not one per address.
+    o.tls.tls = Some(o.tls.mode(&e.tcp_addrs()));
     match addr {
         ListenAddr::Tcp(a) => {
             o.listen = a.clone();
