@@ -31,6 +31,7 @@ deps=(
     xz:xz-utils
     depmod:kmod
     readelf:binutils
+    strip:binutils
     dpkg-deb:dpkg
 )
 
@@ -48,6 +49,20 @@ done
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then
     sudo=(sudo)
+    # No root and no password-less sudo: say exactly what to install, and fail.
+    if ! command -v sudo >/dev/null 2>&1 || ! sudo -n true 2>/dev/null; then
+        if [ ${#missing[@]} -gt 0 ]; then
+            echo "cannot install as $(id -un) (no root, no password-less sudo); as root run:" >&2
+            echo "  apt-get update && apt-get install -y --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')" >&2
+            exit 1
+        fi
+        if ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
+            echo "the package lists do not know linux-image-amd64 (VM suite guest image); as root run: apt-get update" >&2
+            exit 1
+        fi
+        echo "interop test tools: all present"
+        exit 0
+    fi
 fi
 
 # The guest image is built from the package lists: without them apt-get download fails.

@@ -29,27 +29,28 @@ cleanup_mounts() {
 }
 trap cleanup_mounts EXIT
 
-# fuse_member NAME DELAY — nbdkit (file, delay filter) + nbdfuse; prints the file path.
+# fuse_member NAME DELAY BACKING — nbdkit (file, delay filter) + nbdfuse; sets FUSED to the file
+# path. Not called in \$(...): its servers would hold the pipe open and PIDS would be lost.
 fuse_member() {
-    local n=$1 d=$2
-    truncate -s "$MEMBER" "$T/$n.backing"
+    local n=$1 d=$2 b=$T/$3.backing
+    [ -e "$b" ] || truncate -s "$MEMBER" "$b"
     nbdkit --foreground --exit-with-parent --unix "$T/$n.nbdkit" --filter=delay \
-        file "$T/$n.backing" rdelay="$d" 2>"$T/$n.nbdkit.err" &
+        file "$b" rdelay="$d" >/dev/null 2>"$T/$n.nbdkit.err" &
     PIDS+=("$!"); NAMES+=("nbdkit-$n")
     for _ in $(seq 100); do [ -S "$T/$n.nbdkit" ] && break; sleep 0.1; done
     mkdir -p "$T/$n.fuse"
-    nbdfuse "$T/$n.fuse" "nbd+unix:///?socket=$T/$n.nbdkit" 2>"$T/$n.fuse.err" &
+    nbdfuse "$T/$n.fuse" "nbd+unix:///?socket=$T/$n.nbdkit" >/dev/null 2>"$T/$n.fuse.err" &
     PIDS+=("$!"); NAMES+=("nbdfuse-$n")
     MOUNTS+=("$T/$n.fuse")
     for _ in $(seq 100); do [ -e "$T/$n.fuse/nbd" ] && break; sleep 0.1; done
-    echo "$T/$n.fuse/nbd"
+    FUSED="$T/$n.fuse/nbd"
 }
 
 for a in healthy hedged waiting; do
     for i in 1 2 3; do truncate -s "$MEMBER" "$T/$a-m$i"; done
     delay=0ms; [ "$a" = healthy ] || delay=50ms
     # Written undelayed, then served through the delay: the data must be real.
-    f=$(fuse_member "$a" 0ms)
+    fuse_member "$a" 0ms "$a"; f=$FUSED
     "$DAMOCLES" create --sparse --level raid5 "$T/$a-m"{1..3} "$f" >"$T/$a.create" 2>&1 \
         || { cat "$T/$a.create" >&2; exit 1; }
     start_damocles "$a-fill" "$T/$a-m"{1..3} "$f"
@@ -58,7 +59,7 @@ for a in healthy hedged waiting; do
     stop_named "$a-fill"
     fusermount3 -u "$T/$a.fuse"
     stop_named "nbdfuse-$a"; stop_named "nbdkit-$a"
-    f=$(fuse_member "$a-d" "$delay")
+    fuse_member "$a-d" "$delay" "$a"; f=$FUSED
     case $a in
         waiting) lim=(--slow-limit 60s --fail-limit 60s) ;;
         *) lim=(--slow-limit 20ms --fail-limit 60s) ;;

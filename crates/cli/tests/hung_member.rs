@@ -378,3 +378,70 @@ fn which(tool: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+#[test]
+fn sigterm_with_a_hung_member_stops_in_bounded_time_and_the_member_comes_back_stale() {
+    if !available("hung member sigterm") {
+        return;
+    }
+    let rig = Rig::create("raid5", "hangterm", 3, SIZE);
+    let disk = HangingDisk::start(rig.dir.path(), "d3");
+    let mut members = rig.members.clone();
+    {
+        let srv = rig.serve(&members, &[], "setup");
+        rig.add_grow(&disk.path());
+        srv.stop();
+    }
+    members.push(disk.path());
+    let extra = limits();
+    let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+    let srv = rig.serve(&members, &extra, "term");
+    // The chunks are allocated (and zeroed) first, with the member answering, so that
+    // what is written while it hangs only waits in the write buffer.
+    let src = rig.path("src.bin");
+    std::fs::write(&src, random_bytes(4 << 20, 10)).unwrap();
+    run_ok(
+        Command::new("nbdcopy")
+            .arg("--flush")
+            .arg(&src)
+            .arg(&srv.uri),
+    );
+    let data = random_bytes(4 << 20, 11);
+    std::fs::write(&src, &data).unwrap();
+    disk.hang();
+    // Written (buffered, not flushed) while the member hangs, then SIGTERM at once: the
+    // final flush waits for the member at most the fail limit, fails it on the others,
+    // and the server exits non-zero within the shutdown limit (8 s) plus 5 s.
+    run_ok(Command::new("nbdcopy").arg(&src).arg(&srv.uri));
+    let t = Instant::now();
+    let log = rig.path("serve-term.stderr");
+    let code = srv.stop_within(Duration::from_secs(8 + 5));
+    let took = t.elapsed();
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!("stopped in {took:?} with {code:?}:\n{err}");
+    let failed_before_stop = err
+        .split("stopping:")
+        .next()
+        .is_some_and(|before| before.contains("fail"));
+    assert!(
+        !code.success() || failed_before_stop,
+        "a stop that could not flush to a member exits non-zero ({code:?}):\n{err}"
+    );
+    // The member answers again; a restart with it assembles and does not trust it.
+    disk.signal(libc::SIGCONT);
+    let srv = rig.serve(&members, &[], "after");
+    let st = rig.status();
+    assert!(
+        matches!(state(&st, 3), "stale" | "failed"),
+        "member 3 after the restart: {st:#}"
+    );
+    // What the stop flushed (on the other three) reads back.
+    let out = rig.path("out.bin");
+    run_ok(Command::new("nbdcopy").arg(&srv.uri).arg(&out));
+    assert_same(
+        "written before the stop",
+        &std::fs::read(&out).unwrap()[..data.len()],
+        &data,
+    );
+    srv.stop();
+}

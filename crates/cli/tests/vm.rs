@@ -11,10 +11,17 @@
 //! - `raid0_converted_to_raid5_under_a_guest_running_fio`: `add --grow` twice and
 //!   `convert --level raid5` while the guest runs fio with verification, then a member
 //!   fails and the guest verifies everything again.
+//! - `server_killed_mid_conversion_under_a_writing_guest`: the same SIGKILL in the middle
+//!   of a raid0 -> raid5 conversion; the restarted server resumes and finishes it, and the
+//!   guest's writes, before, during and after the outage, verify.
 //! - `host_power_cut_mid_conversion_then_the_guest_boots_clean`: QEMU and `damocles serve`
 //!   both SIGKILLed in the middle of a raid0 -> raid5 conversion while the guest writes;
 //!   the restarted server finishes the conversion, the guest boots again, `e2fsck -fn` is
 //!   clean and every file it had synced verifies.
+//! - `root_boot::guest_boots_from_a_damocles_root_after_a_conversion_and_a_rebuild`: the
+//!   guest's root filesystem on a damocles volume (`root=/dev/vda`, checked and mounted by
+//!   the initramfs, `switch_root`), booted after a raid0 -> raid5 conversion and after a
+//!   member failed and a spare was rebuilt.
 //! - `kernel_nbd_client_in_the_guest_on_a_damocles_it_serves`: damocles inside the guest on
 //!   its loopback, the guest kernel's `nbd-client -C 4` on /dev/nbd0, ext4 + fio verify,
 //!   a member failed and a spare rebuilt underneath.
@@ -24,6 +31,8 @@
 #[path = "vm/guest.rs"]
 mod guest;
 mod interop_support;
+#[path = "vm/root_boot.rs"]
+mod root_boot;
 
 use guest::{limit, sums, NbdDisk, Vm};
 use interop_support::*;
@@ -323,6 +332,134 @@ e2fsck -fn /dev/vda || fail "e2fsck found problems"
         t0,
         test,
         &format!("member 0 failed; guest verified everything ({runs})"),
+    );
+}
+
+#[test]
+fn server_killed_mid_conversion_under_a_writing_guest() {
+    let test = "kill-mid-convert";
+    if !vm_ready(test) {
+        return;
+    }
+    let _one = guest::serial();
+    let t0 = Instant::now();
+    let rig = Rig::create("raid0", "vmdisk", 2, 256 * MIB);
+    let sock = rig.path("a.nbd");
+    let srv = rig.serve(&rig.members, &[], "a");
+    // A writer in the background: each file written with conv=fsync (a FLUSH the server
+    // must have made durable), its sum taken after that, until the host says the
+    // conversion is over. The files from before the kill, from the outage (held by QEMU's
+    // reconnect-delay) and from after it must all verify, caches dropped.
+    let scenario = format!(
+        r#"mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 /dev/vda || fail mkfs
+mount -t ext4 /dev/vda /mnt || fail mount
+{files}(cd /mnt/data && sha256sum f*) | sed 's|  |  /mnt/data/|' > /tmp/sums
+mkdir /mnt/w
+(
+    i=0
+    while [ ! -e /tmp/stop ]; do
+        dd if=/dev/urandom of=/mnt/w/f$i bs=64k count=8 conv=fsync 2>/dev/null || {{ echo "dd f$i: I/O error"; touch /tmp/ddfail; break; }}
+        sha256sum /mnt/w/f$i >> /tmp/sums
+        i=$((i + 1))
+    done
+) &
+wpid=$!
+step WRITING
+wait_host killed
+k=$(wc -l < /tmp/sums)
+echo "files synced before the restart: $k"
+wait_host converted
+# Six more files through the restarted server after its conversion.
+while [ $(wc -l < /tmp/sums) -lt $((k + 6)) ] && [ ! -e /tmp/ddfail ]; do sleep 0.2; done
+touch /tmp/stop
+wait $wpid
+[ -e /tmp/ddfail ] && fail "a write failed across the kill"
+sync || fail sync
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum -c -s /tmp/sums || {{ sha256sum -c /tmp/sums; fail "checksums differ"; }}
+echo "checked $(wc -l < /tmp/sums) files"
+umount /mnt || fail umount
+e2fsck -fn /dev/vda || fail "e2fsck found problems"
+{NO_IO_ERRORS}"#,
+        files = write_files("/mnt/data", 8, 2048)
+    );
+    let mut vm = Vm::boot(
+        rig.dir.path(),
+        "killconv",
+        &scenario,
+        &[NbdDisk { socket: &sock }],
+    );
+    vm.step("WRITING", limit(90));
+    let new: Vec<_> = (2..4)
+        .map(|i| rig.spare(&format!("m{i}.img"), 256 * MIB))
+        .collect();
+    rig.add_grow(&new[0]);
+    rig.add_grow(&new[1]);
+    run_ok(rig.cmd().args([
+        "convert",
+        "--level",
+        "raid5",
+        "--background",
+        "--rate",
+        "10M",
+    ]));
+    let to_move0 = rig.status()["chunks_to_move"].as_u64().unwrap();
+    let st = rig.wait_status("a quarter of the conversion", limit(60), |s| {
+        s["chunks_to_move"].as_u64().unwrap_or(0) * 4 <= to_move0 * 3
+    });
+    let left = st["chunks_to_move"].as_u64().unwrap();
+    assert!(
+        left > 0 && st["reshape"]["running"] == true,
+        "the conversion ended before the kill: lower the rate\n{st:#}"
+    );
+    // SAFETY: plain syscall on our own child, not reaped yet (Server reaps it on drop).
+    let r = unsafe { libc::kill(srv.pid(), libc::SIGKILL) };
+    assert_eq!(r, 0, "kill -KILL {}", srv.pid());
+    drop(srv);
+    log(
+        t0,
+        test,
+        &format!("damocles serve SIGKILLed with {left} of {to_move0} chunks to move"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let all: Vec<_> = rig.members.iter().chain(&new).cloned().collect();
+    let _srv = rig.serve(&all, &[], "a");
+    vm.send("killed");
+    let st = rig.status();
+    assert_eq!(st["level"], "raid5", "{st:#}");
+    let st = rig.wait_status("the conversion to resume and finish", limit(60), |s| {
+        s["reshape"].is_object() && s["reshape"]["running"] != true && s["chunks_to_move"] == 0
+    });
+    assert_eq!(st["health"], "ok", "{st:#}");
+    assert_eq!(st["tolerance"], 1, "{st:#}");
+    log(
+        t0,
+        test,
+        "restarted on the 4 members: the conversion resumed and finished under the guest",
+    );
+    vm.send("converted");
+    let con = vm.pass(limit(90));
+    let before: usize = con
+        .lines()
+        .find_map(|l| l.strip_prefix("files synced before the restart: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count before the restart\n{con}"));
+    let total: usize = con
+        .lines()
+        .find_map(|l| l.strip_prefix("checked "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no final check\n{con}"));
+    assert!(
+        total >= before + 6 && before > 8,
+        "the guest must have written before and after the restart ({before} then {total})\n{con}"
+    );
+    log(
+        t0,
+        test,
+        &format!(
+            "no I/O error; {total} synced files verify ({before} before the restart); e2fsck clean"
+        ),
     );
 }
 

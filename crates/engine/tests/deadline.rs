@@ -192,3 +192,45 @@ fn a_slow_member_is_passed_over_and_stays_in_service() {
     assert_eq!(st.members[0].state, MemberHealth::Ok, "slow is not failed");
     assert!(st.members[0].io.as_ref().unwrap().slow > 0);
 }
+
+#[test]
+fn a_member_slow_for_a_minute_is_reported_once() {
+    use damocles_engine::{Event, EventKind};
+    let (a, m) = open(Level::Raid5, 4);
+    let data = fill(&a, 5);
+    let slow_events = Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
+    let seen = slow_events.clone();
+    a.set_event_sink(Arc::new(move |e: &Event| {
+        if e.event == EventKind::MemberSlow {
+            seen.lock().unwrap().push(e.clone());
+        }
+    }));
+    // Member 1 answers every read in 1.5x the slow limit: slow, but never failed.
+    m[1].delay_us
+        .store(SLOW.as_micros() as u64 * 3 / 2, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let mut b = vec![0u8; 64 << 10];
+    let mut off = 0u64;
+    while slow_events.lock().unwrap().is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(75),
+            "no member-slow event after {:?}: {:?}",
+            t0.elapsed(),
+            a.status().members[1].io
+        );
+        a.read_at(&mut b, off).unwrap();
+        assert!(b[..] == data[off as usize..off as usize + b.len()]);
+        off = (off + b.len() as u64) % (a.size() - b.len() as u64);
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(59),
+        "reported after {waited:?}, before a minute"
+    );
+    // Once, not at every tick.
+    std::thread::sleep(Duration::from_secs(1));
+    let events = slow_events.lock().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].member, Some(1));
+    assert_eq!(a.status().members[1].state, MemberHealth::Ok);
+}

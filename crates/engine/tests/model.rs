@@ -270,3 +270,70 @@ fn reads_writes_and_commits_run_concurrently() {
         done.store(true, std::sync::atomic::Ordering::Relaxed);
     });
 }
+
+/// How a member misbehaves in [`every_redundant_profile_matches_the_model_around_a_stall`].
+#[derive(Debug, Clone, Copy)]
+enum Stall {
+    /// Every request takes three times the slow limit.
+    Slow,
+    /// No request returns (until the end of the case).
+    Hung,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3, ..ProptestConfig::default() })]
+
+    /// A member that crawls or never answers, while writes, flushes and reads go on: the
+    /// array still matches the model, a hung member is failed (the fail limit), a slow
+    /// one stays in service.
+    #[test]
+    fn every_redundant_profile_matches_the_model_around_a_stall(
+        which in 0usize..8,
+        hung in any::<bool>(),
+        before in ops(),
+        during in ops(),
+    ) {
+        use damocles_engine::{AssembleOptions, Dev, FaultMember};
+        use std::time::Duration;
+        let (slow, fail) = (Duration::from_millis(20), Duration::from_millis(300));
+        let stall = if hung { Stall::Hung } else { Stall::Slow };
+        for (level, n, copies) in [
+            (Level::Raid1, 2, None),
+            (Level::Raid1, 3, Some(3)),
+            (Level::Raid5, 4, None),
+            (Level::Raid6, 5, None),
+            (Level::Raid10, 4, None),
+        ] {
+            let rig = Rig::new(n, 8 * MIB);
+            let a = rig.create(level, copies, 4096, 256 << 10);
+            let mut model = vec![0u8; a.size() as usize];
+            apply(&a, &mut model, &before, 3);
+            drop(a);
+            let faulty: Vec<_> = rig.devs(&[]).into_iter().map(FaultMember::new).collect();
+            let a = std::sync::Arc::new(damocles_engine::Array::assemble(
+                faulty.iter().map(|f| f.clone() as Dev).collect(),
+                AssembleOptions { slow_limit: Some(slow), fail_limit: Some(fail), ..Default::default() },
+            ).expect("assemble"));
+            a.spawn_watch();
+            let k = which % n;
+            match stall {
+                Stall::Slow => faulty[k].set_delay(3 * slow),
+                Stall::Hung => faulty[k].hang(),
+            }
+            let what = format!("{level} n={n} member {k} {stall:?}");
+            apply(&a, &mut model, &during, 4);
+            a.flush().expect("flush around a stalled member");
+            assert_matches(&a, &model, &what);
+            let state = a.status().members[k].state;
+            match stall {
+                Stall::Slow => prop_assert_eq!(state, MemberHealth::Ok, "{}", what),
+                Stall::Hung => prop_assert_eq!(state, MemberHealth::Failed, "{}", what),
+            }
+            faulty[k].heal();
+            drop(a);
+            // Assembled again from the members as they are: what was flushed is there.
+            let a = rig.assemble(&[]);
+            assert_matches(&a, &model, &format!("{what}, assembled again"));
+        }
+    }
+}

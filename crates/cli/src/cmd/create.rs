@@ -125,7 +125,12 @@ fn reserve(paths: &[PathBuf]) -> Result<()> {
                  written",
                 p.display(),
                 units::human(holes),
-                units::human(damocles_engine::filesystem_free(p).unwrap_or(0))
+                units::human(
+                    damocles_engine::filesystem_free(p)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                )
             ),
             Err(e) => eprintln!(
                 "warning: {}: cannot reserve its space ({e}); it stays sparse",

@@ -59,6 +59,8 @@ struct ArrayRun {
     scrub: Option<Duration>,
     scrub_rate: Option<u64>,
     scrub_tried: Option<Instant>,
+    /// The members failed when the stop began (set at SIGTERM).
+    failed_at_stop: Option<Vec<usize>>,
 }
 
 /// An export being served.
@@ -121,6 +123,10 @@ pub fn run(a: Args) -> Result<()> {
     let limit = a.shutdown_limit;
     let r = rt.block_on(d.main_loop());
     bound_stop(limit);
+    // Any member failed from here on did not answer the final flushes.
+    for a in &mut d.arrays {
+        a.failed_at_stop = Some(serve::failed_members(&a.running.array));
+    }
     d.notify.send("STOPPING=1");
     rt.block_on(d.stop_exports(|_| true));
     if let Some((_, tx)) = d.metrics.take() {
@@ -300,6 +306,7 @@ impl Daemon {
             scrub: s.scrub,
             scrub_rate: s.scrub_rate,
             scrub_tried: None,
+            failed_at_stop: None,
         })
     }
 
@@ -430,7 +437,7 @@ impl Daemon {
         let mut first = Ok(());
         for a in stop {
             let key = a.key.clone();
-            match a.running.stop() {
+            match a.running.stop(a.failed_at_stop) {
                 Ok(()) => info!(array = %key, "closed; all writes flushed"),
                 Err(e) => {
                     error!(array = %key, "closing: {e:#}");
@@ -597,7 +604,7 @@ impl Daemon {
             let _ = tokio::task::spawn_blocking(move || {
                 for a in picked {
                     let key = a.key.clone();
-                    match a.running.stop() {
+                    match a.running.stop(None) {
                         Ok(()) => info!(array = %key, "removed from the config: closed"),
                         Err(e) => error!(array = %key, "closing: {e:#}"),
                     }

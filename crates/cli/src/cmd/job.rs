@@ -146,6 +146,11 @@ fn served(
     let mut said = Vec::new();
     if !watch {
         let r = c.call(&start)?;
+        // A reshape's forecast: what it does beyond the obvious (spares it takes, ...).
+        let warnings = r.forecast.as_ref().and_then(|f| f["warnings"].as_array());
+        for w in warnings.into_iter().flatten().filter_map(|w| w.as_str()) {
+            println!("note: {w}");
+        }
         if let Some(m) = r.message {
             println!("{m}");
             said.push(m);
@@ -197,7 +202,14 @@ fn follow(
     meter.finish(None);
     let idle = !saw_running && said.is_empty();
     if idle {
-        println!("no {} is running", kind.name());
+        if started {
+            println!("no {} is running", kind.name());
+        } else {
+            println!(
+                "no {} is running (--watch only follows one; without it the command starts one)",
+                kind.name()
+            );
+        }
     }
     if let Some(m) = state.last.as_ref() {
         if idle {

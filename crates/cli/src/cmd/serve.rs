@@ -132,7 +132,9 @@ fn warn_sparse(paths: &[PathBuf]) {
         if holes == 0 {
             continue;
         }
-        let free = damocles_engine::filesystem_free(p).unwrap_or(u64::MAX);
+        let Ok(Some(free)) = damocles_engine::filesystem_free(p) else {
+            continue;
+        };
         let e = by_fs.entry(meta.dev()).or_insert((0, free, Vec::new()));
         e.0 += holes;
         e.2.push(p.display().to_string());
@@ -205,6 +207,10 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         .build()
         .context("starting the runtime")?;
     let weak = Arc::downgrade(&array);
+    // The members already failed when the stop began: any other failed by the end did not
+    // answer the final flushes (the NBD server's at disconnect, then close_array's).
+    let failed_at_stop = Arc::new(std::sync::Mutex::new(None));
+    let at_stop = failed_at_stop.clone();
     let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array));
     let control_line = running
         .control_path()
@@ -253,7 +259,7 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         ready(&uri);
         use std::io::Write;
         std::io::stdout().flush().ok();
-        let stop = stop_on_signal(weak, o.shutdown_limit);
+        let stop = stop_on_signal(weak, o.shutdown_limit, at_stop);
         let r = damocles_nbd::serve(vec![listener], dev, Arc::new(cfg), stop).await;
         if let Some(p) = &o.socket {
             let _ = std::fs::remove_file(p);
@@ -261,7 +267,7 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         r.context("NBD server")
     });
     drop(rt);
-    let closed = running.stop();
+    let closed = running.stop(failed_at_stop.lock().map(|mut g| g.take()).unwrap_or(None));
     result?;
     closed?;
     eprintln!("stopped; all writes flushed");
@@ -306,7 +312,9 @@ impl Running {
 
     /// Closes the control socket, stops the jobs at a checkpoint, flushes and closes the
     /// array, and lets the hook worker finish. Call once no NBD server uses the array.
-    pub fn stop(self) -> Result<()> {
+    /// `failed_at_stop`: the members failed when the stop began (None: those failed now);
+    /// any other failed by the end did not answer the final flushes.
+    pub fn stop(self, failed_at_stop: Option<Vec<usize>>) -> Result<()> {
         let Running {
             array,
             shared,
@@ -314,7 +322,7 @@ impl Running {
             hook_worker,
         } = self;
         drop(control);
-        let closed = close_array(array, &shared);
+        let closed = close_array(array, &shared, failed_at_stop);
         if let Some(w) = hook_worker {
             w.finish(Duration::from_secs(5));
         }
@@ -449,6 +457,7 @@ pub(crate) async fn listen(o: &ServeOpts, export: &str) -> Result<(Listener, Str
 fn stop_on_signal(
     array: std::sync::Weak<Array>,
     limit: Duration,
+    failed_at_stop: Arc<std::sync::Mutex<Option<Vec<usize>>>>,
 ) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -464,6 +473,11 @@ fn stop_on_signal(
             _ = term.recv() => {}
         }
         eprintln!("stopping: finishing in-flight requests and flushing");
+        if let Some(a) = array.upgrade() {
+            if let Ok(mut g) = failed_at_stop.lock() {
+                *g = Some(failed_members(&a));
+            }
+        }
         let _ = tx.send(true);
         let spawned = std::thread::Builder::new()
             .name("damocles-stop".into())
@@ -486,7 +500,18 @@ fn stop_on_signal(
 
 /// Stops the jobs at a checkpoint and closes the array here (its final commit) rather than
 /// wherever the last job thread lets go of it; waits at most [`JOB_STOP_WAIT`] for them.
-fn close_array(array: Arc<Array>, shared: &Shared) -> Result<()> {
+/// Indexes of the members failed now.
+pub(crate) fn failed_members(a: &Array) -> Vec<usize> {
+    a.status()
+        .members
+        .iter()
+        .filter(|m| m.state == damocles_engine::MemberHealth::Failed)
+        .map(|m| m.index)
+        .collect()
+}
+
+/// `before`: the members failed when the stop began (None: take them now).
+fn close_array(array: Arc<Array>, shared: &Shared, before: Option<Vec<usize>>) -> Result<()> {
     shared.cancel_jobs(&array);
     let start = Instant::now();
     while Arc::strong_count(&array) > 1 && start.elapsed() < JOB_STOP_WAIT {
@@ -499,21 +524,13 @@ fn close_array(array: Arc<Array>, shared: &Shared) -> Result<()> {
             JOB_STOP_WAIT.as_secs()
         );
     }
-    let failed = |a: &Array| -> Vec<usize> {
-        a.status()
-            .members
-            .iter()
-            .filter(|m| m.state == damocles_engine::MemberHealth::Failed)
-            .map(|m| m.index)
-            .collect()
-    };
-    let before = failed(&array);
+    let before = before.unwrap_or_else(|| failed_members(&array));
     let flushed = if array.is_read_only() {
         Ok(())
     } else {
         array.flush()
     };
-    let newly: Vec<usize> = failed(&array)
+    let newly: Vec<usize> = failed_members(&array)
         .into_iter()
         .filter(|i| !before.contains(i))
         .collect();

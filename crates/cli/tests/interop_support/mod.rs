@@ -57,10 +57,36 @@ pub fn require_tools(test: &str, tools: &[&str]) -> bool {
     false
 }
 
-/// Prints a SKIP line past libtest's output capture, so it shows even when the test passes.
+/// Prints a SKIP line past libtest's output capture, so it shows even when the test passes,
+/// and appends it to `skips_file()`, which `.ci/test` empties before a run and lists at its
+/// end (a run that skipped anything says so last, not only somewhere in its output).
 pub fn skip(msg: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIP {msg}");
+    // The test binary without cargo's hash, and the test (libtest names its thread).
+    let exe = std::env::current_exe().ok();
+    let bin = exe
+        .as_deref()
+        .and_then(|p| p.file_stem())
+        .and_then(|s| s.to_str())
+        .map(|s| s.rsplit_once('-').map_or(s, |(b, _)| b))
+        .unwrap_or("?")
+        .to_string();
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{bin}::{test}: {msg}\n");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(skips_file());
+    // One write(2) per line on an O_APPEND file: lines of parallel tests do not mix.
+    if let Ok(mut f) = f {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// `target/test-skips.txt`: one line per skipped test, appended by `skip`.
+pub fn skips_file() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-skips.txt")
 }
 
 /// Runs a command to completion with a time limit, capturing stdout and stderr.

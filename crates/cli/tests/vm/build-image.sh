@@ -5,8 +5,9 @@
 #
 # Usage: build-image.sh OUTDIR
 # Writes OUTDIR/<key>/{vmlinuz,initrd.img,versions} and prints that directory on its last
-# line. <key> is a hash of the package versions and of this script, so a new kernel or a
-# changed script builds a new image and an unchanged one is reused (a cache hit is instant).
+# line. <key> is a hash of the package versions, this script and the guest's init, so a new
+# kernel or a changed script builds a new image and an unchanged one is reused (a cache hit
+# is instant).
 #
 # Needs apt-get (download only: nothing is installed), dpkg-deb, cpio, gzip, xz, depmod.
 # Runs as any user; apt-get download writes into the current directory.
@@ -44,7 +45,7 @@ if [ "$(printf '%s\n' "$versions" | grep -c -v '=(none)$')" -ne ${#pkgs[@]} ]; t
     printf '%s\n' "$versions" | grep '=(none)$' >&2
     exit 2
 fi
-key=$( (printf '%s\n' "$versions"; cat "$0") | sha256sum | cut -c1-16)
+key=$( (printf '%s\n' "$versions"; cat "$0" "$here/init") | sha256sum | cut -c1-16)
 dest="$out/$key"
 if [ -s "$dest/initrd.img" ] && [ -s "$dest/vmlinuz" ]; then
     echo "build-image: cached"

@@ -71,32 +71,45 @@ pub fn accel() -> &'static str {
     static ACCEL: OnceLock<&'static str> = OnceLock::new();
     ACCEL.get_or_init(|| {
         let forced = std::env::var("DAMOCLES_VM_ACCEL").ok();
-        let a = match forced.as_deref() {
-            Some("kvm") => "kvm",
-            Some("tcg") => "tcg",
+        let (a, why) = match forced.as_deref() {
+            Some("kvm") => ("kvm", "forced by DAMOCLES_VM_ACCEL".to_string()),
+            Some("tcg") => ("tcg", "forced by DAMOCLES_VM_ACCEL".to_string()),
             _ => probe_kvm(),
         };
-        eprintln!("vm: accelerator {a}");
+        eprintln!("vm: accelerator {a} ({why})");
+        // For the end of `.ci/test`: which accelerator the VM suite ran under, and why.
+        let note = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../vm-accel.txt");
+        let _ = std::fs::write(note, format!("{a} ({why})\n"));
         a
     })
 }
 
-fn probe_kvm() -> &'static str {
-    if std::fs::OpenOptions::new()
+/// KVM when /dev/kvm opens and a probe boot prints its result in time, else TCG. With CI
+/// set, a /dev/kvm that cannot be opened fails the test (CI machines have KVM; a missing
+/// one is a broken runner, not a reason to run 6 times slower unnoticed); a KVM that hangs
+/// still falls back to TCG, and says so.
+fn probe_kvm() -> (&'static str, String) {
+    if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .is_err()
     {
-        eprintln!("vm: /dev/kvm cannot be opened; using TCG");
-        return "tcg";
+        let why = format!("/dev/kvm cannot be opened: {e}");
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "vm: {why}; CI is set, so this is a failure (set DAMOCLES_VM_ACCEL=tcg to \
+                 run under TCG on purpose)"
+            );
+        }
+        eprintln!("vm: {why}; using TCG");
+        return ("tcg", why);
     }
     let dir = tempfile::Builder::new()
         .prefix("damocles-vm-probe.")
         .tempdir()
         .unwrap();
     let t0 = Instant::now();
-    let mut vm = Vm::boot_with(dir.path(), "probe", "true\n", &[], "kvm");
+    let mut vm = Vm::boot_with(dir.path(), "probe", "true\n", &[], "kvm", "");
     match vm.wait_for(PASS, KVM_PROBE) {
         Ok(_) => {
             eprintln!(
@@ -104,12 +117,12 @@ fn probe_kvm() -> &'static str {
                 t0.elapsed().as_secs_f64()
             );
             vm.wait_exit(Duration::from_secs(10));
-            "kvm"
+            ("kvm", "a probe boot worked".to_string())
         }
         Err(why) => {
             eprintln!("vm: KVM probe failed ({why}); falling back to TCG");
             vm.kill();
-            "tcg"
+            ("tcg", format!("KVM probe boot failed: {why}"))
         }
     }
 }
@@ -136,7 +149,14 @@ pub fn limit(kvm_secs: u64) -> Duration {
 
 impl Vm {
     pub fn boot(dir: &Path, name: &str, scenario: &str, disks: &[NbdDisk]) -> Vm {
-        Vm::boot_with(dir, name, scenario, disks, accel())
+        Vm::boot_with(dir, name, scenario, disks, accel(), "")
+    }
+
+    /// Like `boot` with `root=/dev/vda` on the kernel command line: the initramfs checks the
+    /// first disk's filesystem (`e2fsck -fn`), mounts it read-only and `switch_root`s to its
+    /// `/init`, which runs `scenario` from `/run` (see tests/vm/init).
+    pub fn boot_root(dir: &Path, name: &str, scenario: &str, disks: &[NbdDisk]) -> Vm {
+        Vm::boot_with(dir, name, scenario, disks, accel(), " root=/dev/vda")
     }
 
     /// Like `boot`, with this build's `damocles` binary (stripped) at /bin/damocles in the
@@ -151,10 +171,17 @@ impl Vm {
                 .arg(crate::interop_support::bin()),
         );
         assert!(o.status.success(), "strip damocles: {}", text(&o));
-        Vm::boot_with(dir, name, scenario, &[], accel())
+        Vm::boot_with(dir, name, scenario, &[], accel(), "")
     }
 
-    fn boot_with(dir: &Path, name: &str, scenario: &str, disks: &[NbdDisk], accel: &str) -> Vm {
+    fn boot_with(
+        dir: &Path,
+        name: &str,
+        scenario: &str,
+        disks: &[NbdDisk],
+        accel: &str,
+        cmdline: &str,
+    ) -> Vm {
         let img = image();
         let initrd = dir.join(format!("{name}.initrd"));
         write_initrd(
@@ -172,7 +199,8 @@ impl Vm {
             .arg(&img.kernel)
             .arg("-initrd")
             .arg(&initrd)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .arg("-append")
+            .arg(format!("console=ttyS0 quiet panic=-1{cmdline}"))
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .arg("-chardev")

@@ -14,6 +14,8 @@ pub struct FileMember {
     /// A regular file with holes when opened: zeroing punches holes. A file fully
     /// allocated (reserved by `create`) stays so: zeroing keeps its blocks.
     sparse: bool,
+    /// The file refused `RWF_NOWAIT` once (EOPNOTSUPP): not asked again.
+    no_nowait: std::sync::atomic::AtomicBool,
 }
 
 /// Bytes of the regular file at `path` not backed by allocated blocks (0 for a fully
@@ -27,10 +29,15 @@ pub fn unallocated_bytes(path: &Path) -> io::Result<Option<u64>> {
     Ok(Some(m.len().saturating_sub(m.blocks() * 512)))
 }
 
-/// Bytes free for unprivileged users on the filesystem holding `path`.
-pub fn filesystem_free(path: &Path) -> io::Result<u64> {
+/// Bytes free for unprivileged users on the filesystem holding `path`; `None` when that
+/// filesystem reports no capacity at all (FUSE file systems such as nbdfuse's often do),
+/// so nothing can be said about its space.
+pub fn filesystem_free(path: &Path) -> io::Result<Option<u64>> {
     let st = rustix::fs::statvfs(path)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    if st.f_blocks == 0 {
+        return Ok(None);
+    }
+    Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
 }
 
 /// Allocates every block of the regular file at `path` (its data unchanged), so writes to
@@ -91,6 +98,7 @@ impl FileMember {
             file,
             size,
             sparse,
+            no_nowait: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -105,6 +113,29 @@ impl MemberDevice for FileMember {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len())?;
         self.file.read_exact_at(buf, offset)
+    }
+    fn read_nowait(&self, bufs: &mut [&mut [u8]], offset: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.no_nowait.load(Ordering::Relaxed) || check_range(self.size, offset, total).is_err()
+        {
+            return false;
+        }
+        let mut iov: Vec<io::IoSliceMut> =
+            bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+        match rustix::io::preadv2(
+            &self.file,
+            &mut iov,
+            offset,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(n) => n == total,
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                self.no_nowait.store(true, Ordering::Relaxed);
+                false
+            }
+            Err(_) => false,
+        }
     }
     fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();

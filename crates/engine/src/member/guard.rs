@@ -9,7 +9,9 @@
 //! (the stuck read stays counted in flight); past the *fail* limit any request returns
 //! `TimedOut`, which the layers above treat as an I/O error (the member is failed when the
 //! array can do without it). Buffers cross to the worker by copy, since a worker may
-//! outlive its caller's wait.
+//! outlive its caller's wait. A read whose bytes are already at hand (in the page cache:
+//! [`MemberDevice::read_nowait`]) cannot wait for the device and is answered on the
+//! caller's thread, without the hand-off.
 
 use super::stats::{MemberIo, Pending, Stats};
 use super::{Dev, MemberDevice};
@@ -284,6 +286,13 @@ impl Guarded {
     }
 
     fn read_within(&self, bufs: &mut [&mut [u8]], offset: u64, slow: bool) -> io::Result<()> {
+        // Bytes at hand (page cache) are read here, on the caller's thread: such a read
+        // cannot wait for the device, so it needs no worker and no deadline.
+        let t = std::time::Instant::now();
+        if self.shared.dev.read_nowait(bufs, offset) {
+            self.shared.stats.answered_at_once(t);
+            return Ok(());
+        }
         if slow {
             // A member with a request older than the slow limit is slow now: read the
             // others at once rather than wait the slow limit again.

@@ -53,6 +53,14 @@ pub trait MemberDevice: Send + Sync {
     fn read_hedged(&self, bufs: &mut [&mut [u8]], offset: u64) -> stdio::Result<()> {
         self.read_vectored_at(bufs, offset)
     }
+    /// Reads `bufs` only if that cannot wait for the device (the bytes are in the page
+    /// cache: `preadv2` with `RWF_NOWAIT`); `false` when it would have to wait, the device
+    /// cannot tell, or anything went wrong — then nothing is promised about `bufs` and the
+    /// caller reads the usual way. The guard answers such reads on the caller's thread,
+    /// with no hand-off to a worker. The default cannot tell.
+    fn read_nowait(&self, _bufs: &mut [&mut [u8]], _offset: u64) -> bool {
+        false
+    }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()>;
     /// Makes every completed write durable.
     fn flush(&self) -> stdio::Result<()>;
@@ -127,6 +135,9 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     }
     fn read_hedged(&self, bufs: &mut [&mut [u8]], offset: u64) -> stdio::Result<()> {
         (**self).read_hedged(bufs, offset)
+    }
+    fn read_nowait(&self, bufs: &mut [&mut [u8]], offset: u64) -> bool {
+        (**self).read_nowait(bufs, offset)
     }
     fn start_writeback(&self, offset: u64, len: u64) {
         (**self).start_writeback(offset, len)

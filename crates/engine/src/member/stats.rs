@@ -166,6 +166,15 @@ impl Stats {
         }
     }
 
+    /// Records a read answered without waiting for the device (no ticket: it could not
+    /// hang), sent at `start`.
+    pub fn answered_at_once(&self, start: Instant) {
+        let now = Instant::now();
+        let us = now.duration_since(start).as_micros() as u64;
+        let sec = now.duration_since(self.epoch).as_secs();
+        self.window.lock().record(sec, us);
+    }
+
     /// The oldest request still in flight.
     pub fn oldest(&self) -> Option<Pending> {
         let g = self.in_flight.lock();

@@ -22,6 +22,8 @@ pub struct FaultMember {
     inner: Dev,
     faults: Mutex<Faults>,
     gone: AtomicBool,
+    /// Every request blocks until released, as on a disk in uninterruptible sleep.
+    hung: AtomicBool,
     /// I/Os left before the member vanishes (u64::MAX: never).
     countdown: AtomicU64,
 }
@@ -36,6 +38,7 @@ impl FaultMember {
             inner,
             faults: Mutex::new(Faults::default()),
             gone: AtomicBool::new(false),
+            hung: AtomicBool::new(false),
             countdown: AtomicU64::new(u64::MAX),
         })
     }
@@ -63,6 +66,15 @@ impl FaultMember {
     pub fn set_delay(&self, d: Duration) {
         self.faults.lock().delay = d;
     }
+    /// From now on no request returns until [`FaultMember::release`] (or `heal`): a
+    /// member that hangs, as a dying disk or a stalled USB bridge does.
+    pub fn hang(&self) {
+        self.hung.store(true, Ordering::SeqCst);
+    }
+    /// Lets hung requests return.
+    pub fn release(&self) {
+        self.hung.store(false, Ordering::SeqCst);
+    }
     /// Back to a healthy member (flips stay until rewritten).
     pub fn heal(&self) {
         let mut f = self.faults.lock();
@@ -70,10 +82,14 @@ impl FaultMember {
         f.write_errors.clear();
         f.delay = Duration::ZERO;
         self.gone.store(false, Ordering::SeqCst);
+        self.release();
         self.countdown.store(u64::MAX, Ordering::SeqCst);
     }
 
     fn gate(&self) -> io::Result<()> {
+        while self.hung.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let left = self.countdown.load(Ordering::SeqCst);
         if left != u64::MAX {
             if left == 0 {
