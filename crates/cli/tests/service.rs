@@ -618,3 +618,44 @@ fn scheduled_scrubs_run_on_their_interval() {
     assert!(st["scrub"]["last_finished"].as_u64().unwrap() > 0, "{st:#}");
     d.stop();
 }
+
+#[test]
+fn an_array_that_cannot_be_assembled_is_logged_and_the_others_served() {
+    if !require_tools("service", &["nbdinfo"]) {
+        return;
+    }
+    let env = Env::new();
+    env.create("disks", "tank", "raid5", 3);
+    std::fs::create_dir_all(env.path("empty")).unwrap();
+    let cfg = env.write_config(&format!(
+        "[[array]]\nname = \"tank\"\nscan = [\"{d}\"]\n[[array]]\nname = \"ghost\"\nscan = [\"{e}\"]\n\
+         [[export]]\narray = \"tank\"\nlisten = [\"unix:{t}\"]\n[[export]]\narray = \"ghost\"\nlisten = [\"unix:{g}\"]\n",
+        d = env.path("disks").display(),
+        e = env.path("empty").display(),
+        t = env.sock("tank"),
+        g = env.sock("ghost"),
+    ));
+    let o = run(env.cmd().args(["config", "check"]).arg(&cfg));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("array 'ghost': NOT ASSEMBLED: no members"),
+        "{out}"
+    );
+    let d = Daemon::start(&env, &cfg, 1, "ghost", None);
+    d.wait_log("ready");
+    assert!(nbd_size(&env.uri("tank", "tank")) > 0);
+    let log = d.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("not assembled")
+            && l.contains("array=ghost")),
+        "{log}"
+    );
+    assert!(
+        log.contains("2 arrays: tank ok, ghost not assembled; 1 export"),
+        "{log}"
+    );
+    assert!(!env.path("ghost.sock").exists());
+    d.stop();
+}
