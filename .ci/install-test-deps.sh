@@ -25,6 +25,9 @@ deps=(
     certtool:gnutls-bin
     psktool:gnutls-bin
     openssl:openssl
+    # The service suites (crates/cli/tests/packaging.rs, metrics.rs).
+    systemd-analyze:systemd
+    curl:curl
     # The VM suite (crates/cli/tests/vm.rs): QEMU, and what builds the guest image from
     # Debian packages (apt-get download, unpacked, never installed).
     qemu-system-x86_64:qemu-system-x86

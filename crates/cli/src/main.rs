@@ -2,14 +2,19 @@
 
 mod blockdev;
 mod cmd;
+mod config;
 mod control;
 mod hook;
+mod logging;
 mod members;
+mod metrics;
+mod notify;
 mod progress;
+mod scan;
 mod tls;
 mod units;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// damocles: plain disks or files become one redundant virtual disk (RAID 0/1/5/6/10).
@@ -25,6 +30,17 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "damocles", version, propagate_version = true)]
 struct Cli {
+    /// How log lines on stderr are written: text (level, fields such as array= and
+    /// member=, no timestamp: journald adds one) or json (one object a line). DAMOCLES_LOG
+    /// sets the level (default: info for `daemon`, warn otherwise).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,22 +64,53 @@ enum Command {
     #[command(subcommand)]
     Plan(cmd::reshape::PlanArgs),
     Demo(cmd::demo::Args),
+    Scan(cmd::scan::Args),
+    Daemon(cmd::daemon::Args),
+    Completions(CompletionsArgs),
+    Man(ManArgs),
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCmd),
     #[command(subcommand)]
     Metadata(cmd::metadata::Metadata),
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
 }
 
+/// Print a shell completion script.
+///
+/// bash: `damocles completions bash > /usr/share/bash-completion/completions/damocles`;
+/// zsh: into a directory of $fpath as `_damocles`; fish: into
+/// ~/.config/fish/completions/damocles.fish. packaging/install.sh installs all three.
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+/// Write the man pages (damocles.1 and one per command, damocles-serve.1, ...) into DIR.
+#[derive(clap::Args)]
+struct ManArgs {
+    /// The directory to write into (made if missing).
+    #[arg(value_name = "DIR")]
+    dir: std::path::PathBuf,
+}
+
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("writing man pages into {}", dir.display()))
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DAMOCLES_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .without_time()
-        .init();
     let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Daemon(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    logging::init(cli.log_format, default_level);
     let result = match cli.command {
         Command::Create(a) => cmd::create::run(a),
         Command::Status(a) => cmd::status::run(a),
@@ -81,6 +128,19 @@ fn main() -> ExitCode {
         Command::Grow(a) => cmd::grow::run(a),
         Command::Plan(p) => cmd::reshape::plan(p),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Scan(a) => cmd::scan::run(a),
+        Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Completions(a) => {
+            clap_complete::generate(
+                a.shell,
+                &mut Cli::command(),
+                "damocles",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man(a) => man_pages(&a.dir),
+        Command::Config(c) => cmd::config::run(c),
         Command::Metadata(m) => cmd::metadata::run(m),
         Command::Bench(b) => cmd::bench::run(b),
     };

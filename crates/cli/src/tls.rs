@@ -22,7 +22,8 @@ pub enum TlsMode {
 /// TLS settings of one export.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct TlsArgs {
-    /// off, on (offered) or require (default: require for a non-loopback address, else off).
+    /// off, on (offered) or require (default: require when credentials are given or an
+    /// address is not loopback, else off).
     #[arg(long, value_enum, value_name = "MODE")]
     pub tls: Option<TlsMode>,
     /// Pre-shared keys in psktool's format (`identity:hexkey` lines, made by `psktool -u
@@ -51,7 +52,10 @@ impl TlsArgs {
     /// The mode in effect for these listen addresses (None: a Unix socket).
     pub fn mode(&self, tcp: &[SocketAddr]) -> TlsMode {
         self.tls.unwrap_or_else(|| {
-            if tcp.iter().any(|a| !a.ip().is_loopback()) {
+            // Credentials given without a mode: they are meant to be used, as qemu-nbd's
+            // --tls-creds means TLS required.
+            let credentials = self.tls_psk_file.is_some() || self.tls_cert.is_some();
+            if credentials || tcp.iter().any(|a| !a.ip().is_loopback()) {
                 TlsMode::Require
             } else {
                 TlsMode::Off

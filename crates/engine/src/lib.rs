@@ -47,7 +47,9 @@ pub use member::{
     MemberDevice, MemberIo, OpenMode, DEFAULT_FAIL, DEFAULT_SLOW,
 };
 pub use meta::backup;
-pub use meta::{read_superblock, AssembleOptions, CreateOptions, DEFAULT_STRIPE_UNIT};
+pub use meta::{
+    read_label, read_superblock, AssembleOptions, CreateOptions, Label, DEFAULT_STRIPE_UNIT,
+};
 pub use ondisk::metadata::MemberState;
 #[cfg(feature = "test-util")]
 pub use testing::{fault, powercut, FaultMember, SERIAL_FLUSHES};

@@ -38,15 +38,15 @@ impl Telemetry {
     /// Logs the event and hands it to the sink, if any.
     pub fn send(&self, e: Event) {
         let (event, member, device, offset) = (e.event, e.member, &e.device, e.offset);
-        let message = &e.message;
+        let (message, array) = (&e.message, &e.array);
         match event {
             EventKind::Unrecoverable => {
-                tracing::error!(?event, ?member, ?device, ?offset, "{message}")
+                tracing::error!(%array, ?event, ?member, ?device, ?offset, "{message}")
             }
             EventKind::MemberFailed | EventKind::MemberSlow | EventKind::ChecksumRepaired => {
-                tracing::warn!(?event, ?member, ?device, ?offset, "{message}")
+                tracing::warn!(%array, ?event, ?member, ?device, ?offset, "{message}")
             }
-            _ => tracing::info!(?event, ?member, ?device, "{message}"),
+            _ => tracing::info!(%array, ?event, ?member, ?device, "{message}"),
         }
         let sink = self.sink.read().clone();
         if let Some(sink) = sink {

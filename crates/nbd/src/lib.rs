@@ -21,6 +21,7 @@
 mod device;
 mod handshake;
 mod server;
+pub mod stats;
 pub mod tls;
 mod transmission;
 mod transport;
@@ -31,6 +32,7 @@ use std::time::Duration;
 pub use device::{BlockDevice, Extent, MemDevice};
 pub use handshake::{ExportInfo, Negotiated, Negotiator, OptionOutcome};
 pub use server::{serve, serve_connection, serve_connection_with_shutdown, Listener};
+pub use stats::{ExportStats, StatsSnapshot, LATENCY_BUCKETS};
 pub use wire::NbdErrno;
 
 /// Server-wide settings for one export.
@@ -64,6 +66,8 @@ pub struct ServerConfig {
     /// TLS credentials and whether TLS is offered or required (None: no TLS,
     /// NBD_OPT_STARTTLS is refused). Only TCP and Unix socket connections can use it.
     pub tls: Option<std::sync::Arc<tls::TlsConfig>>,
+    /// Where connections and requests are counted (metrics), if anywhere.
+    pub stats: Option<std::sync::Arc<stats::ExportStats>>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +84,7 @@ impl Default for ServerConfig {
             max_option_len: 64 << 10,
             shutdown_grace: Duration::from_secs(30),
             tls: None,
+            stats: None,
         }
     }
 }

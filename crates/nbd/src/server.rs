@@ -127,6 +127,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     cfg.validate()?;
+    let _counted = crate::stats::ConnectionGuard::new(cfg.stats.clone());
     let export = ExportInfo {
         size: dev.size(),
         read_only: dev.read_only(),

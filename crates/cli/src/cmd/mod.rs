@@ -1,5 +1,7 @@
 pub mod bench;
+pub mod config;
 pub mod create;
+pub mod daemon;
 pub mod demo;
 pub mod grow;
 pub mod job;
@@ -7,6 +9,7 @@ pub mod member;
 pub mod metadata;
 pub mod rawio;
 pub mod reshape;
+pub mod scan;
 pub mod serve;
 pub mod status;
 

@@ -69,8 +69,24 @@ pub struct ServeOpts {
     /// is logged and the exit status is 1.
     #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration, value_name = "TIME")]
     pub shutdown_limit: Duration,
+    /// Serve Prometheus metrics (text format) at http://ADDR/metrics: health, member
+    /// states and request figures, errors by kind, job progress, and this export's
+    /// connections, requests and latency; names prefixed `damocles_`. The daemon takes
+    /// this from its config's `[metrics] listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
+}
+
+impl ServeOpts {
+    /// The options `serve` has when no flag is given (the daemon starts from these).
+    pub fn defaults() -> Result<ServeOpts> {
+        use clap::{Args, FromArgMatches};
+        let cmd = ServeOpts::augment_args(clap::Command::new("serve"));
+        let m = cmd.try_get_matches_from(["serve"])?;
+        Ok(ServeOpts::from_arg_matches(&m)?)
+    }
 }
 
 /// Assemble the array on MEMBER... and serve it over NBD.
@@ -193,37 +209,58 @@ fn clear_stale_socket(path: &Path) -> Result<()> {
 /// Serves until a signal; `ready` is called with the client URI once listening.
 pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Result<()> {
     let st = array.status();
-    let (export, cfg) = nbd_config(&st, o)?;
-    warn_about_health(&st);
-    // Events go to the control socket's log (for watchers) and to the --on-event hook.
-    let shared = Shared::new(&array, o.rebuild_rate);
-    let hook_worker = route_events(&array, &shared, o)?;
-    let control = start_control(o, &st.uuid, &shared)?;
-    // A failed member with a spare (or free space) at start resumes its rebuild now.
-    array.set_auto_rebuild(o.rebuild_rate);
+    let (export, mut cfg) = nbd_config(&st, o)?;
+    for (warning, line) in health_lines(&st) {
+        eprintln!("{}{line}", if warning { "warning: " } else { "note: " });
+    }
+    let running = start_array(array, o)?;
+    let array = running.array.clone();
     // Only accepting and the handshake are async; each connection then serves requests on
     // threads of its own, so one runtime thread is plenty.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    // Buffered writes reach the members within a few seconds even if no client flushes.
-    array.spawn_flusher(std::time::Duration::from_secs(5));
-    // Member requests are held to the limits: a member that hangs is failed, not waited for.
-    array.set_limits(o.slow_limit, o.fail_limit);
-    array.spawn_watch();
     let weak = Arc::downgrade(&array);
     // The members already failed when the stop began: any other failed by the end did not
     // answer the final flushes (the NBD server's at disconnect, then close_array's).
     let failed_at_stop = Arc::new(std::sync::Mutex::new(None));
     let at_stop = failed_at_stop.clone();
-    let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array.clone()));
-    let control_line = control
-        .as_ref()
-        .map(|c| format!("control socket {}", c.path().display()));
+    let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array));
+    let control_line = running
+        .control_path()
+        .map(|p| format!("control socket {}", p.display()));
+    let sources = o.metrics.as_ref().map(|_| {
+        let stats = Arc::new(damocles_nbd::ExportStats::new());
+        cfg.stats = Some(stats.clone());
+        let key = if st.name.is_empty() {
+            st.uuid.clone()
+        } else {
+            st.name.clone()
+        };
+        Arc::new(std::sync::Mutex::new(crate::metrics::Sources {
+            arrays: vec![crate::metrics::ArraySource {
+                key: key.clone(),
+                array: Arc::downgrade(&running.array),
+                shared: running.shared.clone(),
+            }],
+            exports: vec![crate::metrics::ExportSource {
+                name: export.clone(),
+                array: key,
+                stats,
+            }],
+        }))
+    });
     let result = rt.block_on(async move {
         let mut cfg = cfg;
         let (listener, uri) = listen(o, &export, &mut cfg).await?;
+        let (_metrics_stop, metrics_rx) = tokio::sync::watch::channel(false);
+        if let (Some(addr), Some(src)) = (&o.metrics, sources) {
+            let bound = crate::metrics::start(addr, src, metrics_rx)
+                .await
+                .context("--metrics")?;
+            println!("metrics at http://{bound}/metrics");
+        }
         println!(
             "serving {} '{}' ({}, {}{}) at {uri}",
             st.level,
@@ -245,25 +282,73 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         }
         r.context("NBD server")
     });
-    drop(control);
-    let closed = close_array(
-        array,
-        &shared,
-        failed_at_stop.lock().map(|mut g| g.take()).unwrap_or(None),
-    );
     drop(rt);
-    if let Some(w) = hook_worker {
-        w.finish(Duration::from_secs(5));
-    }
+    let closed = running.stop(failed_at_stop.lock().map(|mut g| g.take()).unwrap_or(None));
     result?;
     closed?;
     eprintln!("stopped; all writes flushed");
     Ok(())
 }
 
+/// An array being served: its control socket, event routing and background threads
+/// (flusher, request watch, automatic rebuilds). Shared by `serve` and the daemon.
+pub(crate) struct Running {
+    pub array: Arc<Array>,
+    pub shared: Arc<Shared>,
+    control: Option<ControlServer>,
+    hook_worker: Option<hook::Worker>,
+}
+
+/// Starts serving `array` as `o` says, except NBD: events to the control socket's log and
+/// the hook, the control socket, automatic rebuilds, the flusher and the request limits.
+pub(crate) fn start_array(array: Arc<Array>, o: &ServeOpts) -> Result<Running> {
+    let st = array.status();
+    let shared = Shared::new(&array, o.rebuild_rate);
+    let hook_worker = route_events(&array, &shared, o)?;
+    let control = start_control(o, &st.uuid, &shared)?;
+    // A failed member with a spare (or free space) at start resumes its rebuild now.
+    array.set_auto_rebuild(o.rebuild_rate);
+    // Buffered writes reach the members within a few seconds even if no client flushes.
+    array.spawn_flusher(std::time::Duration::from_secs(5));
+    // Member requests are held to the limits: a member that hangs is failed, not waited for.
+    array.set_limits(o.slow_limit, o.fail_limit);
+    array.spawn_watch();
+    Ok(Running {
+        array,
+        shared,
+        control,
+        hook_worker,
+    })
+}
+
+impl Running {
+    pub fn control_path(&self) -> Option<&Path> {
+        self.control.as_ref().map(|c| c.path())
+    }
+
+    /// Closes the control socket, stops the jobs at a checkpoint, flushes and closes the
+    /// array, and lets the hook worker finish. Call once no NBD server uses the array.
+    /// `failed_at_stop`: the members failed when the stop began (None: those failed now);
+    /// any other failed by the end did not answer the final flushes.
+    pub fn stop(self, failed_at_stop: Option<Vec<usize>>) -> Result<()> {
+        let Running {
+            array,
+            shared,
+            control,
+            hook_worker,
+        } = self;
+        drop(control);
+        let closed = close_array(array, &shared, failed_at_stop);
+        if let Some(w) = hook_worker {
+            w.finish(Duration::from_secs(5));
+        }
+        closed
+    }
+}
+
 /// The export name (--export, else the array's name, else "damocles") and the NBD server
 /// configuration.
-fn nbd_config(st: &Status, o: &ServeOpts) -> Result<(String, ServerConfig)> {
+pub(crate) fn nbd_config(st: &Status, o: &ServeOpts) -> Result<(String, ServerConfig)> {
     let export = o.export.clone().unwrap_or_else(|| {
         if st.name.is_empty() {
             "damocles".into()
@@ -279,8 +364,9 @@ fn nbd_config(st: &Status, o: &ServeOpts) -> Result<(String, ServerConfig)> {
     Ok((export, cfg))
 }
 
-/// Warns on stderr that the array is degraded or failed, and prints its notes.
-fn warn_about_health(st: &Status) {
+/// What to warn about at start: a degraded or failed array (`true`), and its notes.
+pub(crate) fn health_lines(st: &Status) -> Vec<(bool, String)> {
+    let mut v = Vec::new();
     match st.health {
         Health::Ok => {}
         Health::Degraded => {
@@ -290,20 +376,24 @@ fn warn_about_health(st: &Status) {
                 .filter(|m| m.state != damocles_engine::MemberHealth::Ok)
                 .map(|m| format!("member {} {:?}", m.index, m.state).to_lowercase())
                 .collect();
-            eprintln!(
-                "warning: array is DEGRADED ({}); serving anyway",
-                gone.join(", ")
-            );
+            v.push((
+                true,
+                format!("array is DEGRADED ({}); serving anyway", gone.join(", ")),
+            ));
         }
-        Health::Failed => eprintln!(
-            "warning: array has FAILED: more members are missing than {} tolerates; \
-             reads of lost data return errors",
-            st.level
-        ),
+        Health::Failed => v.push((
+            true,
+            format!(
+                "array has FAILED: more members are missing than {} tolerates; reads of \
+                 lost data return errors",
+                st.level
+            ),
+        )),
     }
     for n in &st.notes {
-        eprintln!("note: {n}");
+        v.push((false, n.clone()));
     }
+    v
 }
 
 /// Sends the array's events to the control socket's log and to the --on-event hook (whose
@@ -352,7 +442,11 @@ fn start_control(o: &ServeOpts, uuid: &str, shared: &Arc<Shared>) -> Result<Opti
 
 /// Binds the NBD listener (--socket, else --listen), sets `cfg`'s TLS settings for it, and
 /// gives the URI clients connect to.
-async fn listen(o: &ServeOpts, export: &str, cfg: &mut ServerConfig) -> Result<(Listener, String)> {
+pub(crate) async fn listen(
+    o: &ServeOpts,
+    export: &str,
+    cfg: &mut ServerConfig,
+) -> Result<(Listener, String)> {
     Ok(match &o.socket {
         Some(path) => {
             cfg.tls = o.tls.server(&[])?;
@@ -434,7 +528,7 @@ fn stop_on_signal(
 /// Stops the jobs at a checkpoint and closes the array here (its final commit) rather than
 /// wherever the last job thread lets go of it; waits at most [`JOB_STOP_WAIT`] for them.
 /// Indexes of the members failed now.
-fn failed_members(a: &Array) -> Vec<usize> {
+pub(crate) fn failed_members(a: &Array) -> Vec<usize> {
     a.status()
         .members
         .iter()

@@ -185,6 +185,13 @@ impl Shared {
         }
     }
 
+    /// The job's state now, as `damocles rebuild --watch` sees it (none: the server is
+    /// stopping). For the metrics endpoint.
+    pub fn job(&self, job: JobKind) -> Option<JobState> {
+        let array = self.array.upgrade()?;
+        Some(self.job_state(&array, job))
+    }
+
     fn job_state(&self, array: &Array, job: JobKind) -> JobState {
         let ctl = self.running(array, job);
         let last = lock(&self.last)[job as usize].clone();

@@ -17,6 +17,7 @@ mod deadlines;
 mod health;
 mod labels;
 mod membership;
+mod probe;
 
 pub use assemble::AssembleOptions;
 pub(crate) use assemble::{assemble, Assembled};
@@ -27,6 +28,7 @@ pub use health::Health;
 pub(crate) use health::{alloc_candidates, chunk_intact, member_spaces, template_tolerance};
 pub use labels::read_superblock;
 pub(crate) use membership::is_no_space;
+pub use probe::{read_label, Label};
 
 use crate::error::{Error, Result};
 use crate::layout::chunkmap::Chunk;

@@ -15,6 +15,7 @@ use super::reply::{error_reply, execute, ok_reply, Out};
 use super::request::{validate, Op};
 use crate::device::BlockDevice;
 use crate::handshake::Negotiated;
+use crate::stats::{ExportStats, RequestKind};
 use crate::transport::Transport;
 use crate::wire::{self, *};
 use crate::{NbdError, ServerConfig};
@@ -33,6 +34,16 @@ struct Conn<T> {
     threads: AtomicUsize,
     stopping: AtomicBool,
     error: Mutex<Option<NbdError>>,
+    stats: Option<Arc<ExportStats>>,
+}
+
+/// How a request is counted: its kind and payload bytes.
+fn counted(op: &Result<Op, super::request::Reject>) -> (RequestKind, u64) {
+    match op {
+        Ok(Op::Read { len, .. }) => (RequestKind::Read, u64::from(*len)),
+        Ok(Op::Write { len, .. }) => (RequestKind::Write, u64::from(*len)),
+        _ => (RequestKind::Other, 0),
+    }
 }
 
 /// Held by every worker thread; the connection is over when all are dropped.
@@ -174,6 +185,10 @@ impl<T: Transport> Conn<T> {
     }
 
     fn handle(&self, req: Request) -> Reply {
+        let start = self
+            .stats
+            .as_ref()
+            .map(|_| (std::time::Instant::now(), counted(&req.op)));
         let out = match req.op {
             Ok(Op::Cache) => Out::whole(ok_reply(req.cookie)),
             Ok(op) => execute(&*self.dev, &self.neg, req.cookie, op, req.payload),
@@ -190,6 +205,9 @@ impl<T: Transport> Conn<T> {
                 Out::whole(v)
             }
         };
+        if let (Some(s), Some((t, (kind, bytes)))) = (&self.stats, start) {
+            s.request(kind, bytes, t.elapsed());
+        }
         Reply {
             out,
             _permit: req.permit,
@@ -289,6 +307,7 @@ pub(crate) async fn run<T: Transport>(
         threads: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         error: Mutex::new(None),
+        stats: cfg.stats.clone(),
     });
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     let mut guard = AbortOnDrop(Some(&*conn));
