@@ -659,3 +659,48 @@ fn an_array_that_cannot_be_assembled_is_logged_and_the_others_served() {
     assert!(!env.path("ghost.sock").exists());
     d.stop();
 }
+
+#[test]
+fn a_daemon_export_with_tls_require_serves_psk_clients_and_refuses_plain_ones() {
+    if !require_tools("service tls", &["nbdinfo", "psktool"]) {
+        return;
+    }
+    let env = Env::new();
+    env.create("disks", "tank", "raid5", 3);
+    let keys = env.path("keys.psk");
+    run_ok(
+        Command::new("psktool")
+            .args(["-u", "alice", "-p"])
+            .arg(&keys),
+    );
+    let cfg = env.write_config(&format!(
+        r#"
+[[array]]
+name = "tank"
+members = ["{d}/disks/tank-*.img"]
+
+[[export]]
+array = "tank"
+listen = ["unix:{tank}"]
+tls = "require"
+tls_psk_file = "{keys}"
+"#,
+        d = env.dir.path().display(),
+        tank = env.sock("tank"),
+        keys = keys.display(),
+    ));
+    let d = Daemon::start(&env, &cfg, 1, "tls", None);
+    let tls_uri = format!(
+        "nbds+unix://alice@/tank?socket={}&tls-psk-file={}",
+        env.sock("tank"),
+        keys.display()
+    );
+    assert!(nbd_size(&tls_uri) > 0);
+    let o = run(Command::new("nbdinfo").args(["--size", &env.uri("tank", "tank")]));
+    assert!(
+        !o.status.success(),
+        "a plain client of a tls = \"require\" export is refused: {}",
+        text(&o)
+    );
+    d.stop();
+}
