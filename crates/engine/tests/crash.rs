@@ -1041,7 +1041,7 @@ fn a_hung_member_then_a_power_cut_loses_nothing_flushed() {
     let (c_off, c_len) = (1 << 20, 512 << 10);
     let mut bad = Vec::new();
     for k in (0..40).step_by(3) {
-        let seed = k as u64 * 7 + 1;
+        let seed = k * 7 + 1;
         let grid = PowerGrid::new();
         let sims: Vec<Dev> = base
             .iter()
