@@ -113,7 +113,10 @@ fn wait_for(p: &Path, what: &str) {
 }
 
 fn available(test: &str) -> bool {
-    if !require_tools(test, &["nbdkit", "nbdfuse", "nbdcopy", "fusermount3"]) {
+    if !require_tools(
+        test,
+        &["nbdkit", "nbdfuse", "nbdcopy", "fusermount3", "fio"],
+    ) {
         return false;
     }
     if let Some(why) = mount_unavailable() {
@@ -132,6 +135,37 @@ fn limits() -> Vec<String> {
         "--shutdown-limit".into(),
         "8s".into(),
     ]
+}
+
+/// fio's region: after the nbdcopy data, written with crc32c verification headers.
+const FIO_OFFSET: u64 = 120 << 20;
+const FIO_SIZE: u64 = 32 << 20;
+
+/// fio (nbd engine) writing FIO_SIZE at FIO_OFFSET with crc32c headers and a final flush,
+/// or (`verify_only`) reading it back and checking every block.
+fn fio_job(dir: &Path, uri: &str, verify_only: bool) -> Command {
+    let mut c = Command::new("fio");
+    c.current_dir(dir).args([
+        "--name=hung",
+        "--ioengine=nbd",
+        "--rw=write",
+        "--bs=64k",
+        "--iodepth=4",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--end_fsync=1",
+        "--output-format=json",
+    ]);
+    c.arg(format!("--uri={uri}"))
+        .arg(format!("--offset={FIO_OFFSET}"))
+        .arg(format!("--size={FIO_SIZE}"));
+    if verify_only {
+        c.arg("--verify_only=1");
+    } else {
+        c.arg("--do_verify=0");
+    }
+    c
 }
 
 /// Polls `status --json` on a thread while the test runs; records the slowest answer.
@@ -206,10 +240,40 @@ fn raid5_with_a_hung_member_answers_fails_it_and_rebuilds() {
     let src = rig.path("src.bin");
     std::fs::write(&src, &data).unwrap();
     run_ok(Command::new("nbdcopy").arg(&src).arg(&srv.uri));
+    // And fio's own verifiable data after it, written and flushed.
+    let fio_out = run_ok(&mut fio_job(rig.dir.path(), &srv.uri, false));
+    assert!(fio_out.contains("\"jobname\""), "{fio_out}");
 
     let poller = StatusPoller::start(&rig.rt);
     disk.hang();
     let hung_at = Instant::now();
+    // fio verifies what it wrote while the member hangs: no verify error, and no read
+    // waits much past the slow limit (answered from the other members).
+    let o = run_timeout(
+        &mut fio_job(rig.dir.path(), &srv.uri, true),
+        Duration::from_secs(60),
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "fio verify with a hung member: {out}");
+    assert!(!out.contains("verify:"), "fio verify error: {out}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let js: serde_json::Value =
+        serde_json::Deserializer::from_str(&stdout[stdout.find('{').unwrap_or(0)..])
+            .into_iter()
+            .next()
+            .and_then(|v| v.ok())
+            .unwrap_or_else(|| panic!("no fio JSON: {out}"));
+    let read = &js["jobs"][0]["read"];
+    assert_eq!(read["io_bytes"].as_u64(), Some(FIO_SIZE), "{out}");
+    let worst = Duration::from_nanos(read["clat_ns"]["max"].as_u64().unwrap_or(u64::MAX));
+    eprintln!(
+        "fio verified {} MiB with a hung member; slowest read {worst:?}",
+        FIO_SIZE >> 20
+    );
+    assert!(
+        worst < SLOW + Duration::from_secs(1),
+        "a read took {worst:?} (slow limit {SLOW:?})"
+    );
     // Reads: answered from the other members, none waits much past the slow limit.
     let out = rig.path("out.bin");
     let t = Instant::now();
