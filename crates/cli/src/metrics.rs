@@ -134,6 +134,8 @@ struct ArrayFamilies {
     m_slow: Family,
     m_timeouts: Family,
     m_errors: Family,
+    m_ops: Family,
+    m_bytes: Family,
 }
 
 impl ArrayFamilies {
@@ -162,10 +164,12 @@ impl ArrayFamilies {
             m_slow: fam("member_slow_reads", "Reads answered from the other members because this one passed the slow limit", C),
             m_timeouts: fam("member_timeouts", "Member requests given up on at the fail limit", C),
             m_errors: fam("member_errors", "Member errors by kind", C),
+            m_ops: fam("member_requests", "Member reads and writes answered without error, by op", C),
+            m_bytes: fam("member_bytes", "Bytes of member reads and writes answered without error, by op", C),
         }
     }
 
-    fn all(&self) -> [&Family; 22] {
+    fn all(&self) -> [&Family; 24] {
         [
             &self.health,
             &self.size,
@@ -189,6 +193,8 @@ impl ArrayFamilies {
             &self.m_slow,
             &self.m_timeouts,
             &self.m_errors,
+            &self.m_ops,
+            &self.m_bytes,
         ]
     }
 
@@ -290,6 +296,13 @@ impl ArrayFamilies {
             .add(ml.clone(), io.requests_last_minute as f64);
         self.m_slow.add(ml.clone(), io.slow as f64);
         self.m_timeouts.add(ml.clone(), io.timeouts as f64);
+        for (op, n, bytes) in [
+            ("read", io.reads, io.read_bytes),
+            ("write", io.writes, io.written_bytes),
+        ] {
+            self.m_ops.add(with(&[("op", op)]), n as f64);
+            self.m_bytes.add(with(&[("op", op)]), bytes as f64);
+        }
         for (kind, v) in [
             ("read", io.read_errors),
             ("write", io.write_errors),

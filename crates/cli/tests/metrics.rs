@@ -47,8 +47,27 @@ fn a_rebuild_shows_its_progress_moving_and_the_export_counts_requests() {
     );
     let data = random_bytes(48 << 20, 3);
     std::fs::write(rig.path("data"), &data).unwrap();
-    run_ok(Command::new("nbdcopy").arg(rig.path("data")).arg(&s.uri));
+    run_ok(
+        Command::new("nbdcopy")
+            .arg("--flush")
+            .arg(rig.path("data"))
+            .arg(&s.uri),
+    );
     let m = scrape(port);
+    // Flushed: every byte reached both mirrors (and their journals).
+    let member_written = m
+        .lines()
+        .find(|l| {
+            l.starts_with("damocles_member_bytes_total{")
+                && l.contains("member=\"0\"")
+                && l.contains("op=\"write\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no member byte counter:\n{m}"));
+    assert!(
+        member_written >= (48 << 20) as f64,
+        "member 0 wrote {member_written} bytes"
+    );
     let writes = sample(
         &m,
         "damocles_export_requests_total{export=\"m\",array=\"m\",op=\"write\"}",

@@ -291,6 +291,9 @@ impl Guarded {
         let t = std::time::Instant::now();
         if self.shared.dev.read_nowait(bufs, offset) {
             self.shared.stats.answered_at_once(t);
+            self.shared
+                .stats
+                .count_read(bufs.iter().map(|b| b.len()).sum());
             return Ok(());
         }
         if slow {
@@ -315,6 +318,7 @@ impl Guarded {
                 dst.copy_from_slice(&b[at..at + dst.len()]);
                 at += dst.len();
             }
+            self.shared.stats.count_read(total);
         }
         self.give_back(b);
         r
@@ -374,6 +378,9 @@ impl MemberDevice for Guarded {
             (dev.write_at(&b[..len], offset), b)
         })?;
         self.give_back(b);
+        if r.is_ok() {
+            self.shared.stats.count_write(len);
+        }
         r
     }
     fn flush(&self) -> io::Result<()> {

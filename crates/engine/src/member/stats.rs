@@ -37,6 +37,15 @@ pub struct MemberIo {
     pub checksum_errors: u64,
     /// Writes refused for want of space on the member's filesystem.
     pub no_space: u64,
+    /// Reads and writes answered without error since the array was opened, and their bytes.
+    #[serde(default)]
+    pub reads: u64,
+    #[serde(default)]
+    pub read_bytes: u64,
+    #[serde(default)]
+    pub writes: u64,
+    #[serde(default)]
+    pub written_bytes: u64,
 }
 
 #[derive(Default)]
@@ -108,6 +117,10 @@ pub(crate) struct Stats {
     flush_errors: AtomicU64,
     pub checksum_errors: AtomicU64,
     no_space: AtomicU64,
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    writes: AtomicU64,
+    written_bytes: AtomicU64,
 }
 
 impl Default for Stats {
@@ -124,6 +137,10 @@ impl Default for Stats {
             flush_errors: AtomicU64::new(0),
             checksum_errors: AtomicU64::new(0),
             no_space: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -164,6 +181,18 @@ impl Stats {
             };
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a read of `len` bytes answered without error.
+    pub fn count_read(&self, len: usize) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.read_bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a write of `len` bytes answered without error.
+    pub fn count_write(&self, len: usize) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.written_bytes.fetch_add(len as u64, Ordering::Relaxed);
     }
 
     /// Records a read answered without waiting for the device (no ticket: it could not
@@ -213,6 +242,10 @@ impl Stats {
             flush_errors: get(&self.flush_errors),
             checksum_errors: get(&self.checksum_errors),
             no_space: get(&self.no_space),
+            reads: get(&self.reads),
+            read_bytes: get(&self.read_bytes),
+            writes: get(&self.writes),
+            written_bytes: get(&self.written_bytes),
         }
     }
 }
