@@ -41,7 +41,11 @@ fn writes_during_a_failure_and_its_rebuild_are_all_kept() {
 #[test]
 fn the_same_on_file_members_in_tmpfs() {
     let shm = std::path::Path::new("/dev/shm");
-    let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
     let dir = tempfile::Builder::new()
         .prefix("damocles-rebuild.")
         .tempdir_in(base)
@@ -82,7 +86,7 @@ fn run(dir: Option<&std::path::Path>) {
                         a.write_at(&data, (b0 * BLK) as u64).unwrap();
                         model.lock().unwrap()[b0 * BLK..(b0 + 1) * BLK].copy_from_slice(&data);
                         n += 1;
-                        if n % 16 == 0 {
+                        if n.is_multiple_of(16) {
                             a.flush().unwrap();
                         }
                     }
@@ -108,6 +112,10 @@ fn run(dir: Option<&std::path::Path>) {
         // Without member 0: the rebuilt spare must hold what it should.
         let again: Vec<Dev> = vec![devs[2].clone(), devs[3].clone(), spare];
         let a = Array::assemble(again, Default::default()).unwrap();
-        assert_matches(&a, &model, &format!("round {round}, spare without member 0"));
+        assert_matches(
+            &a,
+            &model,
+            &format!("round {round}, spare without member 0"),
+        );
     }
 }
