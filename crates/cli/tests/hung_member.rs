@@ -137,6 +137,21 @@ fn limits() -> Vec<String> {
     ]
 }
 
+/// A raid5 named `name` of three files and, as its fourth member (added and grown onto, so
+/// it holds data), a disk that can be made to hang; the member paths.
+fn raid5_with_a_hanging_fourth(name: &str) -> (Rig, HangingDisk, Vec<PathBuf>) {
+    let rig = Rig::create("raid5", name, 3, SIZE);
+    let disk = HangingDisk::start(rig.dir.path(), "d3");
+    let mut members = rig.members.clone();
+    {
+        let srv = rig.serve(&members, &[], "setup");
+        rig.add_grow(&disk.path());
+        srv.stop();
+    }
+    members.push(disk.path());
+    (rig, disk, members)
+}
+
 /// fio's region: after the nbdcopy data, written with crc32c verification headers.
 const FIO_OFFSET: u64 = 120 << 20;
 const FIO_SIZE: u64 = 32 << 20;
@@ -217,16 +232,7 @@ fn raid5_with_a_hung_member_answers_fails_it_and_rebuilds() {
     if !available("hung member raid5") {
         return;
     }
-    let rig = Rig::create("raid5", "hang5", 3, SIZE);
-    let disk = HangingDisk::start(rig.dir.path(), "d3");
-    // The hung disk is the fourth member: add it and grow onto it before it hangs.
-    let mut members = rig.members.clone();
-    {
-        let srv = rig.serve(&members, &[], "setup");
-        rig.add_grow(&disk.path());
-        srv.stop();
-    }
-    members.push(disk.path());
+    let (rig, disk, members) = raid5_with_a_hanging_fourth("hang5");
     let spare = rig.spare("spare.img", SIZE);
     let mut extra = limits();
     extra.push("--on-event".into());
@@ -448,15 +454,7 @@ fn sigterm_with_a_hung_member_stops_in_bounded_time_and_the_member_comes_back_st
     if !available("hung member sigterm") {
         return;
     }
-    let rig = Rig::create("raid5", "hangterm", 3, SIZE);
-    let disk = HangingDisk::start(rig.dir.path(), "d3");
-    let mut members = rig.members.clone();
-    {
-        let srv = rig.serve(&members, &[], "setup");
-        rig.add_grow(&disk.path());
-        srv.stop();
-    }
-    members.push(disk.path());
+    let (rig, disk, members) = raid5_with_a_hanging_fourth("hangterm");
     let extra = limits();
     let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
     let srv = rig.serve(&members, &extra, "term");

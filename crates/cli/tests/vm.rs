@@ -79,6 +79,36 @@ sync
     )
 }
 
+/// Adds two 256 MiB members (m2, m3) to the served raid0 of `rig` and starts a
+/// conversion to raid5 at 10 MiB/s; returns once a quarter of it is done, with the new
+/// members and the chunks (left, at the start) to move. `before` names what must come
+/// while it still runs.
+fn convert_slowly_to_raid5(rig: &Rig, before: &str) -> (Vec<std::path::PathBuf>, u64, u64) {
+    let new: Vec<_> = (2..4)
+        .map(|i| rig.spare(&format!("m{i}.img"), 256 * MIB))
+        .collect();
+    rig.add_grow(&new[0]);
+    rig.add_grow(&new[1]);
+    run_ok(rig.cmd().args([
+        "convert",
+        "--level",
+        "raid5",
+        "--background",
+        "--rate",
+        "10M",
+    ]));
+    let to_move0 = rig.status()["chunks_to_move"].as_u64().unwrap();
+    let st = rig.wait_status("a quarter of the conversion", limit(60), |s| {
+        s["chunks_to_move"].as_u64().unwrap_or(0) * 4 <= to_move0 * 3
+    });
+    let left = st["chunks_to_move"].as_u64().unwrap();
+    assert!(
+        left > 0 && st["reshape"]["running"] == true,
+        "the conversion ended before the {before}: lower the rate\n{st:#}"
+    );
+    (new, left, to_move0)
+}
+
 /// Shell lines that check every file in /tmp/sums (caches dropped before) and print one
 /// `CHECK PATH: OK|FAILED` line per file, for [`judge_checks`].
 const CHECK_SUMS: &str = r#"sha256sum -c /tmp/sums 2>&1 | sed 's/^/CHECK /'
@@ -444,28 +474,7 @@ e2fsck -fn /dev/vda || fail "e2fsck found problems"
         &[NbdDisk { socket: &sock }],
     );
     vm.step("WRITING", limit(90));
-    let new: Vec<_> = (2..4)
-        .map(|i| rig.spare(&format!("m{i}.img"), 256 * MIB))
-        .collect();
-    rig.add_grow(&new[0]);
-    rig.add_grow(&new[1]);
-    run_ok(rig.cmd().args([
-        "convert",
-        "--level",
-        "raid5",
-        "--background",
-        "--rate",
-        "10M",
-    ]));
-    let to_move0 = rig.status()["chunks_to_move"].as_u64().unwrap();
-    let st = rig.wait_status("a quarter of the conversion", limit(60), |s| {
-        s["chunks_to_move"].as_u64().unwrap_or(0) * 4 <= to_move0 * 3
-    });
-    let left = st["chunks_to_move"].as_u64().unwrap();
-    assert!(
-        left > 0 && st["reshape"]["running"] == true,
-        "the conversion ended before the kill: lower the rate\n{st:#}"
-    );
+    let (new, left, to_move0) = convert_slowly_to_raid5(&rig, "kill");
     // SAFETY: plain syscall on our own child, not reaped yet (Server reaps it on drop).
     let r = unsafe { libc::kill(srv.pid(), libc::SIGKILL) };
     assert_eq!(r, 0, "kill -KILL {}", srv.pid());
@@ -552,28 +561,7 @@ done
         &[NbdDisk { socket: &sock }],
     );
     vm.step("READY", limit(90));
-    let new: Vec<_> = (2..4)
-        .map(|i| rig.spare(&format!("m{i}.img"), 256 * MIB))
-        .collect();
-    rig.add_grow(&new[0]);
-    rig.add_grow(&new[1]);
-    run_ok(rig.cmd().args([
-        "convert",
-        "--level",
-        "raid5",
-        "--background",
-        "--rate",
-        "10M",
-    ]));
-    let to_move0 = rig.status()["chunks_to_move"].as_u64().unwrap();
-    let st = rig.wait_status("a quarter of the conversion", limit(60), |s| {
-        s["chunks_to_move"].as_u64().unwrap_or(0) * 4 <= to_move0 * 3
-    });
-    let left = st["chunks_to_move"].as_u64().unwrap();
-    assert!(
-        left > 0 && st["reshape"]["running"] == true,
-        "the conversion ended before the cut: lower the rate\n{st:#}"
-    );
+    let (new, left, to_move0) = convert_slowly_to_raid5(&rig, "cut");
     // The power cut: both processes at once, SIGKILL.
     vm.kill();
     // SAFETY: plain syscall on our own child, not reaped yet (Server reaps it on drop).

@@ -121,14 +121,19 @@ impl MemberDevice for FileMember {
         {
             return false;
         }
-        let mut iov: Vec<io::IoSliceMut> =
-            bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
-        match rustix::io::preadv2(
-            &self.file,
-            &mut iov,
-            offset,
-            rustix::io::ReadWriteFlags::NOWAIT,
-        ) {
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        // One buffer (the common case) needs no vector of slices.
+        let read = match bufs {
+            [one] => {
+                rustix::io::preadv2(&self.file, &mut [io::IoSliceMut::new(one)], offset, flags)
+            }
+            _ => {
+                let mut iov: Vec<io::IoSliceMut> =
+                    bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+                rustix::io::preadv2(&self.file, &mut iov, offset, flags)
+            }
+        };
+        match read {
             Ok(n) => n == total,
             Err(rustix::io::Errno::OPNOTSUPP) => {
                 self.no_nowait.store(true, Ordering::Relaxed);

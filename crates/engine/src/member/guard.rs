@@ -288,12 +288,11 @@ impl Guarded {
     fn read_within(&self, bufs: &mut [&mut [u8]], offset: u64, slow: bool) -> io::Result<()> {
         // Bytes at hand (page cache) are read here, on the caller's thread: such a read
         // cannot wait for the device, so it needs no worker and no deadline.
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
         let t = std::time::Instant::now();
         if self.shared.dev.read_nowait(bufs, offset) {
             self.shared.stats.answered_at_once(t);
-            self.shared
-                .stats
-                .count_read(bufs.iter().map(|b| b.len()).sum());
+            self.shared.stats.count_read(total);
             return Ok(());
         }
         if slow {
@@ -305,7 +304,6 @@ impl Guarded {
                 return Err(io::Error::other(Slow(patience)));
             }
         }
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
         let b = self.buffer(total);
         let (r, b) = self.call(Op::Read, offset, slow, move |dev| {
             let mut b = b;
