@@ -381,6 +381,20 @@ impl MemberDevice for Guarded {
         }
         r
     }
+    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Option<Vec<u8>>) {
+        let len = buf.len();
+        match self.call(Op::Write, offset, false, move |dev| {
+            (dev.write_at(&buf, offset), buf)
+        }) {
+            Ok((r, b)) => {
+                if r.is_ok() {
+                    self.shared.stats.count_write(len);
+                }
+                (r, Some(b))
+            }
+            Err(e) => (Err(e), None),
+        }
+    }
     fn flush(&self) -> io::Result<()> {
         self.call(Op::Flush, 0, false, |dev| (dev.flush(), ()))?.0
     }

@@ -18,7 +18,8 @@ pub use guard::{is_slow, Guarded, Limits, DEFAULT_FAIL, DEFAULT_SLOW};
 #[cfg(feature = "test-util")]
 pub use io::SERIAL_FLUSHES;
 pub(crate) use io::{
-    execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write, zero,
+    execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write, write_parallel,
+    zero,
 };
 pub use mem::MemMember;
 pub(crate) use overlay::Overlay;
@@ -62,6 +63,13 @@ pub trait MemberDevice: Send + Sync {
         false
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()>;
+    /// [`MemberDevice::write_at`] that takes the buffer, so a guarded member hands it to
+    /// its worker without a copy; gives it back once the write is done (`None` when the
+    /// member gave up waiting for a write it still holds).
+    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> (stdio::Result<()>, Option<Vec<u8>>) {
+        let r = self.write_at(&buf, offset);
+        (r, Some(buf))
+    }
     /// Makes every completed write durable.
     fn flush(&self) -> stdio::Result<()>;
     /// A hint: start writing `[offset, offset+len)` (just written) to stable storage now,
@@ -129,6 +137,9 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()> {
         (**self).write_at(buf, offset)
+    }
+    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> (stdio::Result<()>, Option<Vec<u8>>) {
+        (**self).write_owned(buf, offset)
     }
     fn flush(&self) -> stdio::Result<()> {
         (**self).flush()

@@ -6,6 +6,7 @@
 
 mod dirty;
 mod read;
+mod redirect;
 
 use crate::data::{Data, Seg};
 use crate::error::{Error, Result};
@@ -16,10 +17,10 @@ use crate::meta::{is_no_space, JournalArea};
 use crate::ondisk::journal::{self, SubRecord};
 use crate::units::{MemberWrite, BLOCK};
 use dirty::DirtySet;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub(crate) struct Cache {
@@ -30,6 +31,37 @@ pub(crate) struct Cache {
     /// Held for a whole commit; the number of the next txg.
     pub next_txg: Mutex<u64>,
     pub budget: u64,
+    /// Bytes of the commit in progress (with `open`, what the budget bounds).
+    committing_bytes: AtomicU64,
+    /// Rung when the open set passes a quarter of the budget; the background committer
+    /// (`Array::spawn_flusher`) waits on it and commits then, while writes go on.
+    pub kick: Arc<Kick>,
+}
+
+/// A doorbell for the background committer (shared without keeping the array alive).
+#[derive(Default)]
+pub struct Kick {
+    rung: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Kick {
+    /// Waits until rung or `timeout` passes; true if rung.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let mut k = self.rung.lock();
+        if !*k {
+            self.cv.wait_for(&mut k, timeout);
+        }
+        std::mem::take(&mut *k)
+    }
+
+    fn ring(&self) {
+        let mut k = self.rung.lock();
+        if !*k {
+            *k = true;
+            self.cv.notify_one();
+        }
+    }
 }
 
 impl Cache {
@@ -39,6 +71,8 @@ impl Cache {
             committing: RwLock::new(DirtySet::default()),
             next_txg: Mutex::new(next_txg),
             budget,
+            committing_bytes: AtomicU64::new(0),
+            kick: Arc::default(),
         }
     }
 }
@@ -119,9 +153,16 @@ impl Txg {
         if payload.is_some() {
             self.buffer_write(payload, offset, &mut spare)?;
         }
-        let over = self.cache.open.lock().bytes() > self.cache.budget;
-        if over {
+        // The budget bounds what the open and the committing sets hold together: past it a
+        // writer commits itself (after the commit in progress). Past a quarter of it in the
+        // open set, the background committer is asked to start one, so writes keep
+        // flowing into a fresh open set and a FLUSH finds little left to do.
+        let open = self.cache.open.lock().bytes();
+        let committing = self.cache.committing_bytes.load(Ordering::Acquire);
+        if open + committing > self.cache.budget {
             self.commit()?;
+        } else if open > self.cache.budget / 4 {
+            self.cache.kick.ring();
         }
         Ok(spare)
     }
@@ -235,6 +276,9 @@ impl Txg {
             }
             let mut c = self.cache.committing.write();
             std::mem::swap(&mut *open, &mut *c);
+            self.cache
+                .committing_bytes
+                .store(c.bytes(), Ordering::Release);
         }
         let result = self.commit_frozen(&mut next);
         let done = {
@@ -246,6 +290,7 @@ impl Txg {
                     open.insert_under(s, d);
                 }
             }
+            self.cache.committing_bytes.store(0, Ordering::Release);
             std::mem::take(&mut *c)
         };
         // Its buffers are freed outside the lock.
@@ -272,6 +317,15 @@ impl Txg {
                 at += n;
             }
         }
+        // Chunks held whole go to fresh slices (redirect.rs); the others take the journal.
+        // Those never written are placed first, so the fresh slices are chosen from a map
+        // that already has them.
+        let (whole, partial) = whole_chunks(&pieces, c);
+        for &idx in &partial {
+            self.chunk_for_write_locked(idx)?;
+        }
+        let redirected = self.redirect_whole(&whole, &frozen)?;
+        let first_txg = *next;
         let mut txg = TxgPlan::default();
         let mut i = 0;
         while i < pieces.len() {
@@ -279,6 +333,10 @@ impl Txg {
             let mut j = i;
             while j < pieces.len() && pieces[j].0 == idx {
                 j += 1;
+            }
+            if redirected.iter().any(|r| r.idx == idx) {
+                i = j;
+                continue;
             }
             let chunk = self.chunk_for_write_locked(idx)?;
             // The stripe rows the pieces touch, each row planned once with all of its
@@ -311,7 +369,9 @@ impl Txg {
             }
             i = j;
         }
-        self.journal_and_apply(&mut txg, next)
+        self.journal_and_apply(&mut txg, next)?;
+        // A journal flush after the redirected writes made them durable too.
+        self.switch_redirected(redirected, *next > first_txg, *next)
     }
 
     fn journal_and_apply(&self, txg: &mut TxgPlan, next: &mut u64) -> Result<()> {
@@ -544,6 +604,27 @@ impl Txg {
     pub fn dirty_bytes(&self) -> u64 {
         self.cache.open.lock().bytes()
     }
+}
+
+/// The chunks `pieces` (chunk, offset in chunk, bytes; in order, not overlapping) cover
+/// whole, and the others.
+fn whole_chunks(pieces: &[(usize, u64, &[u8])], chunk_size: u64) -> (Vec<usize>, Vec<usize>) {
+    let (mut whole, mut partial) = (Vec::new(), Vec::new());
+    let mut k = 0;
+    while k < pieces.len() {
+        let idx = pieces[k].0;
+        let mut bytes = 0;
+        while k < pieces.len() && pieces[k].0 == idx {
+            bytes += pieces[k].2.len() as u64;
+            k += 1;
+        }
+        if bytes == chunk_size {
+            whole.push(idx);
+        } else {
+            partial.push(idx);
+        }
+    }
+    (whole, partial)
 }
 
 /// Segments of one row that continue each other in one data block (pieces of separate
