@@ -199,8 +199,14 @@ impl Drop for Array {
     /// A clean close commits what is still buffered.
     fn drop(&mut self) {
         if self.journal.is_some() && !self.read_only {
-            if let Err(e) = self.commit().and_then(|()| self.retire_journal()) {
-                tracing::error!("committing buffered writes on close failed: {e}");
+            match self.commit().and_then(|()| self.retire_journal()) {
+                // Everything is in the members: the write log has nothing left to give.
+                Ok(()) => {
+                    if let Some(l) = self.wlog.get() {
+                        l.remove();
+                    }
+                }
+                Err(e) => tracing::error!("committing buffered writes on close failed: {e}"),
             }
         }
     }

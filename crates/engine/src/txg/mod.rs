@@ -7,6 +7,7 @@
 mod dirty;
 mod read;
 mod redirect;
+pub mod wlog;
 
 use crate::data::{Data, Seg};
 use crate::error::{Error, Result};
@@ -108,6 +109,8 @@ pub struct Txg {
     pub(crate) cache: Cache,
     /// A commit failed after its journal was durable: memory no longer matches the members.
     pub(crate) poisoned: AtomicBool,
+    /// Writes acknowledged but not committed, outside the process (see `wlog.rs`).
+    pub(crate) wlog: std::sync::OnceLock<wlog::WriteLog>,
 }
 
 impl Deref for Txg {
@@ -124,6 +127,7 @@ impl Txg {
             journal,
             cache: Cache::new(1, budget),
             poisoned: AtomicBool::new(false),
+            wlog: std::sync::OnceLock::new(),
         }
     }
 
@@ -185,6 +189,10 @@ impl Txg {
                 let tight = data.clone();
                 spare.push(std::mem::replace(&mut data, tight));
             }
+            let mut log = self.wlog.get().map(|l| l.lock());
+            if let Some(l) = &mut log {
+                l.append(lo, &data);
+            }
             self.cache
                 .open
                 .lock()
@@ -210,6 +218,11 @@ impl Txg {
             };
             for &b in &need {
                 self.read_at(&mut whole[at(b)], b)?;
+            }
+            let mut log = self.wlog.get().map(|l| l.lock());
+            if let Some(l) = &mut log {
+                let buf = payload.as_ref().expect("payload").as_slice();
+                l.append(offset, buf);
             }
             let mut open = self.cache.open.lock();
             for &b in &edges {
@@ -269,11 +282,14 @@ impl Txg {
     /// Makes every write so far durable: journal, flush, then in place.
     pub(crate) fn commit(&self) -> Result<()> {
         let mut next = self.cache.next_txg.lock();
+        let rotated;
         {
+            let mut log = self.wlog.get().map(|l| l.lock());
             let mut open = self.cache.open.lock();
             if open.is_empty() {
                 return Ok(());
             }
+            rotated = log.as_mut().map(|l| l.rotate());
             let mut c = self.cache.committing.write();
             std::mem::swap(&mut *open, &mut *c);
             self.cache
@@ -281,6 +297,10 @@ impl Txg {
                 .store(c.bytes(), Ordering::Release);
         }
         let result = self.commit_frozen(&mut next);
+        if let (Ok(()), Some(k), Some(l)) = (&result, rotated, self.wlog.get()) {
+            // Durable now: the log's records of this set are not needed any more.
+            l.covered(k);
+        }
         let done = {
             let mut c = self.cache.committing.write();
             if result.is_err() {

@@ -205,6 +205,13 @@ impl Txg {
                 .map(|(s, b)| (s.member, s.offset + row * su, b))
                 .collect();
             pool.extend(write_parallel(members, writes)?);
+            // Start writing these back now, as a rebuild does: the flush before the switch
+            // then finds most of them on the disk already.
+            for s in &c.slices {
+                if let Some(d) = &members[s.member as usize] {
+                    d.start_writeback(s.offset + row * su, (end - row) * su);
+                }
+            }
             row = end;
         }
         Ok(())
