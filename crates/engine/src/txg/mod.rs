@@ -207,10 +207,11 @@ impl Txg {
             let at = |b: u64| (b - lo) as usize..(b - lo + BLOCK) as usize;
             // What was read is only current if no commit took the open set away between
             // the look into it and the insert. Otherwise a write of the same block that
-            // came meanwhile (another 1 KiB of it, say, on another NBD connection: ext4
-            // with 1 KiB blocks writes neighbouring bitmaps so) is in neither: it went to
-            // the committing set after our read, or is in place already. Inserting the
-            // block as read would undo that acknowledged write. So read again.
+            // came meanwhile (another 1 KiB of it, say, in flight beside this one: ext4
+            // with 1 KiB blocks writes neighbouring block bitmaps so) is in neither: it
+            // went to the committing set after our read, or is in place already. Inserting
+            // the block as read would undo that acknowledged write. So read again. (A
+            // commit that takes blocks out of the open set must bump `swaps`.)
             let mut open = loop {
                 let open = self.cache.open.lock();
                 let swaps = self.cache.swaps.load(Ordering::Relaxed);
