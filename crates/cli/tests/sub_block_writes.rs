@@ -2,13 +2,15 @@
 //! a member fails and a hot spare is rebuilt underneath — the host-side image of the VM test
 //! `kernel_nbd_client_in_the_guest_on_a_damocles_it_serves` (the guest's `nbd-client -C 4`
 //! under ext4 with 1 KiB blocks, whose neighbouring block bitmaps are separate 1 KiB
-//! writes on different connections, with jbd2's FLUSH among them).
+//! writes in flight together, with jbd2's FLUSH among them). mkfs.ext4 on a 276 MiB
+//! image here puts the block bitmaps of groups 3 and 4 — the ones that VM run's `e2fsck`
+//! found stale — at 1 KiB blocks 264 and 265: the first two quarters of one 4 KiB block.
 //!
 //! Four `qemu-io` processes (one connection each) write: process `t` owns the 1 KiB slot
 //! `t` of each block, so the last write of every slot is known whatever the interleaving.
 //! After each write a process reads back a slot it wrote earlier; at the end every slot
-//! must read back as last written, also after a restart without the member that was not
-//! failed first (so the rebuilt spare answers). Before the fix of a partial-block write
+//! must read back as last written, also after a restart without member 0 (so the rebuilt
+//! spare answers). Before the fix of a partial-block write
 //! racing a commit (`Txg::buffer_write`), two runs in three here lost a write.
 
 mod interop_support;
