@@ -10,8 +10,8 @@
 //! `t` of each block, so the last write of every slot is known whatever the interleaving.
 //! After each write a process reads back a slot it wrote earlier; at the end every slot
 //! must read back as last written, also after a restart without member 0 (so the rebuilt
-//! spare answers). Before the fix of a partial-block write
-//! racing a commit (`Txg::buffer_write`), two runs in three here lost a write.
+//! spare answers). Before the fix of a partial-block write racing a commit
+//! (`Txg::buffer_write`) it lost writes in each of 4 runs here.
 
 mod interop_support;
 
