@@ -37,6 +37,10 @@ pub(crate) struct Cache {
     /// Rung when the open set passes a quarter of the budget; the background committer
     /// (`Array::spawn_flusher`) waits on it and commits then, while writes go on.
     pub kick: Arc<Kick>,
+    /// Times a commit took the open set away; changed only under the `open` lock. A
+    /// partial-block write that read a block's other bytes checks it did not change (see
+    /// `Txg::buffer_write`).
+    pub swaps: AtomicU64,
 }
 
 /// A doorbell for the background committer (shared without keeping the array alive).
@@ -74,6 +78,7 @@ impl Cache {
             budget,
             committing_bytes: AtomicU64::new(0),
             kick: Arc::default(),
+            swaps: AtomicU64::new(0),
         }
     }
 }
@@ -208,23 +213,43 @@ impl Txg {
             edges.retain(|&b| b < offset || b + BLOCK > end);
             let mut whole = vec![0u8; (hi - lo) as usize];
             let at = |b: u64| (b - lo) as usize..(b - lo + BLOCK) as usize;
-            let need: Vec<u64> = {
+            // What was read is only current if no commit took the open set away between
+            // the look into it and the insert. Otherwise a write of the same block that
+            // came meanwhile (another 1 KiB of it, say, in flight beside this one: ext4
+            // with 1 KiB blocks writes neighbouring block bitmaps so) is in neither: it
+            // went to the committing set after our read, or is in place already. Inserting
+            // the block as read would undo that acknowledged write. So read again. (A
+            // commit that takes blocks out of the open set must bump `swaps`.)
+            // The write log is locked before the open set (its lock order), and held with
+            // it until the insert, so the record and the block join the same set.
+            let (mut log, mut open) = loop {
+                let log = self.wlog.get().map(|l| l.lock());
                 let open = self.cache.open.lock();
-                edges
+                let swaps = self.cache.swaps.load(Ordering::Relaxed);
+                let need: Vec<u64> = edges
                     .iter()
                     .copied()
                     .filter(|&b| !copy_block(&open, b, &mut whole[at(b)]))
-                    .collect()
+                    .collect();
+                if need.is_empty() {
+                    break (log, open);
+                }
+                drop(open);
+                drop(log);
+                for &b in &need {
+                    self.read_at(&mut whole[at(b)], b)?;
+                }
+                let log = self.wlog.get().map(|l| l.lock());
+                let open = self.cache.open.lock();
+                if self.cache.swaps.load(Ordering::Relaxed) == swaps {
+                    break (log, open);
+                }
             };
-            for &b in &need {
-                self.read_at(&mut whole[at(b)], b)?;
-            }
-            let mut log = self.wlog.get().map(|l| l.lock());
             if let Some(l) = &mut log {
-                let buf = payload.as_ref().expect("payload").as_slice();
-                l.append(offset, buf);
+                l.append(offset, payload.as_ref().expect("payload").as_slice());
             }
-            let mut open = self.cache.open.lock();
+            // Blocks dirtied since the look (with no commit between) are newer than the
+            // read: taken from the open set after all.
             for &b in &edges {
                 copy_block(&open, b, &mut whole[at(b)]);
             }
@@ -295,6 +320,7 @@ impl Txg {
             self.cache
                 .committing_bytes
                 .store(c.bytes(), Ordering::Release);
+            self.cache.swaps.fetch_add(1, Ordering::Relaxed);
         }
         let result = self.commit_frozen(&mut next);
         if let (Ok(()), Some(k), Some(l)) = (&result, rotated, self.wlog.get()) {
