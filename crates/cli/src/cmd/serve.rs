@@ -97,6 +97,11 @@ impl ServeOpts {
 /// socket (--control). SIGINT or SIGTERM stops accepting clients, lets in-flight requests
 /// finish, flushes, and exits 0 (a running rebuild stops at a checkpoint and resumes at the
 /// next start).
+///
+/// Writes acknowledged but not yet flushed are also kept in a write log on tmpfs
+/// (/run/damocles/wlog as root, else /dev/shm/damocles-UID; DAMOCLES_WRITE_LOG_DIR=DIR or
+/// `off`), so a server killed with SIGKILL loses none of them: the next start replays them
+/// before it serves. A power cut may still lose unflushed writes, as NBD allows.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
