@@ -48,6 +48,18 @@ pub(crate) fn write(dev: &dyn MemberDevice, buf: &[u8], off: u64) -> Result<()> 
         .map_err(|e| io_err(Op::Write, dev, off, e))
 }
 
+/// [`write`] of `buf[..len]` handing the buffer to the member ([`MemberDevice::write_vec`]):
+/// the result, and the buffer when it came back.
+pub(crate) fn write_vec(
+    dev: &dyn MemberDevice,
+    buf: Vec<u8>,
+    len: usize,
+    off: u64,
+) -> (Result<()>, Option<Vec<u8>>) {
+    let (r, b) = dev.write_vec(buf, len, off);
+    (r.map_err(|e| io_err(Op::Write, dev, off, e)), b)
+}
+
 pub(crate) fn zero(dev: &dyn MemberDevice, off: u64, len: u64) -> Result<()> {
     dev.write_zeroes(off, len)
         .map_err(|e| io_err(Op::Zero, dev, off, e))

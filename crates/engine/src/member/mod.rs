@@ -18,7 +18,7 @@ pub use guard::{is_slow, Guarded, Limits, DEFAULT_FAIL, DEFAULT_SLOW};
 #[cfg(feature = "test-util")]
 pub use io::SERIAL_FLUSHES;
 pub(crate) use io::{
-    execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write, zero,
+    execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write, write_vec, zero,
 };
 pub use mem::MemMember;
 pub(crate) use overlay::Overlay;
@@ -30,6 +30,10 @@ use std::sync::Arc;
 
 /// A member as the engine holds it.
 pub type Dev = Arc<dyn MemberDevice>;
+
+/// What [`MemberDevice::write_vec`] answers: the write's result and the buffer, if it
+/// came back.
+pub type WriteVec = (stdio::Result<()>, Option<Vec<u8>>);
 
 /// A member disk: positioned reads and writes, and a flush that makes completed writes durable.
 pub trait MemberDevice: Send + Sync {
@@ -62,6 +66,13 @@ pub trait MemberDevice: Send + Sync {
         false
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()>;
+    /// [`MemberDevice::write_at`] of `buf[..len]` from a buffer the member may hold while
+    /// it writes (the guard hands it to its worker instead of copying it); gives the buffer
+    /// back, or `None` when the caller stopped waiting for it.
+    fn write_vec(&self, buf: Vec<u8>, len: usize, offset: u64) -> WriteVec {
+        let r = self.write_at(&buf[..len], offset);
+        (r, Some(buf))
+    }
     /// Makes every completed write durable.
     fn flush(&self) -> stdio::Result<()>;
     /// A hint: start writing `[offset, offset+len)` (just written) to stable storage now,
@@ -129,6 +140,9 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()> {
         (**self).write_at(buf, offset)
+    }
+    fn write_vec(&self, buf: Vec<u8>, len: usize, offset: u64) -> WriteVec {
+        (**self).write_vec(buf, len, offset)
     }
     fn flush(&self) -> stdio::Result<()> {
         (**self).flush()

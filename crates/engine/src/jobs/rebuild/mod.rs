@@ -25,7 +25,8 @@ pub struct RebuildReport {
     pub lost: Vec<(u64, u64)>,
 }
 
-/// Threads that rebuild rows at once (at most; the machine's cores if fewer).
+/// Threads that rebuild rows at once (at most; twice the machine's cores if fewer: each
+/// waits for its write about as long as it computes, so two per core keep the cores busy).
 const MAX_REBUILD_THREADS: usize = 4;
 
 mod chunk;
@@ -307,10 +308,10 @@ impl Jobs {
         // The rows of each chunk are rebuilt by a few threads (this one included) while the
         // next chunks are placed; a group waits for all of them before its flush and commit.
         let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, MAX_REBUILD_THREADS);
+            .map_or(1, |n| 2 * n.get())
+            .clamp(2, MAX_REBUILD_THREADS);
         // Jobs queued ahead of the threads (about 1 MiB each) before this one lends a hand.
-        let ahead = if threads > 1 { 2 * threads } else { 0 };
+        let ahead = 2 * threads;
         let pipe = Pipe::default();
         let mut scratch = Scratch::default();
         std::thread::scope(|s| -> Result<()> {
