@@ -87,8 +87,11 @@ impl Data {
                 ok.resize(nrows, false);
                 continue;
             }
-            b.resize(len, 0);
-            fetch(q, b, ok);
+            // Grown, never shrunk: batches of other sizes need no zeroing.
+            if b.len() < len {
+                b.resize(len, 0);
+            }
+            fetch(q, &mut b[..len], ok);
         }
         let sources = &*scratch;
         let col = |q: usize, r: usize| -> Option<&[u8]> {

@@ -381,7 +381,7 @@ impl MemberDevice for Guarded {
         }
         r
     }
-    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Option<Vec<u8>>) {
+    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> super::WriteOwned {
         let len = buf.len();
         match self.call(Op::Write, offset, false, move |dev| {
             (dev.write_at(&buf, offset), buf)
@@ -502,5 +502,31 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(guard.io().in_flight, 0);
         g.write_at(b"x", 0).unwrap();
+    }
+
+    #[test]
+    fn an_owned_write_hands_its_buffer_over_and_back() {
+        let (g, hold) = held();
+        let mut buf = b"abcde".to_vec();
+        buf.reserve(100);
+        let ptr = buf.as_ptr();
+        let (r, back) = g.write_owned(buf, 200);
+        r.unwrap();
+        // The same allocation comes back, untouched: it was not copied.
+        let back = back.expect("answered");
+        assert_eq!((back.as_ptr(), &back[..]), (ptr, &b"abcde"[..]));
+        let mut got = [0u8; 8];
+        g.read_at(&mut got, 200).unwrap();
+        assert_eq!(&got, b"abcde\0\0\0");
+        assert_eq!(g.guard().unwrap().io().requests_last_minute, 2);
+        // A member that does not answer keeps the buffer: the write times out.
+        hold.store(true, Ordering::Relaxed);
+        let (r, back) = g.write_owned(vec![1u8; 8], 0);
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(back.is_none());
+        hold.store(false, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(100));
+        g.read_at(&mut got, 0).unwrap();
+        assert_eq!(got, [1u8; 8], "the write given up on still happened");
     }
 }

@@ -49,6 +49,17 @@ pub(crate) fn write(dev: &dyn MemberDevice, buf: &[u8], off: u64) -> Result<()> 
         .map_err(|e| io_err(Op::Write, dev, off, e))
 }
 
+/// [`write`] handing the buffer to the member ([`MemberDevice::write_owned`]): the result,
+/// and the buffer when it came back.
+pub(crate) fn write_owned(
+    dev: &dyn MemberDevice,
+    buf: Vec<u8>,
+    off: u64,
+) -> (Result<()>, Option<Vec<u8>>) {
+    let (r, b) = dev.write_owned(buf, off);
+    (r.map_err(|e| io_err(Op::Write, dev, off, e)), b)
+}
+
 pub(crate) fn zero(dev: &dyn MemberDevice, off: u64, len: u64) -> Result<()> {
     dev.write_zeroes(off, len)
         .map_err(|e| io_err(Op::Zero, dev, off, e))
@@ -93,8 +104,8 @@ pub(crate) fn write_parallel(
     let run = |d: &Dev, list: OwnedWrites| -> Result<Vec<Vec<u8>>> {
         let mut back = Vec::with_capacity(list.len());
         for (off, b) in list {
-            let (r, b) = d.write_owned(b, off);
-            r.map_err(|e| io_err(Op::Write, d.as_ref(), off, e))?;
+            let (r, b) = write_owned(d.as_ref(), b, off);
+            r?;
             back.extend(b);
         }
         Ok(back)

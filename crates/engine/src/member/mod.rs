@@ -18,8 +18,8 @@ pub use guard::{is_slow, Guarded, Limits, DEFAULT_FAIL, DEFAULT_SLOW};
 #[cfg(feature = "test-util")]
 pub use io::SERIAL_FLUSHES;
 pub(crate) use io::{
-    execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write, write_parallel,
-    zero,
+    execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write, write_owned,
+    write_parallel, zero,
 };
 pub use mem::MemMember;
 pub(crate) use overlay::Overlay;
@@ -28,6 +28,10 @@ pub use stats::{MemberIo, Pending};
 
 use std::io as stdio;
 use std::sync::Arc;
+
+/// What [`MemberDevice::write_owned`] answers: the write's result and the buffer, if it
+/// came back.
+pub type WriteOwned = (stdio::Result<()>, Option<Vec<u8>>);
 
 /// A member as the engine holds it.
 pub type Dev = Arc<dyn MemberDevice>;
@@ -66,7 +70,7 @@ pub trait MemberDevice: Send + Sync {
     /// [`MemberDevice::write_at`] that takes the buffer, so a guarded member hands it to
     /// its worker without a copy; gives it back once the write is done (`None` when the
     /// member gave up waiting for a write it still holds).
-    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> (stdio::Result<()>, Option<Vec<u8>>) {
+    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> WriteOwned {
         let r = self.write_at(&buf, offset);
         (r, Some(buf))
     }
@@ -138,7 +142,7 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()> {
         (**self).write_at(buf, offset)
     }
-    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> (stdio::Result<()>, Option<Vec<u8>>) {
+    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> WriteOwned {
         (**self).write_owned(buf, offset)
     }
     fn flush(&self) -> stdio::Result<()> {

@@ -340,10 +340,12 @@ fn queue_rows(
     needs: &[Need],
     targets: &[Option<Slice>],
 ) {
-    // Rows in batches of about 1 MiB per member: one read per source per batch.
+    // Rows in batches of at most 1 MiB per member, as even as they come (a 1.4 MiB slice
+    // is two batches of 0.7, not 1 and 0.4): one read per source per batch.
     let su = chunk.profile.stripe_unit;
     let rows = chunk.slice_len / su;
-    let batch = ((1u64 << 20) / su).max(1);
+    let most = ((1u64 << 20) / su).max(1);
+    let batch = rows.div_ceil(rows.div_ceil(most).max(1)).max(1);
     let mut jobs = Vec::new();
     for (pos, t) in targets.iter().enumerate() {
         let Some(t) = t else { continue };

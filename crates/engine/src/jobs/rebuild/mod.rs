@@ -25,7 +25,9 @@ pub struct RebuildReport {
     pub lost: Vec<(u64, u64)>,
 }
 
-/// Threads that rebuild rows at once (at most; the machine's cores if fewer).
+/// Threads that rebuild rows at once (at most; the machine's cores if fewer). Two per core
+/// were tried: the rebuild ran faster under load (317 against 281 MB/s) but took the cores
+/// from the NBD server (client IOPS during the rebuild 0.35× healthy against 0.43×).
 const MAX_REBUILD_THREADS: usize = 4;
 
 mod chunk;

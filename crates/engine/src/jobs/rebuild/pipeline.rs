@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::jobs::{JobControl, Jobs};
 use crate::layout::chunkmap::{Chunk, Slice};
 use crate::layout::stripe::data_volume_offset;
-use crate::member::{write, Usable};
+use crate::member::{write_owned, Usable};
 use crate::units::BLOCK_LEN as BLOCK;
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
@@ -200,9 +200,13 @@ impl Jobs {
         let _g: Vec<_> = (row..row + n)
             .map(|r| self.locks.lock(idx as u32, r))
             .collect();
-        let mut buf = std::mem::take(&mut scratch.out);
-        buf.resize((n * su) as usize, 0);
-        let done = self.rebuild_rows(chunk, members, pos, need, row, &mut buf, scratch);
+        let mut whole = std::mem::take(&mut scratch.out);
+        // Batches of a chunk are even (see `queue_rows`): the buffer keeps its length and
+        // needs no zeroing from one batch to the next.
+        let len = (n * su) as usize;
+        whole.resize(len, 0);
+        let buf = &mut whole[..];
+        let done = self.rebuild_rows(chunk, members, pos, need, row, buf, scratch);
         for (k, rbuf) in buf.chunks_mut(su as usize).enumerate() {
             let r = row + k as u64;
             // Rows the fast path could not do, block by block: only what cannot be
@@ -222,19 +226,20 @@ impl Jobs {
             }
         }
         let at = t.offset + row * su;
-        let r = write(dst.as_ref(), &buf, at);
-        if r.is_ok() {
+        // The buffer goes to the member's worker as it is (no copy) and comes back.
+        let (r, back) = write_owned(dst.as_ref(), whole, at);
+        if let (Ok(()), Some(buf)) = (&r, &back) {
             // The group's flush then mostly waits for writes already under way.
-            dst.start_writeback(at, buf.len() as u64);
+            dst.start_writeback(at, len as u64);
             if let Some(cs) = &self.csums {
                 found
                     .csum_blocks
                     .entry(t.member)
                     .or_default()
-                    .extend(cs.record(t.member, dst, at, &buf));
+                    .extend(cs.record(t.member, dst, at, &buf[..len]));
             }
         }
-        scratch.out = buf;
+        scratch.out = back.unwrap_or_default();
         r
     }
 }
