@@ -9,10 +9,12 @@
 //! (the stuck read stays counted in flight); past the *fail* limit any request returns
 //! `TimedOut`, which the layers above treat as an I/O error (the member is failed when the
 //! array can do without it). Buffers cross to the worker by copy, since a worker may
-//! outlive its caller's wait. A read whose bytes are already at hand (in the page cache:
+//! outlive its caller's wait (into page-aligned buffers, which `O_DIRECT` members use as
+//! they are). A read whose bytes are already at hand (in the page cache:
 //! [`MemberDevice::read_nowait`]) cannot wait for the device and is answered on the
 //! caller's thread, without the hand-off.
 
+use super::aligned::AlignedBuf;
 use super::stats::{MemberIo, Pending, Stats};
 use super::{Dev, MemberDevice};
 use crate::error::Op;
@@ -105,8 +107,9 @@ struct Shared {
     wake: Condvar,
     stats: Stats,
     limits: Limits,
-    /// Buffers handed between callers and workers, kept for reuse.
-    buffers: Mutex<Vec<Vec<u8>>>,
+    /// Buffers handed between callers and workers, kept for reuse. Page-aligned, so a
+    /// member opened `O_DIRECT` does its I/O straight into them.
+    buffers: Mutex<Vec<AlignedBuf>>,
 }
 
 /// One answer, handed from a worker to the caller waiting for it.
@@ -267,18 +270,18 @@ impl Guarded {
         Ok(v.take().expect("answered"))
     }
 
-    fn buffer(&self, len: usize) -> Vec<u8> {
+    fn buffer(&self, len: usize) -> AlignedBuf {
         let mut pool = self.shared.buffers.lock();
         match pool.iter().position(|b| b.len() >= len) {
             Some(i) => pool.swap_remove(i),
             None => {
                 drop(pool);
-                vec![0u8; len]
+                AlignedBuf::zeroed(len)
             }
         }
     }
 
-    fn give_back(&self, b: Vec<u8>) {
+    fn give_back(&self, b: AlignedBuf) {
         let mut pool = self.shared.buffers.lock();
         if pool.len() < 64 && b.len() <= 8 << 20 {
             pool.push(b);

@@ -5,6 +5,8 @@
 //! Everything the engine does to a member goes through [`MemberDevice`], so tests can plug in
 //! an in-memory member, a power-loss simulator or a fault injector.
 
+mod aligned;
+mod direct;
 mod file;
 mod guard;
 mod io;
@@ -13,7 +15,8 @@ mod overlay;
 mod set;
 mod stats;
 
-pub use file::{filesystem_free, reserve_file, unallocated_bytes, FileMember};
+pub use aligned::AlignedBuf;
+pub use file::{filesystem_free, reserve_file, unallocated_bytes, DirectIo, FileMember};
 pub use guard::{is_slow, Guarded, Limits, DEFAULT_FAIL, DEFAULT_SLOW};
 #[cfg(feature = "test-util")]
 pub use io::SERIAL_FLUSHES;
