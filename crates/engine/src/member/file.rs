@@ -313,6 +313,9 @@ impl MemberDevice for FileMember {
             None => self.file.write_all_at(buf, offset),
         }
     }
+    fn write_behind(&self) -> bool {
+        self.direct.is_some()
+    }
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }

@@ -6,6 +6,7 @@
 //! an in-memory member, a power-loss simulator or a fault injector.
 
 mod aligned;
+mod behind;
 mod direct;
 mod file;
 mod guard;
@@ -65,6 +66,12 @@ pub trait MemberDevice: Send + Sync {
         false
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()>;
+    /// Whether the guard should answer this member's writes once a worker has them,
+    /// without waiting for the device (see `behind.rs`): for members whose writes wait
+    /// for the device (`O_DIRECT`). The default: no.
+    fn write_behind(&self) -> bool {
+        false
+    }
     /// Makes every completed write durable.
     fn flush(&self) -> stdio::Result<()>;
     /// A hint: start writing `[offset, offset+len)` (just written) to stable storage now,
@@ -132,6 +139,9 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()> {
         (**self).write_at(buf, offset)
+    }
+    fn write_behind(&self) -> bool {
+        (**self).write_behind()
     }
     fn flush(&self) -> stdio::Result<()> {
         (**self).flush()
