@@ -23,8 +23,11 @@
 # libaio with the same number in flight from one thread, and 4 KiB pieces against the same
 # bytes coalesced into 64 KiB requests.
 #
+# DAMOCLES_B=PATH adds damocles-b: the same raid5 served direct by another build (an A/B
+# of a change in the same run).
+#
 # Usage: bench/sustained-direct.sh   (needs root: losetup; ~5 min)
-# Env: ROUNDS SIZE MEMBER DAMOCLES KEEP BENCH_TMPDIR MODE=sustained|engines
+# Env: ROUNDS SIZE MEMBER DAMOCLES DAMOCLES_B KEEP BENCH_TMPDIR MODE=sustained|engines
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}; SIZE=${SIZE:-2G}; MEMBER=${MEMBER:-1G}; MODE=${MODE:-sustained}
@@ -143,10 +146,11 @@ URI[qemu-nbd]="nbd+unix:///?socket=$T/qemu-nbd.sock"
 
 # The two damocles servers share the members: only one runs at a time.
 serve_damocles() {
-    stop_named damocles-raid5; stop_named damocles-buffered
+    stop_named damocles-raid5; stop_named damocles-buffered; stop_named damocles-b
     case $1 in
         damocles-raid5) start_damocles damocles-raid5 "${M[@]}" ;;
         damocles-buffered) start_damocles damocles-buffered --buffered "${M[@]}" ;;
+        damocles-b) local a=$DAMOCLES; DAMOCLES=$DAMOCLES_B; start_damocles damocles-b "${M[@]}"; DAMOCLES=$a ;;
     esac
 }
 
@@ -154,6 +158,7 @@ echo "## $(nproc) cores, $T ($fstype); loop devices --direct-io=on; raid5 of 4 x
 echo "## $SIZE of 1 MiB writes, QD16, one flush at the end, wall clock; members: $PER B each, 4 in parallel; best of $ROUNDS"
 
 SERVERS=(members damocles-raid5 damocles-buffered nbdkit qemu-nbd)
+[ -n "${DAMOCLES_B:-}" ] && { DAMOCLES_B=$(realpath "$DAMOCLES_B"); SERVERS+=(damocles-b); }
 n=${#SERVERS[@]}
 for r in $(seq "$ROUNDS"); do
     for k in $(seq 0 $((n - 1))); do
@@ -201,9 +206,12 @@ print("|---|---:|---:|---:|---:|")
 print(f"| members: fio --direct=1 on the 4 loop devices, {per >> 20} MiB each ({4 * per >> 20} MiB) | {mem or 0:.2f} | {agg:.0f} (aggregate) | 1.00 | - |")
 for s, label in (("damocles-raid5", "damocles raid5 on them (O_DIRECT members)"),
                  ("damocles-buffered", "damocles raid5 on them, serve --buffered"),
+                 ("damocles-b", "damocles raid5 on them, O_DIRECT, build DAMOCLES_B"),
                  ("nbdkit", "nbdkit file on one loop device"),
                  ("qemu-nbd", "qemu-nbd --cache=none on one loop device")):
     t = best(s)
+    if t is None and s == "damocles-b":
+        continue
     mbs = size / t / 1e6 if t else 0.0
     print(f"| {label} | {t or 0:.2f} | {mbs:.0f} | {mbs / agg if agg else 0:.2f} | {hwm(s) if s.startswith('damocles') else '-'} |")
 PY

@@ -152,29 +152,6 @@ impl Direct {
         Ok(())
     }
 
-    /// Writes `bufs` one after another from `offset`: one `pwritev` when every piece is
-    /// aligned (pieces the engine coalesced), else piece by piece.
-    pub(super) fn write_vectored(
-        &self,
-        file: &File,
-        bufs: &[&[u8]],
-        offset: u64,
-    ) -> io::Result<()> {
-        let aligned = offset.is_multiple_of(self.block)
-            && bufs.iter().all(|b| self.aligned(b.as_ptr(), b.len()));
-        if !aligned {
-            let mut off = offset;
-            for b in bufs {
-                self.write(file, b, off)?;
-                off += b.len() as u64;
-            }
-            return Ok(());
-        }
-        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        self.direct_bytes.fetch_add(total, Ordering::Relaxed);
-        pwritev_all(file, bufs, offset, |b, off| self.write(file, b, off))
-    }
-
     /// Writes `buf` at `offset` to `file`, opened `O_DIRECT` (see the module docs for
     /// requests that are not aligned).
     pub(super) fn write(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -200,28 +177,6 @@ impl Direct {
         }
         Ok(())
     }
-}
-
-/// One `pwritev` of `bufs` from `offset`; what a short write left is written with `rest`
-/// (buffer by buffer, each part from where the short write stopped).
-pub(super) fn pwritev_all(
-    file: &File,
-    bufs: &[&[u8]],
-    offset: u64,
-    rest: impl Fn(&[u8], u64) -> io::Result<()>,
-) -> io::Result<()> {
-    let iov: Vec<io::IoSlice> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
-    let n = rustix::io::pwritev(file, &iov, offset)?;
-    let mut done = 0;
-    for b in bufs {
-        let len = b.len();
-        if done + len > n {
-            let skip = n.saturating_sub(done);
-            rest(&b[skip..], offset + (done + skip) as u64)?;
-        }
-        done += len;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -328,25 +283,13 @@ mod tests {
             .unwrap();
         let got = [&a[..], &b[..], &c[..]].concat();
         assert!(got == model[4096..4096 + got.len()], "vectored read");
-        // Vectored writes: aligned pieces (one pwritev), then pieces off the block.
-        let (mut p, mut q) = (AlignedBuf::zeroed(8192), AlignedBuf::zeroed(4096));
-        p.copy_from_slice(&pattern(200, 8192));
-        q.copy_from_slice(&pattern(201, 4096));
-        m.write_vectored_at(&[&p, &q], 40960).unwrap();
-        model[40960..40960 + 8192].copy_from_slice(&p);
-        model[49152..49152 + 4096].copy_from_slice(&q);
-        let (r, t) = (pattern(202, 100), pattern(203, 5000));
-        m.write_vectored_at(&[&r, &t], 70001).unwrap();
-        model[70001..70101].copy_from_slice(&r);
-        model[70101..75101].copy_from_slice(&t);
         let mut past = vec![0u8; 10];
         assert!(m.read_at(&mut past, size as u64 - 5).is_err());
         // Only the writes off the block went through the page cache.
         let off_block = shapes
             .iter()
             .filter(|(o, l)| o % 4096 != 0 || l % 4096 != 0)
-            .count() as u64
-            + 2;
+            .count() as u64;
         assert_eq!(m.buffered_writes(), off_block);
         m.flush().unwrap();
         assert!(

@@ -313,16 +313,6 @@ impl MemberDevice for FileMember {
             None => self.file.write_all_at(buf, offset),
         }
     }
-    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        check_range(self.size, offset, total)?;
-        match &self.direct {
-            Some(d) => d.write_vectored(&self.file, bufs, offset),
-            None => super::direct::pwritev_all(&self.file, bufs, offset, |b, off| {
-                self.file.write_all_at(b, off)
-            }),
-        }
-    }
     fn write_behind(&self) -> bool {
         self.direct.is_some()
     }

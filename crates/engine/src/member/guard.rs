@@ -114,29 +114,6 @@ struct Shared {
     buffers: Mutex<Vec<AlignedBuf>>,
     /// Writes answered before the device did (members that ask for it: `behind.rs`).
     behind: Behind,
-    /// Those writes not yet taken by a worker, in order; a worker takes the first with
-    /// those right after it on the member (up to [`BATCH`] bytes) as one `pwritev`.
-    queued: Mutex<VecDeque<Queued>>,
-}
-
-/// A write behind waiting for a worker.
-struct Queued {
-    id: u64,
-    offset: u64,
-    buf: AlignedBuf,
-    len: usize,
-    ticket: (u64, std::time::Instant),
-}
-
-/// Most bytes one coalesced write takes.
-const BATCH: usize = 4 << 20;
-
-/// `e` again, for each write of a batch that failed as one.
-fn same_error(e: &io::Error) -> io::Error {
-    match e.raw_os_error() {
-        Some(code) => io::Error::from_raw_os_error(code),
-        None => io::Error::new(e.kind(), e.to_string()),
-    }
 }
 
 /// One answer, handed from a worker to the caller waiting for it.
@@ -176,7 +153,6 @@ impl Guarded {
                 limits: Limits::new(slow, fail),
                 buffers: Mutex::new(Vec::new()),
                 behind: Behind::default(),
-                queued: Mutex::new(VecDeque::new()),
             }),
         })
     }
@@ -331,62 +307,21 @@ impl Guarded {
         let mut b = self.buffer(len);
         b[..len].copy_from_slice(buf);
         let ticket = sh.stats.begin(Op::Write, offset);
-        sh.queued.lock().push_back(Queued {
-            id,
-            offset,
-            buf: b,
-            len,
-            ticket,
-        });
         let me = sh.clone();
-        self.submit(Box::new(move |dev| me.write_queued(dev)));
+        self.submit(Box::new(move |dev| {
+            let r = dev.write_at(&b[..len], offset);
+            me.stats.end(ticket, Op::Write, r.as_ref().err());
+            if r.is_ok() {
+                me.stats.count_write(len);
+            }
+            me.give_back(b);
+            me.behind.done(id, r);
+        }));
         Ok(())
     }
 }
 
 impl Shared {
-    /// Takes the first queued write and those that follow it on the member, writes them
-    /// as one, and ends each. Nothing queued (another worker took it in its batch): done.
-    fn write_queued(&self, dev: &dyn MemberDevice) {
-        let batch: Vec<Queued> = {
-            let mut q = self.queued.lock();
-            let Some(first) = q.pop_front() else {
-                return;
-            };
-            let (mut end, mut total) = (first.offset + first.len as u64, first.len);
-            let mut v = vec![first];
-            while let Some(n) = q.front() {
-                if n.offset != end || total + n.len > BATCH {
-                    break;
-                }
-                (end, total) = (end + n.len as u64, total + n.len);
-                v.extend(q.pop_front());
-            }
-            v
-        };
-        let r = match batch.as_slice() {
-            [one] => dev.write_at(&one.buf[..one.len], one.offset),
-            _ => {
-                let bufs: Vec<&[u8]> = batch.iter().map(|q| &q.buf[..q.len]).collect();
-                dev.write_vectored_at(&bufs, batch[0].offset)
-            }
-        };
-        // Every write of the batch gets the batch's answer.
-        let err = r.err();
-        for q in batch {
-            let mine = match &err {
-                None => Ok(()),
-                Some(e) => Err(same_error(e)),
-            };
-            self.stats.end(q.ticket, Op::Write, mine.as_ref().err());
-            if mine.is_ok() {
-                self.stats.count_write(q.len);
-            }
-            self.give_back(q.buf);
-            self.behind.done(q.id, mine);
-        }
-    }
-
     fn buffer(&self, len: usize) -> AlignedBuf {
         let mut pool = self.buffers.lock();
         match pool.iter().position(|b| b.len() >= len) {
@@ -566,8 +501,6 @@ mod tests {
         inner: MemMember,
         hold: Arc<AtomicBool>,
         behind: bool,
-        /// Calls of write_at and of write_vectored_at.
-        calls: [AtomicU64; 2],
     }
 
     impl Held {
@@ -590,21 +523,11 @@ mod tests {
             self.inner.read_at(buf, offset)
         }
         fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-            self.calls[0].fetch_add(1, Ordering::Relaxed);
             self.wait();
             self.inner.write_at(buf, offset)
         }
         fn write_behind(&self) -> bool {
             self.behind
-        }
-        fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
-            self.calls[1].fetch_add(1, Ordering::Relaxed);
-            let mut off = offset;
-            for b in bufs {
-                self.inner.write_at(b, off)?;
-                off += b.len() as u64;
-            }
-            Ok(())
         }
         fn flush(&self) -> io::Result<()> {
             self.wait();
@@ -617,20 +540,14 @@ mod tests {
     }
 
     fn held_with(behind: bool) -> (Dev, Arc<AtomicBool>) {
-        let (g, hold, _) = held_counted(behind);
-        (g, hold)
-    }
-
-    fn held_counted(behind: bool) -> (Dev, Arc<AtomicBool>, Arc<Held>) {
         let hold = Arc::new(AtomicBool::new(false));
         let limits = (Duration::from_millis(50), Duration::from_millis(300));
-        let held = Arc::new(Held {
+        let dev: Dev = Arc::new(Held {
             inner: MemMember::new("held", 1 << 20),
             hold: hold.clone(),
             behind,
-            calls: [AtomicU64::new(0), AtomicU64::new(0)],
         });
-        (Guarded::wrap(held.clone(), limits), hold, held)
+        (Guarded::wrap(dev, limits), hold)
     }
 
     #[test]
@@ -723,35 +640,5 @@ mod tests {
         hold.store(false, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(50));
         g.flush().unwrap();
-    }
-
-    #[test]
-    fn queued_writes_behind_that_follow_each_other_go_as_one() {
-        let (g, hold, held) = held_counted(true);
-        hold.store(true, Ordering::Relaxed);
-        // More than the workers: once they all wait on the member, the rest queue up.
-        let n = 2 * MAX_WORKERS;
-        let data: Vec<u8> = (0..n * 4096)
-            .map(|i| (i / 4096 * 7 + i % 13) as u8)
-            .collect();
-        for (i, piece) in data.chunks(4096).enumerate() {
-            g.write_at(piece, (i * 4096) as u64).unwrap();
-        }
-        hold.store(false, Ordering::Relaxed);
-        g.flush().unwrap();
-        let mut back = vec![0u8; data.len()];
-        g.read_at(&mut back, 0).unwrap();
-        assert!(back == data, "coalesced writes wrote something else");
-        let (single, vectored) = (
-            held.calls[0].load(Ordering::Relaxed),
-            held.calls[1].load(Ordering::Relaxed),
-        );
-        assert!(vectored >= 1, "no writes were coalesced ({single} single)");
-        assert!(
-            single + vectored < n as u64,
-            "{single} + {vectored} requests for {n}"
-        );
-        let io = g.guard().unwrap().io();
-        assert_eq!((io.writes, io.written_bytes), (n as u64, data.len() as u64));
     }
 }

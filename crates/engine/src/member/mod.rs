@@ -66,15 +66,6 @@ pub trait MemberDevice: Send + Sync {
         false
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()>;
-    /// Writes `bufs` one after another from `offset` (one `pwritev` where the member can).
-    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> stdio::Result<()> {
-        let mut off = offset;
-        for b in bufs {
-            self.write_at(b, off)?;
-            off += b.len() as u64;
-        }
-        Ok(())
-    }
     /// Whether the guard should answer this member's writes once a worker has them,
     /// without waiting for the device (see `behind.rs`): for members whose writes wait
     /// for the device (`O_DIRECT`). The default: no.
@@ -148,9 +139,6 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()> {
         (**self).write_at(buf, offset)
-    }
-    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> stdio::Result<()> {
-        (**self).write_vectored_at(bufs, offset)
     }
     fn write_behind(&self) -> bool {
         (**self).write_behind()
