@@ -76,8 +76,9 @@ pub struct ServeOpts {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
     /// Member files too are read and written with O_DIRECT, past the page cache (block
-    /// device members always are, unless --buffered): the array's data is then cached
-    /// once, by damocles, not a second time by the kernel. A member file on a file system
+    /// device members are by default; one that refuses O_DIRECT is used buffered, with a
+    /// warning): the array's data is then cached once, by damocles, not a second time by
+    /// the kernel. A member file on a file system
     /// that refuses O_DIRECT (ramfs, some FUSE file systems) is an error. Members added
     /// later through the control socket are opened the same way. Daemon: `direct = true`.
     #[arg(long, conflicts_with = "buffered")]
