@@ -154,5 +154,37 @@ pub fn assemble_opts(paths: &[PathBuf], opts: AssembleOptions, direct: DirectIo)
             limit.as_secs_f64()
         );
     }
-    Ok(Array::assemble(devs, opts)?)
+    let read_only = opts.read_only;
+    let array = Array::assemble(devs, opts)?;
+    if !read_only {
+        if let Some(dir) = write_log_dir() {
+            let n = array
+                .attach_write_log(&dir)
+                .context("replaying the write log a stopped server left")?;
+            if n > 0 {
+                tracing::info!("write log: {n} acknowledged writes of a stopped server replayed");
+            }
+        }
+    }
+    Ok(array)
+}
+
+/// Where write logs live (a memory filesystem: they outlive a killed server, not a
+/// reboot): `DAMOCLES_WRITE_LOG_DIR` (`off`: none), else `/run/damocles/wlog` when `/run`
+/// is writable (root, the service's RuntimeDirectory), else `/dev/shm/damocles-UID`.
+pub fn write_log_dir() -> Option<PathBuf> {
+    match std::env::var_os("DAMOCLES_WRITE_LOG_DIR") {
+        Some(v) if v == "off" => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => {
+            let run = std::path::Path::new("/run");
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            if uid == 0 && run.is_dir() {
+                Some(run.join("damocles/wlog"))
+            } else {
+                Some(PathBuf::from(format!("/dev/shm/damocles-{uid}")))
+            }
+        }
+    }
 }

@@ -26,6 +26,8 @@ use std::sync::Arc;
 
 const MIB: u64 = 1 << 20;
 const BLOCK: usize = 4096;
+/// The chunk size of every case's array.
+const CHUNK: usize = 256 << 10;
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -131,7 +133,7 @@ fn fresh_images(case: &Case) -> Vec<Vec<u8>> {
     };
     let mut o = CreateOptions::new(case.level);
     o.stripe_unit = case.stripe_unit;
-    o.chunk_size = Some(256 << 10);
+    o.chunk_size = Some(CHUNK as u64);
     o.journal = case.journal;
     if case.migration.is_some_and(|m| m.half) {
         let full = Array::create(blank().into_iter().map(|m| m as Dev).collect(), &o)
@@ -235,14 +237,25 @@ fn step(a: &Array, model: &mut Model, rng: &mut Rng, op: u64) -> bool {
         model.flushed();
         return true;
     }
-    let len = match rng.below(4) {
-        0 => 1 + rng.below(700) as usize,
-        1 => BLOCK * (1 + rng.below(4) as usize),
-        2 => 1 + rng.below(40_000) as usize,
-        _ => 1 + rng.below(150_000) as usize,
-    }
-    .min(size);
-    let off = rng.below((size - len + 1) as u64) as usize;
+    // One write in eight covers one or two whole chunks: the commit writes those to fresh
+    // slices and switches the map (redirect-on-write) instead of journaling them.
+    let chunks = size / CHUNK;
+    let (off, len) = if chunks > 0 && rng.below(8) == 0 {
+        let n = (1 + rng.below(2) as usize).min(chunks);
+        (
+            rng.below((chunks - n + 1) as u64) as usize * CHUNK,
+            n * CHUNK,
+        )
+    } else {
+        let len = match rng.below(4) {
+            0 => 1 + rng.below(700) as usize,
+            1 => BLOCK * (1 + rng.below(4) as usize),
+            2 => 1 + rng.below(40_000) as usize,
+            _ => 1 + rng.below(150_000) as usize,
+        }
+        .min(size);
+        (rng.below((size - len + 1) as u64) as usize, len)
+    };
     let data: Vec<u8> = if kind == 1 {
         vec![0; len] // WRITE_ZEROES / TRIM as the NBD layer issues them
     } else {

@@ -394,3 +394,28 @@ fn failing_beyond_tolerance_is_refused() {
     assert!(a.remove_member(1).is_err(), "in service with data");
     a.remove_member(0).unwrap();
 }
+
+/// Every member vanishing at once (a power cut, an unplugged enclosure) before anything was
+/// written: the write or the flush must fail. It once "succeeded": with an empty map,
+/// failing members left "every allocated chunk readable", so all were failed one by one and
+/// the commit then wrote its metadata to nobody.
+#[test]
+fn every_member_vanishing_on_an_empty_array_fails_the_flush() {
+    for level in [Level::Raid5, Level::Raid1, Level::Raid6] {
+        let rig = Rig::new(if level == Level::Raid6 { 5 } else { 4 }, 8 * MIB);
+        let a = rig.create(level, 256 << 10);
+        for f in &rig.faults {
+            f.vanish();
+        }
+        let data = pattern(256 << 10, 3);
+        let ok = a.write_at(&data, 0).is_ok() && a.flush().is_ok();
+        assert!(!ok, "{level}: a flush with every member gone succeeded");
+        let failed = (0..rig.faults.len())
+            .filter(|&i| state(&a, i) == MemberHealth::Failed)
+            .count();
+        assert!(
+            failed <= level.parity_count().max(1),
+            "{level}: {failed} members failed, more than the level can lose"
+        );
+    }
+}

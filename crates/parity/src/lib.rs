@@ -8,7 +8,9 @@
 //! AVX-512BW, AVX-512 + GFNI) selected at run time. All kernels process every
 //! data block per vector column in a single pass (P and Q accumulate in
 //! registers, Q by Horner's rule from the highest index down), and handle any
-//! length and alignment.
+//! length and alignment. On blocks of 16 KiB and more the SIMD kernels first
+//! peel a partial column so that the loads from the first data block (and
+//! from every block sharing its misalignment) start on a vector boundary.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]

@@ -50,6 +50,47 @@ impl Array {
         })
     }
 
+    /// Keeps every write acknowledged but not yet committed in a write log under `dir` (a
+    /// memory filesystem: it outlives this process, not the machine), so a server killed
+    /// while its client stays connected loses none of them (`txg/wlog.rs`). First replays
+    /// and commits what a previous process left there; returns how many writes that was
+    /// (an error only when that replay fails: then nothing may be written before it
+    /// succeeds). A log that cannot be created is reported and done without. Arrays
+    /// without a journal write in place at once and need no log.
+    pub fn attach_write_log(&self, dir: &std::path::Path) -> Result<usize> {
+        if self.journal.is_none() || self.read_only || self.wlog.get().is_some() {
+            return Ok(0);
+        }
+        let found = crate::txg::wlog::recover(dir, &self.uuid);
+        let n = found.len();
+        for (off, data) in &found {
+            if off.saturating_add(data.len() as u64) > self.size() {
+                tracing::warn!("write log: a write at {off} lies beyond the volume; skipped");
+                continue;
+            }
+            self.write_at(data, *off)?;
+        }
+        if n > 0 {
+            self.flush()?;
+            tracing::warn!(
+                "replayed {n} writes that a previous server acknowledged but had not yet \
+                 committed when it stopped"
+            );
+        }
+        match crate::txg::wlog::WriteLog::create(dir, &self.uuid) {
+            Ok(log) => {
+                let _ = self.wlog.set(log);
+            }
+            // Serving goes on, as it did before the log existed; the log says what is lost.
+            Err(e) => tracing::warn!(
+                "no write log in {}: {e}; writes acknowledged but not yet flushed will die \
+                 with this process",
+                dir.display()
+            ),
+        }
+        Ok(n)
+    }
+
     /// Makes every completed write durable.
     pub fn flush(&self) -> Result<()> {
         if self.journal.is_some() && !self.read_only {

@@ -111,7 +111,9 @@ impl Array {
         self.kick_reshape();
     }
 
-    /// Starts a thread that commits dirty data older than `interval`. It ends with the array.
+    /// Starts the background committer: it commits when the open set passes a quarter of
+    /// the dirty budget (writes go on into a fresh set meanwhile) and at least every
+    /// `interval`. It ends with the array (it looks at least once a second).
     pub fn spawn_flusher(self: &Arc<Self>, interval: Duration) {
         if self.journal.is_none() || self.read_only {
             return;
@@ -119,11 +121,23 @@ impl Array {
         let weak: Weak<Array> = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("damocles-txg".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                let Some(a) = weak.upgrade() else { return };
-                if let Err(e) = a.commit() {
-                    tracing::error!("background commit failed: {e}");
+            .spawn(move || {
+                let mut last = std::time::Instant::now();
+                loop {
+                    let kick = {
+                        let Some(a) = weak.upgrade() else { return };
+                        a.cache.kick.clone()
+                    };
+                    // Holds no reference to the array while it waits, so it can close.
+                    let asked = kick.wait(interval.min(Duration::from_secs(1)));
+                    if !asked && last.elapsed() < interval {
+                        continue;
+                    }
+                    let Some(a) = weak.upgrade() else { return };
+                    last = std::time::Instant::now();
+                    if let Err(e) = a.commit() {
+                        tracing::error!("background commit failed: {e}");
+                    }
                 }
             })
             .ok();
@@ -185,8 +199,14 @@ impl Drop for Array {
     /// A clean close commits what is still buffered.
     fn drop(&mut self) {
         if self.journal.is_some() && !self.read_only {
-            if let Err(e) = self.commit().and_then(|()| self.retire_journal()) {
-                tracing::error!("committing buffered writes on close failed: {e}");
+            match self.commit().and_then(|()| self.retire_journal()) {
+                // Everything is in the members: the write log has nothing left to give.
+                Ok(()) => {
+                    if let Some(l) = self.wlog.get() {
+                        l.remove();
+                    }
+                }
+                Err(e) => tracing::error!("committing buffered writes on close failed: {e}"),
             }
         }
     }

@@ -9,6 +9,7 @@
 
 mod attach;
 mod csum;
+mod fullchunk;
 mod heal;
 mod locks;
 mod repair;

@@ -273,6 +273,18 @@ impl Jobs {
         // first (lock order: commit, then row), then look again.
         let _commit = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
         let _g = self.locks.lock(idx as u32, row);
+        // A commit may have moved the chunk to fresh slices meanwhile (redirect-on-write)
+        // and its old ones may hold another chunk by now: repair only what the map names.
+        if !self
+            .store
+            .chunk(idx)
+            .is_some_and(|now| std::ptr::eq(&*now, c))
+        {
+            return Ok(RowResult {
+                rewrite: false,
+                ..r
+            });
+        }
         let again = self.check_row(idx, c, row, true)?;
         Ok(RowResult {
             checked: r.checked,

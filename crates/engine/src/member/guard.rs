@@ -459,6 +459,25 @@ impl MemberDevice for Guarded {
         }
         r
     }
+    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Option<Vec<u8>>) {
+        if self.shared.dev.write_behind() {
+            // Copied into an aligned buffer (O_DIRECT needs one): the caller's is free now.
+            let r = self.write_behind(&buf, offset);
+            return (r, Some(buf));
+        }
+        let len = buf.len();
+        match self.call(Op::Write, offset, false, move |dev| {
+            (dev.write_at(&buf, offset), buf)
+        }) {
+            Ok((r, b)) => {
+                if r.is_ok() {
+                    self.shared.stats.count_write(len);
+                }
+                (r, Some(b))
+            }
+            Err(e) => (Err(e), None),
+        }
+    }
     fn write_behind(&self) -> bool {
         // Its own writes are answered early already; the layers above need not know.
         false

@@ -22,7 +22,8 @@ pub use guard::{is_slow, Guarded, Limits, DEFAULT_FAIL, DEFAULT_SLOW};
 #[cfg(feature = "test-util")]
 pub use io::SERIAL_FLUSHES;
 pub(crate) use io::{
-    execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write, zero,
+    execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write, write_parallel,
+    zero,
 };
 pub use mem::MemMember;
 pub(crate) use overlay::Overlay;
@@ -66,6 +67,13 @@ pub trait MemberDevice: Send + Sync {
         false
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()>;
+    /// [`MemberDevice::write_at`] that takes the buffer, so a guarded member hands it to
+    /// its worker without a copy; gives it back once the write is done (`None` when the
+    /// member gave up waiting for a write it still holds).
+    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> (stdio::Result<()>, Option<Vec<u8>>) {
+        let r = self.write_at(&buf, offset);
+        (r, Some(buf))
+    }
     /// Whether the guard should answer this member's writes once a worker has them,
     /// without waiting for the device (see `behind.rs`): for members whose writes wait
     /// for the device (`O_DIRECT`). The default: no.
@@ -139,6 +147,9 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> stdio::Result<()> {
         (**self).write_at(buf, offset)
+    }
+    fn write_owned(&self, buf: Vec<u8>, offset: u64) -> (stdio::Result<()>, Option<Vec<u8>>) {
+        (**self).write_owned(buf, offset)
     }
     fn write_behind(&self) -> bool {
         (**self).write_behind()

@@ -130,6 +130,11 @@ pub(crate) fn write_generation(
     let slot = (generation % 2) as usize;
     let bytes = format::encode_slot(uuid, generation, slot as u32, payload);
     let off = layout.slot_offsets()[slot];
+    if members.iter().all(Option::is_none) {
+        return Err(Error::Unavailable(
+            "no member is available to hold the array's metadata".into(),
+        ));
+    }
     for d in members.iter().flatten() {
         write(d.as_ref(), &bytes, off)?;
     }

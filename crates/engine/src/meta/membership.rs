@@ -2,9 +2,10 @@
 //! fail a member (and retry degraded), events. Adding members is in `data::attach` (a new
 //! member needs its checksum area).
 
-use super::{chunk_intact, Meta};
+use super::{alloc_candidates, chunk_intact, member_spaces, Meta};
 use crate::error::{Error, Op, Result};
 use crate::events::{Event, EventKind, EventSink};
+use crate::layout::chunkmap::Allocator;
 use crate::member::Dev;
 use crate::ondisk::metadata::{ArrayMeta, MemberState};
 use crate::units::now;
@@ -92,7 +93,20 @@ impl Meta {
             .enumerate()
             .map(|(i, d)| if extra.contains(&i) { None } else { d.clone() })
             .collect();
-        meta.map.allocated().all(|(_, c)| chunk_intact(c, &view))
+        if !meta.map.allocated().all(|(_, c)| chunk_intact(c, &view)) {
+            return false;
+        }
+        // Chunks not written yet must still have somewhere to go: a first write lays a
+        // chunk out over every member (a missing one's slice born degraded), so that chunk
+        // must be intact too. Without this, an array with nothing written yet (or one whose
+        // members all vanish at once, as a power cut looks) could fail every member, and
+        // commits and flushes would then "succeed" writing to nobody.
+        let spaces = member_spaces(&meta.members, self.sb_layout.data_offset);
+        let mut alloc = Allocator::new(&spaces, &meta.map);
+        match alloc.allocate(&meta.template, self.chunk_size, &alloc_candidates(meta)) {
+            Some(fresh) => chunk_intact(&fresh, &view),
+            None => view.iter().any(Option::is_some),
+        }
     }
 
     /// Marks a member failed: it is no longer read or written, and the metadata says so on

@@ -6,6 +6,8 @@
 
 mod dirty;
 mod read;
+mod redirect;
+pub mod wlog;
 
 use crate::data::{Data, Seg};
 use crate::error::{Error, Result};
@@ -16,10 +18,10 @@ use crate::meta::{is_no_space, JournalArea};
 use crate::ondisk::journal::{self, SubRecord};
 use crate::units::{MemberWrite, BLOCK};
 use dirty::DirtySet;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub(crate) struct Cache {
@@ -30,6 +32,41 @@ pub(crate) struct Cache {
     /// Held for a whole commit; the number of the next txg.
     pub next_txg: Mutex<u64>,
     pub budget: u64,
+    /// Bytes of the commit in progress (with `open`, what the budget bounds).
+    committing_bytes: AtomicU64,
+    /// Rung when the open set passes a quarter of the budget; the background committer
+    /// (`Array::spawn_flusher`) waits on it and commits then, while writes go on.
+    pub kick: Arc<Kick>,
+    /// Times a commit took the open set away; changed only under the `open` lock. A
+    /// partial-block write that read a block's other bytes checks it did not change (see
+    /// `Txg::buffer_write`).
+    pub swaps: AtomicU64,
+}
+
+/// A doorbell for the background committer (shared without keeping the array alive).
+#[derive(Default)]
+pub struct Kick {
+    rung: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Kick {
+    /// Waits until rung or `timeout` passes; true if rung.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let mut k = self.rung.lock();
+        if !*k {
+            self.cv.wait_for(&mut k, timeout);
+        }
+        std::mem::take(&mut *k)
+    }
+
+    fn ring(&self) {
+        let mut k = self.rung.lock();
+        if !*k {
+            *k = true;
+            self.cv.notify_one();
+        }
+    }
 }
 
 impl Cache {
@@ -39,6 +76,9 @@ impl Cache {
             committing: RwLock::new(DirtySet::default()),
             next_txg: Mutex::new(next_txg),
             budget,
+            committing_bytes: AtomicU64::new(0),
+            kick: Arc::default(),
+            swaps: AtomicU64::new(0),
         }
     }
 }
@@ -74,6 +114,8 @@ pub struct Txg {
     pub(crate) cache: Cache,
     /// A commit failed after its journal was durable: memory no longer matches the members.
     pub(crate) poisoned: AtomicBool,
+    /// Writes acknowledged but not committed, outside the process (see `wlog.rs`).
+    pub(crate) wlog: std::sync::OnceLock<wlog::WriteLog>,
 }
 
 impl Deref for Txg {
@@ -90,6 +132,7 @@ impl Txg {
             journal,
             cache: Cache::new(1, budget),
             poisoned: AtomicBool::new(false),
+            wlog: std::sync::OnceLock::new(),
         }
     }
 
@@ -119,9 +162,16 @@ impl Txg {
         if payload.is_some() {
             self.buffer_write(payload, offset, &mut spare)?;
         }
-        let over = self.cache.open.lock().bytes() > self.cache.budget;
-        if over {
+        // The budget bounds what the open and the committing sets hold together: past it a
+        // writer commits itself (after the commit in progress). Past a quarter of it in the
+        // open set, the background committer is asked to start one, so writes keep
+        // flowing into a fresh open set and a FLUSH finds little left to do.
+        let open = self.cache.open.lock().bytes();
+        let committing = self.cache.committing_bytes.load(Ordering::Acquire);
+        if open + committing > self.cache.budget {
             self.commit()?;
+        } else if open > self.cache.budget / 4 {
+            self.cache.kick.ring();
         }
         Ok(spare)
     }
@@ -144,6 +194,10 @@ impl Txg {
                 let tight = data.clone();
                 spare.push(std::mem::replace(&mut data, tight));
             }
+            let mut log = self.wlog.get().map(|l| l.lock());
+            if let Some(l) = &mut log {
+                l.append(lo, &data);
+            }
             self.cache
                 .open
                 .lock()
@@ -159,18 +213,43 @@ impl Txg {
             edges.retain(|&b| b < offset || b + BLOCK > end);
             let mut whole = vec![0u8; (hi - lo) as usize];
             let at = |b: u64| (b - lo) as usize..(b - lo + BLOCK) as usize;
-            let need: Vec<u64> = {
+            // What was read is only current if no commit took the open set away between
+            // the look into it and the insert. Otherwise a write of the same block that
+            // came meanwhile (another 1 KiB of it, say, in flight beside this one: ext4
+            // with 1 KiB blocks writes neighbouring block bitmaps so) is in neither: it
+            // went to the committing set after our read, or is in place already. Inserting
+            // the block as read would undo that acknowledged write. So read again. (A
+            // commit that takes blocks out of the open set must bump `swaps`.)
+            // The write log is locked before the open set (its lock order), and held with
+            // it until the insert, so the record and the block join the same set.
+            let (mut log, mut open) = loop {
+                let log = self.wlog.get().map(|l| l.lock());
                 let open = self.cache.open.lock();
-                edges
+                let swaps = self.cache.swaps.load(Ordering::Relaxed);
+                let need: Vec<u64> = edges
                     .iter()
                     .copied()
                     .filter(|&b| !copy_block(&open, b, &mut whole[at(b)]))
-                    .collect()
+                    .collect();
+                if need.is_empty() {
+                    break (log, open);
+                }
+                drop(open);
+                drop(log);
+                for &b in &need {
+                    self.read_at(&mut whole[at(b)], b)?;
+                }
+                let log = self.wlog.get().map(|l| l.lock());
+                let open = self.cache.open.lock();
+                if self.cache.swaps.load(Ordering::Relaxed) == swaps {
+                    break (log, open);
+                }
             };
-            for &b in &need {
-                self.read_at(&mut whole[at(b)], b)?;
+            if let Some(l) = &mut log {
+                l.append(offset, payload.as_ref().expect("payload").as_slice());
             }
-            let mut open = self.cache.open.lock();
+            // Blocks dirtied since the look (with no commit between) are newer than the
+            // read: taken from the open set after all.
             for &b in &edges {
                 copy_block(&open, b, &mut whole[at(b)]);
             }
@@ -228,15 +307,26 @@ impl Txg {
     /// Makes every write so far durable: journal, flush, then in place.
     pub(crate) fn commit(&self) -> Result<()> {
         let mut next = self.cache.next_txg.lock();
+        let rotated;
         {
+            let mut log = self.wlog.get().map(|l| l.lock());
             let mut open = self.cache.open.lock();
             if open.is_empty() {
                 return Ok(());
             }
+            rotated = log.as_mut().map(|l| l.rotate());
             let mut c = self.cache.committing.write();
             std::mem::swap(&mut *open, &mut *c);
+            self.cache
+                .committing_bytes
+                .store(c.bytes(), Ordering::Release);
+            self.cache.swaps.fetch_add(1, Ordering::Relaxed);
         }
         let result = self.commit_frozen(&mut next);
+        if let (Ok(()), Some(k), Some(l)) = (&result, rotated, self.wlog.get()) {
+            // Durable now: the log's records of this set are not needed any more.
+            l.covered(k);
+        }
         let done = {
             let mut c = self.cache.committing.write();
             if result.is_err() {
@@ -246,6 +336,7 @@ impl Txg {
                     open.insert_under(s, d);
                 }
             }
+            self.cache.committing_bytes.store(0, Ordering::Release);
             std::mem::take(&mut *c)
         };
         // Its buffers are freed outside the lock.
@@ -272,6 +363,15 @@ impl Txg {
                 at += n;
             }
         }
+        // Chunks held whole go to fresh slices (redirect.rs); the others take the journal.
+        // Those never written are placed first, so the fresh slices are chosen from a map
+        // that already has them.
+        let (whole, partial) = whole_chunks(&pieces, c);
+        for &idx in &partial {
+            self.chunk_for_write_locked(idx)?;
+        }
+        let redirected = self.redirect_whole(&whole, &frozen)?;
+        let first_txg = *next;
         let mut txg = TxgPlan::default();
         let mut i = 0;
         while i < pieces.len() {
@@ -279,6 +379,10 @@ impl Txg {
             let mut j = i;
             while j < pieces.len() && pieces[j].0 == idx {
                 j += 1;
+            }
+            if redirected.iter().any(|r| r.idx == idx) {
+                i = j;
+                continue;
             }
             let chunk = self.chunk_for_write_locked(idx)?;
             // The stripe rows the pieces touch, each row planned once with all of its
@@ -311,7 +415,9 @@ impl Txg {
             }
             i = j;
         }
-        self.journal_and_apply(&mut txg, next)
+        self.journal_and_apply(&mut txg, next)?;
+        // A journal flush after the redirected writes made them durable too.
+        self.switch_redirected(redirected, *next > first_txg, *next)
     }
 
     fn journal_and_apply(&self, txg: &mut TxgPlan, next: &mut u64) -> Result<()> {
@@ -544,6 +650,27 @@ impl Txg {
     pub fn dirty_bytes(&self) -> u64 {
         self.cache.open.lock().bytes()
     }
+}
+
+/// The chunks `pieces` (chunk, offset in chunk, bytes; in order, not overlapping) cover
+/// whole, and the others.
+fn whole_chunks(pieces: &[(usize, u64, &[u8])], chunk_size: u64) -> (Vec<usize>, Vec<usize>) {
+    let (mut whole, mut partial) = (Vec::new(), Vec::new());
+    let mut k = 0;
+    while k < pieces.len() {
+        let idx = pieces[k].0;
+        let mut bytes = 0;
+        while k < pieces.len() && pieces[k].0 == idx {
+            bytes += pieces[k].2.len() as u64;
+            k += 1;
+        }
+        if bytes == chunk_size {
+            whole.push(idx);
+        } else {
+            partial.push(idx);
+        }
+    }
+    (whole, partial)
 }
 
 /// Segments of one row that continue each other in one data block (pieces of separate

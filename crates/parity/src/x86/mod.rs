@@ -55,11 +55,20 @@ pub(crate) unsafe trait Vector {
     unsafe fn mulc(a: Self::V, c: Self::C) -> Self::V;
 }
 
+/// How a column touches memory (the `M` parameter of [`Column::run`]).
+/// `FULL`: `U` whole vectors. `PART`: `U == 1`, only the first `n < W`
+/// bytes are valid. `HEAD`: `U == 1`, a whole vector may be read but only the
+/// first `n < W` bytes are written (the peeled head of a buffer of at least
+/// `W` bytes).
+const FULL: u8 = 0;
+const PART: u8 = 1;
+const HEAD: u8 = 2;
+
 #[inline(always)]
-unsafe fn ld<K: Vector, const PART: bool>(p: *const u8, n: usize) -> K::V {
+unsafe fn ld<K: Vector, const M: u8>(p: *const u8, n: usize) -> K::V {
     // SAFETY: forwarded; for PART, `p` is valid for `n` bytes, else for `W`.
     unsafe {
-        if PART {
+        if M == PART {
             K::load_n(p, n)
         } else {
             K::load(p)
@@ -68,73 +77,90 @@ unsafe fn ld<K: Vector, const PART: bool>(p: *const u8, n: usize) -> K::V {
 }
 
 #[inline(always)]
-unsafe fn st<K: Vector, const PART: bool>(p: *mut u8, v: K::V, n: usize) {
-    // SAFETY: forwarded; for PART, `p` is valid for `n` bytes, else for `W`.
+unsafe fn st<K: Vector, const M: u8>(p: *mut u8, v: K::V, n: usize) {
+    // SAFETY: forwarded; for PART and HEAD, `p` is valid for `n` bytes, else
+    // for `W`.
     unsafe {
-        if PART {
-            K::store_n(p, v, n)
-        } else {
+        if M == FULL {
             K::store(p, v)
+        } else {
+            K::store_n(p, v, n)
         }
     }
 }
 
 /// One operation, applied to a column of `U` vectors starting at byte `off`
-/// of every buffer. With `PART`, `U == 1` and only `n < W` bytes are valid.
+/// of every buffer; `M` is [`FULL`], [`PART`] or [`HEAD`].
 trait Column<K: Vector> {
     /// # Safety
     /// `off + U*W` (or `off + n` with `PART`) must not exceed the length of
-    /// any buffer the operation was built with; CPU supports `K`.
-    unsafe fn run<const U: usize, const PART: bool>(&mut self, off: usize, n: usize);
+    /// any buffer the operation was built with (with `HEAD`: `off == 0`,
+    /// `n < W` and every buffer holds at least `W` bytes); CPU supports `K`.
+    unsafe fn run<const U: usize, const M: u8>(&mut self, off: usize, n: usize);
 }
 
-/// Walk `len` bytes: `U`-vector columns, then single vectors, then a partial
-/// vector.
+/// Blocks shorter than this are walked from offset 0 without peeling a head:
+/// they sit in L1/L2, where a split load costs little, and at 4 KiB the
+/// extra column was a few per cent slower (AVX2 more, its partial store goes
+/// through a copy).
+pub(crate) const PEEL_MIN: usize = 16 << 10;
+
+/// Walk `len` bytes: a partial head vector that brings `align` (the start of
+/// the buffer most loads come from) to a `W`-byte boundary, then `U`-vector
+/// columns, single vectors and a partial tail vector.
+///
+/// Callers usually hand in buffers that share one misalignment (all from
+/// the same allocator); a vector load that straddles two cache lines costs
+/// two, which took a quarter off gen_pq at 8 × 256 KiB with every buffer at
+/// 16 mod 64. The head column reads whole vectors and writes only its `n`
+/// bytes (masked with AVX-512, through a copy with AVX2).
 #[inline(always)]
-unsafe fn drive<K: Vector, const U: usize, C: Column<K>>(c: &mut C, len: usize) {
+unsafe fn drive<K: Vector, const U: usize, C: Column<K>>(c: &mut C, len: usize, align: *const u8) {
     let big = U * K::W;
     let mut off = 0;
+    let mis = align as usize % K::W;
+    if mis != 0 && len >= PEEL_MIN {
+        // `K::W - mis < W <= PEEL_MIN <= len`.
+        off = K::W - mis;
+        // SAFETY: `off < W` and every buffer holds `len >= W` bytes; CPU
+        // support is the caller's contract.
+        unsafe { c.run::<1, HEAD>(0, off) };
+    }
     // Each column below lies within `0..len`, the common length of all
     // buffers (checked by the public API).
     while off + big <= len {
         // SAFETY: `off + U*W <= len`; CPU support is the caller's contract.
-        unsafe { c.run::<U, false>(off, 0) };
+        unsafe { c.run::<U, FULL>(off, 0) };
         off += big;
     }
     while off + K::W <= len {
         // SAFETY: `off + W <= len`; CPU support is the caller's contract.
-        unsafe { c.run::<1, false>(off, 0) };
+        unsafe { c.run::<1, FULL>(off, 0) };
         off += K::W;
     }
     if off < len {
         // SAFETY: `off + (len - off) == len` and `len - off < W`.
-        unsafe { c.run::<1, true>(off, len - off) };
+        unsafe { c.run::<1, PART>(off, len - off) };
     }
 }
 
 /// Horner accumulation of P (if `WANT_P`) and Q over all blocks for one
 /// column; missing blocks count as zero.
 #[inline(always)]
-unsafe fn accum<
-    K: Vector,
-    B: Blocks + ?Sized,
-    const U: usize,
-    const PART: bool,
-    const WANT_P: bool,
->(
+unsafe fn accum<K: Vector, B: Blocks + ?Sized, const U: usize, const M: u8, const WANT_P: bool>(
     data: &B,
     off: usize,
     n: usize,
 ) -> ([K::V; U], [K::V; U]) {
     // SAFETY: the caller guarantees every present block covers the column
-    // (`off + U*W`, or `off + n` with PART) and that the CPU supports K.
+    // (see `Column::run`) and that the CPU supports K.
     unsafe {
         let top = data.count() - 1;
         let mut p = [K::zero(); U];
         let mut q = [K::zero(); U];
         if let Some(ptr) = data.ptr(top) {
             for u in 0..U {
-                let v = ld::<K, PART>(ptr.add(off + u * K::W), n);
+                let v = ld::<K, M>(ptr.add(off + u * K::W), n);
                 p[u] = v;
                 q[u] = v;
             }
@@ -145,8 +171,8 @@ unsafe fn accum<
             if i >= 2 {
                 if let (Some(hi), Some(lo)) = (data.ptr(i - 1), data.ptr(i - 2)) {
                     for u in 0..U {
-                        let vh = ld::<K, PART>(hi.add(off + u * K::W), n);
-                        let vl = ld::<K, PART>(lo.add(off + u * K::W), n);
+                        let vh = ld::<K, M>(hi.add(off + u * K::W), n);
+                        let vl = ld::<K, M>(lo.add(off + u * K::W), n);
                         if WANT_P {
                             p[u] = K::xor3(p[u], vh, vl);
                         }
@@ -159,7 +185,7 @@ unsafe fn accum<
             match data.ptr(i - 1) {
                 Some(ptr) => {
                     for u in 0..U {
-                        let v = ld::<K, PART>(ptr.add(off + u * K::W), n);
+                        let v = ld::<K, M>(ptr.add(off + u * K::W), n);
                         if WANT_P {
                             p[u] = K::xor(p[u], v);
                         }
@@ -185,14 +211,14 @@ struct XorInto {
 
 impl<K: Vector> Column<K> for XorInto {
     #[inline(always)]
-    unsafe fn run<const U: usize, const PART: bool>(&mut self, off: usize, n: usize) {
+    unsafe fn run<const U: usize, const M: u8>(&mut self, off: usize, n: usize) {
         // SAFETY: column within both buffers (trait contract).
         unsafe {
             for u in 0..U {
                 let o = off + u * K::W;
-                let d = ld::<K, PART>(self.dst.add(o), n);
-                let s = ld::<K, PART>(self.src.add(o), n);
-                st::<K, PART>(self.dst.add(o), K::xor(d, s), n);
+                let d = ld::<K, M>(self.dst.add(o), n);
+                let s = ld::<K, M>(self.src.add(o), n);
+                st::<K, M>(self.dst.add(o), K::xor(d, s), n);
             }
         }
     }
@@ -206,14 +232,14 @@ struct MulXorInto<K: Vector> {
 
 impl<K: Vector> Column<K> for MulXorInto<K> {
     #[inline(always)]
-    unsafe fn run<const U: usize, const PART: bool>(&mut self, off: usize, n: usize) {
+    unsafe fn run<const U: usize, const M: u8>(&mut self, off: usize, n: usize) {
         // SAFETY: column within both buffers (trait contract).
         unsafe {
             for u in 0..U {
                 let o = off + u * K::W;
-                let d = ld::<K, PART>(self.dst.add(o), n);
-                let s = ld::<K, PART>(self.src.add(o), n);
-                st::<K, PART>(self.dst.add(o), K::xor(d, K::mulc(s, self.c)), n);
+                let d = ld::<K, M>(self.dst.add(o), n);
+                let s = ld::<K, M>(self.src.add(o), n);
+                st::<K, M>(self.dst.add(o), K::xor(d, K::mulc(s, self.c)), n);
             }
         }
     }
@@ -226,22 +252,22 @@ struct GenP<'a> {
 
 impl<K: Vector> Column<K> for GenP<'_> {
     #[inline(always)]
-    unsafe fn run<const U: usize, const PART: bool>(&mut self, off: usize, n: usize) {
+    unsafe fn run<const U: usize, const M: u8>(&mut self, off: usize, n: usize) {
         // SAFETY: column within every buffer (trait contract).
         unsafe {
             let nb = self.data.len();
             let mut acc = [K::zero(); U];
             let d0 = self.data[nb - 1].as_ptr().add(off);
             for (u, a) in acc.iter_mut().enumerate() {
-                *a = ld::<K, PART>(d0.add(u * K::W), n);
+                *a = ld::<K, M>(d0.add(u * K::W), n);
             }
             let mut i = nb - 1;
             while i >= 2 {
                 let d1 = self.data[i - 1].as_ptr().add(off);
                 let d2 = self.data[i - 2].as_ptr().add(off);
                 for (u, a) in acc.iter_mut().enumerate() {
-                    let v1 = ld::<K, PART>(d1.add(u * K::W), n);
-                    let v2 = ld::<K, PART>(d2.add(u * K::W), n);
+                    let v1 = ld::<K, M>(d1.add(u * K::W), n);
+                    let v2 = ld::<K, M>(d2.add(u * K::W), n);
                     *a = K::xor3(*a, v1, v2);
                 }
                 i -= 2;
@@ -249,11 +275,11 @@ impl<K: Vector> Column<K> for GenP<'_> {
             if i == 1 {
                 let d1 = self.data[0].as_ptr().add(off);
                 for (u, a) in acc.iter_mut().enumerate() {
-                    *a = K::xor(*a, ld::<K, PART>(d1.add(u * K::W), n));
+                    *a = K::xor(*a, ld::<K, M>(d1.add(u * K::W), n));
                 }
             }
             for (u, a) in acc.iter().enumerate() {
-                st::<K, PART>(self.p.add(off + u * K::W), *a, n);
+                st::<K, M>(self.p.add(off + u * K::W), *a, n);
             }
         }
     }
@@ -267,13 +293,13 @@ struct GenPq<'a> {
 
 impl<K: Vector> Column<K> for GenPq<'_> {
     #[inline(always)]
-    unsafe fn run<const U: usize, const PART: bool>(&mut self, off: usize, n: usize) {
+    unsafe fn run<const U: usize, const M: u8>(&mut self, off: usize, n: usize) {
         // SAFETY: column within every buffer (trait contract).
         unsafe {
-            let (p, q) = accum::<K, _, U, PART, true>(self.data, off, n);
+            let (p, q) = accum::<K, _, U, M, true>(self.data, off, n);
             for u in 0..U {
-                st::<K, PART>(self.p.add(off + u * K::W), p[u], n);
-                st::<K, PART>(self.q.add(off + u * K::W), q[u], n);
+                st::<K, M>(self.p.add(off + u * K::W), p[u], n);
+                st::<K, M>(self.q.add(off + u * K::W), q[u], n);
             }
         }
     }
@@ -288,14 +314,14 @@ struct Rec1<'a, K: Vector> {
 
 impl<K: Vector> Column<K> for Rec1<'_, K> {
     #[inline(always)]
-    unsafe fn run<const U: usize, const PART: bool>(&mut self, off: usize, n: usize) {
+    unsafe fn run<const U: usize, const M: u8>(&mut self, off: usize, n: usize) {
         // SAFETY: column within every buffer (trait contract).
         unsafe {
-            let (_, qx) = accum::<K, _, U, PART, false>(self.data, off, n);
+            let (_, qx) = accum::<K, _, U, M, false>(self.data, off, n);
             for (u, qx) in qx.iter().enumerate() {
                 let o = off + u * K::W;
-                let dq = K::xor(*qx, ld::<K, PART>(self.q.add(o), n));
-                st::<K, PART>(self.out.add(o), K::mulc(dq, self.c), n);
+                let dq = K::xor(*qx, ld::<K, M>(self.q.add(o), n));
+                st::<K, M>(self.out.add(o), K::mulc(dq, self.c), n);
             }
         }
     }
@@ -313,20 +339,30 @@ struct Rec2<'a, K: Vector> {
 
 impl<K: Vector> Column<K> for Rec2<'_, K> {
     #[inline(always)]
-    unsafe fn run<const U: usize, const PART: bool>(&mut self, off: usize, n: usize) {
+    unsafe fn run<const U: usize, const M: u8>(&mut self, off: usize, n: usize) {
         // SAFETY: column within every buffer (trait contract).
         unsafe {
-            let (pxy, qxy) = accum::<K, _, U, PART, true>(self.data, off, n);
+            let (pxy, qxy) = accum::<K, _, U, M, true>(self.data, off, n);
             for u in 0..U {
                 let o = off + u * K::W;
-                let dp = K::xor(pxy[u], ld::<K, PART>(self.p.add(o), n));
-                let dq = K::xor(qxy[u], ld::<K, PART>(self.q.add(o), n));
+                let dp = K::xor(pxy[u], ld::<K, M>(self.p.add(o), n));
+                let dq = K::xor(qxy[u], ld::<K, M>(self.q.add(o), n));
                 let dx = K::xor(K::mulc(dp, self.ca), K::mulc(dq, self.cb));
-                st::<K, PART>(self.out_x.add(o), dx, n);
-                st::<K, PART>(self.out_y.add(o), K::xor(dp, dx), n);
+                st::<K, M>(self.out_x.add(o), dx, n);
+                st::<K, M>(self.out_y.add(o), K::xor(dp, dx), n);
             }
         }
     }
+}
+
+/// Start of the first present data block (null if none: then the loads come
+/// from P/Q, and alignment is left alone).
+#[inline(always)]
+fn first_present(data: &[Option<&[u8]>]) -> *const u8 {
+    data.iter()
+        .flatten()
+        .next()
+        .map_or(core::ptr::null(), |d| d.as_ptr())
 }
 
 // Generic operations. Preconditions for all: the CPU supports `K`, and the
@@ -339,7 +375,7 @@ pub(crate) unsafe fn xor_into<K: Vector, const U: usize>(dst: &mut [u8], src: &[
         src: src.as_ptr(),
     };
     // SAFETY: equal lengths checked by the caller.
-    unsafe { drive::<K, U, _>(&mut c, dst.len()) }
+    unsafe { drive::<K, U, _>(&mut c, dst.len(), dst.as_ptr()) }
 }
 
 #[inline(always)]
@@ -352,7 +388,7 @@ pub(crate) unsafe fn mul_xor_into<K: Vector, const U: usize>(dst: &mut [u8], src
         c,
     };
     // SAFETY: equal lengths checked by the caller.
-    unsafe { drive::<K, U, _>(&mut col, dst.len()) }
+    unsafe { drive::<K, U, _>(&mut col, dst.len(), dst.as_ptr()) }
 }
 
 #[inline(always)]
@@ -362,7 +398,7 @@ pub(crate) unsafe fn gen_p<K: Vector, const U: usize>(data: &[&[u8]], p: &mut [u
         p: p.as_mut_ptr(),
     };
     // SAFETY: equal lengths and data.len() >= 1 checked by the caller.
-    unsafe { drive::<K, U, _>(&mut c, p.len()) }
+    unsafe { drive::<K, U, _>(&mut c, p.len(), data[0].as_ptr()) }
 }
 
 #[inline(always)]
@@ -373,7 +409,7 @@ pub(crate) unsafe fn gen_pq<K: Vector, const U: usize>(data: &[&[u8]], p: &mut [
         q: q.as_mut_ptr(),
     };
     // SAFETY: equal lengths and data.len() >= 1 checked by the caller.
-    unsafe { drive::<K, U, _>(&mut c, p.len()) }
+    unsafe { drive::<K, U, _>(&mut c, p.len(), data[0].as_ptr()) }
 }
 
 #[inline(always)]
@@ -393,7 +429,7 @@ pub(crate) unsafe fn recover_data_with_q<K: Vector, const U: usize>(
         c,
     };
     // SAFETY: equal lengths and block counts checked by the caller.
-    unsafe { drive::<K, U, _>(&mut col, out.len()) }
+    unsafe { drive::<K, U, _>(&mut col, out.len(), first_present(data)) }
 }
 
 #[inline(always)]
@@ -418,7 +454,7 @@ pub(crate) unsafe fn recover_two_data<K: Vector, const U: usize>(
         cb,
     };
     // SAFETY: equal lengths and block counts checked by the caller.
-    unsafe { drive::<K, U, _>(&mut col, p.len()) }
+    unsafe { drive::<K, U, _>(&mut col, p.len(), first_present(data)) }
 }
 
 /// Generates the `#[target_feature]` entry points of one ISA module.
