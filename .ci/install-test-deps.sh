@@ -19,6 +19,9 @@ deps=(
     mount:mount
     umount:mount
     sync:coreutils
+    # The direct I/O suite (crates/cli/tests/direct.rs): page-cache residency, dropping it.
+    fincore:util-linux
+    dd:coreutils
     cmp:diffutils
     nbdkit:nbdkit
     # The TLS suite (crates/cli/tests/tls.rs): test certificates and pre-shared keys.

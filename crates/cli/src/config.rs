@@ -34,6 +34,9 @@ pub struct Config {
     pub fail_limit: Option<Duration>,
     #[serde(default, deserialize_with = "size")]
     pub dirty_budget: Option<u64>,
+    /// O_DIRECT member I/O: true for member files too (as `serve --direct`), false for
+    /// none (as `serve --buffered`); unset, block devices only.
+    pub direct: Option<bool>,
     #[serde(default)]
     pub array: Vec<ArrayConfig>,
     #[serde(default)]
@@ -53,6 +56,7 @@ pub struct ArrayDefaults {
     pub slow_limit: Option<Duration>,
     pub fail_limit: Option<Duration>,
     pub dirty_budget: Option<u64>,
+    pub direct: Option<bool>,
 }
 
 macro_rules! settings {
@@ -65,6 +69,7 @@ macro_rules! settings {
             slow_limit: $v.slow_limit,
             fail_limit: $v.fail_limit,
             dirty_budget: $v.dirty_budget,
+            direct: $v.direct,
         }
     };
 }
@@ -105,6 +110,8 @@ pub struct ArrayConfig {
     pub fail_limit: Option<Duration>,
     #[serde(default, deserialize_with = "size")]
     pub dirty_budget: Option<u64>,
+    /// O_DIRECT member I/O (see [`Config::direct`]).
+    pub direct: Option<bool>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -230,6 +237,7 @@ impl ArrayDefaults {
             slow_limit: self.slow_limit.or(d.slow_limit),
             fail_limit: self.fail_limit.or(d.fail_limit),
             dirty_budget: self.dirty_budget.or(d.dirty_budget),
+            direct: self.direct.or(d.direct),
         }
     }
 }
@@ -470,6 +478,21 @@ listen = "127.0.0.1:9860"
             Some(Duration::from_secs(7 * 86_400))
         );
         assert_eq!(c.export[1].tls_args().tls_allow, vec!["pve1".to_string()]);
+    }
+
+    #[test]
+    fn direct_is_per_array_over_the_top_level() {
+        let c = parse(
+            Path::new("d.toml"),
+            "direct = false\n[[array]]\nname = \"a\"\ndirect = true\n[[array]]\nname = \"b\"\n[[array]]\nname = \"c\"\n",
+        )
+        .unwrap();
+        let got: Vec<Option<bool>> = c.array.iter().map(|a| a.settings(&c).direct).collect();
+        assert_eq!(got, [Some(true), Some(false), Some(false)]);
+        let c = parse(Path::new("d.toml"), "[[array]]\nname = \"a\"\n").unwrap();
+        assert_eq!(c.array[0].settings(&c).direct, None);
+        let e = err("[[array]]\nname = \"a\"\ndirect = \"yes\"\n");
+        assert!(e.starts_with("d.toml:3:10:") && e.contains("bool"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Turning MEMBER paths into opened member devices.
 
 use anyhow::{bail, Context, Result};
-use damocles_engine::{Array, AssembleOptions, Dev, FileMember, OpenMode, DEFAULT_FAIL};
+use damocles_engine::{Array, AssembleOptions, Dev, DirectIo, FileMember, OpenMode, DEFAULT_FAIL};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +10,12 @@ use std::time::Duration;
 /// Opens each path once; the same file or device named twice is an error, and so is a
 /// path that does not answer within the default fail limit.
 pub fn open(paths: &[PathBuf], mode: OpenMode) -> Result<Vec<Dev>> {
-    let opened = open_within(paths, mode, DEFAULT_FAIL)?;
+    open_with(paths, mode, DirectIo::Auto)
+}
+
+/// [`open`] choosing when members use `O_DIRECT` (block devices do by default).
+pub fn open_with(paths: &[PathBuf], mode: OpenMode, direct: DirectIo) -> Result<Vec<Dev>> {
+    let opened = open_within(paths, mode, DEFAULT_FAIL, direct)?;
     opened
         .into_iter()
         .zip(paths)
@@ -29,7 +34,12 @@ pub fn open(paths: &[PathBuf], mode: OpenMode) -> Result<Vec<Dev>> {
 /// Opens each path once (the same file or device twice is an error); a path whose
 /// `stat` or `open` does not answer within `limit` (a hung disk, a stopped FUSE server)
 /// is `None`, its thread left behind.
-pub fn open_within(paths: &[PathBuf], mode: OpenMode, limit: Duration) -> Result<Vec<Option<Dev>>> {
+pub fn open_within(
+    paths: &[PathBuf],
+    mode: OpenMode,
+    limit: Duration,
+    direct: DirectIo,
+) -> Result<Vec<Option<Dev>>> {
     let mut seen: Vec<((u64, u64), &PathBuf)> = Vec::new();
     let mut devs = Vec::with_capacity(paths.len());
     for p in paths {
@@ -54,7 +64,7 @@ pub fn open_within(paths: &[PathBuf], mode: OpenMode, limit: Duration) -> Result
         }
         seen.push((id, p));
         let path = p.clone();
-        match within(limit, move || FileMember::open(&path, mode))? {
+        match within(limit, move || FileMember::open_with(&path, mode, direct))? {
             None => devs.push(None),
             Some(m) => {
                 let m = m.with_context(|| format!("{}", p.display()))?;
@@ -110,13 +120,14 @@ pub fn assemble_with(
             dirty_budget,
             ..Default::default()
         },
+        DirectIo::Auto,
     )
 }
 
-/// Opens and assembles the array on `paths` with `opts`. A member that does not answer
-/// within the fail limit is left out (the array assembles without it, degraded) and the
-/// log says so.
-pub fn assemble_opts(paths: &[PathBuf], opts: AssembleOptions) -> Result<Array> {
+/// Opens (with `O_DIRECT` as `direct` says) and assembles the array on `paths` with
+/// `opts`. A member that does not answer within the fail limit is left out (the array
+/// assembles without it, degraded) and the log says so.
+pub fn assemble_opts(paths: &[PathBuf], opts: AssembleOptions, direct: DirectIo) -> Result<Array> {
     let mode = if opts.read_only {
         OpenMode::ReadOnly
     } else {
@@ -124,7 +135,10 @@ pub fn assemble_opts(paths: &[PathBuf], opts: AssembleOptions) -> Result<Array> 
     };
     let limit = opts.limits().1;
     let mut devs = Vec::with_capacity(paths.len());
-    for (d, p) in open_within(paths, mode, limit)?.into_iter().zip(paths) {
+    for (d, p) in open_within(paths, mode, limit, direct)?
+        .into_iter()
+        .zip(paths)
+    {
         match d {
             Some(d) => devs.push(d),
             None => tracing::warn!(

@@ -43,8 +43,8 @@ pub use jobs::{
 pub use layout::chunkmap::Template;
 pub use layout::profile::{Level, Profile};
 pub use member::{
-    filesystem_free, reserve_file, unallocated_bytes, Dev, FileMember, Guarded, MemMember,
-    MemberDevice, MemberIo, OpenMode, DEFAULT_FAIL, DEFAULT_SLOW,
+    filesystem_free, reserve_file, unallocated_bytes, AlignedBuf, Dev, DirectIo, FileMember,
+    Guarded, MemMember, MemberDevice, MemberIo, OpenMode, DEFAULT_FAIL, DEFAULT_SLOW,
 };
 pub use meta::backup;
 pub use meta::{

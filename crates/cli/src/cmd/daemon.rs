@@ -165,7 +165,7 @@ fn bound_stop(limit: Duration) {
 fn array_fingerprint(cfg: &Config, a: &ArrayConfig) -> String {
     let s = a.settings(cfg);
     format!(
-        "{:?} {:?} {:?} {:?} {} {:?} {:?} {:?} {:?} {:?} {:?}",
+        "{:?} {:?} {:?} {:?} {} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
         a.name.as_ref().map(|n| n.get_ref()),
         a.uuid.as_ref().map(|u| u.get_ref()),
         a.members,
@@ -176,6 +176,7 @@ fn array_fingerprint(cfg: &Config, a: &ArrayConfig) -> String {
         s.slow_limit,
         s.fail_limit,
         s.dirty_budget,
+        s.direct,
         cfg.control_dir
     )
 }
@@ -208,6 +209,8 @@ fn array_opts(cfg: &Config, a: &ArrayConfig) -> Result<ServeOpts> {
         o.fail_limit = l;
     }
     o.dirty_budget = s.dirty_budget;
+    o.direct = s.direct == Some(true);
+    o.buffered = s.direct == Some(false);
     o.read_only = a.read_only;
     Ok(o)
 }
@@ -272,7 +275,8 @@ impl Daemon {
             slow_limit: Some(opts.slow_limit),
             fail_limit: Some(opts.fail_limit),
         };
-        let array = tokio::task::spawn_blocking(move || members::assemble_opts(&paths, ao))
+        let direct = opts.direct_io();
+        let array = tokio::task::spawn_blocking(move || members::assemble_opts(&paths, ao, direct))
             .await?
             .context("assembling")?;
         let array = Arc::new(array);

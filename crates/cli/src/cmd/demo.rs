@@ -41,7 +41,7 @@ pub fn run(a: Args) -> Result<()> {
             f.set_len(a.member_size)
                 .with_context(|| format!("sizing {}", p.display()))?;
         }
-        let devs = members::open(&paths, OpenMode::ReadWrite)?;
+        let devs = members::open_with(&paths, OpenMode::ReadWrite, a.serve.direct_io())?;
         let mut o = CreateOptions::new(Level::Raid5);
         o.name = "demo".into();
         let array = Array::create(devs, &o)?;
@@ -59,7 +59,15 @@ pub fn run(a: Args) -> Result<()> {
         }
         let have: Vec<PathBuf> = paths.into_iter().filter(|p| p.exists()).collect();
         println!("reusing the demo array in {}", a.dir.display());
-        members::assemble_with(&have, a.serve.read_only, a.serve.dirty_budget)?
+        members::assemble_opts(
+            &have,
+            damocles_engine::AssembleOptions {
+                read_only: a.serve.read_only,
+                dirty_budget: a.serve.dirty_budget,
+                ..Default::default()
+            },
+            a.serve.direct_io(),
+        )?
     };
     serve(Arc::new(array), &a.serve, |uri| {
         println!();

@@ -5,7 +5,7 @@ use crate::control::server::{ControlServer, Shared};
 use crate::tls::{TlsArgs, TlsMode};
 use crate::{control, hook, members, units};
 use anyhow::{bail, Context, Result};
-use damocles_engine::{Array, AssembleOptions, Event, Health, Status};
+use damocles_engine::{Array, AssembleOptions, DirectIo, Event, Health, Status};
 use damocles_nbd::{BlockDevice, Listener, ServerConfig};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -75,11 +75,31 @@ pub struct ServeOpts {
     /// this from its config's `[metrics] listen`.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Member files too are read and written with O_DIRECT, past the page cache (block
+    /// device members are by default; one that refuses O_DIRECT is used buffered, with a
+    /// warning): the array's data is then cached once, by damocles, not a second time by
+    /// the kernel. A member file on a file system
+    /// that refuses O_DIRECT (ramfs, some FUSE file systems) is an error. Members added
+    /// later through the control socket are opened the same way. Daemon: `direct = true`.
+    #[arg(long, conflicts_with = "buffered")]
+    pub direct: bool,
+    /// All member I/O through the page cache, block devices too. Daemon: `direct = false`.
+    #[arg(long)]
+    pub buffered: bool,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
 }
 
 impl ServeOpts {
+    /// When members use O_DIRECT, as --direct and --buffered say.
+    pub fn direct_io(&self) -> DirectIo {
+        match (self.direct, self.buffered) {
+            (true, _) => DirectIo::Always,
+            (_, true) => DirectIo::Never,
+            _ => DirectIo::Auto,
+        }
+    }
+
     /// The options `serve` has when no flag is given (the daemon starts from these).
     pub fn defaults() -> Result<ServeOpts> {
         use clap::{Args, FromArgMatches};
@@ -120,6 +140,7 @@ pub fn run(a: Args) -> Result<()> {
             slow_limit: Some(a.opts.slow_limit),
             fail_limit: Some(a.opts.fail_limit),
         },
+        a.opts.direct_io(),
     )?;
     serve(Arc::new(array), &a.opts, |_| {})
 }
@@ -308,7 +329,7 @@ pub(crate) struct Running {
 /// the hook, the control socket, automatic rebuilds, the flusher and the request limits.
 pub(crate) fn start_array(array: Arc<Array>, o: &ServeOpts) -> Result<Running> {
     let st = array.status();
-    let shared = Shared::new(&array, o.rebuild_rate);
+    let shared = Shared::new(&array, o.rebuild_rate, o.direct_io());
     let hook_worker = route_events(&array, &shared, o)?;
     let control = start_control(o, &st.uuid, &shared)?;
     // A failed member with a spare (or free space) at start resumes its rebuild now.

@@ -3,7 +3,9 @@
 use super::proto::{ChangeSpec, JobKind, JobState, Request, Response, MAX_LINE, PROTOCOL};
 use crate::{members, units};
 use anyhow::{bail, Context, Result};
-use damocles_engine::{Array, Change, Event, EventKind, JobControl, Level, MemberHealth, OpenMode};
+use damocles_engine::{
+    Array, Change, DirectIo, Event, EventKind, JobControl, Level, MemberHealth, OpenMode,
+};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -31,6 +33,8 @@ pub struct Shared {
     connections: AtomicUsize,
     /// Where the control socket listens (shown in `status`).
     socket: Mutex<Option<String>>,
+    /// How members added through the socket are opened (as the array's own were).
+    direct: DirectIo,
 }
 
 struct EventLog {
@@ -44,7 +48,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(array: &Arc<Array>, rebuild_rate: u64) -> Arc<Shared> {
+    pub fn new(array: &Arc<Array>, rebuild_rate: u64, direct: DirectIo) -> Arc<Shared> {
         Arc::new(Shared {
             array: Arc::downgrade(array),
             rebuild_rate,
@@ -56,6 +60,7 @@ impl Shared {
             scrub: Mutex::new(None),
             connections: AtomicUsize::new(0),
             socket: Mutex::new(None),
+            direct,
         })
     }
 
@@ -164,7 +169,7 @@ impl Shared {
                     ..Response::ok()
                 }
             }
-            other => apply(array, other)?,
+            other => apply_with(array, other, self.direct)?,
         })
     }
 
@@ -334,6 +339,11 @@ impl Shared {
 /// Requests that change membership or only read, on an open array: the server's and the
 /// offline commands' common path.
 pub fn apply(array: &Array, req: Request) -> Result<Response> {
+    apply_with(array, req, DirectIo::Auto)
+}
+
+/// [`apply`], opening new members with `O_DIRECT` as `direct` says.
+pub fn apply_with(array: &Array, req: Request, direct: DirectIo) -> Result<Response> {
     Ok(match req {
         Request::Hello {} => {
             let st = array.status();
@@ -383,7 +393,7 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
             force,
             grow,
         } => {
-            let dev = open_device(array, &device)?;
+            let dev = open_device(array, &device, direct)?;
             if grow {
                 let i = array.add_member_grow(dev, force)?;
                 let change = Change {
@@ -409,7 +419,7 @@ pub fn apply(array: &Array, req: Request) -> Result<Response> {
         Request::Replace { old, new, force } => {
             let o = array.find_member(&old)?;
             let name = member_name(array, o);
-            let dev = open_device(array, &new)?;
+            let dev = open_device(array, &new, direct)?;
             let i = array.replace_member(o, dev, force)?;
             Response {
                 member: Some(i),
@@ -460,7 +470,7 @@ fn member_name(array: &Array, i: usize) -> String {
 
 /// Opens a new member read-write, refusing one of the array's own members by name (opening
 /// it would only fail on its lock, with a misleading message).
-fn open_device(array: &Array, path: &str) -> Result<damocles_engine::Dev> {
+fn open_device(array: &Array, path: &str, direct: DirectIo) -> Result<damocles_engine::Dev> {
     let p = Path::new(path);
     if !p.is_absolute() {
         bail!("{path}: the server needs an absolute path");
@@ -477,7 +487,7 @@ fn open_device(array: &Array, path: &str) -> Result<damocles_engine::Dev> {
             }
         }
     }
-    let mut devs = members::open(&[p.to_path_buf()], OpenMode::ReadWrite)?;
+    let mut devs = members::open_with(&[p.to_path_buf()], OpenMode::ReadWrite, direct)?;
     Ok(devs.remove(0))
 }
 

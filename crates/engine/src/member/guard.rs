@@ -9,10 +9,14 @@
 //! (the stuck read stays counted in flight); past the *fail* limit any request returns
 //! `TimedOut`, which the layers above treat as an I/O error (the member is failed when the
 //! array can do without it). Buffers cross to the worker by copy, since a worker may
-//! outlive its caller's wait. A read whose bytes are already at hand (in the page cache:
+//! outlive its caller's wait (into page-aligned buffers, which `O_DIRECT` members use as
+//! they are). A read whose bytes are already at hand (in the page cache:
 //! [`MemberDevice::read_nowait`]) cannot wait for the device and is answered on the
-//! caller's thread, without the hand-off.
+//! caller's thread, without the hand-off. Writes to members that ask for it (`O_DIRECT`)
+//! are answered once a worker has them, and flushes wait for them (`behind.rs`).
 
+use super::aligned::AlignedBuf;
+use super::behind::Behind;
 use super::stats::{MemberIo, Pending, Stats};
 use super::{Dev, MemberDevice};
 use crate::error::Op;
@@ -105,8 +109,11 @@ struct Shared {
     wake: Condvar,
     stats: Stats,
     limits: Limits,
-    /// Buffers handed between callers and workers, kept for reuse.
-    buffers: Mutex<Vec<Vec<u8>>>,
+    /// Buffers handed between callers and workers, kept for reuse. Page-aligned, so a
+    /// member opened `O_DIRECT` does its I/O straight into them.
+    buffers: Mutex<Vec<AlignedBuf>>,
+    /// Writes answered before the device did (members that ask for it: `behind.rs`).
+    behind: Behind,
 }
 
 /// One answer, handed from a worker to the caller waiting for it.
@@ -145,6 +152,7 @@ impl Guarded {
                 stats: Stats::default(),
                 limits: Limits::new(slow, fail),
                 buffers: Mutex::new(Vec::new()),
+                behind: Behind::default(),
             }),
         })
     }
@@ -267,29 +275,96 @@ impl Guarded {
         Ok(v.take().expect("answered"))
     }
 
-    fn buffer(&self, len: usize) -> Vec<u8> {
-        let mut pool = self.shared.buffers.lock();
+    fn buffer(&self, len: usize) -> AlignedBuf {
+        self.shared.buffer(len)
+    }
+
+    fn give_back(&self, b: AlignedBuf) {
+        self.shared.give_back(b)
+    }
+
+    /// The fail limit from now.
+    fn fail_deadline(&self) -> std::time::Instant {
+        std::time::Instant::now() + self.shared.limits.fail()
+    }
+
+    /// A write answered once a worker has it (see `behind.rs`).
+    fn write_behind(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let len = buf.len();
+        let sh = &self.shared;
+        if let Some(p) = self.oldest().filter(|p| p.age > sh.limits.fail()) {
+            sh.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the member has not answered a {} for {} s",
+                    p.op,
+                    p.age.as_secs()
+                ),
+            ));
+        }
+        let id = sh.behind.begin(offset, len as u64, self.fail_deadline())?;
+        let mut b = self.buffer(len);
+        b[..len].copy_from_slice(buf);
+        let ticket = sh.stats.begin(Op::Write, offset);
+        let me = sh.clone();
+        self.submit(Box::new(move |dev| {
+            let r = dev.write_at(&b[..len], offset);
+            me.stats.end(ticket, Op::Write, r.as_ref().err());
+            if r.is_ok() {
+                me.stats.count_write(len);
+            }
+            me.give_back(b);
+            me.behind.done(id, r);
+        }));
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn buffer(&self, len: usize) -> AlignedBuf {
+        let mut pool = self.buffers.lock();
         match pool.iter().position(|b| b.len() >= len) {
             Some(i) => pool.swap_remove(i),
             None => {
                 drop(pool);
-                vec![0u8; len]
+                AlignedBuf::zeroed(len)
             }
         }
     }
 
-    fn give_back(&self, b: Vec<u8>) {
-        let mut pool = self.shared.buffers.lock();
+    fn give_back(&self, b: AlignedBuf) {
+        let mut pool = self.buffers.lock();
         if pool.len() < 64 && b.len() <= 8 << 20 {
             pool.push(b);
         }
     }
+}
 
+impl Guarded {
     fn read_within(&self, bufs: &mut [&mut [u8]], offset: u64, slow: bool) -> io::Result<()> {
         // Bytes at hand (page cache) are read here, on the caller's thread: such a read
         // cannot wait for the device, so it needs no worker and no deadline.
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let t = std::time::Instant::now();
+        // A write of these bytes still running goes first.
+        let patience = if slow {
+            self.shared.limits.slow()
+        } else {
+            self.shared.limits.fail()
+        };
+        if let Err(e) = self
+            .shared
+            .behind
+            .settle(offset, total as u64, t + patience)
+        {
+            return Err(if slow {
+                self.shared.stats.slow.fetch_add(1, Ordering::Relaxed);
+                io::Error::other(Slow(patience))
+            } else {
+                e
+            });
+        }
         if self.shared.dev.read_nowait(bufs, offset) {
             self.shared.stats.answered_at_once(t);
             self.shared.stats.count_read(total);
@@ -369,6 +444,9 @@ impl MemberDevice for Guarded {
         self.read_within(bufs, offset, true)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.shared.dev.write_behind() {
+            return self.write_behind(buf, offset);
+        }
         let mut b = self.buffer(buf.len());
         let len = buf.len();
         b[..len].copy_from_slice(buf);
@@ -382,6 +460,11 @@ impl MemberDevice for Guarded {
         r
     }
     fn write_owned(&self, buf: Vec<u8>, offset: u64) -> super::WriteOwned {
+        if self.shared.dev.write_behind() {
+            // Copied into an aligned buffer (O_DIRECT needs one): the caller's is free now.
+            let r = self.write_behind(&buf, offset);
+            return (r, Some(buf));
+        }
         let len = buf.len();
         match self.call(Op::Write, offset, false, move |dev| {
             (dev.write_at(&buf, offset), buf)
@@ -395,7 +478,13 @@ impl MemberDevice for Guarded {
             Err(e) => (Err(e), None),
         }
     }
+    fn write_behind(&self) -> bool {
+        // Its own writes are answered early already; the layers above need not know.
+        false
+    }
     fn flush(&self) -> io::Result<()> {
+        // Every write answered early is done (or its error told) before the flush.
+        self.shared.behind.drain(self.fail_deadline())?;
         self.call(Op::Flush, 0, false, |dev| (dev.flush(), ()))?.0
     }
     fn start_writeback(&self, offset: u64, len: u64) {
@@ -403,6 +492,12 @@ impl MemberDevice for Guarded {
         self.submit(Box::new(move |dev| dev.start_writeback(offset, len)));
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.shared
+            .behind
+            .settle(offset, len, self.fail_deadline())?;
+        if let Some(e) = self.shared.behind.take_error() {
+            return Err(e);
+        }
         self.call(Op::Zero, offset, false, move |dev| {
             (dev.write_zeroes(offset, len), ())
         })?
@@ -424,6 +519,7 @@ mod tests {
     struct Held {
         inner: MemMember,
         hold: Arc<AtomicBool>,
+        behind: bool,
     }
 
     impl Held {
@@ -449,6 +545,9 @@ mod tests {
             self.wait();
             self.inner.write_at(buf, offset)
         }
+        fn write_behind(&self) -> bool {
+            self.behind
+        }
         fn flush(&self) -> io::Result<()> {
             self.wait();
             Ok(())
@@ -456,11 +555,16 @@ mod tests {
     }
 
     fn held() -> (Dev, Arc<AtomicBool>) {
+        held_with(false)
+    }
+
+    fn held_with(behind: bool) -> (Dev, Arc<AtomicBool>) {
         let hold = Arc::new(AtomicBool::new(false));
         let limits = (Duration::from_millis(50), Duration::from_millis(300));
         let dev: Dev = Arc::new(Held {
             inner: MemMember::new("held", 1 << 20),
             hold: hold.clone(),
+            behind,
         });
         (Guarded::wrap(dev, limits), hold)
     }
@@ -528,5 +632,58 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         g.read_at(&mut got, 0).unwrap();
         assert_eq!(got, [1u8; 8], "the write given up on still happened");
+    }
+
+    #[test]
+    fn writes_behind_are_answered_early_ordered_and_flushed() {
+        let (g, hold) = held_with(true);
+        hold.store(true, Ordering::Relaxed);
+        let t = Instant::now();
+        g.write_at(b"first", 100).unwrap();
+        g.write_at(b"other", 4000).unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(40),
+            "a write waited for the device"
+        );
+        assert_eq!(g.guard().unwrap().io().in_flight, 2);
+        // An overlapping write, a read and a flush each wait for what runs under them.
+        let g2 = g.clone();
+        let second = std::thread::spawn(move || g2.write_at(b"SECOND", 102));
+        let g3 = g.clone();
+        let reader = std::thread::spawn(move || {
+            let mut b = [0u8; 8];
+            g3.read_at(&mut b, 100).map(|()| b)
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!second.is_finished() && !reader.is_finished());
+        hold.store(false, Ordering::Relaxed);
+        second.join().unwrap().unwrap();
+        let b = reader.join().unwrap().unwrap();
+        // The read ran after the first write, before or after the second.
+        assert!(&b == b"first\0\0\0" || &b == b"fiSECOND", "{b:?}");
+        g.flush().unwrap();
+        let mut b = [0u8; 8];
+        g.read_at(&mut b, 100).unwrap();
+        assert_eq!(&b, b"fiSECOND");
+        assert_eq!(g.guard().unwrap().io().in_flight, 0);
+    }
+
+    #[test]
+    fn a_write_behind_error_is_told_at_the_flush_and_a_stuck_one_times_out() {
+        let (g, hold) = held_with(true);
+        // Past the member's end: the device refuses it, after the caller was answered.
+        g.write_at(b"x", 1 << 20).unwrap();
+        let e = g.flush().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        g.flush().unwrap();
+        hold.store(true, Ordering::Relaxed);
+        g.write_at(b"y", 0).unwrap();
+        let t = Instant::now();
+        let e = g.flush().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() >= Duration::from_millis(250));
+        hold.store(false, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+        g.flush().unwrap();
     }
 }

@@ -5,6 +5,9 @@
 //! Everything the engine does to a member goes through [`MemberDevice`], so tests can plug in
 //! an in-memory member, a power-loss simulator or a fault injector.
 
+mod aligned;
+mod behind;
+mod direct;
 mod file;
 mod guard;
 mod io;
@@ -13,7 +16,8 @@ mod overlay;
 mod set;
 mod stats;
 
-pub use file::{filesystem_free, reserve_file, unallocated_bytes, FileMember};
+pub use aligned::AlignedBuf;
+pub use file::{filesystem_free, reserve_file, unallocated_bytes, DirectIo, FileMember};
 pub use guard::{is_slow, Guarded, Limits, DEFAULT_FAIL, DEFAULT_SLOW};
 #[cfg(feature = "test-util")]
 pub use io::SERIAL_FLUSHES;
@@ -73,6 +77,12 @@ pub trait MemberDevice: Send + Sync {
     fn write_owned(&self, buf: Vec<u8>, offset: u64) -> WriteOwned {
         let r = self.write_at(&buf, offset);
         (r, Some(buf))
+    }
+    /// Whether the guard should answer this member's writes once a worker has them,
+    /// without waiting for the device (see `behind.rs`): for members whose writes wait
+    /// for the device (`O_DIRECT`). The default: no.
+    fn write_behind(&self) -> bool {
+        false
     }
     /// Makes every completed write durable.
     fn flush(&self) -> stdio::Result<()>;
@@ -144,6 +154,9 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     }
     fn write_owned(&self, buf: Vec<u8>, offset: u64) -> WriteOwned {
         (**self).write_owned(buf, offset)
+    }
+    fn write_behind(&self) -> bool {
+        (**self).write_behind()
     }
     fn flush(&self) -> stdio::Result<()> {
         (**self).flush()
