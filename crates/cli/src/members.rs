@@ -171,7 +171,8 @@ pub fn assemble_opts(paths: &[PathBuf], opts: AssembleOptions, direct: DirectIo)
 
 /// Where write logs live (a memory filesystem: they outlive a killed server, not a
 /// reboot): `DAMOCLES_WRITE_LOG_DIR` (`off`: none), else `/run/damocles/wlog` when `/run`
-/// is writable (root, the service's RuntimeDirectory), else `/dev/shm/damocles-UID`.
+/// is a writable tmpfs (root; the service's RuntimeDirectory), else `/dev/shm/damocles-UID`.
+/// A log on a disk-backed filesystem would cost the disk a second copy of every write.
 pub fn write_log_dir() -> Option<PathBuf> {
     match std::env::var_os("DAMOCLES_WRITE_LOG_DIR") {
         Some(v) if v == "off" => None,
@@ -180,11 +181,30 @@ pub fn write_log_dir() -> Option<PathBuf> {
             let run = std::path::Path::new("/run");
             // SAFETY: geteuid has no preconditions and cannot fail.
             let uid = unsafe { libc::geteuid() };
-            if uid == 0 && run.is_dir() {
+            if uid == 0 && is_tmpfs(run) {
                 Some(run.join("damocles/wlog"))
             } else {
                 Some(PathBuf::from(format!("/dev/shm/damocles-{uid}")))
             }
         }
     }
+}
+
+/// Whether `dir` is on a memory filesystem (tmpfs, or ramfs).
+fn is_tmpfs(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs is plain old data; all zeros is a valid value of it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized, writable
+    // statfs buffer that outlives the call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let t = st.f_type as i64;
+    t == TMPFS_MAGIC || t == RAMFS_MAGIC
 }

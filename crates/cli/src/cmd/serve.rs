@@ -119,8 +119,8 @@ impl ServeOpts {
 /// next start).
 ///
 /// Writes acknowledged but not yet flushed are also kept in a write log on tmpfs
-/// (/run/damocles/wlog as root, else /dev/shm/damocles-UID; DAMOCLES_WRITE_LOG_DIR=DIR or
-/// `off`), so a server killed with SIGKILL loses none of them: the next start replays them
+/// (/run/damocles/wlog as root when /run is tmpfs, else /dev/shm/damocles-UID;
+/// DAMOCLES_WRITE_LOG_DIR=DIR or `off`), so a server killed with SIGKILL loses none of them: the next start replays them
 /// before it serves. A power cut may still lose unflushed writes, as NBD allows.
 #[derive(clap::Args)]
 pub struct Args {
