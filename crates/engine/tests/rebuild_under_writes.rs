@@ -7,31 +7,11 @@
 mod common;
 
 use common::*;
-use damocles_engine::{
-    Array, CreateOptions, Dev, FileMember, JobControl, Level, MemMember, OpenMode,
-};
+use damocles_engine::{Array, CreateOptions, Dev, JobControl, Level};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 const BLK: usize = 4096;
-
-/// The members: in memory, or files in `dir` (reads of cached bytes then take the
-/// caller-thread path, `read_nowait`).
-fn members(dir: Option<&std::path::Path>, n: usize) -> Vec<Dev> {
-    (0..n)
-        .map(|i| match dir {
-            None => Arc::new(MemMember::new(format!("m{i}"), 16 * MIB)) as Dev,
-            Some(d) => {
-                let p = d.join(format!("m{i}.img"));
-                std::fs::File::create(&p)
-                    .unwrap()
-                    .set_len(16 * MIB)
-                    .unwrap();
-                Arc::new(FileMember::open(&p, OpenMode::ReadWrite).unwrap()) as Dev
-            }
-        })
-        .collect()
-}
 
 #[test]
 fn writes_during_a_failure_and_its_rebuild_are_all_kept() {
@@ -59,7 +39,7 @@ fn run(dir: Option<&std::path::Path>) {
         if let Some(s) = &sub {
             std::fs::create_dir_all(s).unwrap();
         }
-        let devs = members(sub.as_deref(), 5);
+        let devs = members_in(sub.as_deref(), 5);
         let mut o = CreateOptions::new(Level::Raid5);
         o.stripe_unit = 16 << 10;
         o.chunk_size = Some(1 << 20);

@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use damocles_engine::{Array, CreateOptions, Dev, FileMember, JobControl, Level, OpenMode};
+use damocles_engine::{Array, CreateOptions, JobControl, Level};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -22,19 +22,6 @@ const RANGE: usize = 4096;
 /// Volume offset of range `r` of thread `t`: 2 KiB into block `t` of a 16 KiB cell.
 fn range_off(t: usize, r: usize) -> u64 {
     (((r % 4) << 20) + (r / 4) * 4 * RANGE + t * RANGE + RANGE / 2) as u64
-}
-
-fn members(dir: &std::path::Path, n: usize) -> Vec<Dev> {
-    (0..n)
-        .map(|i| {
-            let p = dir.join(format!("m{i}.img"));
-            std::fs::File::create(&p)
-                .unwrap()
-                .set_len(16 * MIB)
-                .unwrap();
-            Arc::new(FileMember::open(&p, OpenMode::ReadWrite).unwrap()) as Dev
-        })
-        .collect()
 }
 
 fn dir_in(base: &str) -> tempfile::TempDir {
@@ -61,7 +48,7 @@ fn straddling_writes_across_a_failure_and_rebuild_in_tmpfs() {
 }
 
 fn run(dir: &std::path::Path, writes: u64) {
-    let devs = members(dir, 5);
+    let devs = members_in(Some(dir), 5);
     let mut o = CreateOptions::new(Level::Raid5);
     o.stripe_unit = 16 << 10;
     o.chunk_size = Some(1 << 20);

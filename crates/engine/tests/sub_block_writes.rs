@@ -13,9 +13,7 @@
 mod common;
 
 use common::*;
-use damocles_engine::{
-    Array, CreateOptions, Dev, FileMember, JobControl, Level, MemMember, OpenMode,
-};
+use damocles_engine::{Array, CreateOptions, Dev, JobControl, Level};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -26,22 +24,6 @@ const SLOTS: usize = 4;
 /// several chunks are rebuilt under the writes.
 fn block_off(b: usize) -> usize {
     ((b % 4) << 20) + (b / 4) * 4096
-}
-
-fn members(dir: Option<&std::path::Path>, n: usize) -> Vec<Dev> {
-    (0..n)
-        .map(|i| match dir {
-            None => Arc::new(MemMember::new(format!("m{i}"), 16 * MIB)) as Dev,
-            Some(d) => {
-                let p = d.join(format!("m{i}.img"));
-                std::fs::File::create(&p)
-                    .unwrap()
-                    .set_len(16 * MIB)
-                    .unwrap();
-                Arc::new(FileMember::open(&p, OpenMode::ReadWrite).unwrap()) as Dev
-            }
-        })
-        .collect()
 }
 
 /// A directory in tmpfs (the cached-read path of file members), else the temp dir.
@@ -78,7 +60,7 @@ fn the_same_across_a_failure_and_the_rebuild_onto_a_spare() {
 /// `writes` writes per thread over `blocks` blocks; with `fail`, member 1 fails and a spare
 /// is rebuilt meanwhile.
 fn run(dir: Option<&std::path::Path>, blocks: usize, writes: u64, fail: bool) {
-    let devs = members(dir, 5);
+    let devs = members_in(dir, 5);
     let mut o = CreateOptions::new(Level::Raid5);
     o.stripe_unit = 16 << 10;
     o.chunk_size = Some(1 << 20);

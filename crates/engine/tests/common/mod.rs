@@ -1,7 +1,9 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
-use damocles_engine::{Array, AssembleOptions, CreateOptions, Dev, Level, MemMember};
+use damocles_engine::{
+    Array, AssembleOptions, CreateOptions, Dev, FileMember, Level, MemMember, OpenMode,
+};
 use std::sync::Arc;
 
 pub const MIB: u64 = 1 << 20;
@@ -100,4 +102,22 @@ pub fn subsets(n: usize, k: usize) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
     grow(0, n, k, &mut Vec::new(), &mut out);
     out
+}
+
+/// `n` members of 16 MiB: in memory, or files in `dir` (reads of cached bytes then take
+/// the caller-thread path, `read_nowait`).
+pub fn members_in(dir: Option<&std::path::Path>, n: usize) -> Vec<Dev> {
+    (0..n)
+        .map(|i| match dir {
+            None => Arc::new(MemMember::new(format!("m{i}"), 16 * MIB)) as Dev,
+            Some(d) => {
+                let p = d.join(format!("m{i}.img"));
+                std::fs::File::create(&p)
+                    .unwrap()
+                    .set_len(16 * MIB)
+                    .unwrap();
+                Arc::new(FileMember::open(&p, OpenMode::ReadWrite).unwrap()) as Dev
+            }
+        })
+        .collect()
 }
