@@ -22,6 +22,12 @@ pub enum EventKind {
     ReshapeStarted,
     ReshapeFinished,
     VolumeGrown,
+    /// Allocated and reserved space passed 80 %, 90 % or 100 % of the raw space, or a
+    /// write found no room.
+    SpaceLow,
+    VolumeCreated,
+    VolumeDeleted,
+    VolumeResized,
 }
 
 /// One event, as `serve --on-event` hands it to its command (JSON on stdin).

@@ -32,7 +32,7 @@ pub mod units;
 
 pub use array::{
     Array, ErrorCounts, Health, JobStatus, LostRange, MemberHealth, MemberStatus, ScrubStatus,
-    Status,
+    Status, VolumeForecast, VolumeSize, VolumeSpec, VolumeStatus,
 };
 pub use error::{Error, JobKind, Op, Result};
 pub use events::{Event, EventKind, EventSink};
@@ -42,11 +42,13 @@ pub use jobs::{
 };
 pub use layout::chunkmap::Template;
 pub use layout::profile::{Level, Profile};
+pub use layout::volumes::Volume;
 pub use member::{
     filesystem_free, reserve_file, unallocated_bytes, AlignedBuf, Dev, DirectIo, FileMember,
     Guarded, MemMember, MemberDevice, MemberIo, OpenMode, DEFAULT_FAIL, DEFAULT_SLOW,
 };
 pub use meta::backup;
+pub use meta::SpaceUsage;
 pub use meta::{
     read_label, read_superblock, AssembleOptions, CreateOptions, Label, DEFAULT_STRIPE_UNIT,
 };

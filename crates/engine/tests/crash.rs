@@ -78,6 +78,7 @@ impl Migration {
             balance: self.balance,
             grow: false,
             no_spares: false,
+            volume: None,
         }
     }
 }

@@ -620,6 +620,7 @@ pub fn to_change(array: &Array, c: &ChangeSpec) -> Result<Change> {
         balance: c.balance,
         grow: c.grow,
         no_spares: c.no_spares,
+        volume: None,
     })
 }
 

@@ -68,6 +68,16 @@ impl Array {
                 tracing::warn!("write log: a write at {off} lies beyond the volume; skipped");
                 continue;
             }
+            let held = {
+                let meta = &self.store.committed().meta;
+                let cs = self.chunk_size;
+                (*off / cs..=(off + data.len().max(1) as u64 - 1) / cs)
+                    .all(|i| meta.volume_of(i as usize).is_some())
+            };
+            if !held {
+                tracing::warn!("write log: a write at {off} lies in no volume (deleted); skipped");
+                continue;
+            }
             self.write_at(data, *off)?;
         }
         if n > 0 {

@@ -6,10 +6,14 @@
 
 mod io;
 mod status;
+mod volio;
+mod volumes;
 
 pub use status::{
     ErrorCounts, Health, JobStatus, LostRange, MemberHealth, MemberStatus, ScrubStatus, Status,
 };
+pub use volio::VolumeStatus;
+pub use volumes::{VolumeForecast, VolumeSize, VolumeSpec};
 
 use crate::data::Data;
 use crate::error::{Error, JobKind, Result};
@@ -90,7 +94,29 @@ impl Array {
                     .note(format!("replayed {bytes} bytes of writes from the journal"));
             }
         }
+        array.upgrade_format()?;
         Ok(array)
+    }
+
+    /// Writes a format-1 array's metadata again as format 2 (the volume table: one volume
+    /// holding the whole virtual disk). One metadata commit: the other slot keeps the
+    /// format-1 generation until the new one is on every member, so a crash leaves one or
+    /// the other, and this code reads both.
+    fn upgrade_format(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let mut st = self.store.lock();
+        if st.meta.format_version >= crate::ondisk::metadata::PAYLOAD_VERSION {
+            return Ok(());
+        }
+        let meta = st.meta.clone();
+        self.commit_meta(&mut st, meta)?;
+        tracing::info!("upgraded the array's metadata from format 1 to format 2 (volumes)");
+        self.tel.note(
+            "metadata upgraded from format 1 to format 2 (one volume: the whole array)".into(),
+        );
+        Ok(())
     }
 
     /// Lets the array start rebuilds by itself (at `rate` bytes/s) when a member fails or a

@@ -82,7 +82,7 @@ pub struct ScrubStatus {
     pub last_finished: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LostRange {
     pub offset: u64,
     pub len: u64,
@@ -144,6 +144,15 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<String>,
     pub notes: Vec<String>,
+    /// On-disk format version of the metadata (2: volumes).
+    #[serde(default)]
+    pub format_version: u32,
+    /// Raw space: what the members hold, allocated, reserved for volumes, free.
+    #[serde(default)]
+    pub space: crate::meta::SpaceUsage,
+    /// The array's volumes.
+    #[serde(default)]
+    pub volumes: Vec<super::VolumeStatus>,
 }
 
 impl Array {
@@ -182,11 +191,14 @@ impl Array {
         let slots = self.set.slots();
         let members = member_statuses(m, &slots, &members_now);
         drop(slots);
-        let tolerance = m
-            .map
-            .allocated()
-            .map(|(_, c)| c.profile.tolerance())
-            .fold(template_tolerance(&t), usize::min);
+        let tolerance = m.map.allocated().map(|(_, c)| c.profile.tolerance()).fold(
+            m.templates()
+                .iter()
+                .map(template_tolerance)
+                .min()
+                .unwrap_or(0),
+            usize::min,
+        );
         let needs = needs(m, &members, &members_now, chunks_degraded, &rebuild);
         let h = &m.health;
         let c = &self.tel.counters;
@@ -246,6 +258,9 @@ impl Array {
             needs,
             control_socket: None,
             notes: self.tel.notes(),
+            format_version: m.format_version,
+            space: self.space_of(m),
+            volumes: self.volume_statuses(),
         }
     }
 }

@@ -21,9 +21,9 @@ pub(crate) use repair::{Need, Scratch};
 pub(crate) use stripe::Seg;
 
 use crate::error::{Error, Result};
-use crate::layout::chunkmap::{Allocator, Chunk};
+use crate::layout::chunkmap::Chunk;
 use crate::member::{flush_all, write, zero, Dev};
-use crate::meta::{alloc_candidates, member_spaces, Meta};
+use crate::meta::{room_for, unwritten_reserved, Meta};
 use damocles_parity::Parity;
 use parking_lot::RwLock;
 use std::ops::Deref;
@@ -82,15 +82,33 @@ impl Data {
             return Ok(c);
         }
         let members = self.members();
-        let spaces = member_spaces(&st.meta.members, self.sb_layout.data_offset);
-        let mut alloc = Allocator::new(&spaces, &st.meta.map);
-        let all = alloc_candidates(&st.meta);
+        let (mut alloc, all) = self.allocator_of(&st.meta);
+        let template = st.meta.template_for(idx);
+        let volume = st.meta.volume_of(idx).cloned();
+        if volume.is_none() {
+            return Err(Error::Invalid(format!(
+                "array bytes at {} belong to no volume",
+                idx as u64 * self.chunk_size
+            )));
+        }
         // Always the same greedy step over all members that `create` used to size the array,
         // so the advertised capacity stays reachable; while degraded, a new chunk is born
         // degraded (its slice on the missing member is written by a later rebuild).
-        let chunk = alloc
-            .allocate(&st.meta.template, self.chunk_size, &all)
-            .ok_or_else(|| Error::NoSpace(format!("no room on the members for chunk {idx}")))?;
+        let Some(chunk) = alloc.allocate(&template, self.chunk_size, &all) else {
+            drop(st);
+            return Err(self.out_of_space(volume.as_ref(), idx));
+        };
+        if let Some(v) = volume.as_ref().filter(|v| v.thin) {
+            // A thin volume may not take what reserved volumes were promised.
+            if !room_for(&alloc, &unwritten_reserved(&st.meta), self.chunk_size, &all) {
+                drop(st);
+                return Err(Error::NoSpace(format!(
+                    "thin volume {:?} found no free space: what is left is reserved for \
+                     other volumes",
+                    v.name
+                )));
+            }
+        }
         for s in &chunk.slices {
             if let Some(d) = &members[s.member as usize] {
                 zero(d.as_ref(), s.offset, chunk.slice_len)?;
@@ -112,7 +130,9 @@ impl Data {
         let mut meta = st.meta.clone();
         meta.map.chunks[idx] = Some(chunk.clone());
         self.commit_meta(&mut st, meta)?;
+        let usage = self.space_of(&st.meta);
         drop(st);
+        self.note_space(usage);
         if chunk
             .slices
             .iter()

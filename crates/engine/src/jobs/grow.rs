@@ -9,6 +9,7 @@ use super::Jobs;
 use crate::error::{Error, Result};
 use crate::events::EventKind;
 use crate::layout::chunkmap::{Allocator, ChunkMap};
+use crate::layout::volumes::join_extents;
 use crate::meta::{alloc_candidates, member_spaces, Health};
 use crate::ondisk::format::{ChunkRaw, SliceRaw, SLOT_HEADER_LEN};
 use crate::ondisk::metadata::{ArrayMeta, MAX_CHUNKS};
@@ -76,7 +77,12 @@ impl Jobs {
                 String::new()
             }
         };
-        if self.health() != Health::Ok {
+        if meta.volumes.len() != 1 {
+            refusals.push(format!(
+                "the array holds {} volumes: grow one with `damocles volume resize NAME --size SIZE`",
+                meta.volumes.len()
+            ));
+        } else if self.health() != Health::Ok {
             refusals.push(
                 "the array is not healthy: rebuild (or replace the failed member) first"
                     .to_string(),
@@ -134,7 +140,7 @@ impl Jobs {
             ));
         }
         let mut meta = st.meta.clone();
-        meta.map.chunks.resize(want, None);
+        grow_only_volume(&mut meta, want);
         self.commit_meta(&mut st, meta)?;
         drop(st);
         self.emit(
@@ -155,10 +161,23 @@ impl Jobs {
         meta.grow_after = false;
         let now = meta.map.chunks.len();
         let limit = self.chunk_limit(meta, &meta.map);
-        if limit <= now {
+        if limit <= now || meta.volumes.len() != 1 {
             return None;
         }
-        meta.map.chunks.resize(limit, None);
+        grow_only_volume(meta, limit);
         Some((now as u64 * self.chunk_size, limit as u64 * self.chunk_size))
+    }
+}
+
+/// Grows the map to `want` chunks, all of them the only volume's.
+fn grow_only_volume(meta: &mut ArrayMeta, want: usize) {
+    let now = meta.map.chunks.len();
+    if want <= now {
+        return;
+    }
+    meta.map.chunks.resize(want, None);
+    if let [v] = meta.volumes.as_mut_slice() {
+        join_extents(&mut v.extents, &[(now as u32, (want - now) as u32)]);
+        v.size = v.chunk_count() * meta.map.chunk_size;
     }
 }

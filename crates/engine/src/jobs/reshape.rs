@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::events::EventKind;
 use crate::layout::chunkmap::{Allocator, Chunk, ChunkMap, Template};
 use crate::layout::profile::Profile;
+use crate::layout::volumes::{room_for, Volume};
 use crate::ondisk::metadata::{ArrayMeta, MemberState};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -66,6 +67,8 @@ pub struct Change {
     pub grow: bool,
     /// Do not let hot spares join a new layout that needs the room (they stay spares).
     pub no_spares: bool,
+    /// The volume whose level `template` changes (`None`: the array's only volume).
+    pub volume: Option<String>,
 }
 
 impl Jobs {
@@ -77,8 +80,9 @@ impl Jobs {
         if goal.balance {
             fresh_use = vec![0; spaces.len()];
             let mut a = Allocator::new(&spaces, &ChunkMap::new(self.chunk_size, 0));
-            for _ in 0..meta.map.allocated().count() {
-                let Some(c) = a.allocate(&goal.template, self.chunk_size, &goal.targets) else {
+            for (idx, _) in meta.map.allocated() {
+                let t = goal.template_for(idx);
+                let Some(c) = a.allocate(&t, self.chunk_size, &goal.targets) else {
                     break;
                 };
                 for s in &c.slices {
@@ -111,6 +115,7 @@ impl Jobs {
             .collect();
         Goal {
             template: meta.template,
+            volumes: meta.volumes.clone(),
             leaving,
             balance: meta.balancing,
             targets,
@@ -129,7 +134,15 @@ impl Jobs {
                 stripe_unit: t.stripe_unit,
             }
             .validate()?;
-            next.template = t;
+            match self.volume_changed(meta, change)? {
+                Some(k) => {
+                    next.volumes[k].template = t;
+                    if next.volumes.len() == 1 {
+                        next.template = t;
+                    }
+                }
+                None => next.template = t,
+            }
         }
         for &i in &change.remove {
             let m = next
@@ -143,7 +156,7 @@ impl Jobs {
         }
         next.balancing |= change.balance;
         next.grow_after |= change.grow;
-        if change.template.is_some() && !change.no_spares && self.capacity_of(&next) < self.size() {
+        if change.template.is_some() && !change.no_spares && !self.holds_all(&next) {
             // As mdadm's --grow does: hot spares join when the new layout needs them.
             for m in next.members.iter_mut() {
                 if m.state == MemberState::Spare && m.replaces.is_none() && !m.leaving {
@@ -154,17 +167,91 @@ impl Jobs {
         Ok(next)
     }
 
-    /// What the members `meta` would place chunks on can hold in its layout, in bytes.
-    fn capacity_of(&self, meta: &ArrayMeta) -> u64 {
+    /// What the members `meta` would place chunks on can hold in its layout, in bytes:
+    /// of volume `changed` (the others' needs placed first), or of the array's default
+    /// template.
+    fn capacity_of(&self, meta: &ArrayMeta, changed: Option<usize>) -> u64 {
         let planner = self.planner(meta);
-        let fit = Allocator::new(&planner.spaces, &ChunkMap::new(self.chunk_size, 0))
-            .count_fitting(
-                &meta.template,
-                self.chunk_size,
-                &planner.goal.targets,
-                u32::MAX as usize,
-            );
+        let mut a = Allocator::new(&planner.spaces, &ChunkMap::new(self.chunk_size, 0));
+        let t = match changed {
+            Some(k) => {
+                for (i, v) in meta.volumes.iter().enumerate() {
+                    if i != k {
+                        for _ in 0..self.volume_need(meta, v) {
+                            a.allocate(&v.template, self.chunk_size, &planner.goal.targets);
+                        }
+                    }
+                }
+                meta.volumes[k].template
+            }
+            None => meta.template,
+        };
+        let fit = a.count_fitting(
+            &t,
+            self.chunk_size,
+            &planner.goal.targets,
+            u32::MAX as usize,
+        );
         fit as u64 * self.chunk_size
+    }
+
+    /// Chunks volume `v` needs room for: all of them when reserved, those written when thin.
+    fn volume_need(&self, meta: &ArrayMeta, v: &Volume) -> usize {
+        if v.thin {
+            v.chunk_indexes()
+                .filter(|&i| meta.map.chunks.get(i).is_some_and(|c| c.is_some()))
+                .count()
+        } else {
+            v.chunk_count() as usize
+        }
+    }
+
+    /// Whether the members `meta` would place chunks on hold every volume laid out afresh
+    /// in its template (reserved volumes whole, thin ones as far as they are written).
+    fn holds_all(&self, meta: &ArrayMeta) -> bool {
+        let planner = self.planner(meta);
+        let a = Allocator::new(&planner.spaces, &ChunkMap::new(self.chunk_size, 0));
+        let needs: Vec<(Template, usize)> = meta
+            .volumes
+            .iter()
+            .map(|v| (v.template, self.volume_need(meta, v)))
+            .collect();
+        room_for(&a, &needs, self.chunk_size, &planner.goal.targets)
+    }
+
+    /// The volume whose template `change` sets: the one named, or the only one. Several
+    /// volumes and none named is refused, with their names.
+    pub(crate) fn volume_changed(
+        &self,
+        meta: &ArrayMeta,
+        change: &Change,
+    ) -> Result<Option<usize>> {
+        let names = || {
+            meta.volumes
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &change.volume {
+            Some(name) => meta
+                .volumes
+                .iter()
+                .position(|v| &v.name == name)
+                .map(Some)
+                .ok_or_else(|| {
+                    Error::Invalid(format!("no volume named {name:?} (volumes: {})", names()))
+                }),
+            None if change.template.is_none() => Ok(None),
+            None => match meta.volumes.len() {
+                0 => Ok(None),
+                1 => Ok(Some(0)),
+                _ => Err(Error::Invalid(format!(
+                    "the array holds several volumes ({}): name the one to convert with --volume",
+                    names()
+                ))),
+            },
+        }
     }
 
     /// How many more members as large as the largest one `next` needs to hold the volume
@@ -183,7 +270,7 @@ impl Jobs {
             m.leaving = false;
             m.replaces = None;
             more.members.push(m);
-            if self.capacity_of(&more) >= self.size() {
+            if self.holds_all(&more) {
                 return Some(n);
             }
         }
@@ -196,9 +283,22 @@ impl Jobs {
         let next = self.with_change(&meta, change)?;
         let mut planner = self.planner(&next);
         let (plan, after) = planner.simulate_to(&next.map);
-        let t_before = template_tolerance(&meta.template);
-        let t_after = template_tolerance(&next.template);
-        let capacity_after = self.capacity_of(&next);
+        let changed = self.volume_changed(&meta, change)?;
+        let tolerance = |m: &ArrayMeta| match changed {
+            Some(k) => template_tolerance(&m.volumes[k].template),
+            None => m
+                .templates()
+                .iter()
+                .map(template_tolerance)
+                .min()
+                .unwrap_or(0),
+        };
+        let (t_before, t_after) = (tolerance(&meta), tolerance(&next));
+        let (size, level_after) = match changed {
+            Some(k) => (meta.volumes[k].size, next.volumes[k].template.level),
+            None => (self.size(), next.template.level),
+        };
+        let capacity_after = self.capacity_of(&next, changed);
         let mut refusals = Vec::new();
         let mut warnings = Vec::new();
         let joining: Vec<usize> = (0..meta.members.len())
@@ -215,7 +315,7 @@ impl Jobs {
                 if joining.len() > 1 { "s" } else { "" },
             ));
         }
-        if capacity_after < self.size() {
+        if !self.holds_all(&next) {
             let spares = meta
                 .members
                 .iter()
@@ -246,8 +346,7 @@ impl Jobs {
             };
             refusals.push(format!(
                 "the members{counted} can hold {capacity_after} bytes as {}, less than the volume's {} bytes: {more} needed ({spare_note}); add members first",
-                next.template.level,
-                self.size()
+                level_after, size
             ));
         } else if plan.stuck > 0 {
             refusals.push(format!(
@@ -266,16 +365,15 @@ impl Jobs {
         let size_after = if next.grow_after && plan.stuck == 0 {
             let mut end = next.clone();
             end.map = after;
-            self.grow_after_reshape(&mut end)
-                .map_or(self.size(), |(_, to)| to)
+            self.grow_after_reshape(&mut end).map_or(size, |(_, to)| to)
         } else {
-            self.size()
+            size
         };
         Ok(Forecast {
             plan,
             tolerance_before: t_before,
             tolerance_after: t_after,
-            size: self.size(),
+            size,
             capacity_after,
             size_after,
             refusals,

@@ -21,7 +21,7 @@ pub struct Chunk {
 }
 
 /// What new chunks are made of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Template {
     pub level: Level,
     pub copies: usize,

@@ -8,6 +8,7 @@ pub mod chunkmap;
 pub(crate) mod planner;
 pub mod profile;
 pub(crate) mod stripe;
+pub mod volumes;
 
 pub use chunkmap::{Chunk, ChunkMap, Slice, Template};
 pub use profile::{Level, Profile};

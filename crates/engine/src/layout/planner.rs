@@ -5,6 +5,7 @@
 
 use super::chunkmap::{Allocator, Chunk, ChunkMap, MemberSpace, Template};
 use super::profile::Level;
+use super::volumes::{room_for, template_for, unwritten_reserved, Volume};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,7 +18,10 @@ pub(crate) const GROUP_BYTES: u64 = 64 << 20;
 /// What the array is being reshaped towards, and where chunks may go.
 #[derive(Clone, Debug)]
 pub(crate) struct Goal {
+    /// What chunks no volume holds are made of (none is allocated).
     pub template: Template,
+    /// The volumes as they will be: each chunk goes to its volume's template.
+    pub volumes: Vec<Volume>,
     pub leaving: Vec<u16>,
     pub balance: bool,
     /// Members a moved chunk may use: active, present, not leaving.
@@ -59,9 +63,15 @@ fn use_of(map: &ChunkMap, members: usize) -> Vec<u64> {
     used
 }
 
+impl Goal {
+    pub fn template_for(&self, idx: usize) -> Template {
+        template_for(&self.volumes, idx, self.template)
+    }
+}
+
 impl Planner {
-    fn converted(&self, c: &Chunk) -> bool {
-        let (p, t) = (&c.profile, &self.goal.template);
+    fn converted(&self, idx: usize, c: &Chunk) -> bool {
+        let (p, t) = (&c.profile, &self.goal.template_for(idx));
         p.level == t.level && p.copies == t.copies && p.stripe_unit == t.stripe_unit
     }
 
@@ -74,11 +84,15 @@ impl Planner {
     /// Would the chunk be wider laid out afresh (its own space counted as free)? `free` is
     /// the allocator of the map that holds it: one per pass over the map, not one per chunk
     /// (rebuilding it from the whole map for every chunk made each move cost O(chunks²)).
-    fn narrow(&self, free: &Allocator, c: &Chunk) -> bool {
+    fn narrow(&self, free: &Allocator, idx: usize, c: &Chunk) -> bool {
         let mut a = free.clone();
         a.release(c);
-        a.allocate(&self.goal.template, self.chunk_size, &self.goal.targets)
-            .is_some_and(|n| n.profile.width > c.profile.width)
+        a.allocate(
+            &self.goal.template_for(idx),
+            self.chunk_size,
+            &self.goal.targets,
+        )
+        .is_some_and(|n| n.profile.width > c.profile.width)
     }
 
     /// How far `used` is from a fresh array's use: the bytes members hold beyond it.
@@ -106,7 +120,7 @@ impl Planner {
     /// (Mixed sizes: a full small member keeps slices a fresh array would put on the new
     /// large one, and that space is what the volume needs to grow.) `used`: the map's use
     /// per member (see [`use_of`]).
-    fn uneven(&self, free: &Allocator, used: &[u64], c: &Chunk) -> bool {
+    fn uneven(&self, free: &Allocator, used: &[u64], idx: usize, c: &Chunk) -> bool {
         if !c
             .slices
             .iter()
@@ -116,23 +130,27 @@ impl Planner {
         }
         let mut a = free.clone();
         a.release(c);
-        a.allocate(&self.goal.template, self.chunk_size, &self.goal.targets)
-            .is_some_and(|to| self.evens_out(used, c, &to))
+        a.allocate(
+            &self.goal.template_for(idx),
+            self.chunk_size,
+            &self.goal.targets,
+        )
+        .is_some_and(|to| self.evens_out(used, c, &to))
     }
 
     /// Whether `c`, a chunk of the map `free` was made from (and `used` counted), still
     /// wants a move.
-    fn wants(&self, free: &Allocator, used: &[u64], c: &Chunk) -> bool {
-        !self.converted(c)
+    fn wants(&self, free: &Allocator, used: &[u64], idx: usize, c: &Chunk) -> bool {
+        !self.converted(idx, c)
             || self.on_leaving(c)
-            || (self.goal.balance && (self.narrow(free, c) || self.uneven(free, used, c)))
+            || (self.goal.balance && (self.narrow(free, idx, c) || self.uneven(free, used, idx, c)))
     }
 
     /// The chunks of `map` (whose allocator is `free`) that still want a move.
     fn wanting<'m>(&self, map: &'m ChunkMap, free: &Allocator) -> Vec<(usize, &'m Arc<Chunk>)> {
         let used = use_of(map, self.spaces.len());
         map.allocated()
-            .filter(|(_, c)| self.wants(free, &used, c))
+            .filter(|(i, c)| self.wants(free, &used, *i, c))
             .collect()
     }
 
@@ -143,14 +161,8 @@ impl Planner {
 
     /// Whether every never-written chunk still fits in what `a` leaves free.
     fn room(&self, map: &ChunkMap, a: &Allocator) -> bool {
-        let unwritten = map.chunks.iter().filter(|c| c.is_none()).count();
-        unwritten == 0
-            || a.count_fitting(
-                &self.goal.template,
-                self.chunk_size,
-                &self.goal.future,
-                unwritten,
-            ) >= unwritten
+        let needs = unwritten_reserved(&self.goal.volumes, map);
+        room_for(a, &needs, self.chunk_size, &self.goal.future)
     }
 
     /// The next group of moves: each the next move on the map with the group's earlier
@@ -203,8 +215,9 @@ impl Planner {
         let used = use_of(map, self.spaces.len());
         for &(idx, c) in &work {
             let mut a = alloc.clone();
-            if let Some(to) = a.allocate(&self.goal.template, self.chunk_size, &self.goal.targets) {
-                let better = !self.converted(c)
+            let t = self.goal.template_for(idx);
+            if let Some(to) = a.allocate(&t, self.chunk_size, &self.goal.targets) {
+                let better = !self.converted(idx, c)
                     || self.on_leaving(c)
                     || to.profile.width > c.profile.width
                     || (self.goal.balance
@@ -383,12 +396,22 @@ mod tests {
                     .collect(),
             }));
         }
+        let raid5 = Template {
+            level: Level::Raid5,
+            copies: 1,
+            stripe_unit: 64 << 10,
+        };
         let goal = Goal {
-            template: Template {
-                level: Level::Raid5,
-                copies: 1,
-                stripe_unit: 64 << 10,
-            },
+            template: raid5,
+            volumes: vec![Volume {
+                id: 0,
+                name: "v".into(),
+                template: raid5,
+                size: map.chunks.len() as u64 * MIB,
+                thin: false,
+                extents: vec![(0, map.chunks.len() as u32)],
+                created: 0,
+            }],
             leaving: vec![],
             balance: false,
             targets: vec![0, 1, 2, 3],

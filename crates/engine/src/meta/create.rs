@@ -6,10 +6,11 @@ use super::health::member_spaces;
 use crate::error::{Error, Result};
 use crate::layout::chunkmap::{Allocator, ChunkMap, Template};
 use crate::layout::profile::{Level, Profile};
+use crate::layout::volumes::{name_for_array, Volume};
 use crate::member::{flush, read, write, zero, Dev, Guarded, DEFAULT_FAIL, DEFAULT_SLOW};
 use crate::ondisk::csum;
 use crate::ondisk::format::{self, Superblock, SB_OFFSETS};
-use crate::ondisk::metadata::{ArrayMeta, MemberInfo, MemberState, MAX_NAME};
+use crate::ondisk::metadata::{ArrayMeta, MemberInfo, MemberState, MAX_NAME, PAYLOAD_VERSION};
 use crate::ondisk::probe;
 use crate::units::now;
 
@@ -35,6 +36,9 @@ pub struct CreateOptions {
     /// Volume size (rounded down to whole chunks); all the members can hold when `None`.
     /// Room left over lets a rebuild without a spare restore redundancy on the others.
     pub size: Option<u64>,
+    /// Make the array with no volume yet (`volume create` adds them); otherwise it holds
+    /// one volume named after the array, of the whole size.
+    pub no_volume: bool,
 }
 
 impl CreateOptions {
@@ -49,6 +53,7 @@ impl CreateOptions {
             size: None,
             journal: true,
             journal_device: None,
+            no_volume: false,
         }
     }
 }
@@ -258,6 +263,20 @@ fn plan(devs: &[Dev], opts: &CreateOptions, template: Template) -> Result<Plan> 
         }
         Some(s) => (s / chunk_size) as usize,
     };
+    let count = if opts.no_volume { 0 } else { count };
+    let volumes = if opts.no_volume {
+        Vec::new()
+    } else {
+        vec![Volume {
+            id: 0,
+            name: name_for_array(&opts.name),
+            template,
+            size: count as u64 * chunk_size,
+            thin: false,
+            extents: vec![(0, count as u32)],
+            created,
+        }]
+    };
     let meta = ArrayMeta {
         name: opts.name.clone(),
         template,
@@ -271,6 +290,9 @@ fn plan(devs: &[Dev], opts: &CreateOptions, template: Template) -> Result<Plan> 
         health: Default::default(),
         balancing: false,
         grow_after: false,
+        volumes,
+        next_volume_id: 1,
+        format_version: PAYLOAD_VERSION,
     };
     Ok(Plan {
         meta,

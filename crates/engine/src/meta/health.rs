@@ -29,15 +29,15 @@ pub(crate) fn chunk_intact(c: &Chunk, members: &[Option<Dev>]) -> bool {
 impl Meta {
     /// Whether every chunk never written yet still fits in what `alloc` leaves free, placed
     /// as `chunk_for_write` would place it (on `candidates`, see [`alloc_candidates`]).
-    pub(crate) fn room_for_unwritten(
-        &self,
-        alloc: &Allocator,
-        t: &Template,
-        candidates: &[u16],
-    ) -> bool {
-        let unwritten = self.store.chunks().iter().filter(|c| c.is_none()).count();
-        unwritten == 0
-            || alloc.count_fitting(t, self.chunk_size, candidates, unwritten) >= unwritten
+    /// Only reserved volumes count: a thin one was promised nothing.
+    pub(crate) fn room_for_unwritten(&self, alloc: &Allocator, candidates: &[u16]) -> bool {
+        let meta = &self.store.committed().meta;
+        super::room_for(
+            alloc,
+            &super::unwritten_reserved(meta),
+            self.chunk_size,
+            candidates,
+        )
     }
 
     /// Failed: some data written is beyond the redundancy left (or, for an empty array, more
@@ -57,7 +57,8 @@ impl Meta {
             .count();
         let mut allocated = st.meta.map.allocated().peekable();
         let lost = if allocated.peek().is_none() {
-            unavailable > template_tolerance(&st.meta.template)
+            let t = st.meta.templates().iter().map(template_tolerance).min();
+            unavailable > t.unwrap_or(0)
         } else {
             allocated.any(|(_, c)| !chunk_intact(c, &members))
         };

@@ -102,11 +102,17 @@ impl Meta {
         // members all vanish at once, as a power cut looks) could fail every member, and
         // commits and flushes would then "succeed" writing to nobody.
         let spaces = member_spaces(&meta.members, self.sb_layout.data_offset);
-        let mut alloc = Allocator::new(&spaces, &meta.map);
-        match alloc.allocate(&meta.template, self.chunk_size, &alloc_candidates(meta)) {
-            Some(fresh) => chunk_intact(&fresh, &view),
-            None => view.iter().any(Option::is_some),
-        }
+        let alloc = Allocator::new(&spaces, &meta.map);
+        // Every volume's kind of chunk (the array's default when it has no volume).
+        meta.templates().iter().all(|t| {
+            match alloc
+                .clone()
+                .allocate(t, self.chunk_size, &alloc_candidates(meta))
+            {
+                Some(fresh) => chunk_intact(&fresh, &view),
+                None => view.iter().any(Option::is_some),
+            }
+        })
     }
 
     /// Marks a member failed: it is no longer read or written, and the metadata says so on

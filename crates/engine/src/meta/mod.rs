@@ -18,6 +18,7 @@ mod health;
 mod labels;
 mod membership;
 mod probe;
+mod space;
 
 pub use assemble::AssembleOptions;
 pub(crate) use assemble::{assemble, Assembled};
@@ -29,12 +30,14 @@ pub(crate) use health::{alloc_candidates, chunk_intact, member_spaces, template_
 pub use labels::read_superblock;
 pub(crate) use membership::is_no_space;
 pub use probe::{read_label, Label};
+pub use space::SpaceUsage;
+pub(crate) use space::{raw_per_chunk, room_for, unwritten_reserved};
 
 use crate::error::{Error, Result};
 use crate::layout::chunkmap::Chunk;
 use crate::member::{Dev, MemberSet, Usable};
 use crate::ondisk::format::{Superblock, SLOT_HEADER_LEN};
-use crate::ondisk::metadata::{ArrayMeta, MemberState};
+use crate::ondisk::metadata::{ArrayMeta, MemberState, PAYLOAD_VERSION};
 use crate::telemetry::Telemetry;
 use labels::write_generation;
 use parking_lot::{Mutex, MutexGuard, RwLock};
@@ -138,6 +141,8 @@ pub struct Meta {
     pub(crate) store: MetaStore,
     pub(crate) tel: Telemetry,
     rebuild_hook: RwLock<Option<Hook>>,
+    /// The highest space threshold (80, 90, 100 %) an event was sent for.
+    pub(crate) space_alarm: std::sync::atomic::AtomicU8,
 }
 
 impl Meta {
@@ -151,6 +156,7 @@ impl Meta {
             store: MetaStore::new(a.meta, a.generation),
             tel: Telemetry::new(a.notes),
             rebuild_hook: RwLock::new(None),
+            space_alarm: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -192,7 +198,9 @@ impl Meta {
 
     /// Writes `meta` as the next generation to every usable member, then flushes them.
     /// Only after this returns is the new metadata in force.
-    pub(crate) fn commit_meta(&self, st: &mut MetaState, meta: ArrayMeta) -> Result<()> {
+    pub(crate) fn commit_meta(&self, st: &mut MetaState, mut meta: ArrayMeta) -> Result<()> {
+        // Every commit writes the current format (this is how a format-1 array is upgraded).
+        meta.format_version = PAYLOAD_VERSION;
         let generation = st.generation + 1;
         let payload = meta.encode();
         if (payload.len() + SLOT_HEADER_LEN) as u64 > self.sb_layout.slot_size {

@@ -30,7 +30,7 @@ pub fn read_label(dev: &dyn MemberDevice) -> Result<Label> {
     };
     let tolerance = newest
         .as_ref()
-        .map(|(_, m)| template_tolerance(&m.template));
+        .and_then(|(_, m)| m.templates().iter().map(template_tolerance).min());
     Ok(Label {
         superblock,
         newest,

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::layout::Level;
 use crate::ondisk::format::{
-    FORMAT_VERSION, MAX_SLOT_SIZE, MIN_SLOT_SIZE, SLOT_AREA_OFFSET, SLOT_HEADER_LEN,
+    MAX_SLOT_SIZE, META_VERSION, MIN_SLOT_SIZE, SLOT_AREA_OFFSET, SLOT_HEADER_LEN,
 };
 use crate::ondisk::metadata::{ArrayMeta, MemberState};
 use serde::Serialize;
@@ -122,7 +122,7 @@ impl Backup {
         h.array_uuid = self.array_uuid;
         h.generation.set(self.generation);
         h.payload_len.set(self.payload.len() as u64);
-        h.format_version.set(FORMAT_VERSION);
+        h.format_version.set(META_VERSION);
         h.data_offset.set(self.data_offset);
         h.slot_size.set(self.slot_size);
         h.exported.set(self.exported);
@@ -155,9 +155,9 @@ impl Backup {
                 h.version.get()
             )));
         }
-        if h.format_version.get() != FORMAT_VERSION {
+        if !(1..=META_VERSION).contains(&h.format_version.get()) {
             return Err(bad(format!(
-                "the metadata in it is on-disk format version {} (this damocles reads version {FORMAT_VERSION})",
+                "the metadata in it is on-disk format version {} (this damocles reads versions 1 to {META_VERSION})",
                 h.format_version.get()
             )));
         }

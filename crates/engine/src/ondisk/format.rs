@@ -6,6 +6,9 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 pub const FORMAT_VERSION: u32 = 1;
+/// Version of the metadata slot this code writes: 2 adds the volume table to the payload.
+/// Version 1 slots are still read (an array opened for writing is upgraded at once).
+pub const META_VERSION: u32 = 2;
 pub const SB_MAGIC: [u8; 8] = *b"DAMOCLSB";
 pub const SLOT_MAGIC: [u8; 8] = *b"DAMOCLMD";
 /// Each superblock copy owns one 4 KiB block.
@@ -311,7 +314,7 @@ pub fn member_layout(slot_size: u64, journal_size: u64) -> (u64, u64, u64) {
 pub fn encode_slot(array_uuid: [u8; 16], generation: u64, slot: u32, payload: &[u8]) -> Vec<u8> {
     let mut hdr = SlotHeaderRaw::new_zeroed();
     hdr.magic = SLOT_MAGIC;
-    hdr.version.set(FORMAT_VERSION);
+    hdr.version.set(META_VERSION);
     hdr.header_len.set(size_of::<SlotHeaderRaw>() as u32);
     hdr.array_uuid = array_uuid;
     hdr.generation.set(generation);
@@ -349,9 +352,9 @@ pub fn decode_slot_header(
     if crc != hdr.crc.get() {
         return Err("metadata header checksum mismatch".into());
     }
-    if hdr.version.get() != FORMAT_VERSION {
+    if !(1..=META_VERSION).contains(&hdr.version.get()) {
         return Err(format!(
-            "metadata format version {} not supported",
+            "metadata format version {} not supported (this damocles reads versions 1 and 2)",
             hdr.version.get()
         ));
     }

@@ -2,6 +2,7 @@
 
 use super::format::{ArrayRaw, ChunkRaw, HealthRaw, LostRaw, MemberRaw, Reader, SliceRaw};
 use crate::error::{Error, Result};
+use crate::layout::volumes::{name_for_array, Volume};
 use crate::layout::{Chunk, ChunkMap, Level, Profile, Slice, Template};
 use serde::Serialize;
 use std::sync::Arc;
@@ -100,7 +101,19 @@ pub struct ArrayMeta {
     /// When the reshape under way ends, the volume grows to what the members then hold
     /// (`add --grow`, `balance --grow`).
     pub grow_after: bool,
+    /// The volumes, each owning runs of chunk indexes (format 2; a format-1 payload reads
+    /// as one volume holding the whole virtual disk).
+    pub volumes: Vec<Volume>,
+    /// The id the next volume created gets.
+    pub next_volume_id: u32,
+    /// Format version of the payload as read (1 or 2); every commit writes version 2.
+    pub format_version: u32,
 }
+
+/// The payload format this code writes.
+pub const PAYLOAD_VERSION: u32 = 2;
+/// Array flag: a volume table follows the health record (format 2).
+const FLAG_VOLUMES: u32 = 4;
 
 pub const MAX_NAME: usize = 64;
 /// Upper bound on chunks in one array (the map is held in memory).
@@ -120,7 +133,7 @@ impl ArrayMeta {
         a.allocated_count.set(self.map.allocated().count() as u32);
         a.created.set(self.created);
         a.flags
-            .set(u32::from(self.balancing) | (u32::from(self.grow_after) << 1));
+            .set(u32::from(self.balancing) | (u32::from(self.grow_after) << 1) | FLAG_VOLUMES);
         a.journal_device = self.journal_device.unwrap_or([0; 16]);
         let mut out = a.as_bytes().to_vec();
         for m in &self.members {
@@ -164,6 +177,32 @@ impl ArrayMeta {
             r.len.set(l);
             out.extend_from_slice(r.as_bytes());
         }
+        super::volumes::encode(&mut out, &self.volumes, self.next_volume_id);
+        out
+    }
+
+    /// The volume that holds chunk `idx`, if any.
+    pub fn volume_of(&self, idx: usize) -> Option<&Volume> {
+        self.volumes.iter().find(|v| v.owns(idx))
+    }
+
+    /// What chunk `idx` is made of when it is (re)laid out: its volume's template (the
+    /// array's default for an index no volume holds).
+    pub fn template_for(&self, idx: usize) -> Template {
+        crate::layout::volumes::template_for(&self.volumes, idx, self.template)
+    }
+
+    /// The distinct templates of the volumes (the array's default when it has none).
+    pub fn templates(&self) -> Vec<Template> {
+        let mut out: Vec<Template> = Vec::new();
+        for v in &self.volumes {
+            if !out.contains(&v.template) {
+                out.push(v.template);
+            }
+        }
+        if out.is_empty() {
+            out.push(self.template);
+        }
         out
     }
 
@@ -176,7 +215,7 @@ impl ArrayMeta {
         let name = std::str::from_utf8(&a.name[..name_len])
             .map_err(|_| bad("array name is not UTF-8".into()))?
             .to_string();
-        if a.flags.get() & !3 != 0 {
+        if a.flags.get() & !7 != 0 {
             return Err(bad(format!("unknown array flags {:#x}", a.flags.get())));
         }
         let template = decode_template(member, &a)?;
@@ -195,7 +234,9 @@ impl ArrayMeta {
         let members = decode_members(member, &mut r, member_count)?;
         // The virtual disk can never be larger than the raw space under it.
         let raw: u64 = members.iter().map(|m| m.size).fold(0, u64::saturating_add);
-        if chunk_count > MAX_CHUNKS || chunk_count as u64 > raw / chunk_size {
+        // With volumes, thin ones may together be larger than the members (overcommit).
+        let v2 = a.flags.get() & FLAG_VOLUMES != 0;
+        if chunk_count > MAX_CHUNKS || (!v2 && chunk_count as u64 > raw / chunk_size) {
             return Err(bad(format!(
                 "{chunk_count} chunks of {chunk_size} bytes do not fit the members"
             )));
@@ -211,6 +252,41 @@ impl ArrayMeta {
         };
         let (mut chunks, extents) = decode_chunks(member, &mut r, allocated, &geometry, &members)?;
         let health = decode_health(member, &mut r, chunk_count, chunk_size)?;
+        let (volumes, next_volume_id) = if v2 {
+            super::volumes::decode(member, &mut r, chunk_count, chunk_size)?
+        } else {
+            // Format 1: one volume, the whole virtual disk, shaped as the array.
+            let whole = Volume {
+                id: 0,
+                name: name_for_array(&name),
+                template,
+                size: chunk_count as u64 * chunk_size,
+                thin: false,
+                extents: if chunk_count > 0 {
+                    vec![(0, chunk_count as u32)]
+                } else {
+                    Vec::new()
+                },
+                created: a.created.get(),
+            };
+            (
+                if chunk_count > 0 {
+                    vec![whole]
+                } else {
+                    Vec::new()
+                },
+                1,
+            )
+        };
+        if let Some((i, _)) = chunks
+            .iter()
+            .enumerate()
+            .find(|(i, c)| c.is_some() && !volumes.iter().any(|v| v.owns(*i)))
+        {
+            return Err(bad(format!(
+                "chunk {i} is allocated but no volume holds it"
+            )));
+        }
         if !r.is_empty() {
             return Err(bad("trailing bytes after the chunk map".into()));
         }
@@ -228,6 +304,9 @@ impl ArrayMeta {
             health,
             balancing: a.flags.get() & 1 != 0,
             grow_after: a.flags.get() & 2 != 0,
+            volumes,
+            next_volume_id,
+            format_version: if v2 { 2 } else { 1 },
         })
     }
 }
@@ -474,7 +553,58 @@ mod tests {
             },
             balancing: true,
             grow_after: true,
+            volumes: vec![
+                Volume {
+                    id: 0,
+                    name: "vms".into(),
+                    template: t,
+                    size: 10 << 20,
+                    thin: false,
+                    extents: vec![(0, 2), (4, 1)],
+                    created: 5,
+                },
+                Volume {
+                    id: 3,
+                    name: "media".into(),
+                    template: Template {
+                        level: Level::Raid1,
+                        copies: 2,
+                        stripe_unit: 65536,
+                    },
+                    size: (36 << 20) - 4096,
+                    thin: true,
+                    extents: vec![(3, 1), (5, 7), (2, 1)],
+                    created: 6,
+                },
+            ],
+            next_volume_id: 4,
+            format_version: 2,
         }
+    }
+
+    #[test]
+    fn a_chunk_no_volume_holds_is_refused() {
+        let mut m = sample();
+        m.volumes[1].extents = vec![(5, 7), (2, 1)];
+        m.volumes[1].size = 32 << 20;
+        let e = ArrayMeta::decode("x", &m.encode(), 3 << 20).unwrap_err();
+        assert!(e.to_string().contains("chunk 3 is allocated"), "{e}");
+    }
+
+    #[test]
+    fn volumes_that_share_a_chunk_or_a_name_are_refused() {
+        let mut m = sample();
+        m.volumes[1].extents = vec![(4, 1), (5, 7), (2, 1)];
+        assert!(ArrayMeta::decode("x", &m.encode(), 3 << 20).is_err());
+        let mut m = sample();
+        m.volumes[1].name = "vms".into();
+        assert!(ArrayMeta::decode("x", &m.encode(), 3 << 20).is_err());
+        let mut m = sample();
+        m.volumes[1].size = 40 << 20;
+        assert!(ArrayMeta::decode("x", &m.encode(), 3 << 20).is_err());
+        let mut m = sample();
+        m.volumes[1].id = 4;
+        assert!(ArrayMeta::decode("x", &m.encode(), 3 << 20).is_err());
     }
 
     #[test]

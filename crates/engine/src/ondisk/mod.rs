@@ -10,3 +10,4 @@ pub mod format;
 pub mod journal;
 pub mod metadata;
 pub mod probe;
+pub mod volumes;

@@ -84,6 +84,11 @@ impl DirtySet {
         }
     }
 
+    /// Forgets what is held in `[start, end)` (its chunks are being freed).
+    pub fn discard(&mut self, start: u64, end: u64) {
+        self.cut(start, end, &mut drop);
+    }
+
     /// Removes `[start, end)` from the extents held.
     fn cut(&mut self, start: u64, end: u64, spare: &mut impl FnMut(Vec<u8>)) {
         let first = self

@@ -10,6 +10,7 @@ mod dirty;
 mod plan;
 mod read;
 mod redirect;
+mod release;
 pub mod wlog;
 
 use crate::data::{Data, Seg};

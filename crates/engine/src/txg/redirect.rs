@@ -126,7 +126,13 @@ impl Txg {
             .iter()
             .partition(|&&idx| st.meta.map.chunks[idx].is_none());
         for idx in fresh {
-            let Some(c) = alloc.allocate(&st.meta.template, self.chunk_size, &all) else {
+            if st.meta.volume_of(idx).is_none_or(|v| v.thin) {
+                // A thin volume's first chunk goes through `chunk_for_write`, which keeps
+                // other volumes' reservations.
+                continue;
+            }
+            let t = st.meta.template_for(idx);
+            let Some(c) = alloc.allocate(&t, self.chunk_size, &all) else {
                 break;
             };
             out.push(Redirected {

@@ -112,11 +112,7 @@ impl Jobs {
         apply(&mut after, &leaving);
         let spaces = crate::meta::member_spaces(&after.members, self.sb_layout.data_offset);
         let alloc = Allocator::new(&spaces, &after.map);
-        if !self.room_for_unwritten(
-            &alloc,
-            &after.template,
-            &crate::meta::alloc_candidates(&after),
-        ) {
+        if !self.room_for_unwritten(&alloc, &crate::meta::alloc_candidates(&after)) {
             // The volume not written yet needs a failed member's space (new chunks are born
             // degraded there): it stays, and the array says it needs a spare.
             leaving.retain(|&(_, replaced)| replaced);
@@ -150,11 +146,10 @@ impl Jobs {
         let needs = self.needs(&chunk, &failed, &replacing);
         // Choose a target for each slice that must move.
         let leaving: Vec<u16> = replacing.iter().map(|(old, _)| *old).collect();
-        let (spaces, template, future) = {
+        let (spaces, future) = {
             let st = self.store.lock();
             (
                 crate::meta::member_spaces(&st.meta.members, self.sb_layout.data_offset),
-                st.meta.template,
                 crate::meta::alloc_candidates(&st.meta),
             )
         };
@@ -204,7 +199,7 @@ impl Jobs {
         }
         // Free space is only free if the part of the volume never written yet still fits
         // after the move: the size the array promised its users comes first.
-        if distributed && !self.room_for_unwritten(&alloc, &template, &future) {
+        if distributed && !self.room_for_unwritten(&alloc, &future) {
             return Ok(Step::Stuck);
         }
         queue_rows(pipe, idx, &chunk, &members, &needs, &targets);
@@ -287,7 +282,7 @@ impl Jobs {
         next_txg: Option<u64>,
     ) -> Result<Option<Vec<(u64, u64)>>> {
         let leaving: Vec<u16> = self.replacements().iter().map(|(old, _)| *old).collect();
-        let (spaces, map, template, candidates, array_template, future) = {
+        let (spaces, map, template, candidates, future) = {
             let st = self.store.lock();
             let candidates: Vec<u16> = st
                 .meta
@@ -312,7 +307,6 @@ impl Jobs {
                 st.meta.map.clone(),
                 t,
                 candidates,
-                st.meta.template,
                 crate::meta::alloc_candidates(&st.meta),
             )
         };
@@ -322,7 +316,7 @@ impl Jobs {
         let Some(new) = alloc.allocate(&template, self.chunk_size, &candidates) else {
             return Ok(None);
         };
-        if !self.room_for_unwritten(&alloc, &array_template, &future) {
+        if !self.room_for_unwritten(&alloc, &future) {
             return Ok(None);
         }
         let lost = self.move_chunk(idx, old, new, members, ctl, next_txg)?;
