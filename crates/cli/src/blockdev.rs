@@ -1,43 +1,75 @@
-//! The array as an NBD block device.
+//! A volume of an array as an NBD block device.
 
-use damocles_engine::Array;
+use damocles_engine::{Array, Volume};
 use damocles_nbd::{BlockDevice, Extent};
 use std::io;
 use std::sync::Arc;
 
-pub struct ArrayDevice(pub Arc<Array>);
+/// One volume, by its id (stable across renames). Requests after the volume is deleted
+/// fail with EINVAL; the server stops exporting it first.
+pub struct VolumeDevice {
+    pub array: Arc<Array>,
+    pub id: u32,
+}
 
-impl BlockDevice for ArrayDevice {
+impl VolumeDevice {
+    pub fn new(array: Arc<Array>, v: &Volume) -> VolumeDevice {
+        VolumeDevice { array, id: v.id }
+    }
+
+    /// The array's only volume; an error naming them when it has none or several.
+    pub fn only(array: Arc<Array>) -> anyhow::Result<VolumeDevice> {
+        match array.volume_list().as_slice() {
+            [v] => Ok(VolumeDevice::new(array.clone(), v)),
+            [] => anyhow::bail!(
+                "the array has no volume to serve: damocles volume create NAME --level L --size SIZE"
+            ),
+            vols => anyhow::bail!(
+                "the array holds several volumes ({}): name the one to serve",
+                vols.iter()
+                    .map(|v| v.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+impl BlockDevice for VolumeDevice {
     fn size(&self) -> u64 {
-        self.0.size()
+        self.array.volume_by_id(self.id).map_or(0, |v| v.size)
     }
 
     fn read_only(&self) -> bool {
-        self.0.is_read_only()
+        self.array.is_read_only()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        Ok(self.0.read_at(buf, offset)?)
+        Ok(self.array.volume_read(self.id, buf, offset)?)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
-        self.0.write_at(buf, offset)?;
+        self.array.volume_write(self.id, buf, offset)?;
         if fua {
-            self.0.flush()?;
+            self.array.flush()?;
         }
         Ok(())
     }
 
     fn write_owned(&self, buf: Vec<u8>, offset: u64, fua: bool) -> io::Result<Vec<Vec<u8>>> {
-        let spare = self.0.write_owned(buf, offset)?;
+        let spare = self.array.volume_write_owned(self.id, buf, offset)?;
         if fua {
-            self.0.flush()?;
+            self.array.flush()?;
         }
         Ok(spare)
     }
 
     fn flush(&self) -> io::Result<()> {
-        Ok(self.0.flush()?)
+        Ok(self.array.flush()?)
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
+        Ok(self.array.volume_trim(self.id, offset, len)?)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, _may_trim: bool, fua: bool) -> io::Result<()> {
@@ -45,27 +77,28 @@ impl BlockDevice for ArrayDevice {
         const PIECE: u64 = 1 << 20;
         let zeros = vec![0u8; PIECE.min(len) as usize];
         let mut off = offset;
-        for (run, allocated) in self.0.allocation_runs(offset, len) {
+        for (run, allocated) in self.array.volume_allocation_runs(self.id, offset, len) {
             if allocated {
                 let mut done = 0;
                 while done < run {
                     let n = PIECE.min(run - done);
-                    self.0.write_at(&zeros[..n as usize], off + done)?;
+                    self.array
+                        .volume_write(self.id, &zeros[..n as usize], off + done)?;
                     done += n;
                 }
             }
             off += run;
         }
         if fua {
-            self.0.flush()?;
+            self.array.flush()?;
         }
         Ok(())
     }
 
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         Ok(self
-            .0
-            .allocation_runs(offset, len)
+            .array
+            .volume_allocation_runs(self.id, offset, len)
             .into_iter()
             .map(|(len, allocated)| Extent {
                 len,

@@ -74,6 +74,8 @@ enum Command {
     Metadata(cmd::metadata::Metadata),
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
+    #[command(subcommand)]
+    Volume(cmd::volume::VolumeCmd),
 }
 
 /// Print a shell completion script.
@@ -143,6 +145,7 @@ fn main() -> ExitCode {
         Command::Config(c) => cmd::config::run(c),
         Command::Metadata(m) => cmd::metadata::run(m),
         Command::Bench(b) => cmd::bench::run(b),
+        Command::Volume(v) => cmd::volume::run(v),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

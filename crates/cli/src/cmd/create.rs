@@ -48,6 +48,11 @@ pub struct Args {
     /// client gets ENOSPC), so only use this where the space is certain to be there.
     #[arg(long)]
     sparse: bool,
+    /// Make the array with no volume yet (add them with `damocles volume create`); by
+    /// default it holds one volume named after the array (`--name`, else "volume") of the
+    /// whole size.
+    #[arg(long, conflicts_with = "size")]
+    no_volume: bool,
     /// Members (at least 2; raid5 3, raid6 4, raid10 4).
     #[arg(required = true, value_name = "MEMBER")]
     members: Vec<PathBuf>,
@@ -73,6 +78,7 @@ pub fn run(a: Args) -> Result<()> {
     o.force = a.force;
     o.journal = !a.no_journal;
     o.journal_device = journal_device;
+    o.no_volume = a.no_volume;
     let array = Array::create(devs, &o)?;
     let st = array.status();
     let name = if st.name.is_empty() {
@@ -90,6 +96,14 @@ pub fn run(a: Args) -> Result<()> {
         if st.tolerance == 1 { "" } else { "s" }
     );
     println!("uuid {}", st.uuid);
+    match st.volumes.as_slice() {
+        [] => println!("no volume yet: damocles volume create NAME --level L --size SIZE"),
+        vols => {
+            for v in vols {
+                println!("volume {} ({}, {})", v.name, v.level, units::human(v.size));
+            }
+        }
+    }
     if let Some(j) = &a.journal {
         println!(
             "journal on {}: list it with the members in every later command",

@@ -3,7 +3,7 @@
 
 use super::config::{find_array, plan, ArrayPlan};
 use super::serve::{self, Running, ServeOpts};
-use crate::blockdev::ArrayDevice;
+use crate::blockdev::VolumeDevice;
 use crate::config::{self, ArrayConfig, Config, ExportConfig, ListenAddr};
 use crate::control::proto::Request;
 use crate::members;
@@ -358,7 +358,7 @@ impl Daemon {
         let stats = Arc::new(ExportStats::new());
         c.stats = Some(stats.clone());
         let (stop, rx) = watch::channel(false);
-        let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(run.running.array.clone()));
+        let dev: Arc<dyn BlockDevice> = Arc::new(VolumeDevice::only(run.running.array.clone())?);
         let task = tokio::spawn(async move {
             damocles_nbd::serve(listeners, dev, Arc::new(c), rx)
                 .await

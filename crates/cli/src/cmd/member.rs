@@ -16,11 +16,11 @@ pub struct Which {
     /// The served array: its name, UUID, or control socket path. Optional when only one
     /// array is served.
     #[arg(long, value_name = "NAME")]
-    array: Option<String>,
+    pub array: Option<String>,
     /// For an array that is not served: all its members, after `--`. The array is
     /// assembled read-write from them, changed, and closed.
     #[arg(last = true, value_name = "ARRAY_MEMBER", conflicts_with = "array")]
-    members: Vec<PathBuf>,
+    pub members: Vec<PathBuf>,
 }
 
 /// Mark a member failed: it is no longer read or written.

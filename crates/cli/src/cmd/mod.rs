@@ -12,6 +12,7 @@ pub mod reshape;
 pub mod scan;
 pub mod serve;
 pub mod status;
+pub mod volume;
 
 use crate::control::{self, Client};
 use anyhow::{Context, Result};

@@ -19,6 +19,9 @@ pub struct ReadArgs {
     /// How many bytes (default: to the end of the array).
     #[arg(long, value_parser = units::parse_size)]
     length: Option<u64>,
+    /// The volume (default: the array's only volume).
+    #[arg(long, value_name = "NAME")]
+    volume: Option<String>,
     #[arg(required = true, value_name = "MEMBER")]
     members: Vec<PathBuf>,
 }
@@ -29,23 +32,26 @@ pub struct WriteArgs {
     /// Where to start, in bytes (suffixes K, M, G, T).
     #[arg(long, default_value = "0", value_parser = units::parse_size)]
     offset: u64,
+    /// The volume (default: the array's only volume).
+    #[arg(long, value_name = "NAME")]
+    volume: Option<String>,
     #[arg(required = true, value_name = "MEMBER")]
     members: Vec<PathBuf>,
 }
 
 pub fn read(a: ReadArgs) -> Result<()> {
     let array = members::assemble(&a.members, true)?;
-    let size = array.size();
+    let (id, size) = volume(&array, a.volume.as_deref())?;
     if a.offset > size {
         bail!(
-            "offset {} is beyond the end of the array ({size} bytes)",
+            "offset {} is beyond the end of the volume ({size} bytes)",
             a.offset
         );
     }
     let len = a.length.unwrap_or(size - a.offset);
     if len > size - a.offset {
         bail!(
-            "{} bytes from offset {} run past the end of the array ({size} bytes)",
+            "{} bytes from offset {} run past the end of the volume ({size} bytes)",
             len,
             a.offset
         );
@@ -56,7 +62,7 @@ pub fn read(a: ReadArgs) -> Result<()> {
     while done < len {
         let n = (len - done).min(PIECE as u64) as usize;
         let off = a.offset + done;
-        array.read_at(&mut buf[..n], off)?;
+        array.volume_read(id, &mut buf[..n], off)?;
         match out.write_all(&buf[..n]) {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
             r => r.context("writing to standard output")?,
@@ -69,10 +75,10 @@ pub fn read(a: ReadArgs) -> Result<()> {
 
 pub fn write(a: WriteArgs) -> Result<()> {
     let array = members::assemble(&a.members, false)?;
-    let size = array.size();
+    let (id, size) = volume(&array, a.volume.as_deref())?;
     if a.offset > size {
         bail!(
-            "offset {} is beyond the end of the array ({size} bytes)",
+            "offset {} is beyond the end of the volume ({size} bytes)",
             a.offset
         );
     }
@@ -86,14 +92,14 @@ pub fn write(a: WriteArgs) -> Result<()> {
         }
         if off + n as u64 > size {
             let fits = (size - off) as usize;
-            array.write_at(&buf[..fits], off)?;
+            array.volume_write(id, &buf[..fits], off)?;
             array.flush()?;
             bail!(
-                "input runs past the end of the array: wrote {} bytes up to its end ({size} bytes), the rest was not written",
+                "input runs past the end of the volume: wrote {} bytes up to its end ({size} bytes), the rest was not written",
                 off + fits as u64 - a.offset
             );
         }
-        array.write_at(&buf[..n], off)?;
+        array.volume_write(id, &buf[..n], off)?;
         off += n as u64;
     }
     array.flush()?;
@@ -113,4 +119,23 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// The volume named (or the only one): its id and size.
+fn volume(array: &damocles_engine::Array, name: Option<&str>) -> Result<(u32, u64)> {
+    let v = match name {
+        Some(n) => array.volume_named(n)?,
+        None => match array.volume_list().as_slice() {
+            [v] => v.clone(),
+            [] => bail!("the array has no volume"),
+            vols => bail!(
+                "the array holds several volumes ({}): name one with --volume",
+                vols.iter()
+                    .map(|v| v.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    };
+    Ok((v.id, v.size))
 }

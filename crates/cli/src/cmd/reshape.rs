@@ -37,6 +37,10 @@ pub struct ConvertArgs {
     /// and the plan names them.
     #[arg(long)]
     no_spares: bool,
+    /// The volume to convert (needed when the array holds several; the others' chunks
+    /// stay where they are).
+    #[arg(long, value_name = "NAME")]
+    volume: Option<String>,
     #[command(flatten)]
     common: ReshapeArgs,
 }
@@ -86,6 +90,15 @@ pub enum PlanArgs {
     Balance(BalanceArgs),
     /// Plan the removal of a member that holds data (as `damocles remove`).
     Remove(PlanRemoveArgs),
+    /// Plan a volume: the raw space it takes at its level and what remains.
+    #[command(subcommand)]
+    Volume(PlanVolume),
+}
+
+#[derive(clap::Subcommand)]
+pub enum PlanVolume {
+    /// Plan `damocles volume create` (same arguments).
+    Create(crate::cmd::volume::CreateArgs),
 }
 
 #[derive(clap::Args)]
@@ -103,9 +116,14 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         copies: a.copies,
         stripe_unit: a.stripe_unit,
         no_spares: a.no_spares,
+        volume: a.volume.clone(),
         ..Default::default()
     };
-    reshape(&format!("convert --level {}", a.level), spec, a.common)
+    let what = match &a.volume {
+        Some(v) => format!("convert --volume {v} --level {}", a.level),
+        None => format!("convert --level {}", a.level),
+    };
+    reshape(&what, spec, a.common)
 }
 
 pub fn balance(a: BalanceArgs) -> Result<()> {
@@ -131,6 +149,7 @@ pub fn plan(p: PlanArgs) -> Result<()> {
             a.common.dry_run = true;
             balance(a)
         }
+        PlanArgs::Volume(PlanVolume::Create(a)) => crate::cmd::volume::create(a, true),
         PlanArgs::Remove(a) => {
             let spec = ChangeSpec {
                 remove: vec![member_spec(&a.member)?],

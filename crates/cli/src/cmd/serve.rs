@@ -1,6 +1,6 @@
 //! `damocles serve`: assemble the array and serve it over NBD until SIGINT/SIGTERM.
 
-use crate::blockdev::ArrayDevice;
+use crate::blockdev::VolumeDevice;
 use crate::control::server::{ControlServer, Shared};
 use crate::tls::{TlsArgs, TlsMode};
 use crate::{control, hook, members, units};
@@ -252,7 +252,7 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
     // answer the final flushes (the NBD server's at disconnect, then close_array's).
     let failed_at_stop = Arc::new(std::sync::Mutex::new(None));
     let at_stop = failed_at_stop.clone();
-    let dev: Arc<dyn BlockDevice> = Arc::new(ArrayDevice(array));
+    let dev: Arc<dyn BlockDevice> = Arc::new(VolumeDevice::only(array)?);
     let control_line = running
         .control_path()
         .map(|p| format!("control socket {}", p.display()));

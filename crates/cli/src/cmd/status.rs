@@ -79,6 +79,7 @@ pub fn text(st: &Status) -> String {
     let mut lines = identity_lines(st);
     lines.extend(state_lines(st));
     lines.extend(member_lines(st));
+    lines.extend(volume_lines(st));
     lines.extend(rebuild_line(st));
     lines.extend(reshape_line(st));
     lines.extend(scrub_lines(st));
@@ -127,8 +128,55 @@ fn identity_lines(st: &Status) -> Vec<String> {
             units::human(st.chunk_size)
         ),
         format!("tolerance:   {} member failure(s)", st.tolerance),
-        format!("generation:  {}", st.generation),
+        format!(
+            "generation:  {} (format {})",
+            st.generation, st.format_version
+        ),
+        format!(
+            "space:       raw {}, allocated {}, reserved {}, free {} ({} % used)",
+            units::human(st.space.raw),
+            units::human(st.space.allocated),
+            units::human(st.space.reserved),
+            units::human(st.space.free),
+            st.space.percent_used()
+        ),
     ]
+}
+
+/// The volumes table; with members missing, what each can still lose and what is lost.
+fn volume_lines(st: &Status) -> Vec<String> {
+    let mut out = vec![String::new(), "volumes:".to_string()];
+    out.extend(
+        crate::cmd::volume::table(&st.volumes)
+            .lines()
+            .map(|l| format!("  {l}")),
+    );
+    let degraded = st.volumes.iter().any(|v| v.health != "ok");
+    for v in st.volumes.iter().filter(|_| degraded) {
+        let mut line = format!(
+            "  {}: can lose {} more member{}",
+            v.name,
+            v.can_lose,
+            if v.can_lose == 1 { "" } else { "s" }
+        );
+        if !v.lost.is_empty() {
+            let bytes: u64 = v.lost.iter().map(|r| r.len).sum();
+            line += &format!(
+                "; {} unreadable (EIO) in {} range{}:",
+                units::human(bytes),
+                v.lost.len(),
+                if v.lost.len() == 1 { "" } else { "s" }
+            );
+            for r in v.lost.iter().take(8) {
+                line += &format!(" {}+{}", r.offset, r.len);
+            }
+            if v.lost.len() > 8 {
+                line += " ...";
+            }
+        }
+        out.push(line);
+    }
+    out
 }
 
 /// How the array is: health, what it needs, journal, checksums, control socket.

@@ -7,6 +7,7 @@
 
 pub mod proto;
 pub mod server;
+pub mod volume;
 
 use anyhow::{anyhow, bail, Context, Result};
 use proto::{Request, Response};

@@ -81,6 +81,50 @@ pub enum Request {
         #[serde(default)]
         after: u64,
     },
+    /// Volume create, list, resize, delete, rename.
+    Volume {
+        op: VolumeOp,
+    },
+}
+
+/// What `damocles volume` asks for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum VolumeOp {
+    Create {
+        name: String,
+        level: String,
+        #[serde(default)]
+        copies: Option<usize>,
+        #[serde(default)]
+        stripe_unit: Option<u64>,
+        /// Bytes; `None`: as large as the free space allows.
+        #[serde(default)]
+        size: Option<u64>,
+        #[serde(default)]
+        thin: bool,
+        /// Only answer with the forecast (`damocles plan volume create`).
+        #[serde(default)]
+        dry_run: bool,
+    },
+    List {},
+    Resize {
+        name: String,
+        /// Bytes; `None`: as large as the free space allows.
+        #[serde(default)]
+        size: Option<u64>,
+        #[serde(default)]
+        force: bool,
+    },
+    Delete {
+        name: String,
+        #[serde(default)]
+        force: bool,
+    },
+    Rename {
+        old: String,
+        new: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +156,9 @@ pub struct ChangeSpec {
     /// Grow the volume to what the members hold when the chunks have moved.
     #[serde(default)]
     pub grow: bool,
+    /// The volume whose level changes (needed when the array holds several).
+    #[serde(default)]
+    pub volume: Option<String>,
 }
 
 impl JobKind {
@@ -161,6 +208,12 @@ pub struct Response {
     /// What `grow` did or would do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grow: Option<damocles_engine::GrowForecast>,
+    /// What `volume create` did or would do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<damocles_engine::VolumeForecast>,
+    /// `volume list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<damocles_engine::VolumeStatus>>,
 }
 
 impl Response {

@@ -439,6 +439,7 @@ pub fn apply_with(array: &Array, req: Request, direct: DirectIo) -> Result<Respo
                 ..Response::ok()
             }
         }
+        Request::Volume { op } => super::volume::apply_volume(array, op)?,
         other => bail!("{other:?} needs a served array"),
     })
 }
@@ -596,20 +597,32 @@ pub fn to_change(array: &Array, c: &ChangeSpec) -> Result<Change> {
     for m in &c.remove {
         ids.push(array.find_member(m)?);
     }
+    // What the volume converted has now: the named one, or the only one.
+    let now = match &c.volume {
+        Some(name) => array.volume_named(name)?.template,
+        None => match array.volume_list().as_slice() {
+            [v] => v.template,
+            _ => damocles_engine::Template {
+                level: st.level,
+                copies: st.copies,
+                stripe_unit: st.stripe_unit,
+            },
+        },
+    };
     let template = if c.level.is_some() || c.copies.is_some() || c.stripe_unit.is_some() {
         let level: Level = match &c.level {
             Some(l) => l.parse()?,
-            None => st.level,
+            None => now.level,
         };
         let copies = match c.copies {
             Some(n) => n,
-            None if level == st.level => st.copies,
+            None if level == now.level => now.copies,
             None => level.default_copies(),
         };
         Some(damocles_engine::Template {
             level,
             copies,
-            stripe_unit: c.stripe_unit.unwrap_or(st.stripe_unit),
+            stripe_unit: c.stripe_unit.unwrap_or(now.stripe_unit),
         })
     } else {
         None
@@ -620,7 +633,7 @@ pub fn to_change(array: &Array, c: &ChangeSpec) -> Result<Change> {
         balance: c.balance,
         grow: c.grow,
         no_spares: c.no_spares,
-        volume: None,
+        volume: c.volume.clone(),
     })
 }
 
