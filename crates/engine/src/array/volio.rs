@@ -6,9 +6,8 @@ use super::status::LostRange;
 use super::Array;
 use crate::error::{Error, Result};
 use crate::layout::volumes::Volume;
-use crate::layout::{Chunk, Level, Profile};
-use crate::member::Dev;
-use crate::meta::template_tolerance;
+use crate::layout::Level;
+use crate::meta::{spare_failures, template_tolerance};
 use serde::{Deserialize, Serialize};
 
 /// What `volume list` and `status` show of one volume.
@@ -204,23 +203,6 @@ impl Array {
                 }
             })
             .collect()
-    }
-}
-
-/// How many more of its members chunk `c` can lose and still serve every block (`None`:
-/// some block is unreadable now).
-fn spare_failures(c: &Chunk, members: &[Option<Dev>]) -> Option<usize> {
-    let p: &Profile = &c.profile;
-    let present = |pos: usize| members[c.slices[pos].member as usize].is_some();
-    match p.level {
-        Level::Raid5 | Level::Raid6 => {
-            let gone = (0..p.width).filter(|&i| !present(i)).count();
-            p.tolerance().checked_sub(gone)
-        }
-        _ => (0..p.data_count())
-            .map(|i| p.data_positions(0, i).filter(|&pos| present(pos)).count())
-            .min()
-            .and_then(|n| n.checked_sub(1)),
     }
 }
 

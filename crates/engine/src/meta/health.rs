@@ -26,6 +26,23 @@ pub(crate) fn chunk_intact(c: &Chunk, members: &[Option<Dev>]) -> bool {
     }
 }
 
+/// How many more of its members chunk `c` can lose and still serve every block (`None`:
+/// some block is unreadable now).
+pub(crate) fn spare_failures(c: &Chunk, members: &[Option<Dev>]) -> Option<usize> {
+    let p: &Profile = &c.profile;
+    let present = |pos: usize| members[c.slices[pos].member as usize].is_some();
+    match p.level {
+        Level::Raid5 | Level::Raid6 => {
+            let gone = (0..p.width).filter(|&i| !present(i)).count();
+            p.tolerance().checked_sub(gone)
+        }
+        _ => (0..p.data_count())
+            .map(|i| p.data_positions(0, i).filter(|&pos| present(pos)).count())
+            .min()
+            .and_then(|n| n.checked_sub(1)),
+    }
+}
+
 impl Meta {
     /// Whether every chunk never written yet still fits in what `alloc` leaves free, placed
     /// as `chunk_for_write` would place it (on `candidates`, see [`alloc_candidates`]).

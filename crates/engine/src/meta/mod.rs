@@ -26,7 +26,9 @@ pub(crate) use create::create;
 pub use create::{CreateOptions, DEFAULT_STRIPE_UNIT};
 pub(crate) use deadlines::Watch;
 pub use health::Health;
-pub(crate) use health::{alloc_candidates, chunk_intact, member_spaces, template_tolerance};
+pub(crate) use health::{
+    alloc_candidates, chunk_intact, member_spaces, spare_failures, template_tolerance,
+};
 pub use labels::read_superblock;
 pub(crate) use membership::is_no_space;
 pub use probe::{read_label, Label};

@@ -167,7 +167,8 @@ impl Jobs {
         let failed = self.failed_members();
         let replacing = self.replacements();
         let st = self.store.lock();
-        st.meta
+        let mut work: Vec<(usize, usize)> = st
+            .meta
             .map
             .allocated()
             .filter(|(_, c)| {
@@ -177,8 +178,11 @@ impl Jobs {
                         .iter()
                         .any(|n| *n != Need::Copy { to: u16::MAX })
             })
-            .map(|(i, _)| i)
-            .collect()
+            .map(|(i, c)| (i, crate::meta::spare_failures(c, &members).unwrap_or(0)))
+            .collect();
+        // The chunks (so the volumes) with the least redundancy left go first.
+        work.sort_by_key(|&(i, left)| (left, i));
+        work.into_iter().map(|(i, _)| i).collect()
     }
 
     /// Chunks with a slice on a member that is gone.
