@@ -2,26 +2,13 @@
 //! through its control socket or on members given after `--`.
 
 use crate::cmd::status::summary;
-use crate::cmd::{absolute, member_spec, target, Target};
+use crate::cmd::{absolute, member_spec, target, Target, Which};
 use crate::control::proto::Request;
 use crate::control::server::apply;
 use crate::members;
 use anyhow::{Context, Result};
 use damocles_engine::Status;
 use std::path::PathBuf;
-
-/// Which array: a served one (--array) or, after `--`, the members of one that is not.
-#[derive(clap::Args)]
-pub struct Which {
-    /// The served array: its name, UUID, or control socket path. Optional when only one
-    /// array is served.
-    #[arg(long, value_name = "NAME")]
-    pub array: Option<String>,
-    /// For an array that is not served: all its members, after `--`. The array is
-    /// assembled read-write from them, changed, and closed.
-    #[arg(last = true, value_name = "ARRAY_MEMBER", conflicts_with = "array")]
-    pub members: Vec<PathBuf>,
-}
 
 /// Mark a member failed: it is no longer read or written.
 ///

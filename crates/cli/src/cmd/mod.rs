@@ -18,6 +18,19 @@ use crate::control::{self, Client};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
+/// Which array: a served one (--array) or, after `--`, the members of one that is not.
+#[derive(clap::Args)]
+pub struct Which {
+    /// The served array: its name, UUID, or control socket path. Optional when only one
+    /// array is served.
+    #[arg(long, value_name = "NAME")]
+    pub array: Option<String>,
+    /// For an array that is not served: all its members, after `--`. The array is
+    /// assembled read-write from them, changed, and closed.
+    #[arg(last = true, value_name = "ARRAY_MEMBER", conflicts_with = "array")]
+    pub members: Vec<PathBuf>,
+}
+
 /// What a command works on: a served array, or members it assembles itself.
 pub enum Target {
     Served(Client),

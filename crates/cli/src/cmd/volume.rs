@@ -2,8 +2,7 @@
 //! the volumes of an array, on a served array through its control socket or on members
 //! given after `--`.
 
-use crate::cmd::member::Which;
-use crate::cmd::{target, Target};
+use crate::cmd::{target, Target, Which};
 use crate::control::proto::{Request, Response, VolumeOp};
 use crate::control::server::apply;
 use crate::{members, units};
