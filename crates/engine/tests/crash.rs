@@ -835,11 +835,44 @@ fn cases() -> Vec<Case> {
                 ..none
             },
         ),
+        // single: no redundancy, so no member is missing or failed; chunks whole on one
+        // member each, through the journal and the whole-chunk redirect alike.
+        c(Level::Single, 3, false, false, 8192),
+        // single -> raid1 over one more member, and raid1 -> single (lowers redundancy);
+        // no member fails at restart (single chunks on it would be gone).
+        Case {
+            extra_failure: false,
+            ..mig(
+                Level::Single,
+                2,
+                8192,
+                Migration {
+                    add: 1,
+                    to: Some(Level::Raid1),
+                    half: true,
+                    ..none
+                },
+            )
+        },
+        Case {
+            extra_failure: false,
+            ..mig(
+                Level::Raid1,
+                3,
+                16384,
+                Migration {
+                    to: Some(Level::Single),
+                    force: true,
+                    half: true,
+                    ..none
+                },
+            )
+        },
     ]
 }
 
 /// Crash points of a run by default: 150 per case, within the CI budget of a debug build.
-const DEFAULT_POINTS: u64 = 2850;
+const DEFAULT_POINTS: u64 = 3300;
 
 /// What a run of crash points found.
 #[derive(Default)]

@@ -6,9 +6,12 @@ use damocles_engine::{Level, MemberHealth};
 use proptest::prelude::*;
 
 fn configs() -> Vec<(Level, usize, Option<usize>)> {
-    let mut v = Vec::new();
+    let mut v = vec![(Level::Single, 1, None)];
     for n in 2..=8 {
         v.push((Level::Raid0, n, None));
+        if n % 2 == 0 {
+            v.push((Level::Single, n, None));
+        }
         v.push((Level::Raid1, n, None));
         if n >= 3 {
             v.push((Level::Raid1, n, Some(3)));
@@ -24,7 +27,7 @@ fn configs() -> Vec<(Level, usize, Option<usize>)> {
 
 fn tolerance(level: Level, copies: Option<usize>) -> usize {
     match level {
-        Level::Raid0 => 0,
+        Level::Raid0 | Level::Single => 0,
         Level::Raid5 => 1,
         Level::Raid6 => 2,
         // raid10 survives one failure per mirror pair; "any f" is copies - 1.

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 /// until every member has been checked.
 #[derive(clap::Args)]
 pub struct Args {
-    /// RAID level: raid0, raid1, raid5, raid6 or raid10.
+    /// RAID level: single, raid0, raid1, raid5, raid6 or raid10. `single` puts each chunk
+    /// whole on one member (the emptiest), no redundancy: every member's space counts, and
+    /// losing a member loses only the chunks on it.
     #[arg(long, short)]
     level: Level,
     /// Bytes per member in each stripe (power of two, 4K to 16M).

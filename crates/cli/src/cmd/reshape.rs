@@ -14,7 +14,7 @@ use damocles_engine::{Array, Forecast, Level};
 /// Chunk by chunk: each chunk is written anew in the new layout, flushed, and only then
 /// does the chunk map point at it, so the old layout stays intact until the new one is
 /// durable and a power cut or restart loses nothing; a served array resumes the conversion
-/// by itself. A change that lowers redundancy (raid5 -> raid0, raid6 -> raid5) needs
+/// by itself. A change that lowers redundancy (raid5 -> raid0, raid1 -> single, raid6 -> raid5) needs
 /// --force; one the members cannot hold, or that leaves no room to work in, is refused with
 /// the reason. `damocles plan convert ...` (or --dry-run) shows what would happen.
 #[derive(clap::Args)]
@@ -23,7 +23,7 @@ use damocles_engine::{Array, Forecast, Level};
   damocles convert --level raid5 --watch
   damocles convert --level raid6 d0.img d1.img d2.img d3.img d4.img   (not served)")]
 pub struct ConvertArgs {
-    /// The new level: raid0, raid1, raid5, raid6 or raid10.
+    /// The new level: single, raid0, raid1, raid5, raid6 or raid10.
     #[arg(long, short)]
     level: Level,
     /// Copies for raid1/raid10 (default: as now for the same level, else 2).

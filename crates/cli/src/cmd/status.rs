@@ -376,6 +376,23 @@ fn error_lines(st: &Status) -> Vec<String> {
             ));
         }
     }
+    if !st.unreadable.is_empty() {
+        let bytes: u64 = st.unreadable.iter().map(|l| l.len).sum();
+        lines.push(format!(
+            "unreadable:  {} in {} ranges of the volume are on members that are gone; reads of them fail:",
+            units::human(bytes),
+            st.unreadable.len()
+        ));
+        for l in st.unreadable.iter().take(LOST_SHOWN) {
+            lines.push(format!("             offset {} length {}", l.offset, l.len));
+        }
+        if st.unreadable.len() > LOST_SHOWN {
+            lines.push(format!(
+                "             ... and {} more (status --json lists all)",
+                st.unreadable.len() - LOST_SHOWN
+            ));
+        }
+    }
     lines
 }
 
@@ -460,6 +477,7 @@ mod tests {
             "errors": {"read_errors": 3, "write_errors": 0, "checksum_errors": 0,
                        "repaired": 0, "unrecoverable": 0},
             "lost": [{"offset": 4096, "len": 4096}],
+            "unreadable": [{"offset": 8388608, "len": 4194304}],
             "needs": "a spare",
             "control_socket": "/run/damocles/u.sock",
             "notes": [],
@@ -477,6 +495,8 @@ mod tests {
             "last finished 2023-11-14 22:13:20 UTC: 7 blocks checked, 1 repaired",
             "errors:      3 read",
             "offset 4096 length 4096",
+            "unreadable:  4.0 MiB in 1 ranges",
+            "offset 8388608 length 4194304",
             "needs:       a spare",
             "control:     /run/damocles/u.sock",
         ] {

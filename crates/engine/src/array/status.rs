@@ -7,7 +7,7 @@ use crate::jobs::Progress;
 use crate::layout::profile::Level;
 use crate::member::{MemberIo, MemberSlot, Usable};
 pub use crate::meta::Health;
-use crate::meta::{chunk_intact, template_tolerance};
+use crate::meta::{chunk_intact, template_tolerance, unreadable_ranges};
 use crate::ondisk::metadata::{ArrayMeta, MemberState};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
@@ -137,6 +137,11 @@ pub struct Status {
     pub errors: ErrorCounts,
     /// Volume ranges whose data is lost; reads of them fail with EIO.
     pub lost: Vec<LostRange>,
+    /// Volume ranges that cannot be read now: chunks whose members are gone beyond their
+    /// redundancy (a `single` chunk whose one member is failed or missing). Reads of them
+    /// fail with EIO; they come back with the member, or a rebuild records them lost.
+    #[serde(default)]
+    pub unreadable: Vec<LostRange>,
     /// What the array needs to be whole again, if anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub needs: Option<String>,
@@ -255,6 +260,10 @@ impl Array {
                 .iter()
                 .map(|&(offset, len)| LostRange { offset, len })
                 .collect(),
+            unreadable: unreadable_ranges(m, &members_now)
+                .into_iter()
+                .map(|(offset, len)| LostRange { offset, len })
+                .collect(),
             needs,
             control_socket: None,
             notes: self.tel.notes(),
@@ -310,7 +319,18 @@ fn needs(
     let has_spare = members
         .iter()
         .any(|x| matches!(x.state, MemberHealth::Spare | MemberHealth::Replacing));
-    if m.map
+    let mut broken = m
+        .map
+        .allocated()
+        .filter(|(_, c)| !chunk_intact(c, members_now))
+        .peekable();
+    if broken.peek().is_some() && broken.all(|(_, c)| c.profile.level == Level::Single) {
+        Some(
+            "single chunks on members that are gone cannot be read (`unreadable`): bring the members back, or run `damocles rebuild` to give those chunks up (they are then listed as lost and can be written again)"
+                .to_string(),
+        )
+    } else if m
+        .map
         .allocated()
         .any(|(_, c)| !chunk_intact(c, members_now))
     {

@@ -94,6 +94,7 @@ impl Data {
         // Always the same greedy step over all members that `create` used to size the array,
         // so the advertised capacity stays reachable; while degraded, a new chunk is born
         // degraded (its slice on the missing member is written by a later rebuild).
+        let all = crate::meta::candidates_for(&template, &all, &st.meta, &members);
         let Some(chunk) = alloc.allocate(&template, self.chunk_size, &all) else {
             drop(st);
             return Err(self.out_of_space(volume.as_ref(), idx));

@@ -193,10 +193,9 @@ impl Allocator {
             )
         });
         let min = t.level.min_width(t.copies);
-        let max = match t.level {
-            Level::Raid1 => t.copies,
-            _ => pool.len().min(255),
-        };
+        // A single chunk is one slice: on the member with the most free space that has
+        // room, so members of mixed sizes all fill up.
+        let max = t.level.max_width(t.copies).unwrap_or(pool.len().min(255));
         for width in (min..=max).rev() {
             if t.level == Level::Raid10 && !width.is_multiple_of(t.copies) {
                 continue;
@@ -315,12 +314,49 @@ mod tests {
         let unit = 64 * U;
         assert_eq!(capacity(Level::Raid1, &[1, 2, 3]), 3 * unit);
         assert_eq!(capacity(Level::Raid0, &[1, 2]), 3 * unit);
+        assert_eq!(capacity(Level::Single, &[1, 2, 3, 5]), 11 * unit);
+        assert_eq!(capacity(Level::Single, &[4]), 4 * unit);
         // raid5 over 1+1+2: 3-wide chunks until the small ones are full; ~2 units
         // (chunks of 4 MiB over 3 slices of 2 MiB + rounding lose at most a chunk or two).
         let r5 = capacity(Level::Raid5, &[1, 1, 2]);
         assert!(r5 <= 2 * unit && r5 >= 2 * unit - 8 * U, "{r5}");
         let r6 = capacity(Level::Raid6, &[1, 1, 1, 1]);
         assert!(r6 <= 2 * unit && r6 >= 2 * unit - 8 * U, "{r6}");
+    }
+
+    /// Single chunks go one by one to the member with the most free space: the members
+    /// end up equally full in bytes left, whatever their sizes.
+    #[test]
+    fn single_goes_to_the_emptiest_member() {
+        let members: Vec<MemberSpace> = [10u64, 30, 20]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| MemberSpace {
+                member: i as u16,
+                start: 0,
+                end: s * 4 * U,
+            })
+            .collect();
+        let mut alloc = Allocator::new(&members, &ChunkMap::new(4 * U, 0));
+        let t = Template {
+            level: Level::Single,
+            copies: 1,
+            stripe_unit: 64 << 10,
+        };
+        let mut on = [0; 3];
+        for _ in 0..25 {
+            let c = alloc.allocate(&t, 4 * U, &[0, 1, 2]).unwrap();
+            assert_eq!((c.slices.len(), c.slice_len), (1, 4 * U));
+            on[c.slices[0].member as usize] += 1;
+        }
+        // 30 → 20 on the largest first (10 chunks), then the two alternate (ties to the
+        // lower index): 8 and 7 more; the small one is not touched yet.
+        assert_eq!(on, [0, 18, 7]);
+        for _ in 25..60 {
+            alloc.allocate(&t, 4 * U, &[0, 1, 2]).unwrap();
+        }
+        assert!(alloc.allocate(&t, 4 * U, &[0, 1, 2]).is_none());
+        assert_eq!((0..3).map(|m| alloc.free_bytes(m)).sum::<u64>(), 0);
     }
 
     #[test]
@@ -392,6 +428,7 @@ mod tests {
             t(Level::Raid1, 2),
             t(Level::Raid6, 1),
             t(Level::Raid10, 2),
+            t(Level::Single, 1),
         ];
         let n = 80;
         let mut map = ChunkMap::new(4 * U, n);

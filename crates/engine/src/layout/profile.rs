@@ -10,6 +10,9 @@ use std::str::FromStr;
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Raid0,
+    /// Each chunk whole on one member, no redundancy (btrfs `single`): a lost member loses
+    /// only the chunks on it.
+    Single,
     Raid1,
     Raid5,
     Raid6,
@@ -21,6 +24,7 @@ impl Level {
         match self {
             Level::Raid0 => 0,
             Level::Raid1 => 1,
+            Level::Single => 2,
             Level::Raid5 => 5,
             Level::Raid6 => 6,
             Level::Raid10 => 10,
@@ -31,6 +35,7 @@ impl Level {
         Some(match c {
             0 => Level::Raid0,
             1 => Level::Raid1,
+            2 => Level::Single,
             5 => Level::Raid5,
             6 => Level::Raid6,
             10 => Level::Raid10,
@@ -58,11 +63,20 @@ impl Level {
     /// Smallest chunk width (slices on distinct members) this level can use.
     pub fn min_width(self, copies: usize) -> usize {
         match self {
-            Level::Raid0 => 1,
+            Level::Raid0 | Level::Single => 1,
             Level::Raid1 => copies,
             Level::Raid5 => 3,
             Level::Raid6 => 4,
             Level::Raid10 => 2 * copies,
+        }
+    }
+
+    /// Most slices a chunk of this level has (`None`: as many as there are members).
+    pub fn max_width(self, copies: usize) -> Option<usize> {
+        match self {
+            Level::Raid1 => Some(copies),
+            Level::Single => Some(1),
+            _ => None,
         }
     }
 
@@ -77,7 +91,10 @@ impl Level {
 
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "raid{}", self.code())
+        match self {
+            Level::Single => f.write_str("single"),
+            _ => write!(f, "raid{}", self.code()),
+        }
     }
 }
 
@@ -85,6 +102,9 @@ impl FromStr for Level {
     type Err = Error;
     fn from_str(s: &str) -> Result<Level> {
         let t = s.trim().to_ascii_lowercase();
+        if t == "single" {
+            return Ok(Level::Single);
+        }
         let t = t.strip_prefix("raid").unwrap_or(&t);
         match t {
             "0" => Ok(Level::Raid0),
@@ -93,7 +113,7 @@ impl FromStr for Level {
             "6" => Ok(Level::Raid6),
             "10" => Ok(Level::Raid10),
             _ => Err(Error::Invalid(format!(
-                "unknown RAID level '{s}' (expected raid0, raid1, raid5, raid6 or raid10)"
+                "unknown RAID level '{s}' (expected single, raid0, raid1, raid5, raid6 or raid10)"
             ))),
         }
     }
@@ -122,7 +142,7 @@ impl Profile {
     /// Member failures every chunk of this profile survives.
     pub fn tolerance(&self) -> usize {
         match self.level {
-            Level::Raid0 => 0,
+            Level::Raid0 | Level::Single => 0,
             Level::Raid5 => 1,
             Level::Raid6 => 2,
             Level::Raid1 | Level::Raid10 => self.copies - 1,
@@ -163,6 +183,10 @@ impl Profile {
             ));
         }
         match self.level {
+            Level::Single if self.width != 1 => bad(format!(
+                "single has one slice per chunk, got {}",
+                self.width
+            )),
             Level::Raid1 if self.width != self.copies => bad(format!(
                 "raid1 width {} != copies {}",
                 self.width, self.copies
@@ -221,6 +245,7 @@ mod tests {
             (Level::Raid0, 5),
             (Level::Raid10, 6),
             (Level::Raid1, 2),
+            (Level::Single, 1),
         ] {
             let p = prof(level, w);
             p.validate().unwrap();
@@ -278,5 +303,32 @@ mod tests {
         assert_eq!("raid5".parse::<Level>().unwrap(), Level::Raid5);
         assert_eq!("10".parse::<Level>().unwrap(), Level::Raid10);
         assert!("raid4".parse::<Level>().is_err());
+        assert_eq!("Single".parse::<Level>().unwrap(), Level::Single);
+        assert_eq!(Level::Single.to_string(), "single");
+        assert_eq!(Level::from_code(Level::Single.code()), Some(Level::Single));
+        assert!("raid2".parse::<Level>().is_err());
+    }
+
+    /// A single chunk is one slice holding the chunk's bytes in order: row `r` of the
+    /// slice is bytes `r × stripe unit ..` of the chunk.
+    #[test]
+    fn single_is_one_slice_in_order() {
+        let p = prof(Level::Single, 1);
+        p.validate().unwrap();
+        assert_eq!(
+            (p.data_count(), p.tolerance(), p.row_bytes()),
+            (1, 0, 65536)
+        );
+        assert_eq!(p.slice_len(4 << 20), 4 << 20);
+        for row in 0..8 {
+            assert_eq!(p.data_positions(row, 0), 0..1);
+        }
+        assert!(prof(Level::Single, 2).validate().is_err());
+        assert!(Profile {
+            copies: 2,
+            ..prof(Level::Single, 1)
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -106,6 +106,43 @@ pub(crate) fn alloc_candidates(meta: &ArrayMeta) -> Vec<u16> {
         .collect()
 }
 
+/// The members of `candidates` a new chunk of template `t` goes on. A `single` chunk has
+/// no redundancy to be born degraded with: only active members that are there (in
+/// `members`) take it; the space of a failed one is gone with it.
+pub(crate) fn candidates_for(
+    t: &Template,
+    candidates: &[u16],
+    meta: &ArrayMeta,
+    members: &[Option<Dev>],
+) -> Vec<u16> {
+    let mut c = candidates.to_vec();
+    if t.level == Level::Single {
+        c.retain(|&i| {
+            meta.members[i as usize].state == MemberState::Active
+                && members.get(i as usize).is_some_and(Option::is_some)
+        });
+    }
+    c
+}
+
+/// The volume ranges of chunks that cannot be read with `members` (a `single` chunk whose
+/// member is gone, or any chunk past its redundancy), joined where they touch.
+pub(crate) fn unreadable_ranges(meta: &ArrayMeta, members: &[Option<Dev>]) -> Vec<(u64, u64)> {
+    let cs = meta.map.chunk_size;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, c) in meta.map.allocated() {
+        if chunk_intact(c, members) {
+            continue;
+        }
+        let off = i as u64 * cs;
+        match out.last_mut() {
+            Some((o, l)) if *o + *l == off => *l += cs,
+            _ => out.push((off, cs)),
+        }
+    }
+    out
+}
+
 pub(crate) fn member_spaces(members: &[MemberInfo], data_offset: u64) -> Vec<MemberSpace> {
     members
         .iter()

@@ -2,7 +2,7 @@
 //! fail a member (and retry degraded), events. Adding members is in `data::attach` (a new
 //! member needs its checksum area).
 
-use super::{alloc_candidates, chunk_intact, member_spaces, Meta};
+use super::{alloc_candidates, candidates_for, chunk_intact, member_spaces, Meta};
 use crate::error::{Error, Op, Result};
 use crate::events::{Event, EventKind, EventSink};
 use crate::layout::chunkmap::Allocator;
@@ -103,12 +103,11 @@ impl Meta {
         // commits and flushes would then "succeed" writing to nobody.
         let spaces = member_spaces(&meta.members, self.sb_layout.data_offset);
         let alloc = Allocator::new(&spaces, &meta.map);
-        // Every volume's kind of chunk (the array's default when it has no volume).
+        // Every volume's kind of chunk (the array's default when it has no volume); a
+        // `single` chunk only on a member that is there (see `candidates_for`).
         meta.templates().iter().all(|t| {
-            match alloc
-                .clone()
-                .allocate(t, self.chunk_size, &alloc_candidates(meta))
-            {
+            let candidates = candidates_for(t, &alloc_candidates(meta), meta, &view);
+            match alloc.clone().allocate(t, self.chunk_size, &candidates) {
                 Some(fresh) => chunk_intact(&fresh, &view),
                 None => view.iter().any(Option::is_some),
             }

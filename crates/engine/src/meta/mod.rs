@@ -27,7 +27,8 @@ pub use create::{CreateOptions, DEFAULT_STRIPE_UNIT};
 pub(crate) use deadlines::Watch;
 pub use health::Health;
 pub(crate) use health::{
-    alloc_candidates, chunk_intact, member_spaces, spare_failures, template_tolerance,
+    alloc_candidates, candidates_for, chunk_intact, member_spaces, spare_failures,
+    template_tolerance, unreadable_ranges,
 };
 pub use labels::read_superblock;
 pub(crate) use membership::is_no_space;

@@ -11,6 +11,7 @@ mod plan;
 mod read;
 mod redirect;
 mod release;
+mod unwritable;
 pub mod wlog;
 
 use crate::data::{Data, Seg};
@@ -144,6 +145,15 @@ impl Txg {
     /// The chunk at `idx`, allocating (and zeroing) it first if it was never written.
     pub(crate) fn chunk_for_write(&self, idx: usize) -> Result<Arc<Chunk>> {
         if let Some(c) = self.store.chunk(idx) {
+            // A chunk that cannot be read (a `single` chunk whose member is gone) cannot
+            // take a write either: EIO now, not a commit that fails later.
+            if !crate::meta::chunk_intact(&c, &self.members()) {
+                return Err(Error::Unavailable(format!(
+                    "chunk {idx}: its only member is gone; volume bytes {}..{} cannot be written",
+                    idx as u64 * self.chunk_size,
+                    (idx as u64 + 1) * self.chunk_size
+                )));
+            }
             return Ok(c);
         }
         // Zeroing checksums writes checksum blocks outside the journal: no commit may be
@@ -368,6 +378,7 @@ impl Txg {
                 at += n;
             }
         }
+        let unwritten = self.drop_unwritable(&mut pieces, &members);
         // Chunks held whole go to fresh slices (redirect.rs); the others take the journal.
         // Those never written are placed first, so the fresh slices are chosen from a map
         // that already has them.
@@ -422,7 +433,8 @@ impl Txg {
         }
         self.journal_and_apply(&mut txg, next)?;
         // A journal flush after the redirected writes made them durable too.
-        self.switch_redirected(redirected, *next > first_txg, *next)
+        self.switch_redirected(redirected, *next > first_txg, *next)?;
+        self.record_unwritten(unwritten)
     }
 
     fn journal_and_apply(&self, txg: &mut TxgPlan, next: &mut u64) -> Result<()> {

@@ -132,7 +132,8 @@ impl Txg {
                 continue;
             }
             let t = st.meta.template_for(idx);
-            let Some(c) = alloc.allocate(&t, self.chunk_size, &all) else {
+            let on = crate::meta::candidates_for(&t, &all, &st.meta, &self.members());
+            let Some(c) = alloc.allocate(&t, self.chunk_size, &on) else {
                 break;
             };
             out.push(Redirected {

@@ -12,7 +12,9 @@ use crate::error::JobKind;
 use crate::error::{Error, Result};
 use crate::events::EventKind;
 use crate::layout::chunkmap::{Allocator, Chunk, MemberSpace};
+use crate::layout::profile::Level;
 use crate::ondisk::metadata::MemberState;
+use crate::units::merge_ranges;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,7 +23,8 @@ pub struct RebuildReport {
     pub bytes: u64,
     /// Chunks that still need a place to go (no spare, no free space).
     pub chunks_stuck: usize,
-    /// Volume ranges lost because another member failed to read during the rebuild.
+    /// Volume ranges lost: `single` chunks on a failed member, and blocks another member
+    /// failed to read during the rebuild.
     pub lost: Vec<(u64, u64)>,
 }
 
@@ -201,7 +204,59 @@ impl Jobs {
     }
 
     fn rebuild_possible(&self) -> bool {
-        !self.read_only && !self.rebuild_work().is_empty()
+        !self.read_only && (!self.rebuild_work().is_empty() || !self.unrebuildable().is_empty())
+    }
+
+    /// `single` chunks with their slice on a failed member: nothing holds their data any
+    /// more, so a rebuild cannot bring them back (see [`Jobs::drop_unrebuildable`]).
+    fn unrebuildable(&self) -> Vec<usize> {
+        let failed = self.failed_members();
+        let st = self.store.lock();
+        st.meta
+            .map
+            .allocated()
+            .filter(|(_, c)| {
+                c.profile.level == Level::Single
+                    && c.slices.iter().all(|s| failed[s.member as usize])
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Gives up the `single` chunks a rebuild cannot bring back: their virtual ranges are
+    /// recorded lost (reads get EIO until they are written again), and the chunks leave the
+    /// map, so the failed member holds nothing any more and can leave the array. Returns the
+    /// ranges.
+    fn drop_unrebuildable(&self) -> Result<Vec<(u64, u64)>> {
+        let _commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
+        let _direct = self.chunk_gate.write();
+        let gone = self.unrebuildable();
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cs = self.chunk_size;
+        let lost: Vec<(u64, u64)> = gone.iter().map(|&i| (i as u64 * cs, cs)).collect();
+        let mut st = self.store.lock();
+        let mut meta = st.meta.clone();
+        for &i in &gone {
+            meta.map.chunks[i] = None;
+        }
+        meta.health.lost.extend(lost.iter().copied());
+        meta.health.lost = merge_ranges(std::mem::take(&mut meta.health.lost));
+        self.commit_meta(&mut st, meta)?;
+        drop(st);
+        let lost = merge_ranges(lost);
+        for &(o, l) in &lost {
+            self.emit(
+                EventKind::Unrecoverable,
+                None,
+                Some(o),
+                format!(
+                    "{l} bytes at volume offset {o} were single chunks on a failed member:                      they cannot be rebuilt and are lost"
+                ),
+            );
+        }
+        Ok(lost)
     }
 
     /// Rebuilds every chunk that has a slice on a failed, missing or replaced member: a
@@ -254,8 +309,11 @@ impl Jobs {
     pub(crate) fn run_rebuild(&self, ctl: Arc<JobControl>) -> Result<RebuildReport> {
         let _claim = self.claim(JobKind::Rebuild, &ctl)?;
         self.assign_spares()?;
+        let mut report = RebuildReport {
+            lost: self.drop_unrebuildable()?,
+            ..Default::default()
+        };
         let work = self.rebuild_work();
-        let mut report = RebuildReport::default();
         if work.is_empty() {
             self.finish_rebuild()?;
             return Ok(report);

@@ -1,0 +1,346 @@
+//! The `single` profile: each chunk whole on one member, no redundancy. Members of mixed
+//! sizes fill up completely; a lost member loses only the chunks on it (EIO, listed by
+//! `status`), and everything else reads back as written; conversions to and from single
+//! keep the data.
+
+mod common;
+use common::*;
+
+use damocles_engine::{
+    Array, AssembleOptions, Change, CreateOptions, Error, Health, JobControl, Level, LostRange,
+    MemberDevice, MemberHealth, Template,
+};
+use std::sync::Arc;
+
+const CHUNK: u64 = 1 << 20;
+
+fn create_single(rig: &Rig, journal: bool, size: Option<u64>) -> Array {
+    let mut o = CreateOptions::new(Level::Single);
+    o.stripe_unit = 64 << 10;
+    o.chunk_size = Some(CHUNK);
+    o.journal = journal;
+    o.size = size;
+    o.name = "media".into();
+    Array::create(rig.devs(&[]), &o).expect("create single")
+}
+
+/// Writes pattern `seed` over the whole volume in unaligned pieces (so writes straddle
+/// chunks and stripe rows), flushes, and returns the model.
+fn fill(a: &Array, seed: u64) -> Vec<u8> {
+    let size = a.size() as usize;
+    let model = pattern(seed, size);
+    let piece = 3 * CHUNK as usize / 2 + 4096 + 512;
+    let mut off = 0;
+    while off < size {
+        let n = piece.min(size - off);
+        a.write_at(&model[off..off + n], off as u64).expect("write");
+        off += n;
+    }
+    a.flush().expect("flush");
+    model
+}
+
+/// Reads chunk by chunk: the ranges that fail (merged), checking that every chunk that
+/// reads reads as the model and that every failure is EIO (`Unavailable`: its member is
+/// gone; `Lost`: recorded lost).
+fn readable_except(a: &Array, model: &[u8], what: &str) -> Vec<(u64, u64)> {
+    let mut failed: Vec<(u64, u64)> = Vec::new();
+    let mut buf = vec![0u8; CHUNK as usize];
+    for i in 0..a.size() / CHUNK {
+        let off = i * CHUNK;
+        match a.read_at(&mut buf, off) {
+            Ok(()) => assert!(
+                buf[..] == model[off as usize..(off + CHUNK) as usize],
+                "{what}: chunk {i} reads back other data"
+            ),
+            Err(Error::Unavailable(_) | Error::Lost(_)) => match failed.last_mut() {
+                Some((o, l)) if *o + *l == off => *l += CHUNK,
+                _ => failed.push((off, CHUNK)),
+            },
+            Err(e) => panic!("{what}: chunk {i}: {e}"),
+        }
+    }
+    failed
+}
+
+fn ranges(v: &[LostRange]) -> Vec<(u64, u64)> {
+    v.iter().map(|r| (r.offset, r.len)).collect()
+}
+
+/// Every member is filled to within a chunk: what each has left (its data area's end less
+/// the bytes of slices on it) differs by less than a chunk from member to member, and is
+/// no more than the metadata area in front of the data.
+fn assert_full(a: &Array) {
+    let st = a.status();
+    let left: Vec<u64> = st.members.iter().map(|m| m.size - m.used).collect();
+    let (lo, hi) = (*left.iter().min().unwrap(), *left.iter().max().unwrap());
+    assert!(hi - lo < CHUNK, "members not filled evenly: {left:?}");
+    assert!(lo < 4 * MIB, "members left with room: {left:?}");
+    let used: u64 = st.members.iter().map(|m| m.used).sum();
+    assert_eq!(used, a.size(), "one slice of a chunk's size per chunk");
+    assert_eq!(st.chunks_allocated as u64 * CHUNK, a.size());
+}
+
+#[test]
+fn single_fills_mixed_members_and_a_failed_member_loses_only_its_chunks() {
+    for journal in [true, false] {
+        let what = |s: &str| format!("journal {journal}: {s}");
+        let sizes = [16 * MIB, 24 * MIB, 40 * MIB, 28 * MIB];
+        let rig = Rig::sized(&sizes);
+        let a = create_single(&rig, journal, None);
+        let st = a.status();
+        assert_eq!((st.level, st.tolerance), (Level::Single, 0));
+        // Every member's space counts: the volume is nearly the sum of the members.
+        let total: u64 = sizes.iter().sum();
+        assert!(
+            a.size() + 4 * 4 * MIB > total,
+            "size {} of {total}",
+            a.size()
+        );
+        let model = fill(&a, 11);
+        assert_full(&a);
+        assert_eq!(a.health(), Health::Ok);
+        assert!(readable_except(&a, &model, &what("healthy")).is_empty());
+
+        // Failing a member that holds data loses data: refused unless forced.
+        let on_1 = a.status().members[1].used;
+        assert!(on_1 > 0);
+        let e = a.fail_member(1, "test", false).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        a.fail_member(1, "test", true).unwrap();
+
+        // The array stays up: the chunks on the other members read back as written, those
+        // on member 1 give EIO, and status lists exactly those as unreadable.
+        let st = a.status();
+        assert_eq!(st.members[1].state, MemberHealth::Failed);
+        assert_eq!(st.health, Health::Failed);
+        let failed = readable_except(&a, &model, &what("member 1 failed"));
+        assert_eq!(failed.iter().map(|r| r.1).sum::<u64>(), on_1);
+        assert_eq!(ranges(&st.unreadable), failed, "{}", what("status lists"));
+        assert!(st.lost.is_empty());
+        assert!(st.needs.unwrap().contains("single chunks"));
+        // A write to an unreadable chunk is refused; to a readable one it works.
+        let (bad, _) = failed[0];
+        assert!(matches!(
+            a.write_at(&[7u8; 4096], bad),
+            Err(Error::Unavailable(_))
+        ));
+        let good = (0..a.size() / CHUNK)
+            .map(|i| i * CHUNK)
+            .find(|o| !failed.iter().any(|&(f, l)| (f..f + l).contains(o)))
+            .unwrap();
+        let mut model = model;
+        model[good as usize..good as usize + 4096].fill(9);
+        a.write_at(&[9u8; 4096], good).unwrap();
+        a.flush().unwrap();
+
+        // A rebuild cannot bring single chunks back: it records them lost and gives them
+        // up, so the failed member holds nothing any more.
+        let report = a.rebuild(Arc::new(JobControl::new(0))).unwrap();
+        assert_eq!(report.lost, failed, "{}", what("rebuild report"));
+        let st = a.status();
+        assert_eq!(ranges(&st.lost), failed);
+        assert!(st.unreadable.is_empty(), "{:?}", st.unreadable);
+        assert_eq!(st.members[1].used, 0);
+        assert_eq!(readable_except(&a, &model, &what("after rebuild")), failed);
+        // The members left are full: a lost chunk cannot be written again until there is
+        // room (the failed member stays, counted for the volume, until a spare comes).
+        assert!(matches!(
+            a.write_at(&[5u8; 4096], bad),
+            Err(Error::NoSpace(_))
+        ));
+        assert_eq!(st.members[1].state, MemberHealth::Failed);
+        drop(a);
+
+        // All of it holds across a restart without the failed member.
+        let a = Array::assemble(rig.devs(&[1]), AssembleOptions::default()).unwrap();
+        assert_eq!(ranges(&a.status().lost), failed);
+        assert_eq!(readable_except(&a, &model, &what("reopened")), failed);
+    }
+}
+
+#[test]
+fn a_missing_member_makes_its_chunks_unreadable_until_it_returns() {
+    let rig = Rig::sized(&[12 * MIB, 20 * MIB, 16 * MIB]);
+    let a = create_single(&rig, true, None);
+    let model = fill(&a, 5);
+    drop(a);
+    let a = rig.assemble(&[2]);
+    let st = a.status();
+    let failed = readable_except(&a, &model, "member 2 missing");
+    assert!(!failed.is_empty());
+    assert_eq!(ranges(&st.unreadable), failed);
+    assert_eq!(
+        failed.iter().map(|r| r.1).sum::<u64>(),
+        st.members[2].used,
+        "exactly the chunks on the missing member"
+    );
+    drop(a);
+    let a = rig.assemble(&[]);
+    assert!(a.status().unreadable.is_empty());
+    assert!(readable_except(&a, &model, "member back").is_empty());
+    assert_eq!(a.health(), Health::Ok);
+    drop(a);
+    // A write while it is missing makes it stale (it is not read again): its chunks stay
+    // unreadable, EIO, never old or wrong data; the write to one of them is refused.
+    let a = rig.assemble(&[2]);
+    assert!(matches!(
+        a.write_at(&[1u8; 512], failed[0].0 + 100),
+        Err(Error::Unavailable(_))
+    ));
+    drop(a);
+    let a = rig.assemble(&[]);
+    assert_eq!(a.status().members[2].state, MemberHealth::Stale);
+    assert_eq!(readable_except(&a, &model, "stale member back"), failed);
+}
+
+/// With room left, new single chunks go only to members that are there.
+#[test]
+fn new_chunks_avoid_a_failed_member() {
+    let rig = Rig::sized(&[16 * MIB, 16 * MIB, 48 * MIB]);
+    let a = create_single(&rig, true, Some(24 * MIB));
+    let part = pattern(3, 4 * MIB as usize);
+    a.write_at(&part, 0).unwrap();
+    a.flush().unwrap();
+    // Member 2 (the largest) took the first chunks; fail it and write on.
+    assert!(a.status().members[2].used > 0);
+    a.fail_member(2, "test", true).unwrap();
+    let more = pattern(4, 8 * MIB as usize);
+    a.write_at(&more, 8 * MIB).unwrap();
+    a.flush().unwrap();
+    let mut back = vec![0u8; more.len()];
+    a.read_at(&mut back, 8 * MIB).unwrap();
+    assert!(back == more);
+    let st = a.status();
+    assert!(st.members[0].used + st.members[1].used >= 8 * MIB);
+    let lost = ranges(&st.unreadable);
+    assert_eq!(lost.iter().map(|r| r.1).sum::<u64>(), st.members[2].used);
+
+    // The rebuild gives member 2's chunks up (lost); there is room on the others, so the
+    // failed member, holding nothing, leaves the array, and a lost chunk written whole is
+    // good again.
+    let report = a.rebuild(Arc::new(JobControl::new(0))).unwrap();
+    assert_eq!(report.lost, lost);
+    let st = a.status();
+    assert_eq!(ranges(&st.lost), lost);
+    assert_eq!(st.members[2].state, MemberHealth::Removed);
+    let (bad, _) = lost[0];
+    let mut buf = vec![0u8; 4096];
+    assert!(matches!(a.read_at(&mut buf, bad), Err(Error::Lost(_))));
+    let fresh = pattern(99, CHUNK as usize);
+    a.write_at(&fresh, bad).unwrap();
+    a.flush().unwrap();
+    let mut left = lost.clone();
+    left[0] = (bad + CHUNK, left[0].1 - CHUNK);
+    left.retain(|r| r.1 > 0);
+    assert_eq!(ranges(&a.status().lost), left);
+    drop(a);
+    let a = Array::assemble(rig.devs(&[2]), AssembleOptions::default()).unwrap();
+    let mut back = vec![0u8; CHUNK as usize];
+    a.read_at(&mut back, bad).unwrap();
+    assert!(back == fresh);
+    assert_eq!(ranges(&a.status().lost), left);
+    a.read_at(&mut back[..more.len().min(CHUNK as usize)], 8 * MIB)
+        .unwrap();
+    assert!(back[..] == more[..CHUNK as usize]);
+}
+
+fn template(level: Level) -> Template {
+    Template {
+        level,
+        copies: level.default_copies(),
+        stripe_unit: 64 << 10,
+    }
+}
+
+fn convert(a: &Array, level: Level, force: bool) {
+    let change = Change {
+        template: Some(template(level)),
+        remove: Vec::new(),
+        balance: false,
+        grow: false,
+        no_spares: false,
+    };
+    a.start_reshape(&change, force).unwrap();
+    let plan = a.reshape(Arc::new(JobControl::new(0))).unwrap();
+    assert_eq!(plan.stuck, 0);
+    assert!(!a.reshape_pending());
+    let st = a.status();
+    assert_eq!((st.level, st.chunks_to_move), (level, 0));
+}
+
+#[test]
+fn convert_single_to_raid1_and_raid5_and_back() {
+    let rig = Rig::sized(&[24 * MIB, 32 * MIB, 24 * MIB, 28 * MIB]);
+    // A volume raid1 can hold too: half of what the members have, less room to work in.
+    let a = create_single(&rig, true, Some(40 * MIB));
+    let model = fill(&a, 21);
+
+    convert(&a, Level::Raid1, false);
+    assert_eq!(a.status().tolerance, 1);
+    assert!(readable_except(&a, &model, "raid1").is_empty());
+    // The redundancy is real: without any one member every chunk reads.
+    drop(a);
+    for gone in 0..4 {
+        let a = rig.assemble(&[gone]);
+        assert!(readable_except(&a, &model, &format!("raid1 without {gone}")).is_empty());
+    }
+    let a = rig.assemble(&[]);
+
+    // Back to single lowers redundancy: refused without force.
+    let change = Change {
+        template: Some(template(Level::Single)),
+        remove: Vec::new(),
+        balance: false,
+        grow: false,
+        no_spares: false,
+    };
+    assert!(a.start_reshape(&change, false).is_err());
+    convert(&a, Level::Single, true);
+    let st = a.status();
+    assert_eq!(st.tolerance, 0);
+    assert!(readable_except(&a, &model, "single again").is_empty());
+    // Each chunk is one slice again: the slices add up to the volume.
+    assert_eq!(st.members.iter().map(|m| m.used).sum::<u64>(), a.size());
+
+    convert(&a, Level::Raid5, false);
+    assert_eq!(a.status().tolerance, 1);
+    assert!(readable_except(&a, &model, "raid5").is_empty());
+    drop(a);
+    let a = rig.assemble(&[1]);
+    assert!(readable_except(&a, &model, "raid5 without 1").is_empty());
+}
+
+/// Scrub verifies single chunks by their checksums; with no redundancy a bad block cannot
+/// be repaired: it is counted, recorded lost and reads as EIO, never as the bad bytes.
+#[test]
+fn scrub_finds_a_bad_block_and_cannot_repair_it() {
+    let rig = Rig::new(2, 16 * MIB);
+    let a = create_single(&rig, true, None);
+    let model = fill(&a, 31);
+    // Find a data block on member 0 by its contents (the pattern's blocks are unique) and
+    // flip a byte of it.
+    let by_content: std::collections::HashMap<&[u8], u64> = model
+        .chunks(4096)
+        .enumerate()
+        .map(|(b, d)| (d, b as u64 * 4096))
+        .collect();
+    let snap = rig.members[0].snapshot();
+    let (at, voff) = snap
+        .chunks(4096)
+        .enumerate()
+        .find_map(|(b, d)| by_content.get(d).map(|&v| (b as u64 * 4096, v)))
+        .expect("a data block on member 0");
+    rig.members[0]
+        .write_at(&[snap[at as usize + 100] ^ 0x40], at + 100)
+        .unwrap();
+    let report = a.scrub(Arc::new(JobControl::new(0))).unwrap();
+    assert!(report.complete);
+    assert_eq!((report.repaired, report.unrecoverable), (0, 1));
+    assert_eq!(ranges(&a.status().lost), vec![(voff, 4096)]);
+    let mut buf = vec![0u8; 4096];
+    assert!(a.read_at(&mut buf, voff).is_err());
+    // The block's neighbours are fine.
+    a.read_at(&mut buf, voff ^ 4096).unwrap();
+    assert!(buf[..] == model[(voff ^ 4096) as usize..][..4096]);
+}
