@@ -227,6 +227,9 @@ fn new_chunks_avoid_a_failed_member() {
     let (bad, _) = lost[0];
     let mut buf = vec![0u8; 4096];
     assert!(matches!(a.read_at(&mut buf, bad), Err(Error::Lost(_))));
+    // Out of the map, yet no hole: a client told "zeros here" would not read the EIO.
+    assert!(!a.is_unallocated(bad, CHUNK));
+    assert_eq!(a.allocation_runs(bad, CHUNK), vec![(CHUNK, true)]);
     let fresh = pattern(99, CHUNK as usize);
     a.write_at(&fresh, bad).unwrap();
     a.flush().unwrap();

@@ -170,20 +170,33 @@ impl Array {
         let chunks = self.store.chunks();
         let c = self.chunk_size;
         let end = (offset + len).min(self.size());
-        (offset / c..end.div_ceil(c)).all(|i| chunks[i as usize].is_none())
+        let lost = self.lost_chunks();
+        (offset / c..end.div_ceil(c)).all(|i| chunks[i as usize].is_none() && !lost(i as usize))
     }
 
-    /// Splits `[offset, offset+len)` into runs of allocated (`true`) and never-written
-    /// (`false`, reads as zeros) space, at chunk granularity.
+    /// Whether chunk `i` holds a lost range: no hole even if it left the map (a `single`
+    /// chunk given up by a rebuild) — it reads as EIO, not zeros.
+    fn lost_chunks(&self) -> impl Fn(usize) -> bool {
+        let lost = self.store.lock().meta.health.lost.clone();
+        let c = self.chunk_size;
+        move |i| {
+            let (lo, hi) = (i as u64 * c, (i as u64 + 1) * c);
+            lost.iter().any(|&(o, l)| o < hi && lo < o + l)
+        }
+    }
+
+    /// Splits `[offset, offset+len)` into runs of allocated (`true`; also lost chunks) and
+    /// never-written (`false`, reads as zeros) space, at chunk granularity.
     pub fn allocation_runs(&self, offset: u64, len: u64) -> Vec<(u64, bool)> {
         let chunks = self.store.chunks();
         let c = self.chunk_size;
         let end = offset.saturating_add(len).min(self.size());
+        let lost = self.lost_chunks();
         let mut runs: Vec<(u64, bool)> = Vec::new();
         let mut off = offset;
         while off < end {
             let n = (c - off % c).min(end - off);
-            let alloc = chunks[(off / c) as usize].is_some();
+            let alloc = chunks[(off / c) as usize].is_some() || lost((off / c) as usize);
             match runs.last_mut() {
                 Some((l, a)) if *a == alloc => *l += n,
                 _ => runs.push((n, alloc)),
