@@ -347,3 +347,38 @@ fn scrub_finds_a_bad_block_and_cannot_repair_it() {
     a.read_at(&mut buf, voff ^ 4096).unwrap();
     assert!(buf[..] == model[(voff ^ 4096) as usize..][..4096]);
 }
+
+/// Writes taken but not yet committed when their chunk's member fails cannot reach it:
+/// they leave the commit, which goes on for the rest, and their range is recorded lost —
+/// it reads as EIO, never as the older data nor as zeros.
+#[test]
+fn dirty_blocks_of_a_chunk_whose_member_fails_are_lost_not_stale() {
+    let rig = Rig::sized(&[16 * MIB, 16 * MIB]);
+    let a = create_single(&rig, true, None);
+    let model = fill(&a, 41);
+    let st = a.status();
+    assert!(st.members[0].used > 0 && st.members[1].used > 0);
+    // A chunk on member 0 and one on member 1, found by their first blocks' contents.
+    let first_on = |m: usize| {
+        let snap = rig.members[m].snapshot();
+        let heads: std::collections::HashSet<&[u8]> = snap.chunks(4096).collect();
+        (0..a.size() / CHUNK)
+            .map(|i| i * CHUNK)
+            .find(|&o| heads.contains(&model[o as usize..o as usize + 4096]))
+            .expect("a chunk on the member")
+    };
+    let (x, y) = (first_on(0), first_on(1));
+    a.write_at(&[3u8; 8192], x + 4096).unwrap();
+    a.write_at(&[4u8; 8192], y + 4096).unwrap();
+    a.fail_member(0, "test", true).unwrap();
+    a.flush().unwrap();
+    let st = a.status();
+    assert_eq!(ranges(&st.lost), vec![(x + 4096, 8192)]);
+    let mut buf = vec![0u8; 8192];
+    assert!(matches!(a.read_at(&mut buf, x + 4096), Err(Error::Lost(_))));
+    a.read_at(&mut buf, y + 4096).unwrap();
+    assert!(buf.iter().all(|&b| b == 4));
+    // The neighbours of y's write are as they were.
+    a.read_at(&mut buf[..4096], y).unwrap();
+    assert!(buf[..4096] == model[y as usize..y as usize + 4096]);
+}
