@@ -263,6 +263,7 @@ fn convert(a: &Array, level: Level, force: bool) {
         balance: false,
         grow: false,
         no_spares: false,
+        volume: None,
     };
     a.start_reshape(&change, force).unwrap();
     let plan = a.reshape(Arc::new(JobControl::new(0))).unwrap();
@@ -297,6 +298,7 @@ fn convert_single_to_raid1_and_raid5_and_back() {
         balance: false,
         grow: false,
         no_spares: false,
+        volume: None,
     };
     assert!(a.start_reshape(&change, false).is_err());
     convert(&a, Level::Single, true);

@@ -379,7 +379,7 @@ fn error_lines(st: &Status) -> Vec<String> {
     if !st.unreadable.is_empty() {
         let bytes: u64 = st.unreadable.iter().map(|l| l.len).sum();
         lines.push(format!(
-            "unreadable:  {} in {} ranges of the volume are on members that are gone; reads of them fail:",
+            "unreadable:  {} in {} ranges of the array are on members that are gone; reads of them fail:",
             units::human(bytes),
             st.unreadable.len()
         ));

@@ -40,7 +40,8 @@ pub struct CreateArgs {
     /// The volume's name: 1–64 characters of letters, digits, '.', '_' and '-'.
     #[arg(value_name = "NAME")]
     pub name: String,
-    /// raid0, raid1, raid5, raid6, raid10 (or single, where this damocles has it).
+    /// single, raid0, raid1, raid5, raid6 or raid10 (single: each chunk whole on one
+    /// member, no redundancy; a lost member loses only the chunks on it).
     #[arg(long, short)]
     pub level: Level,
     /// Copies for raid1/raid10 (default 2).

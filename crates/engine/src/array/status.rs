@@ -137,9 +137,10 @@ pub struct Status {
     pub errors: ErrorCounts,
     /// Volume ranges whose data is lost; reads of them fail with EIO.
     pub lost: Vec<LostRange>,
-    /// Volume ranges that cannot be read now: chunks whose members are gone beyond their
-    /// redundancy (a `single` chunk whose one member is failed or missing). Reads of them
-    /// fail with EIO; they come back with the member, or a rebuild records them lost.
+    /// Array byte ranges (as in `lost`) that cannot be read now: chunks whose members are
+    /// gone beyond their redundancy (a `single` chunk whose one member is failed or
+    /// missing). Reads of them fail with EIO; they come back with the member, or a rebuild
+    /// records them lost. Each volume's `lost` gives them in its own offsets.
     #[serde(default)]
     pub unreadable: Vec<LostRange>,
     /// What the array needs to be whole again, if anything.

@@ -125,7 +125,7 @@ pub(crate) fn candidates_for(
     c
 }
 
-/// The volume ranges of chunks that cannot be read with `members` (a `single` chunk whose
+/// The array byte ranges of chunks that cannot be read with `members` (a `single` chunk whose
 /// member is gone, or any chunk past its redundancy), joined where they touch.
 pub(crate) fn unreadable_ranges(meta: &ArrayMeta, members: &[Option<Dev>]) -> Vec<(u64, u64)> {
     let cs = meta.map.chunk_size;
