@@ -271,6 +271,11 @@ impl Exports {
         self.lock().get(name).map(|e| *e.count())
     }
 
+    /// Whether `self` and `other` are handles of the same registry.
+    pub fn same(&self, other: &Exports) -> bool {
+        Arc::ptr_eq(&self.map, &other.map)
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.lock().contains_key(name)
     }
