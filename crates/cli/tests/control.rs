@@ -129,6 +129,12 @@ fn control_socket_is_private_found_by_name_and_removed_at_exit() {
     let uuid = st["uuid"].as_str().unwrap().to_string();
     let sock = rt.join("damocles").join(format!("{uuid}.sock"));
     assert_eq!(st["control_socket"], sock.display().to_string(), "{st:#}");
+    // The NBD export, as the server's export registry has it.
+    let exports = st["nbd_exports"].as_array().expect("nbd_exports");
+    assert_eq!(exports.len(), 1, "{st:#}");
+    assert_eq!(exports[0]["name"], "tank");
+    assert_eq!(exports[0]["connections"], 0);
+    assert_eq!(exports[0]["size"], st["size"]);
 
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let meta = std::fs::metadata(&sock).unwrap();

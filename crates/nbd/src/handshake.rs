@@ -3,11 +3,13 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::exports::{Claim, Entry, Exports};
 use crate::tls::TlsMode;
 use crate::wire::{self, *};
 use crate::{NbdError, ServerConfig};
 
-/// Export properties the handshake advertises.
+/// Export properties the handshake advertises (read from the export's device at each
+/// NBD_OPT_INFO / GO, so a device that grows is seen at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportInfo {
     pub size: u64,
@@ -48,10 +50,10 @@ const BASE_ALLOCATION_ID: u32 = 1;
 /// The option-haggling state of one connection.
 #[derive(Debug)]
 pub struct Negotiator {
-    export_name: String,
-    description: String,
+    exports: Exports,
     max_request: u32,
-    export: ExportInfo,
+    /// The export GO or EXPORT_NAME selected, held (counted) for the connection.
+    chosen: Option<Claim>,
     fixed: bool,
     no_zeroes: bool,
     structured: bool,
@@ -63,15 +65,13 @@ pub struct Negotiator {
 }
 
 impl Negotiator {
-    pub fn new(cfg: &ServerConfig, export: ExportInfo) -> Self {
+    /// Haggling over the exports of `exports` (resolved at each option, so exports
+    /// added or removed meanwhile count). Only `cfg`'s server-wide settings are used.
+    pub fn new(cfg: &ServerConfig, exports: Exports) -> Self {
         Negotiator {
-            export_name: cfg.export_name.clone(),
-            description: cfg.description.clone(),
+            exports,
             max_request: cfg.max_request,
-            export: ExportInfo {
-                read_only: export.read_only || cfg.read_only,
-                ..export
-            },
+            chosen: None,
             fixed: false,
             no_zeroes: false,
             structured: false,
@@ -110,13 +110,19 @@ impl Negotiator {
         self.fixed
     }
 
-    pub fn transmission_flags(&self) -> u16 {
+    /// The export selected by GO or EXPORT_NAME, once transmission is reached.
+    pub(crate) fn take_chosen(&mut self) -> Option<Claim> {
+        self.chosen.take()
+    }
+
+    /// Transmission flags of an export that is `read_only` or not.
+    pub fn transmission_flags(&self, read_only: bool) -> u16 {
         let mut f = FLAG_HAS_FLAGS
             | FLAG_SEND_FLUSH
             | FLAG_SEND_FUA
             | FLAG_CAN_MULTI_CONN
             | FLAG_SEND_CACHE;
-        if self.export.read_only {
+        if read_only {
             f |= FLAG_READ_ONLY;
         } else {
             f |= FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES;
@@ -127,19 +133,15 @@ impl Negotiator {
         f
     }
 
-    fn negotiated(&self) -> Negotiated {
+    fn negotiated(&self, export: ExportInfo) -> Negotiated {
         Negotiated {
-            size: self.export.size,
-            transmission_flags: self.transmission_flags(),
-            read_only: self.export.read_only,
+            size: export.size,
+            transmission_flags: self.transmission_flags(export.read_only),
+            read_only: export.read_only,
             structured: self.structured,
             base_allocation: (self.structured && self.base_allocation)
                 .then_some(BASE_ALLOCATION_ID),
         }
-    }
-
-    fn is_our_export(&self, name: &str) -> bool {
-        name.is_empty() || name == self.export_name
     }
 
     /// Reply for an option whose data exceeded the server's limit (already skipped).
@@ -194,11 +196,15 @@ impl Negotiator {
                 if !data.is_empty() {
                     err_reply(out, option, REP_ERR_INVALID, "LIST takes no data");
                 } else {
-                    let mut d = Vec::new();
-                    d.extend_from_slice(&(self.export_name.len() as u32).to_be_bytes());
-                    d.extend_from_slice(self.export_name.as_bytes());
-                    d.extend_from_slice(self.description.as_bytes());
-                    encode_option_reply(out, option, REP_SERVER, &d);
+                    // NBD_REP_SERVER: name length, name, then the description.
+                    for e in self.exports.entries() {
+                        let (name, desc) = (&e.export.name, &e.export.description);
+                        let mut d = Vec::with_capacity(4 + name.len() + desc.len());
+                        d.extend_from_slice(&(name.len() as u32).to_be_bytes());
+                        d.extend_from_slice(name.as_bytes());
+                        d.extend_from_slice(desc.as_bytes());
+                        encode_option_reply(out, option, REP_SERVER, &d);
+                    }
                     encode_option_reply(out, option, REP_ACK, &[]);
                 }
                 OptionOutcome::Continue
@@ -268,17 +274,25 @@ impl Negotiator {
             // EXPORT_NAME cannot carry an error.
             return OptionOutcome::Disconnect("client skipped TLS, which this export requires");
         }
-        match wire::parse_string(data) {
-            Ok(name) if self.is_our_export(&name) => {}
-            // EXPORT_NAME cannot carry an error, so the spec mandates a disconnect.
-            _ => return OptionOutcome::Disconnect("unknown export"),
-        }
-        out.extend_from_slice(&self.export.size.to_be_bytes());
-        out.extend_from_slice(&self.transmission_flags().to_be_bytes());
+        let Ok(name) = wire::parse_string(data) else {
+            return OptionOutcome::Disconnect("export name is not a valid NBD string");
+        };
+        let claim = match self.exports.claim(&name) {
+            Ok(c) => c,
+            Err(why) => {
+                // EXPORT_NAME cannot carry an error, so the spec mandates a disconnect.
+                tracing::info!("NBD_OPT_EXPORT_NAME refused: {why}");
+                return OptionOutcome::Disconnect("unknown export");
+            }
+        };
+        let export = export_info(&claim.0);
+        self.chosen = Some(claim);
+        out.extend_from_slice(&export.size.to_be_bytes());
+        out.extend_from_slice(&self.transmission_flags(export.read_only).to_be_bytes());
         if !self.no_zeroes {
             out.extend_from_slice(&[0u8; 124]);
         }
-        OptionOutcome::Transmission(self.negotiated())
+        OptionOutcome::Transmission(self.negotiated(export))
     }
 
     fn info_or_go(&mut self, option: u32, data: &[u8], out: &mut Vec<u8>) -> OptionOutcome {
@@ -289,45 +303,66 @@ impl Negotiator {
                 return OptionOutcome::Continue;
             }
         };
-        if !self.is_our_export(&req.name) {
-            err_reply(out, option, REP_ERR_UNKNOWN, "unknown export");
-            return OptionOutcome::Continue;
-        }
+        // GO holds the export from here on (counted, and safe from a removal that is
+        // not forced); INFO only looks.
+        let (entry, claim) = if option == OPT_GO {
+            match self.exports.claim(&req.name) {
+                Ok(c) => (c.0.clone(), Some(c)),
+                Err(why) => {
+                    err_reply(out, option, REP_ERR_UNKNOWN, &why);
+                    return OptionOutcome::Continue;
+                }
+            }
+        } else {
+            match self.exports.resolve(&req.name) {
+                Ok(e) => (e, None),
+                Err(why) => {
+                    err_reply(out, option, REP_ERR_UNKNOWN, &why);
+                    return OptionOutcome::Continue;
+                }
+            }
+        };
+        let export = export_info(&entry);
         let mut d = Vec::with_capacity(16);
         d.extend_from_slice(&INFO_EXPORT.to_be_bytes());
-        d.extend_from_slice(&self.export.size.to_be_bytes());
-        d.extend_from_slice(&self.transmission_flags().to_be_bytes());
+        d.extend_from_slice(&export.size.to_be_bytes());
+        d.extend_from_slice(&self.transmission_flags(export.read_only).to_be_bytes());
         encode_option_reply(out, option, REP_INFO, &d);
         if req.info_requests.contains(&INFO_NAME) {
+            // The canonical name: what the empty name selected, too.
             let mut d = INFO_NAME.to_be_bytes().to_vec();
-            d.extend_from_slice(self.export_name.as_bytes());
+            d.extend_from_slice(entry.export.name.as_bytes());
             encode_option_reply(out, option, REP_INFO, &d);
         }
-        if req.info_requests.contains(&INFO_DESCRIPTION) && !self.description.is_empty() {
+        let description = &entry.export.description;
+        if req.info_requests.contains(&INFO_DESCRIPTION) && !description.is_empty() {
             let mut d = INFO_DESCRIPTION.to_be_bytes().to_vec();
-            d.extend_from_slice(self.description.as_bytes());
+            d.extend_from_slice(description.as_bytes());
             encode_option_reply(out, option, REP_INFO, &d);
         }
         // Always sent: harmless for clients that did not ask, and our limits are
         // the spec defaults (min 1) so no client is refused for not asking.
-        let (min, pref, max) = self.block_sizes();
+        let (min, pref, max) = self.block_sizes(export.preferred_block_size);
         let mut d = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
         d.extend_from_slice(&min.to_be_bytes());
         d.extend_from_slice(&pref.to_be_bytes());
         d.extend_from_slice(&max.to_be_bytes());
         encode_option_reply(out, option, REP_INFO, &d);
         encode_option_reply(out, option, REP_ACK, &[]);
-        if option == OPT_GO {
-            OptionOutcome::Transmission(self.negotiated())
-        } else {
-            OptionOutcome::Continue
+        match claim {
+            Some(c) => {
+                self.chosen = Some(c);
+                OptionOutcome::Transmission(self.negotiated(export))
+            }
+            None => OptionOutcome::Continue,
         }
     }
 
-    /// (minimum, preferred, maximum payload) per the spec's constraints.
-    pub fn block_sizes(&self) -> (u32, u32, u32) {
+    /// (minimum, preferred, maximum payload) per the spec's constraints, for a device
+    /// that prefers `preferred`.
+    pub fn block_sizes(&self, preferred: u32) -> (u32, u32, u32) {
         let max = self.max_request;
-        let mut pref = self.export.preferred_block_size;
+        let mut pref = preferred;
         if !pref.is_power_of_two() {
             pref = pref.checked_next_power_of_two().unwrap_or(4096);
         }
@@ -365,8 +400,8 @@ impl Negotiator {
                 return OptionOutcome::Continue;
             }
         };
-        if !self.is_our_export(&req.export) {
-            err_reply(out, option, REP_ERR_UNKNOWN, "unknown export");
+        if let Err(why) = self.exports.resolve(&req.export) {
+            err_reply(out, option, REP_ERR_UNKNOWN, &why);
             return OptionOutcome::Continue;
         }
         let mut matched = !set && req.queries.is_empty();
@@ -392,6 +427,15 @@ impl Negotiator {
         }
         encode_option_reply(out, option, REP_ACK, &[]);
         OptionOutcome::Continue
+    }
+}
+
+/// What the handshake advertises of `e` now.
+fn export_info(e: &Entry) -> ExportInfo {
+    ExportInfo {
+        size: e.export.device.size(),
+        read_only: e.read_only(),
+        preferred_block_size: e.export.device.preferred_block_size(),
     }
 }
 
@@ -488,15 +532,21 @@ pub(crate) async fn read_exact_or_eof<R: AsyncRead + Unpin + ?Sized>(
 mod tests {
     use super::*;
 
+    fn exports() -> Exports {
+        let dev = std::sync::Arc::new(crate::MemDevice::new(1 << 20));
+        Exports::single(crate::Export::new("exp", dev)).unwrap()
+    }
+
+    fn info() -> ExportInfo {
+        ExportInfo {
+            size: 1 << 20,
+            read_only: false,
+            preferred_block_size: 4096,
+        }
+    }
+
     fn neg(fixed: bool) -> Negotiator {
-        let mut n = Negotiator::new(
-            &ServerConfig::new("exp"),
-            ExportInfo {
-                size: 1 << 20,
-                read_only: false,
-                preferred_block_size: 4096,
-            },
-        );
+        let mut n = Negotiator::new(&ServerConfig::new("exp"), exports());
         n.client_flags(if fixed { FLAG_C_FIXED_NEWSTYLE } else { 0 })
             .unwrap();
         n
@@ -548,12 +598,15 @@ mod tests {
         n.handle_option(OPT_STRUCTURED_REPLY, &[], false, &mut out);
         n.handle_option(OPT_SET_META_CONTEXT, &q, false, &mut out);
         assert_eq!(reply_types(&out), vec![REP_ACK, REP_META_CONTEXT, REP_ACK]);
-        assert_eq!(n.negotiated().base_allocation, Some(BASE_ALLOCATION_ID));
+        assert_eq!(
+            n.negotiated(info()).base_allocation,
+            Some(BASE_ALLOCATION_ID)
+        );
         out.clear();
         // A malformed SET still clears the selection.
         n.handle_option(OPT_SET_META_CONTEXT, &q[..5], false, &mut out);
         assert_eq!(reply_types(&out), vec![REP_ERR_INVALID]);
-        assert_eq!(n.negotiated().base_allocation, None);
+        assert_eq!(n.negotiated(info()).base_allocation, None);
     }
 
     #[test]
@@ -576,14 +629,7 @@ mod tests {
             .unwrap();
         let mut cfg = ServerConfig::new("exp");
         cfg.tls = Some(std::sync::Arc::new(b.build().unwrap()));
-        let mut n = Negotiator::new(
-            &cfg,
-            ExportInfo {
-                size: 1 << 20,
-                read_only: false,
-                preferred_block_size: 4096,
-            },
-        );
+        let mut n = Negotiator::new(&cfg, exports());
         n.client_flags(FLAG_C_FIXED_NEWSTYLE).unwrap();
         n
     }
@@ -670,14 +716,14 @@ mod tests {
         n.handle_option(OPT_STRUCTURED_REPLY, &[], false, &mut out);
         n.handle_option(OPT_LIST, &[], false, &mut out);
         assert_eq!(reply_types(&out), vec![REP_ACK, REP_SERVER, REP_ACK]);
-        assert!(n.negotiated().structured);
+        assert!(n.negotiated(info()).structured);
         out.clear();
         assert_eq!(
             n.handle_option(OPT_STARTTLS, &[], false, &mut out),
             OptionOutcome::StartTls
         );
         assert!(
-            !n.negotiated().structured,
+            !n.negotiated(info()).structured,
             "STARTTLS keeps no earlier state"
         );
     }
@@ -694,6 +740,6 @@ mod tests {
     #[test]
     fn block_sizes_sane() {
         let n = neg(true);
-        assert_eq!(n.block_sizes(), (1, 4096, 32 << 20));
+        assert_eq!(n.block_sizes(4096), (1, 4096, 32 << 20));
     }
 }

@@ -1,8 +1,34 @@
 //! NBD (Network Block Device) server for damocles.
 //!
-//! Serves one export backed by a blocking [`BlockDevice`] using the fixed
-//! newstyle handshake and the transmission phase as described in the NBD
+//! Serves named exports, each backed by a blocking [`BlockDevice`], using the
+//! fixed newstyle handshake and the transmission phase as described in the NBD
 //! protocol specification (`doc/proto.md` of NetworkBlockDevice/nbd).
+//!
+//! # Exports
+//!
+//! [`serve_exports`] serves the exports of an [`Exports`] registry, which the
+//! caller may change while it runs: [`Exports::add`] (a name already present is
+//! refused) makes an export reachable by the next handshake, [`Exports::remove`]
+//! makes it unreachable. Removing an export that clients are connected to is
+//! refused ([`ExportError::Busy`]) unless forced; a forced removal stops its
+//! connections as a server shutdown does (no more requests are read, those
+//! already received are answered, then the connection closes), and
+//! [`Removed::wait_closed`] waits for them. Each export has its own
+//! description, read-only flag and [`ExportStats`]; limits, timeouts and TLS
+//! are server-wide ([`ServerConfig`]).
+//!
+//! The client's export name is resolved at each option: `NBD_OPT_INFO` and
+//! `NBD_OPT_GO` of an unknown name get `NBD_REP_ERR_UNKNOWN` with a message
+//! naming the exports, `NBD_OPT_EXPORT_NAME` of one is closed (it cannot carry
+//! an error). The empty name selects the only export when there is exactly one,
+//! and is refused the same way, naming them, when there are several.
+//! `NBD_OPT_LIST` lists every export with its description. Under required TLS
+//! every option but `STARTTLS` and `ABORT` (`LIST` too) is refused until TLS is
+//! up.
+//!
+//! [`serve`] and [`serve_connection`] are the single-export shorthand: they
+//! serve one device under [`ServerConfig::export_name`], with the config's
+//! description, read-only flag and stats, as a one-entry registry.
 //!
 //! Supported: options `EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO`,
 //! `STRUCTURED_REPLY`, `LIST_META_CONTEXT` / `SET_META_CONTEXT`
@@ -19,6 +45,7 @@
 #![forbid(unsafe_code)]
 
 mod device;
+mod exports;
 mod handshake;
 mod server;
 pub mod stats;
@@ -30,19 +57,26 @@ pub mod wire;
 use std::time::Duration;
 
 pub use device::{BlockDevice, Extent, MemDevice};
+pub use exports::{Export, ExportError, ExportSummary, Exports, Removed};
 pub use handshake::{ExportInfo, Negotiated, Negotiator, OptionOutcome};
-pub use server::{serve, serve_connection, serve_connection_with_shutdown, Listener};
+pub use server::{
+    serve, serve_connection, serve_connection_with_shutdown, serve_exports,
+    serve_exports_connection, Listener,
+};
 pub use stats::{ExportStats, StatsSnapshot, LATENCY_BUCKETS};
 pub use wire::NbdErrno;
 
-/// Server-wide settings for one export.
+/// Server-wide settings, plus the export of the single-export shorthand.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Canonical export name; the empty name also selects this export.
+    /// [`serve`] / [`serve_connection`] only: the export's name (the empty name
+    /// also selects it, as the only export). [`serve_exports`] ignores it.
     pub export_name: String,
-    /// Human-readable description (NBD_INFO_DESCRIPTION, NBD_OPT_LIST).
+    /// Single-export shorthand only: the description (NBD_INFO_DESCRIPTION,
+    /// NBD_OPT_LIST).
     pub description: String,
-    /// Force the export read-only (it is also read-only if the device says so).
+    /// Single-export shorthand only: force the export read-only (it is also
+    /// read-only if the device says so).
     pub read_only: bool,
     /// Maximum payload of a single READ/WRITE, advertised via NBD_INFO_BLOCK_SIZE.
     pub max_request: u32,
@@ -66,7 +100,8 @@ pub struct ServerConfig {
     /// TLS credentials and whether TLS is offered or required (None: no TLS,
     /// NBD_OPT_STARTTLS is refused). Only TCP and Unix socket connections can use it.
     pub tls: Option<std::sync::Arc<tls::TlsConfig>>,
-    /// Where connections and requests are counted (metrics), if anywhere.
+    /// Single-export shorthand only: where the export's connections and requests
+    /// are counted (metrics), if anywhere. Registry exports have their own.
     pub stats: Option<std::sync::Arc<stats::ExportStats>>,
 }
 

@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::device::BlockDevice;
-use crate::handshake::{greet, haggle, ExportInfo, Haggled, Negotiated, Negotiator};
+use crate::exports::{Claim, Export, Exports};
+use crate::handshake::{greet, haggle, Haggled, Negotiated, Negotiator};
 use crate::tls;
 use crate::transmission;
 use crate::transport::{Bridge, Sock};
@@ -81,6 +82,19 @@ pub(crate) async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
     }
 }
 
+/// The one-export registry the single-export entry points serve: `dev` under
+/// `cfg.export_name`, with `cfg`'s description, read-only flag and stats.
+fn single_export(dev: Arc<dyn BlockDevice>, cfg: &ServerConfig) -> Result<Exports, NbdError> {
+    Exports::single(Export {
+        name: cfg.export_name.clone(),
+        description: cfg.description.clone(),
+        read_only: cfg.read_only,
+        device: dev,
+        stats: cfg.stats.clone(),
+    })
+    .map_err(|e| NbdError::Config(e.to_string()))
+}
+
 /// Serve one client connection until it disconnects.
 pub async fn serve_connection<S>(
     stream: S,
@@ -110,7 +124,22 @@ pub async fn serve_connection_with_shutdown<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve_one(stream, dev, cfg, shutdown, std::future::pending()).await
+    let exports = single_export(dev, &cfg)?;
+    serve_one(stream, exports, cfg, shutdown, std::future::pending()).await
+}
+
+/// [`serve_connection_with_shutdown`] for a client choosing among `exports` (only the
+/// server-wide settings of `cfg` are used, not its export fields).
+pub async fn serve_exports_connection<S>(
+    stream: S,
+    exports: Exports,
+    cfg: Arc<ServerConfig>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_one(stream, exports, cfg, shutdown, std::future::pending()).await
 }
 
 /// [`serve_connection_with_shutdown`], plus `abort`: once it resolves the
@@ -118,7 +147,7 @@ where
 /// device have finished (their replies are dropped).
 async fn serve_one<S>(
     stream: S,
-    dev: Arc<dyn BlockDevice>,
+    exports: Exports,
     cfg: Arc<ServerConfig>,
     shutdown: watch::Receiver<bool>,
     abort: impl Future<Output = ()> + Send,
@@ -127,12 +156,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     cfg.validate()?;
-    let _counted = crate::stats::ConnectionGuard::new(cfg.stats.clone());
-    let export = ExportInfo {
-        size: dev.size(),
-        read_only: dev.read_only(),
-        preferred_block_size: dev.preferred_block_size(),
-    };
     let conn = Plain::classify(stream);
     if cfg.tls.is_some() && matches!(conn, Plain::Other(_)) {
         return Err(NbdError::Config(
@@ -144,33 +167,45 @@ where
     let neg = tokio::select! {
         r = tokio::time::timeout(
             cfg.handshake_timeout,
-            handshake(conn, &cfg, export, &is_down),
+            handshake(conn, &cfg, exports, &is_down),
         ) => r.map_err(|_| NbdError::HandshakeTimeout)??,
         _ = wait_shutdown(shutdown.clone()) => return Ok(()),
     };
-    let Some((neg, conn)) = neg else {
+    let Some((neg, claim, conn)) = neg else {
         return Ok(());
     };
-    tracing::debug!(?neg, "entering transmission");
-    let stop = wait_shutdown(shutdown);
-    match conn {
+    tracing::debug!(?neg, export = %claim.0.export.name, "entering transmission");
+    // The connection stops as at shutdown when its export is removed with force.
+    let (server_down, removed) = (wait_shutdown(shutdown), claim.0.removed());
+    let stop = async move {
+        tokio::select! {
+            _ = server_down => {}
+            _ = removed => tracing::info!("export removed: closing its connection"),
+        }
+    };
+    let dev = claim.0.export.device.clone();
+    let stats = claim.0.export.stats.clone();
+    let r = match conn {
         Upgraded::Plain(Plain::Tcp(s)) => {
             let t = Sock::from_tokio_tcp(s)?;
-            transmission::run(t, dev, &cfg, neg, stop, abort).await
+            transmission::run(t, dev, stats, &cfg, neg, stop, abort).await
         }
         #[cfg(unix)]
         Upgraded::Plain(Plain::Unix(s)) => {
             let t = Sock::from_tokio_unix(s)?;
-            transmission::run(t, dev, &cfg, neg, stop, abort).await
+            transmission::run(t, dev, stats, &cfg, neg, stop, abort).await
         }
         Upgraded::Plain(Plain::Other(s)) => {
-            transmission::run(Bridge::new(s), dev, &cfg, neg, stop, abort).await
+            transmission::run(Bridge::new(s), dev, stats, &cfg, neg, stop, abort).await
         }
         Upgraded::Tls(t) => {
             let t = t.into_blocking()?;
-            transmission::run(t, dev, &cfg, neg, stop, abort).await
+            transmission::run(t, dev, stats, &cfg, neg, stop, abort).await
         }
-    }
+    };
+    // Counted on its export until every request of the connection has finished.
+    drop(claim);
+    r
 }
 
 /// An accepted stream before TLS: a real socket (served from blocking threads in
@@ -230,22 +265,35 @@ enum Upgraded<S> {
     Tls(tls::AsyncTls),
 }
 
+/// What a handshake that reached transmission gives: the terms, the export chosen and
+/// the stream.
+type Handshaken<S> = (Negotiated, Claim, Upgraded<S>);
+
+/// The export GO or EXPORT_NAME chose.
+fn chosen(neg: &mut Negotiator) -> Result<Claim, NbdError> {
+    neg.take_chosen()
+        .ok_or(NbdError::Handshake("transmission without an export"))
+}
+
 /// The whole handshake, with the upgrade to TLS if the client asks for it. `Ok(None)`:
 /// the client ended it cleanly.
 async fn handshake<S>(
     mut conn: Plain<S>,
     cfg: &ServerConfig,
-    export: ExportInfo,
+    exports: Exports,
     is_down: &(dyn Fn() -> bool + Send + Sync),
-) -> Result<Option<(Negotiated, Upgraded<S>)>, NbdError>
+) -> Result<Option<Handshaken<S>>, NbdError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut neg = Negotiator::new(cfg, export);
+    let mut neg = Negotiator::new(cfg, exports);
     greet(conn.as_dyn(), &mut neg).await?;
     match haggle(conn.as_dyn(), &mut neg, cfg, is_down).await? {
         Haggled::Closed => return Ok(None),
-        Haggled::Transmission(n) => return Ok(Some((n, Upgraded::Plain(conn)))),
+        Haggled::Transmission(n) => {
+            let claim = chosen(&mut neg)?;
+            return Ok(Some((n, claim, Upgraded::Plain(conn))));
+        }
         Haggled::StartTls => {}
     }
     let creds = cfg
@@ -269,7 +317,10 @@ where
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
             Ok(None)
         }
-        Haggled::Transmission(n) => Ok(Some((n, Upgraded::Tls(tls)))),
+        Haggled::Transmission(n) => {
+            let claim = chosen(&mut neg)?;
+            Ok(Some((n, claim, Upgraded::Tls(tls))))
+        }
         // A second STARTTLS is refused with NBD_REP_ERR_INVALID, never acknowledged.
         Haggled::StartTls => Err(NbdError::Handshake("STARTTLS inside TLS")),
     }
@@ -280,9 +331,27 @@ where
 /// (up to `cfg.shutdown_grace`; after that their sockets are cut and only
 /// the device calls already running are waited for), flush the device and
 /// return.
+///
+/// Serves the one export `dev`, named and described by `cfg` (a one-entry
+/// [`Exports`]; see [`serve_exports`]).
 pub async fn serve(
     listeners: Vec<Listener>,
     dev: Arc<dyn BlockDevice>,
+    cfg: Arc<ServerConfig>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), NbdError> {
+    cfg.validate()?;
+    let exports = single_export(dev, &cfg)?;
+    serve_exports(listeners, exports, cfg, shutdown).await
+}
+
+/// [`serve`] for every export of `exports`, which may change while this runs (an
+/// export added is reachable by the next handshake). Only the server-wide settings of
+/// `cfg` are used, not its export fields. At the end the devices of the exports then
+/// registered are flushed.
+pub async fn serve_exports(
+    listeners: Vec<Listener>,
+    exports: Exports,
     cfg: Arc<ServerConfig>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NbdError> {
@@ -328,17 +397,17 @@ pub async fn serve(
                     tracing::warn!("connection limit reached; refusing client");
                     continue;
                 }
-                let (dev, cfg, sd) = (dev.clone(), cfg.clone(), shutdown.clone());
+                let (ex, cfg, sd) = (exports.clone(), cfg.clone(), shutdown.clone());
                 let abort = wait_shutdown(abort_rx.clone());
                 match acc {
                     Accepted::Tcp(s, addr) => {
                         tracing::debug!(%addr, "client connected");
-                        conns.spawn(serve_one(s, dev, cfg, sd, abort));
+                        conns.spawn(serve_one(s, ex, cfg, sd, abort));
                     }
                     #[cfg(unix)]
                     Accepted::Unix(s) => {
                         tracing::debug!("unix client connected");
-                        conns.spawn(serve_one(s, dev, cfg, sd, abort));
+                        conns.spawn(serve_one(s, ex, cfg, sd, abort));
                     }
                 }
             }
@@ -364,10 +433,18 @@ pub async fn serve(
             log_conn_end(done);
         }
     }
-    let d = dev.clone();
-    tokio::task::spawn_blocking(move || d.flush())
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))??;
+    let devices: Vec<_> = exports
+        .entries()
+        .into_iter()
+        .map(|e| e.export.device.clone())
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        // Every device is flushed even when one fails; the first error is returned.
+        let results: Vec<io::Result<()>> = devices.iter().map(|d| d.flush()).collect();
+        results.into_iter().collect::<io::Result<()>>()
+    })
+    .await
+    .map_err(|e| io::Error::other(e.to_string()))??;
     Ok(())
 }
 

@@ -37,9 +37,9 @@ pub struct ExportStats {
 /// The counters at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StatsSnapshot {
-    /// Connections open now (in the handshake or serving requests).
+    /// Connections open now that selected this export (NBD_OPT_GO or EXPORT_NAME).
     pub connections: u64,
-    /// Connections accepted since the export started.
+    /// Connections that selected this export since it started.
     pub connections_total: u64,
     pub reads: u64,
     pub writes: u64,
@@ -105,26 +105,6 @@ impl ExportStats {
     }
 }
 
-/// Counts a connection for as long as it lives.
-pub(crate) struct ConnectionGuard(pub(crate) Option<std::sync::Arc<ExportStats>>);
-
-impl ConnectionGuard {
-    pub(crate) fn new(stats: Option<std::sync::Arc<ExportStats>>) -> ConnectionGuard {
-        if let Some(s) = &stats {
-            s.connected();
-        }
-        ConnectionGuard(stats)
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        if let Some(s) = &self.0 {
-            s.disconnected();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,17 +115,16 @@ mod tests {
         s.request(RequestKind::Read, 4096, Duration::from_micros(50));
         s.request(RequestKind::Write, 512, Duration::from_millis(3));
         s.request(RequestKind::Other, 0, Duration::from_secs(10));
-        let g = ConnectionGuard::new(Some(std::sync::Arc::new(ExportStats::new())));
-        assert_eq!(g.0.as_ref().unwrap().snapshot().connections, 1);
+        s.connected();
+        assert_eq!(s.snapshot().connections, 1);
         let snap = s.snapshot();
         assert_eq!((snap.reads, snap.writes, snap.others), (1, 1, 1));
         assert_eq!((snap.read_bytes, snap.written_bytes), (4096, 512));
         assert_eq!(snap.latency_buckets[0], 1);
         assert_eq!(snap.latency_buckets[5], 1, "3 ms is in the 5 ms bucket");
         assert_eq!(snap.latency_buckets[LATENCY_BUCKETS.len()], 1);
-        let stats = g.0.clone().unwrap();
-        drop(g);
-        assert_eq!(stats.snapshot().connections, 0);
-        assert_eq!(stats.snapshot().connections_total, 1);
+        s.disconnected();
+        assert_eq!(s.snapshot().connections, 0);
+        assert_eq!(s.snapshot().connections_total, 1);
     }
 }

@@ -6,12 +6,13 @@ use super::serve::{self, Running, ServeOpts};
 use crate::blockdev::VolumeDevice;
 use crate::config::{self, ArrayConfig, Config, ExportConfig, ListenAddr};
 use crate::control::proto::Request;
+use crate::control::server::Shared;
 use crate::members;
 use crate::metrics::{self, ArraySource, ExportSource, Sources};
 use crate::notify::Notifier;
 use anyhow::{bail, Context, Result};
 use damocles_engine::{AssembleOptions, Health};
-use damocles_nbd::{BlockDevice, ExportStats};
+use damocles_nbd::{BlockDevice, ExportStats, Exports};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,6 +71,9 @@ struct ExportRun {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<()>>,
     sockets: Vec<PathBuf>,
+    /// Its export registry (one export today), attached to its array's control socket.
+    registry: Exports,
+    shared: Arc<Shared>,
 }
 
 struct Daemon {
@@ -352,15 +356,18 @@ impl Daemon {
             uris.push(uri);
             nbd = Some((name, c));
         }
-        let Some((name, mut c)) = nbd else {
+        let Some((name, c)) = nbd else {
             bail!("export of array '{}' has no address", run.key);
         };
         let stats = Arc::new(ExportStats::new());
-        c.stats = Some(stats.clone());
         let (stop, rx) = watch::channel(false);
         let dev: Arc<dyn BlockDevice> = Arc::new(VolumeDevice::only(run.running.array.clone())?);
+        let registry = Exports::single(serve::nbd_export(&c, dev, Some(stats.clone())))
+            .with_context(|| format!("export '{name}'"))?;
+        run.running.shared.attach_exports(&registry);
+        let exports = registry.clone();
         let task = tokio::spawn(async move {
-            damocles_nbd::serve(listeners, dev, Arc::new(c), rx)
+            damocles_nbd::serve_exports(listeners, exports, Arc::new(c), rx)
                 .await
                 .context("NBD server")
         });
@@ -386,6 +393,8 @@ impl Daemon {
             stop,
             task,
             sockets,
+            registry,
+            shared: run.running.shared.clone(),
         });
         Ok(())
     }
@@ -422,6 +431,7 @@ impl Daemon {
                 Ok(Err(err)) => error!(export = %e.name, "export stopped: {err:#}"),
                 Err(err) => error!(export = %e.name, "export task failed: {err}"),
             }
+            e.shared.detach_exports(&e.registry);
             for s in &e.sockets {
                 let _ = std::fs::remove_file(s);
             }

@@ -6,7 +6,7 @@ use crate::tls::{TlsArgs, TlsMode};
 use crate::{control, hook, members, units};
 use anyhow::{bail, Context, Result};
 use damocles_engine::{Array, AssembleOptions, DirectIo, Event, Health, Status};
-use damocles_nbd::{BlockDevice, Listener, ServerConfig};
+use damocles_nbd::{BlockDevice, Export, ExportStats, Exports, Listener, ServerConfig};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -235,7 +235,7 @@ fn clear_stale_socket(path: &Path) -> Result<()> {
 /// Serves until a signal; `ready` is called with the client URI once listening.
 pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Result<()> {
     let st = array.status();
-    let (export, mut cfg) = nbd_config(&st, o)?;
+    let (export, cfg) = nbd_config(&st, o)?;
     for (warning, line) in health_lines(&st) {
         eprintln!("{}{line}", if warning { "warning: " } else { "note: " });
     }
@@ -256,9 +256,13 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
     let control_line = running
         .control_path()
         .map(|p| format!("control socket {}", p.display()));
-    let sources = o.metrics.as_ref().map(|_| {
-        let stats = Arc::new(damocles_nbd::ExportStats::new());
-        cfg.stats = Some(stats.clone());
+    let stats = o.metrics.as_ref().map(|_| Arc::new(ExportStats::new()));
+    // One export per array for now; control commands reach the registry through
+    // `Shared::exports` to add or remove others while serving.
+    let exports = Exports::single(nbd_export(&cfg, dev, stats.clone()))
+        .map_err(|e| anyhow::anyhow!("--export: {e}"))?;
+    running.shared.attach_exports(&exports);
+    let sources = stats.map(|stats| {
         let key = if st.name.is_empty() {
             st.uuid.clone()
         } else {
@@ -277,6 +281,7 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
             }],
         }))
     });
+    let exports_handle = exports.clone();
     let result = rt.block_on(async move {
         let mut cfg = cfg;
         let (listener, uri) = listen(o, &export, &mut cfg).await?;
@@ -302,13 +307,14 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         use std::io::Write;
         std::io::stdout().flush().ok();
         let stop = stop_on_signal(weak, o.shutdown_limit, at_stop);
-        let r = damocles_nbd::serve(vec![listener], dev, Arc::new(cfg), stop).await;
+        let r = damocles_nbd::serve_exports(vec![listener], exports, Arc::new(cfg), stop).await;
         if let Some(p) = &o.socket {
             let _ = std::fs::remove_file(p);
         }
         r.context("NBD server")
     });
     drop(rt);
+    running.shared.detach_exports(&exports_handle);
     let closed = running.stop(failed_at_stop.lock().map(|mut g| g.take()).unwrap_or(None));
     result?;
     closed?;
@@ -388,6 +394,22 @@ pub(crate) fn nbd_config(st: &Status, o: &ServeOpts) -> Result<(String, ServerCo
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("--export: {e}"))?;
     Ok((export, cfg))
+}
+
+/// The NBD export of the array `dev` as `cfg` (from [`nbd_config`]) names, describes and
+/// flags it, counted in `stats`.
+pub(crate) fn nbd_export(
+    cfg: &ServerConfig,
+    dev: Arc<dyn BlockDevice>,
+    stats: Option<Arc<ExportStats>>,
+) -> Export {
+    Export {
+        name: cfg.export_name.clone(),
+        description: cfg.description.clone(),
+        read_only: cfg.read_only,
+        device: dev,
+        stats,
+    }
 }
 
 /// What to warn about at start: a degraded or failed array (`true`), and its notes.

@@ -209,3 +209,22 @@ pub fn select(array: Option<&str>, usage: &str) -> Result<Client> {
         ),
     }
 }
+
+/// What `status` shows of the NBD exports of `registries`: name, description, size,
+/// read-only and connections.
+pub(crate) fn exports_json(registries: &[damocles_nbd::Exports]) -> serde_json::Value {
+    let v: Vec<serde_json::Value> = registries
+        .iter()
+        .flat_map(|x| x.list())
+        .map(|e| {
+            serde_json::json!({
+                "name": e.name,
+                "description": e.description,
+                "size": e.size,
+                "read_only": e.read_only,
+                "connections": e.connections,
+            })
+        })
+        .collect();
+    v.into()
+}

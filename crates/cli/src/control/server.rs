@@ -35,6 +35,9 @@ pub struct Shared {
     socket: Mutex<Option<String>>,
     /// How members added through the socket are opened (as the array's own were).
     direct: DirectIo,
+    /// The NBD export registries serving this array (`serve`: one; the daemon: one per
+    /// configured export): control commands add and remove exports through them.
+    nbd: Mutex<Vec<damocles_nbd::Exports>>,
 }
 
 struct EventLog {
@@ -61,7 +64,24 @@ impl Shared {
             connections: AtomicUsize::new(0),
             socket: Mutex::new(None),
             direct,
+            nbd: Mutex::new(Vec::new()),
         })
+    }
+
+    /// `exports` serves this array (until [`Shared::detach_exports`]).
+    pub fn attach_exports(&self, exports: &damocles_nbd::Exports) {
+        lock(&self.nbd).push(exports.clone());
+    }
+
+    /// `exports` no longer serves this array (its NBD server stopped).
+    pub fn detach_exports(&self, exports: &damocles_nbd::Exports) {
+        lock(&self.nbd).retain(|e| !e.same(exports));
+    }
+
+    /// The registries serving this array now: adding an export to one serves it at
+    /// once on that server's addresses, removing one stops it.
+    pub fn exports(&self) -> Vec<damocles_nbd::Exports> {
+        lock(&self.nbd).clone()
     }
 
     /// Called from the array's event sink: must be quick and never block on I/O.
@@ -164,8 +184,10 @@ impl Shared {
             Request::Status {} => {
                 let mut st = array.status();
                 st.control_socket = lock(&self.socket).clone();
+                let mut v = serde_json::to_value(st)?;
+                v["nbd_exports"] = super::exports_json(&self.exports());
                 Response {
-                    status: Some(serde_json::to_value(st)?),
+                    status: Some(v),
                     ..Response::ok()
                 }
             }

@@ -275,6 +275,7 @@ impl<T: Transport> Drop for AbortOnDrop<'_, T> {
 pub(crate) async fn run<T: Transport>(
     t: T,
     dev: Arc<dyn BlockDevice>,
+    stats: Option<Arc<ExportStats>>,
     cfg: &ServerConfig,
     neg: Negotiated,
     shutdown: impl Future<Output = ()>,
@@ -307,7 +308,7 @@ pub(crate) async fn run<T: Transport>(
         threads: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         error: Mutex::new(None),
-        stats: cfg.stats.clone(),
+        stats,
     });
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     let mut guard = AbortOnDrop(Some(&*conn));
