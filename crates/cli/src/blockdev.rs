@@ -35,6 +35,29 @@ impl VolumeDevice {
     }
 }
 
+/// Volume `v`'s NBD export: named after it (or `name`), described by level and size.
+pub fn volume_export(
+    array: &Arc<Array>,
+    v: &Volume,
+    name: Option<&str>,
+    read_only: bool,
+    stats: Option<Arc<damocles_nbd::ExportStats>>,
+) -> damocles_nbd::Export {
+    damocles_nbd::Export {
+        name: name.unwrap_or(&v.name).to_string(),
+        description: format!(
+            "damocles {} volume {} of {} bytes{}",
+            v.template.level,
+            v.name,
+            v.size,
+            if v.thin { ", thin" } else { "" }
+        ),
+        read_only,
+        device: Arc::new(VolumeDevice::new(array.clone(), v)),
+        stats,
+    }
+}
+
 impl BlockDevice for VolumeDevice {
     fn size(&self) -> u64 {
         self.array.volume_by_id(self.id).map_or(0, |v| v.size)

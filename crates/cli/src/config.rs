@@ -119,7 +119,7 @@ pub struct ArrayConfig {
 pub struct ExportConfig {
     /// The array's name or UUID as its `[[array]]` gives it.
     pub array: Spanned<String>,
-    /// The volume to serve (volumes do not exist yet: only the array's own).
+    /// The volume to serve (default: the array's only volume).
     pub volume: Option<Spanned<String>>,
     /// Export name (default: the array's name).
     pub name: Option<String>,
@@ -362,12 +362,9 @@ fn check(cfg: &Config, file: &Path, text: &str) -> Result<()> {
             );
         };
         if let Some(v) = &e.volume {
-            bail!(
-                "{}: volume \"{}\": this version serves each array as one volume; leave \
-                 `volume` out",
-                at(v.span()),
-                v.get_ref()
-            );
+            if let Err(why) = damocles_engine::layout::volumes::check_name(v.get_ref()) {
+                bail!("{}: volume: {why}", at(v.span()));
+            }
         }
         if e.listen.get_ref().is_empty() {
             bail!(

@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long)]
     sparse: bool,
     /// Make the array with no volume yet (add them with `damocles volume create`); by
-    /// default it holds one volume named after the array (`--name`, else "volume") of the
+    /// default it holds one volume named after the array (`--name`, else "damocles") of the
     /// whole size.
     #[arg(long, conflicts_with = "size")]
     no_volume: bool,

@@ -337,12 +337,26 @@ impl Daemon {
             return Ok(());
         };
         let st = run.running.array.status();
+        // The volume named, or the array's only one.
+        let volume = match &e.volume {
+            Some(v) => run.running.array.volume_named(v.get_ref())?,
+            None => {
+                let only = VolumeDevice::only(run.running.array.clone())?;
+                run.running
+                    .array
+                    .volume_by_id(only.id)
+                    .context("the volume was deleted meanwhile")?
+            }
+        };
         let mut listeners = Vec::new();
         let mut uris = Vec::new();
         let mut sockets = Vec::new();
         let mut nbd = None;
         for addr in e.addrs() {
-            let o = export_opts(&run.opts, e, &run.key, &addr);
+            let mut o = export_opts(&run.opts, e, &run.key, &addr);
+            if e.name.is_none() && e.volume.is_some() {
+                o.export = Some(volume.name.clone());
+            }
             // Every address of an export gets the same TLS settings (export_opts), so the
             // configuration the last one fills in serves them all.
             let (name, mut c) = serve::nbd_config(&st, &o)?;
@@ -361,7 +375,8 @@ impl Daemon {
         };
         let stats = Arc::new(ExportStats::new());
         let (stop, rx) = watch::channel(false);
-        let dev: Arc<dyn BlockDevice> = Arc::new(VolumeDevice::only(run.running.array.clone())?);
+        let dev: Arc<dyn BlockDevice> =
+            Arc::new(VolumeDevice::new(run.running.array.clone(), &volume));
         let registry = Exports::single(serve::nbd_export(&c, dev, Some(stats.clone())))
             .with_context(|| format!("export '{name}'"))?;
         run.running.shared.attach_exports(&registry);

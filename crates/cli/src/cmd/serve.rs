@@ -1,6 +1,6 @@
 //! `damocles serve`: assemble the array and serve it over NBD until SIGINT/SIGTERM.
 
-use crate::blockdev::VolumeDevice;
+use crate::blockdev::volume_export;
 use crate::control::server::{ControlServer, Shared};
 use crate::tls::{TlsArgs, TlsMode};
 use crate::{control, hook, members, units};
@@ -252,17 +252,40 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
     // answer the final flushes (the NBD server's at disconnect, then close_array's).
     let failed_at_stop = Arc::new(std::sync::Mutex::new(None));
     let at_stop = failed_at_stop.clone();
-    let dev: Arc<dyn BlockDevice> = Arc::new(VolumeDevice::only(array)?);
+    let volumes = array.volume_list();
     let control_line = running
         .control_path()
         .map(|p| format!("control socket {}", p.display()));
-    let stats = o.metrics.as_ref().map(|_| Arc::new(ExportStats::new()));
-    // One export per array for now; control commands reach the registry through
-    // `Shared::exports` to add or remove others while serving.
-    let exports = Exports::single(nbd_export(&cfg, dev, stats.clone()))
-        .map_err(|e| anyhow::anyhow!("--export: {e}"))?;
+    // One export per volume, named after it (--export renames the only one); control
+    // commands reach the registry through `Shared::exports` to add or remove others
+    // while serving.
+    if o.export.is_some() && volumes.len() > 1 {
+        bail!(
+            "--export names one export, but the array holds {} volumes: each is exported under its own name",
+            volumes.len()
+        );
+    }
+    let exports = Exports::new();
+    let mut names = Vec::new();
+    let mut stats = Vec::new();
+    for v in &volumes {
+        let s = o.metrics.as_ref().map(|_| Arc::new(ExportStats::new()));
+        let name = if volumes.len() == 1 {
+            Some(export.as_str())
+        } else {
+            None
+        };
+        let e = volume_export(&array, v, name, cfg.read_only, s.clone());
+        names.push((e.name.clone(), v.clone()));
+        if let Some(s) = s {
+            stats.push((e.name.clone(), s));
+        }
+        exports
+            .add(e)
+            .map_err(|e| anyhow::anyhow!("export of volume {}: {e}", v.name))?;
+    }
     running.shared.attach_exports(&exports);
-    let sources = stats.map(|stats| {
+    let sources = o.metrics.as_ref().map(|_| {
         let key = if st.name.is_empty() {
             st.uuid.clone()
         } else {
@@ -274,11 +297,14 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
                 array: Arc::downgrade(&running.array),
                 shared: running.shared.clone(),
             }],
-            exports: vec![crate::metrics::ExportSource {
-                name: export.clone(),
-                array: key,
-                stats,
-            }],
+            exports: stats
+                .into_iter()
+                .map(|(name, stats)| crate::metrics::ExportSource {
+                    name,
+                    array: key.clone(),
+                    stats,
+                })
+                .collect(),
         }))
     });
     let exports_handle = exports.clone();
@@ -292,14 +318,22 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
                 .context("--metrics")?;
             println!("metrics at http://{bound}/metrics");
         }
-        println!(
-            "serving {} '{}' ({}, {}{}) at {uri}",
-            st.level,
-            export,
-            units::human(st.size),
-            format!("{:?}", st.health).to_lowercase(),
-            if o.read_only { ", read-only" } else { "" }
-        );
+        if names.is_empty() {
+            println!(
+                "the array has no volume yet: damocles volume create NAME --level L --size SIZE"
+            );
+        }
+        for (name, v) in &names {
+            let u = uri.replacen(&format!("/{export}"), &format!("/{name}"), 1);
+            println!(
+                "serving {} '{}' ({}, {}{}) at {u}",
+                v.template.level,
+                name,
+                units::human(v.size),
+                format!("{:?}", st.health).to_lowercase(),
+                if o.read_only { ", read-only" } else { "" }
+            );
+        }
         if let Some(l) = control_line {
             println!("{l}");
         }

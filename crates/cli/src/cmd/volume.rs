@@ -114,7 +114,8 @@ pub struct DeleteArgs {
     which: Which,
 }
 
-/// Rename a volume (its export is renamed with it; connected clients stay connected).
+/// Rename a volume (its export is renamed with it; refused while an NBD client is
+/// connected to it).
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   damocles volume rename media movies")]

@@ -181,6 +181,7 @@ impl Shared {
                     ..Response::ok()
                 }
             }
+            Request::Volume { op } => super::volume::apply_served(array, op, &self.exports())?,
             Request::Status {} => {
                 let mut st = array.status();
                 st.control_socket = lock(&self.socket).clone();

@@ -109,8 +109,8 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// The name a volume made from a version-1 array (its whole virtual disk) gets: the
-/// array's name where that is a valid volume name.
+/// The name of the volume an array is created with (and a version-1 array's whole virtual
+/// disk gets): the array's name where that is a valid volume name, else "damocles".
 pub fn name_for_array(array_name: &str) -> String {
     if check_name(array_name).is_ok() {
         return array_name.to_string();
@@ -127,7 +127,8 @@ pub fn name_for_array(array_name: &str) -> String {
         .take(MAX_VOLUME_NAME)
         .collect();
     if cleaned.is_empty() {
-        "volume".to_string()
+        // What an unnamed array's export was called before volumes.
+        "damocles".to_string()
     } else {
         cleaned
     }
@@ -305,7 +306,7 @@ mod tests {
         assert!(check_name(&"x".repeat(65)).is_err());
         assert!(check_name(&"x".repeat(64)).is_ok());
         assert_eq!(name_for_array("my array"), "my-array");
-        assert_eq!(name_for_array(""), "volume");
+        assert_eq!(name_for_array(""), "damocles");
     }
 
     #[test]
