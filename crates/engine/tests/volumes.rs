@@ -5,9 +5,7 @@
 
 mod common;
 
-use common::{pattern, Rig, MIB};
-use damocles_engine::ondisk::format::{crc32c, Superblock};
-use damocles_engine::ondisk::metadata::ArrayMeta;
+use common::{downgrade_to_format_1, pattern, Rig, MIB};
 use damocles_engine::{
     read_label, Array, AssembleOptions, Change, CreateOptions, Error, Level, MemberDevice,
     Template, VolumeSize, VolumeSpec,
@@ -73,10 +71,20 @@ fn two_volumes_keep_their_data_and_profiles_across_a_restart() {
     let rig = Rig::sized(&[96 * MIB, 96 * MIB, 128 * MIB, 160 * MIB]);
     let a = empty_array(&rig);
     assert!(a.volume_list().is_empty());
-    a.create_volume(&spec("vms", Level::Raid5, VolumeSize::Bytes(40 * MIB), false))
-        .unwrap();
-    a.create_volume(&spec("media", Level::Raid1, VolumeSize::Bytes(30 * MIB + 4096), true))
-        .unwrap();
+    a.create_volume(&spec(
+        "vms",
+        Level::Raid5,
+        VolumeSize::Bytes(40 * MIB),
+        false,
+    ))
+    .unwrap();
+    a.create_volume(&spec(
+        "media",
+        Level::Raid1,
+        VolumeSize::Bytes(30 * MIB + 4096),
+        true,
+    ))
+    .unwrap();
     let (vms, media) = (id_of(&a, "vms"), id_of(&a, "media"));
     let m1 = fill(&a, vms, 40 * MIB, 1);
     let m2 = fill(&a, media, 30 * MIB + 4096, 100);
@@ -90,7 +98,10 @@ fn two_volumes_keep_their_data_and_profiles_across_a_restart() {
     assert_eq!(st.format_version, 2);
     assert_eq!(st.volumes.len(), 2);
     let v = st.volumes.iter().find(|v| v.name == "media").unwrap();
-    assert_eq!((v.level, v.thin, v.size), (Level::Raid1, true, 30 * MIB + 4096));
+    assert_eq!(
+        (v.level, v.thin, v.size),
+        (Level::Raid1, true, 30 * MIB + 4096)
+    );
     assert_eq!(v.tolerance, 1);
     drop(a);
     // Each chunk is laid out in its volume's profile.
@@ -125,7 +136,12 @@ fn a_reserved_volume_that_does_not_fit_is_refused_with_the_numbers() {
         .unwrap();
     let free = a.space_usage().free;
     let e = a
-        .create_volume(&spec("more", Level::Raid1, VolumeSize::Bytes(16 * MIB), false))
+        .create_volume(&spec(
+            "more",
+            Level::Raid1,
+            VolumeSize::Bytes(16 * MIB),
+            false,
+        ))
         .unwrap_err();
     assert!(matches!(e, Error::NoSpace(_)), "{e}");
     let msg = e.to_string();
@@ -133,7 +149,12 @@ fn a_reserved_volume_that_does_not_fit_is_refused_with_the_numbers() {
     assert!(free < 32 * MIB, "max left {free} bytes free");
     // A plan says the same without changing anything.
     let f = a
-        .plan_volume(&spec("more", Level::Raid1, VolumeSize::Bytes(16 * MIB), false))
+        .plan_volume(&spec(
+            "more",
+            Level::Raid1,
+            VolumeSize::Bytes(16 * MIB),
+            false,
+        ))
         .unwrap();
     assert!(!f.refusals.is_empty());
     assert_eq!(a.volume_list().len(), 1);
@@ -153,10 +174,20 @@ fn a_thin_volume_fills_up_to_enospc_while_a_reserved_one_keeps_writing() {
     let rig = Rig::new(4, 64 * MIB);
     let a = empty_array(&rig);
     // Reserved raid5: half the space; thin raid1 larger than everything.
-    a.create_volume(&spec("vms", Level::Raid5, VolumeSize::Bytes(64 * MIB), false))
-        .unwrap();
-    a.create_volume(&spec("scratch", Level::Raid1, VolumeSize::Bytes(400 * MIB), true))
-        .unwrap();
+    a.create_volume(&spec(
+        "vms",
+        Level::Raid5,
+        VolumeSize::Bytes(64 * MIB),
+        false,
+    ))
+    .unwrap();
+    a.create_volume(&spec(
+        "scratch",
+        Level::Raid1,
+        VolumeSize::Bytes(400 * MIB),
+        true,
+    ))
+    .unwrap();
     let (vms, scratch) = (id_of(&a, "vms"), id_of(&a, "scratch"));
     let chunk = vec![0x5au8; CHUNK as usize];
     let mut written = 0u64;
@@ -165,7 +196,10 @@ fn a_thin_volume_fills_up_to_enospc_while_a_reserved_one_keeps_writing() {
             Ok(()) => written += CHUNK,
             Err(e) => break e,
         }
-        assert!(written < 400 * MIB, "the thin volume never ran out of space");
+        assert!(
+            written < 400 * MIB,
+            "the thin volume never ran out of space"
+        );
     };
     assert!(matches!(e, Error::NoSpace(_)), "{e}");
     assert!(written > 0);
@@ -176,10 +210,16 @@ fn a_thin_volume_fills_up_to_enospc_while_a_reserved_one_keeps_writing() {
     let before = a.space_usage();
     a.volume_trim(scratch, 0, written).unwrap();
     let after = a.space_usage();
-    assert!(after.allocated < before.allocated, "{before:?} -> {after:?}");
+    assert!(
+        after.allocated < before.allocated,
+        "{before:?} -> {after:?}"
+    );
     let mut back = vec![1u8; 4096];
     a.volume_read(scratch, &mut back, 0).unwrap();
-    assert!(back.iter().all(|&b| b == 0), "a trimmed chunk reads as zeros");
+    assert!(
+        back.iter().all(|&b| b == 0),
+        "a trimmed chunk reads as zeros"
+    );
     a.volume_write(scratch, &chunk, 0).unwrap();
 }
 
@@ -207,7 +247,9 @@ fn resize_rename_and_delete() {
     a.volume_write(ida, &tail, 8 * MIB).unwrap();
     grown[8 * MIB as usize..].copy_from_slice(&tail);
     // Smaller needs force.
-    assert!(a.resize_volume("a", VolumeSize::Bytes(4 * MIB), false).is_err());
+    assert!(a
+        .resize_volume("a", VolumeSize::Bytes(4 * MIB), false)
+        .is_err());
     a.resize_volume("a", VolumeSize::Bytes(12 * MIB), true)
         .unwrap();
     check(&a, ida, &grown[..12 * MIB as usize], "a shrunk");
@@ -228,7 +270,12 @@ fn resize_rename_and_delete() {
     drop(mb);
     drop(a);
     let a = rig.assemble(&[]);
-    check(&a, id_of(&a, "alpha"), &grown[..12 * MIB as usize], "alpha after restart");
+    check(
+        &a,
+        id_of(&a, "alpha"),
+        &grown[..12 * MIB as usize],
+        "alpha after restart",
+    );
     assert_eq!(
         a.volume_list()
             .iter()
@@ -242,10 +289,20 @@ fn resize_rename_and_delete() {
 fn converting_one_volume_leaves_the_others_chunks_where_they_are() {
     let rig = Rig::new(4, 64 * MIB);
     let a = empty_array(&rig);
-    a.create_volume(&spec("vms", Level::Raid5, VolumeSize::Bytes(24 * MIB), false))
-        .unwrap();
-    a.create_volume(&spec("media", Level::Raid0, VolumeSize::Bytes(16 * MIB), false))
-        .unwrap();
+    a.create_volume(&spec(
+        "vms",
+        Level::Raid5,
+        VolumeSize::Bytes(24 * MIB),
+        false,
+    ))
+    .unwrap();
+    a.create_volume(&spec(
+        "media",
+        Level::Raid0,
+        VolumeSize::Bytes(16 * MIB),
+        false,
+    ))
+    .unwrap();
     let m1 = fill(&a, id_of(&a, "vms"), 24 * MIB, 3);
     let m2 = fill(&a, id_of(&a, "media"), 16 * MIB, 30);
     let before = a.status();
@@ -277,7 +334,10 @@ fn converting_one_volume_leaves_the_others_chunks_where_they_are() {
     let media = meta.volumes.iter().find(|v| v.name == "media").unwrap();
     assert_eq!(media.template.level, Level::Raid1);
     for i in media.chunk_indexes() {
-        assert_eq!(meta.map.chunks[i].as_ref().unwrap().profile.level, Level::Raid1);
+        assert_eq!(
+            meta.map.chunks[i].as_ref().unwrap().profile.level,
+            Level::Raid1
+        );
     }
     drop(before);
 }
@@ -294,35 +354,6 @@ fn chunks_of(rig: &Rig, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Rewrites every member's newest metadata as format 1 would have it: no volume table,
-/// slot header version 1.
-fn downgrade_to_format_1(rig: &Rig) {
-    for m in &rig.members {
-        let dev = m.as_ref() as &dyn MemberDevice;
-        let sb: Superblock = damocles_engine::read_superblock(dev).unwrap();
-        let (gen, meta): (u64, ArrayMeta) = read_label(dev).unwrap().newest.unwrap();
-        let mut payload = meta.encode();
-        // The table is last: header, records, extents.
-        let table: usize = 16
-            + meta
-                .volumes
-                .iter()
-                .map(|v| 128 + 8 * v.extents.len())
-                .sum::<usize>();
-        payload.truncate(payload.len() - table);
-        let flags = u32::from_le_bytes(payload[92..96].try_into().unwrap()) & !4;
-        payload[92..96].copy_from_slice(&flags.to_le_bytes());
-        let slot = (gen % 2) as u32;
-        let mut bytes =
-            damocles_engine::ondisk::format::encode_slot(sb.array_uuid, gen, slot, &payload);
-        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let crc = crc32c(&bytes[..124]);
-        bytes[124..128].copy_from_slice(&crc.to_le_bytes());
-        dev.write_at(&bytes, sb.slot_offsets()[slot as usize]).unwrap();
-        dev.flush().unwrap();
-    }
-}
-
 #[test]
 fn a_format_1_array_opens_as_one_volume_and_is_upgraded() {
     let rig = Rig::new(3, 32 * MIB);
@@ -330,7 +361,7 @@ fn a_format_1_array_opens_as_one_volume_and_is_upgraded() {
     let size = a.size();
     let model = fill(&a, 0, size, 11);
     drop(a);
-    downgrade_to_format_1(&rig);
+    downgrade_to_format_1(&rig.members);
     // Read-only: shown as format 1 with one volume, nothing written.
     let ro = Array::assemble(
         rig.devs(&[]),
@@ -343,7 +374,10 @@ fn a_format_1_array_opens_as_one_volume_and_is_upgraded() {
     let st = ro.status();
     assert_eq!(st.format_version, 1);
     assert_eq!(st.volumes.len(), 1);
-    assert_eq!((st.volumes[0].name.as_str(), st.volumes[0].size), ("test", size));
+    assert_eq!(
+        (st.volumes[0].name.as_str(), st.volumes[0].size),
+        ("test", size)
+    );
     check(&ro, st.volumes[0].id, &model, "format 1, read-only");
     drop(ro);
     let a = rig.assemble(&[]);
@@ -356,4 +390,31 @@ fn a_format_1_array_opens_as_one_volume_and_is_upgraded() {
         .unwrap();
     assert_eq!(meta.format_version, 2);
     assert_eq!(meta.volumes.len(), 1);
+}
+
+/// Found by the crash harness: a shrink to a size inside a chunk keeps that chunk, and
+/// growing the volume again showed the bytes the shrink cut off instead of zeros.
+#[test]
+fn growing_after_a_shrink_inside_a_chunk_reads_zeros_past_the_old_end() {
+    let rig = Rig::new(4, 64 * MIB);
+    let a = empty_array(&rig);
+    a.create_volume(&spec(
+        "v",
+        Level::Raid5,
+        VolumeSize::Bytes(2 * CHUNK),
+        false,
+    ))
+    .unwrap();
+    let id = id_of(&a, "v");
+    let model = fill(&a, id, 2 * CHUNK, 5);
+    let cut = CHUNK + 3 * 4096;
+    a.resize_volume("v", VolumeSize::Bytes(cut), true).unwrap();
+    a.resize_volume("v", VolumeSize::Bytes(2 * CHUNK), false)
+        .unwrap();
+    let mut want = model[..cut as usize].to_vec();
+    want.resize(2 * CHUNK as usize, 0);
+    check(&a, id, &want, "grown again");
+    drop(a);
+    let a = rig.assemble(&[]);
+    check(&a, id, &want, "grown again, after a restart");
 }
