@@ -865,6 +865,9 @@ struct Tally {
     cut_in_reshape: u64,
     /// Migration points whose goal, never recorded, was refused after the crash.
     refused: u64,
+    /// Volume points cut during a volume operation (create, resize, delete, rename, trim,
+    /// setting a conversion goal).
+    cut_in_volume_op: u64,
 }
 
 /// Runs `per_case` crash points of each of `cases` (each with its index in [`cases`],
@@ -950,13 +953,15 @@ fn power_cuts_break_no_promise() {
     );
     println!(
         "{} crash points across {} cases ({} cut mid-workload; {} of {} migration points cut \
-         mid-reshape, {} refused a goal set after the crash): all promises held",
+         mid-reshape, {} refused a goal set after the crash; {} cut in a volume operation): \
+         all promises held",
         t.run,
         chosen.len() + vol.len(),
         t.cut,
         t.cut_in_reshape,
         t.migration,
-        t.refused
+        t.refused,
+        t.cut_in_volume_op
     );
     assert!(
         t.cut * 2 > t.run,
