@@ -1,4 +1,5 @@
-//! The README's main job, `damocles demo`: creates a raid5 of four sparse files, serves it
+//! The README's main job, `damocles demo`: creates volumes vms (raid5) and media (single)
+//! on four sparse files, serves them
 //! on loopback, prints how to attach it, answers NBD clients and `status`, stops on
 //! SIGTERM with everything flushed, and reuses the same array on the next run.
 
@@ -34,7 +35,20 @@ fn demo_creates_serves_and_reuses_its_array() {
     };
     let srv = start("first");
     assert!(srv.uri.starts_with("nbd://127.0.0.1:"), "{}", srv.line);
-    assert!(srv.line.contains("raid5 'demo'"), "{}", srv.line);
+    assert!(srv.line.contains("raid5 'vms'"), "{}", srv.line);
+    assert!(srv.uri.ends_with("/vms"), "{}", srv.uri);
+    // The second volume, without redundancy, is its own export.
+    let media = srv.uri.replace("/vms", "/media");
+    let msize: u64 = run_ok(Command::new("nbdinfo").args(["--size", &media]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(msize > 20 << 20, "media: {msize}");
+    let list = run_ok(Command::new("nbdinfo").args(["--list", &srv.uri]));
+    assert!(
+        list.contains("vms") && list.contains("media") && list.contains("single"),
+        "{list}"
+    );
     for i in 0..4 {
         assert!(demo.join(format!("member{i}.img")).exists());
     }
@@ -43,7 +57,7 @@ fn demo_creates_serves_and_reuses_its_array() {
         .parse()
         .unwrap();
     assert_eq!(size % 4096, 0);
-    assert!(size > 150 << 20, "raid5 of 4 x 64 MiB: {size}");
+    assert_eq!(size, 128 << 20, "vms: raid5 of twice a member");
     let data = random_bytes(8 << 20, 5);
     let src = dir.path().join("src.bin");
     std::fs::write(&src, &data).unwrap();

@@ -6,13 +6,22 @@
 //! writes, so the cut lands before, during or after it; after the checks above they reopen
 //! the array with all its members, finish the migration and check the data and the layout.
 //!
-//! `DAMOCLES_CRASH_POINTS=N` sets how many crash points to run (default 2850, 150 per case);
+//! Volume cases (`crash/volumes.rs`, numbered after these) write several volumes while
+//! volumes are created, resized, renamed, deleted and trimmed, with a conversion or a
+//! rebuild between the writes, and cut a format-1 array while it is upgraded.
+//!
+//! `DAMOCLES_CRASH_POINTS=N` sets how many crash points to run (default 3300, shared
+//! equally by the cases: 129 each);
 //! every failure names its case, seed and how to replay it: `DAMOCLES_CRASH_CASE=i
 //! DAMOCLES_CRASH_POINTS=k+1` runs points 0..=k of case i alone (the seeds of the full run; a
 //! point's cut depends on the points before it). `DAMOCLES_CRASH_CASE=i,j,...` runs those
 //! cases, sharing the N points.
 //! `DAMOCLES_CRASH_PARALLEL=1` flushes members in parallel as production does (then a seed
 //! no longer replays exactly).
+
+mod common;
+#[path = "crash/volumes.rs"]
+mod volumes;
 
 use damocles_engine::layout::chunkmap::Template;
 use damocles_engine::powercut::{PowerGrid, Rng};
@@ -88,6 +97,7 @@ const ADDED_SIZE: u64 = 6 * MIB;
 
 /// What each block may read back as: its content at the last completed flush, or any
 /// content written to it since.
+#[derive(Clone)]
 struct Model {
     current: Vec<u8>,
     stable: Vec<u8>,
@@ -871,7 +881,8 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Crash points of a run by default: 150 per case, within the CI budget of a debug build.
+/// Crash points of a run by default, shared by the cases, within the CI budget of a debug
+/// build.
 const DEFAULT_POINTS: u64 = 3300;
 
 /// What a run of crash points found.
@@ -887,12 +898,14 @@ struct Tally {
     cut_in_reshape: u64,
     /// Migration points whose goal, never recorded, was refused after the crash.
     refused: u64,
+    /// Volume points cut during a volume operation (create, resize, delete, rename, trim,
+    /// setting a conversion goal).
+    cut_in_volume_op: u64,
 }
 
-/// Runs `points` crash points over `cases` (each with its index in [`cases`], which makes
-/// its seeds).
-fn run_cases(cases: &[(usize, Case)], points: u64) -> Tally {
-    let per_case = (points / cases.len() as u64).max(1);
+/// Runs `per_case` crash points of each of `cases` (each with its index in [`cases`],
+/// which makes its seeds).
+fn run_cases(cases: &[(usize, Case)], per_case: u64) -> Tally {
     let mut t = Tally::default();
     for (ci, case) in cases {
         let base = fresh_images(case);
@@ -922,6 +935,9 @@ fn run_cases(cases: &[(usize, Case)], points: u64) -> Tally {
     t
 }
 
+/// The cases of a run: the cases of [`cases`] and the volume cases, with their numbers.
+type Chosen = (Vec<(usize, Case)>, Vec<(usize, volumes::VolCase)>);
+
 #[test]
 fn power_cuts_break_no_promise() {
     let points: u64 = std::env::var("DAMOCLES_CRASH_POINTS")
@@ -929,21 +945,38 @@ fn power_cuts_break_no_promise() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_POINTS);
     // DAMOCLES_CRASH_CASE=i[,j...] runs only those cases (all the points shared among them;
-    // seeds as in the full run).
+    // seeds as in the full run). The volume cases (see `volumes`) are numbered after
+    // [`cases`].
     let all: Vec<(usize, Case)> = cases().into_iter().enumerate().collect();
-    let chosen: Vec<(usize, Case)> = match std::env::var("DAMOCLES_CRASH_CASE") {
-        Ok(v) => v
-            .split(',')
-            .map(|i| {
-                all[i
-                    .trim()
-                    .parse::<usize>()
-                    .expect("DAMOCLES_CRASH_CASE: case numbers")]
-            })
-            .collect(),
-        Err(_) => all,
+    let n = all.len();
+    let (chosen, vol): Chosen = match std::env::var("DAMOCLES_CRASH_CASE") {
+        Ok(v) => {
+            let picked: Vec<usize> = v
+                .split(',')
+                .map(|i| i.trim().parse().expect("DAMOCLES_CRASH_CASE: case numbers"))
+                .collect();
+            (
+                picked.iter().filter(|&&i| i < n).map(|&i| all[i]).collect(),
+                picked
+                    .iter()
+                    .filter(|&&i| i >= n)
+                    .map(|&i| (i, volumes::CASES[i - n]))
+                    .collect(),
+            )
+        }
+        Err(_) => (
+            all,
+            volumes::CASES
+                .iter()
+                .copied()
+                .enumerate()
+                .map(|(i, c)| (n + i, c))
+                .collect(),
+        ),
     };
-    let t = run_cases(&chosen, points);
+    let per_case = (points / (chosen.len() + vol.len()) as u64).max(1);
+    let mut t = run_cases(&chosen, per_case);
+    volumes::run(&vol, per_case, &mut t);
     assert!(
         t.failures.is_empty(),
         "{} of {} crash points broke a promise:\n{}",
@@ -953,13 +986,15 @@ fn power_cuts_break_no_promise() {
     );
     println!(
         "{} crash points across {} cases ({} cut mid-workload; {} of {} migration points cut \
-         mid-reshape, {} refused a goal set after the crash): all promises held",
+         mid-reshape, {} refused a goal set after the crash; {} cut in a volume operation): \
+         all promises held",
         t.run,
-        chosen.len(),
+        chosen.len() + vol.len(),
         t.cut,
         t.cut_in_reshape,
         t.migration,
-        t.refused
+        t.refused,
+        t.cut_in_volume_op
     );
     assert!(
         t.cut * 2 > t.run,

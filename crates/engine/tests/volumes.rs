@@ -5,9 +5,7 @@
 
 mod common;
 
-use common::{pattern, Rig, MIB};
-use damocles_engine::ondisk::format::{crc32c, Superblock};
-use damocles_engine::ondisk::metadata::ArrayMeta;
+use common::{downgrade_to_format_1, pattern, Rig, MIB};
 use damocles_engine::{
     read_label, Array, AssembleOptions, Change, CreateOptions, Error, Level, MemberDevice,
     Template, VolumeSize, VolumeSpec,
@@ -356,36 +354,6 @@ fn chunks_of(rig: &Rig, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Rewrites every member's newest metadata as format 1 would have it: no volume table,
-/// slot header version 1.
-fn downgrade_to_format_1(rig: &Rig) {
-    for m in &rig.members {
-        let dev = m.as_ref() as &dyn MemberDevice;
-        let sb: Superblock = damocles_engine::read_superblock(dev).unwrap();
-        let (gen, meta): (u64, ArrayMeta) = read_label(dev).unwrap().newest.unwrap();
-        let mut payload = meta.encode();
-        // The table is last: header, records, extents.
-        let table: usize = 16
-            + meta
-                .volumes
-                .iter()
-                .map(|v| 128 + 8 * v.extents.len())
-                .sum::<usize>();
-        payload.truncate(payload.len() - table);
-        let flags = u32::from_le_bytes(payload[92..96].try_into().unwrap()) & !4;
-        payload[92..96].copy_from_slice(&flags.to_le_bytes());
-        let slot = (gen % 2) as u32;
-        let mut bytes =
-            damocles_engine::ondisk::format::encode_slot(sb.array_uuid, gen, slot, &payload);
-        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let crc = crc32c(&bytes[..124]);
-        bytes[124..128].copy_from_slice(&crc.to_le_bytes());
-        dev.write_at(&bytes, sb.slot_offsets()[slot as usize])
-            .unwrap();
-        dev.flush().unwrap();
-    }
-}
-
 #[test]
 fn a_format_1_array_opens_as_one_volume_and_is_upgraded() {
     let rig = Rig::new(3, 32 * MIB);
@@ -393,7 +361,7 @@ fn a_format_1_array_opens_as_one_volume_and_is_upgraded() {
     let size = a.size();
     let model = fill(&a, 0, size, 11);
     drop(a);
-    downgrade_to_format_1(&rig);
+    downgrade_to_format_1(&rig.members);
     // Read-only: shown as format 1 with one volume, nothing written.
     let ro = Array::assemble(
         rig.devs(&[]),
@@ -422,4 +390,31 @@ fn a_format_1_array_opens_as_one_volume_and_is_upgraded() {
         .unwrap();
     assert_eq!(meta.format_version, 2);
     assert_eq!(meta.volumes.len(), 1);
+}
+
+/// Found by the crash harness: a shrink to a size inside a chunk keeps that chunk, and
+/// growing the volume again showed the bytes the shrink cut off instead of zeros.
+#[test]
+fn growing_after_a_shrink_inside_a_chunk_reads_zeros_past_the_old_end() {
+    let rig = Rig::new(4, 64 * MIB);
+    let a = empty_array(&rig);
+    a.create_volume(&spec(
+        "v",
+        Level::Raid5,
+        VolumeSize::Bytes(2 * CHUNK),
+        false,
+    ))
+    .unwrap();
+    let id = id_of(&a, "v");
+    let model = fill(&a, id, 2 * CHUNK, 5);
+    let cut = CHUNK + 3 * 4096;
+    a.resize_volume("v", VolumeSize::Bytes(cut), true).unwrap();
+    a.resize_volume("v", VolumeSize::Bytes(2 * CHUNK), false)
+        .unwrap();
+    let mut want = model[..cut as usize].to_vec();
+    want.resize(2 * CHUNK as usize, 0);
+    check(&a, id, &want, "grown again");
+    drop(a);
+    let a = rig.assemble(&[]);
+    check(&a, id, &want, "grown again, after a restart");
 }

@@ -3,13 +3,14 @@
 use crate::cmd::serve::{serve, ServeOpts};
 use crate::members;
 use anyhow::{bail, Context, Result};
-use damocles_engine::{Array, CreateOptions, Level, OpenMode};
+use damocles_engine::{Array, CreateOptions, Level, OpenMode, Template, VolumeSize, VolumeSpec};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 const MEMBERS: usize = 4;
 
-/// Serve a demo array: raid5 over four sparse files (created on first run, reused after).
+/// Serve a demo array over four sparse files (created on first run, reused after): volume
+/// `vms` (raid5) and volume `media` (single: no redundancy), each its own NBD export.
 ///
 /// Needs no disks: the members are sparse files in --dir, so they take almost no space until
 /// written. Prints how to attach the disk with qemu, nbd-client and nbdfuse. Ctrl-C stops it.
@@ -44,9 +45,27 @@ pub fn run(a: Args) -> Result<()> {
         let devs = members::open_with(&paths, OpenMode::ReadWrite, a.serve.direct_io())?;
         let mut o = CreateOptions::new(Level::Raid5);
         o.name = "demo".into();
+        o.no_volume = true;
         let array = Array::create(devs, &o)?;
+        // The seed's layout: redundancy for the virtual machines, none for the media.
+        let volume = |name: &str, level: Level, size: VolumeSize| VolumeSpec {
+            name: name.into(),
+            template: Template {
+                level,
+                copies: level.default_copies(),
+                stripe_unit: damocles_engine::DEFAULT_STRIPE_UNIT,
+            },
+            size,
+            thin: false,
+        };
+        array.create_volume(&volume(
+            "vms",
+            Level::Raid5,
+            VolumeSize::Bytes(2 * a.member_size),
+        ))?;
+        array.create_volume(&volume("media", Level::Single, VolumeSize::Max))?;
         println!(
-            "created a raid5 demo array on 4 sparse files in {}",
+            "created a demo array on 4 sparse files in {}: volume vms (raid5) and volume media (single)",
             a.dir.display()
         );
         array

@@ -285,6 +285,8 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
             .map_err(|e| anyhow::anyhow!("export of volume {}: {e}", v.name))?;
     }
     running.shared.attach_exports(&exports);
+    // The exports' devices hold the array now; the stop waits for the last reference.
+    drop(array);
     let sources = o.metrics.as_ref().map(|_| {
         let key = if st.name.is_empty() {
             st.uuid.clone()

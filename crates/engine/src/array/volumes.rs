@@ -284,6 +284,7 @@ impl Array {
             }
             return self.shrink_volume(&v, want).map(|n| (v.size, n));
         }
+        self.zero_tail(&v, want)?;
         let _commit = self.cache.next_txg.lock();
         let mut st = self.store.lock();
         let k = st
@@ -334,6 +335,31 @@ impl Array {
             ),
         );
         Ok((cur.size, f.size))
+    }
+
+    /// A shrink to a size inside a chunk keeps that chunk with its bytes past the new end;
+    /// before the volume grows over them again (to `want`) they are made zeros, durably, so
+    /// that a grown region never shows what a shrink cut off.
+    fn zero_tail(&self, v: &Volume, want: u64) -> Result<()> {
+        let cs = self.chunk_size;
+        let end = (v.chunk_count() * cs).min(want);
+        if end <= v.size {
+            return Ok(());
+        }
+        let zeros = vec![0u8; (end - v.size) as usize];
+        let chunks = self.store.chunks();
+        let mut any = false;
+        for (g, n) in v.map(cs, v.size, end - v.size) {
+            if chunks.get((g / cs) as usize).is_some_and(|c| c.is_some()) {
+                self.write_at(&zeros[..n as usize], g)?;
+                any = true;
+            }
+        }
+        drop(chunks);
+        if any {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     fn shrink_volume(&self, v: &Volume, want: u64) -> Result<u64> {

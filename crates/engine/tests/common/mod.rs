@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use damocles_engine::{
-    Array, AssembleOptions, CreateOptions, Dev, FileMember, Level, MemMember, OpenMode,
+    Array, AssembleOptions, CreateOptions, Dev, FileMember, Level, MemMember, MemberDevice,
+    OpenMode,
 };
 use std::sync::Arc;
 
@@ -120,4 +121,36 @@ pub fn members_in(dir: Option<&std::path::Path>, n: usize) -> Vec<Dev> {
             }
         })
         .collect()
+}
+
+/// Rewrites every member's newest metadata as format 1 would have it: no volume table,
+/// slot header version 1.
+pub fn downgrade_to_format_1(members: &[Arc<MemMember>]) {
+    for m in members {
+        let dev = m.as_ref() as &dyn MemberDevice;
+        let sb: damocles_engine::ondisk::format::Superblock =
+            damocles_engine::read_superblock(dev).unwrap();
+        let (gen, meta): (u64, damocles_engine::ondisk::metadata::ArrayMeta) =
+            damocles_engine::read_label(dev).unwrap().newest.unwrap();
+        let mut payload = meta.encode();
+        // The table is last: header, records, extents.
+        let table: usize = 16
+            + meta
+                .volumes
+                .iter()
+                .map(|v| 128 + 8 * v.extents.len())
+                .sum::<usize>();
+        payload.truncate(payload.len() - table);
+        let flags = u32::from_le_bytes(payload[92..96].try_into().unwrap()) & !4;
+        payload[92..96].copy_from_slice(&flags.to_le_bytes());
+        let slot = (gen % 2) as u32;
+        let mut bytes =
+            damocles_engine::ondisk::format::encode_slot(sb.array_uuid, gen, slot, &payload);
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = damocles_engine::ondisk::format::crc32c(&bytes[..124]);
+        bytes[124..128].copy_from_slice(&crc.to_le_bytes());
+        dev.write_at(&bytes, sb.slot_offsets()[slot as usize])
+            .unwrap();
+        dev.flush().unwrap();
+    }
 }
