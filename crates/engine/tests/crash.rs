@@ -11,7 +11,7 @@
 //! rebuild between the writes, and cut a format-1 array while it is upgraded.
 //!
 //! `DAMOCLES_CRASH_POINTS=N` sets how many crash points to run (default 3300, shared
-//! equally by the cases: 129 each);
+//! equally by the cases: 132 each);
 //! every failure names its case, seed and how to replay it: `DAMOCLES_CRASH_CASE=i
 //! DAMOCLES_CRASH_POINTS=k+1` runs points 0..=k of case i alone (the seeds of the full run; a
 //! point's cut depends on the points before it). `DAMOCLES_CRASH_CASE=i,j,...` runs those

@@ -322,7 +322,8 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         }
         if names.is_empty() {
             println!(
-                "the array has no volume yet: damocles volume create NAME --level L --size SIZE"
+                "serving no volume yet at {uri} (each volume made with `damocles volume \
+                 create` is exported under its own name)"
             );
         }
         for (name, v) in &names {
@@ -351,6 +352,8 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
     });
     drop(rt);
     running.shared.detach_exports(&exports_handle);
+    // Its devices hold the array: the close below waits for the last other reference.
+    drop(exports_handle);
     let closed = running.stop(failed_at_stop.lock().map(|mut g| g.take()).unwrap_or(None));
     result?;
     closed?;
