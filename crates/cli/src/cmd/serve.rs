@@ -314,7 +314,9 @@ pub fn serve(array: Arc<Array>, o: &ServeOpts, ready: impl FnOnce(&str)) -> Resu
         r.context("NBD server")
     });
     drop(rt);
+    // The registry holds the array (its device): let go of it before the array closes.
     running.shared.detach_exports(&exports_handle);
+    drop(exports_handle);
     let closed = running.stop(failed_at_stop.lock().map(|mut g| g.take()).unwrap_or(None));
     result?;
     closed?;
