@@ -3,7 +3,9 @@
 //! as a real client stream.
 
 use damocles_nbd::wire;
-use damocles_nbd::{ExportInfo, Negotiator, OptionOutcome, ServerConfig};
+use std::sync::Arc;
+
+use damocles_nbd::{Export, Exports, MemDevice, Negotiator, OptionOutcome, ServerConfig};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,14 +15,15 @@ fuzz_target!(|data: &[u8]| {
 
     // Sans-I/O: [client flags u32] then options as [opt u8][len u8][data].
     if data.len() >= 4 {
-        let mut n = Negotiator::new(
-            &ServerConfig::new("x"),
-            ExportInfo {
-                size: 1 << 20,
-                read_only: data[0] & 1 != 0,
-                preferred_block_size: 4096,
-            },
-        );
+        // Two exports, so the empty name is refused and names matter.
+        let exports = Exports::new();
+        for name in ["x", "y"] {
+            let mut e = Export::new(name, Arc::new(MemDevice::new(1 << 20)));
+            e.read_only = data[0] & 1 != 0;
+            e.description = format!("export {name}");
+            let _ = exports.add(e);
+        }
+        let mut n = Negotiator::new(&ServerConfig::default(), exports);
         if n.client_flags(u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
             .is_ok()
         {
