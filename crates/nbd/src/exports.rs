@@ -103,7 +103,7 @@ impl Entry {
 
     /// Resolves once the export has been removed with force (never otherwise).
     pub(crate) fn removed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        crate::server::wait_shutdown(self.removed.subscribe())
+        wait_shutdown(self.removed.subscribe())
     }
 
     fn count(&self) -> MutexGuard<'_, usize> {
@@ -354,6 +354,19 @@ fn names(map: &BTreeMap<String, Arc<Entry>>) -> String {
         s.push('\'');
     }
     s
+}
+
+/// Resolves once `true` has been sent on the channel. A dropped sender means
+/// shutdown never happens.
+pub(crate) async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Connection entry points, listeners and graceful shutdown.
 
+use crate::exports::wait_shutdown;
 use std::any::Any;
 use std::future::Future;
 use std::io;
@@ -65,19 +66,6 @@ impl Listener {
             }
             #[cfg(unix)]
             Listener::Unix(l) => Ok(Accepted::Unix(l.accept().await?.0)),
-        }
-    }
-}
-
-/// Resolves once `true` has been sent on the channel. A dropped sender means
-/// shutdown never happens.
-pub(crate) async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
         }
     }
 }
