@@ -129,21 +129,7 @@ impl Array {
         self.flush()?;
         st = self.store.lock();
         let mut meta = st.meta.clone();
-        let mut kept = Vec::new();
-        for &(o, l) in &meta.health.lost {
-            let e = o + l;
-            if e <= lo || hi <= o {
-                kept.push((o, l));
-                continue;
-            }
-            if o < lo {
-                kept.push((o, lo - o));
-            }
-            if hi < e {
-                kept.push((hi, e - hi));
-            }
-        }
-        meta.health.lost = kept;
+        meta.health.forget_lost(lo, hi);
         self.commit_meta(&mut st, meta)
     }
 

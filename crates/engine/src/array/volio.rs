@@ -38,8 +38,13 @@ pub struct VolumeStatus {
 impl Array {
     /// The array byte ranges for volume bytes `[offset, offset+len)` of volume `id`.
     fn volume_pieces(&self, id: u32, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
-        let v = self
-            .volume_by_id(id)
+        // Per request: looked up in the committed table, not cloned.
+        let st = self.store.committed();
+        let v = st
+            .meta
+            .volumes
+            .iter()
+            .find(|v| v.id == id)
             .ok_or_else(|| Error::Invalid(format!("volume {id} no longer exists")))?;
         match offset.checked_add(len) {
             Some(end) if end <= v.size => Ok(v.map(self.chunk_size, offset, len)),
@@ -84,7 +89,7 @@ impl Array {
     /// (they read as zeros and their space goes back to the array). Elsewhere a hint that
     /// changes nothing (a reserved volume keeps its space).
     pub fn volume_trim(&self, id: u32, offset: u64, len: u64) -> Result<()> {
-        let pieces = self.volume_pieces(id, offset, len)?;
+        self.volume_pieces(id, offset, len)?;
         let v = self
             .volume_by_id(id)
             .ok_or_else(|| Error::Invalid(format!("volume {id} no longer exists")))?;
@@ -104,7 +109,6 @@ impl Array {
             })
             .map(|(_, idx)| idx)
             .collect();
-        drop(pieces);
         if whole.is_empty() {
             return Ok(());
         }

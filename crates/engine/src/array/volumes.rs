@@ -8,7 +8,6 @@ use crate::error::{Error, JobKind, Result};
 use crate::events::EventKind;
 use crate::layout::chunkmap::Template;
 use crate::layout::volumes::{check_name, join_extents, place, truncate_extents, Volume};
-use crate::layout::Profile;
 use crate::meta::{raw_per_chunk, room_for, unwritten_reserved, SpaceUsage};
 use crate::ondisk::format::{ChunkRaw, SliceRaw, SLOT_HEADER_LEN};
 use crate::ondisk::metadata::ArrayMeta;
@@ -156,13 +155,7 @@ impl Array {
             }
         }
         let t = &spec.template;
-        Profile {
-            level: t.level,
-            width: t.level.min_width(t.copies),
-            copies: t.copies,
-            stripe_unit: t.stripe_unit,
-        }
-        .validate()?;
+        t.validate()?;
         if t.stripe_unit > self.chunk_size {
             return Err(Error::Invalid(format!(
                 "stripe unit {} is larger than the array's chunk size {}",

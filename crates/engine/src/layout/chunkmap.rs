@@ -28,6 +28,23 @@ pub struct Template {
     pub stripe_unit: u64,
 }
 
+impl Template {
+    /// The chunk profile of this template at its narrowest width.
+    pub fn narrowest(&self) -> Profile {
+        Profile {
+            level: self.level,
+            width: self.level.min_width(self.copies),
+            copies: self.copies,
+            stripe_unit: self.stripe_unit,
+        }
+    }
+
+    /// A template is valid when its narrowest chunk profile is.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        self.narrowest().validate()
+    }
+}
+
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkMap {
     pub chunk_size: u64,

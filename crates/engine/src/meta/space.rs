@@ -13,7 +13,6 @@ use crate::error::Error;
 use crate::events::EventKind;
 use crate::layout::chunkmap::{Allocator, Template};
 use crate::layout::volumes::Volume;
-use crate::layout::Profile;
 use crate::ondisk::metadata::{ArrayMeta, MemberState};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
@@ -54,14 +53,8 @@ pub(crate) fn raw_per_chunk(alloc: &Allocator, t: &Template, chunk_size: u64, ca
     match alloc.clone().allocate(t, chunk_size, cand) {
         Some(c) => c.slice_len * c.profile.width as u64,
         None => {
-            let width = t.level.min_width(t.copies);
-            let p = Profile {
-                level: t.level,
-                width,
-                copies: t.copies,
-                stripe_unit: t.stripe_unit,
-            };
-            p.slice_len(chunk_size) * width as u64
+            let p = t.narrowest();
+            p.slice_len(chunk_size) * p.width as u64
         }
     }
 }

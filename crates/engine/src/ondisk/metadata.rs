@@ -81,6 +81,27 @@ pub struct Health {
     pub lost: Vec<(u64, u64)>,
 }
 
+impl Health {
+    /// Forgets the lost ranges' parts inside `[lo, hi)` (good data again, or freed).
+    pub fn forget_lost(&mut self, lo: u64, hi: u64) {
+        let mut kept = Vec::with_capacity(self.lost.len());
+        for &(o, l) in &self.lost {
+            let e = o + l;
+            if e <= lo || hi <= o {
+                kept.push((o, l));
+                continue;
+            }
+            if o < lo {
+                kept.push((o, lo - o));
+            }
+            if hi < e {
+                kept.push((hi, e - hi));
+            }
+        }
+        self.lost = kept;
+    }
+}
+
 /// Most lost ranges the metadata records (beyond that the array is beyond saving anyway).
 pub const MAX_LOST: usize = 4096;
 
@@ -340,14 +361,9 @@ fn decode_template(member: &str, a: &ArrayRaw) -> Result<Template> {
         stripe_unit: a.stripe_unit.get() as u64,
     };
     // A template is a chunk profile at its narrowest width; it must be valid as such.
-    Profile {
-        level,
-        width: level.min_width(template.copies),
-        copies: template.copies,
-        stripe_unit: template.stripe_unit,
-    }
-    .validate()
-    .map_err(|e| bad(member, e.to_string()))?;
+    template
+        .validate()
+        .map_err(|e| bad(member, e.to_string()))?;
     Ok(template)
 }
 

@@ -5,7 +5,7 @@
 use super::format::Reader;
 use crate::error::{Error, Result};
 use crate::layout::volumes::{check_name, Volume, MAX_VOLUME_NAME};
-use crate::layout::{Level, Profile, Template};
+use crate::layout::{Level, Template};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -177,13 +177,6 @@ fn template(name: &str, v: &VolumeRaw) -> std::result::Result<Template, String> 
         copies: v.copies as usize,
         stripe_unit: v.stripe_unit.get() as u64,
     };
-    Profile {
-        level,
-        width: level.min_width(t.copies),
-        copies: t.copies,
-        stripe_unit: t.stripe_unit,
-    }
-    .validate()
-    .map_err(|e| format!("volume {name:?}: {e}"))?;
+    t.validate().map_err(|e| format!("volume {name:?}: {e}"))?;
     Ok(t)
 }

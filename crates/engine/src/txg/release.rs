@@ -40,21 +40,7 @@ impl Txg {
                     any |= slot.take().is_some();
                 }
                 // Lost ranges there read as zeros from now on.
-                let mut kept = Vec::new();
-                for &(o, l) in &meta.health.lost {
-                    let e = o + l;
-                    if e <= lo || hi <= o {
-                        kept.push((o, l));
-                        continue;
-                    }
-                    if o < lo {
-                        kept.push((o, lo - o));
-                    }
-                    if hi < e {
-                        kept.push((hi, e - hi));
-                    }
-                }
-                meta.health.lost = kept;
+                meta.health.forget_lost(lo, hi);
             }
         }
         // Map entries past the last index any volume holds go, so the map ends where the
