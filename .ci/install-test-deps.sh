@@ -104,7 +104,12 @@ if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
-pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+# Every tool's package in one transaction, not only the missing ones: installing one (say
+# qemu-system-x86) may replace a present one of another version (qemu-utils from
+# backports), and apt then keeps the set consistent instead of removing it.
+all=()
+for d in "${deps[@]}"; do all+=("${d#*:}"); done
+pkgs=$(printf '%s\n' "${missing[@]}" "${all[@]}" | sort -u | tr '\n' ' ')
 "${sudo[@]}" apt-get update
 # shellcheck disable=SC2086
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs
