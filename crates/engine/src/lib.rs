@@ -50,7 +50,8 @@ pub use member::{
 pub use meta::backup;
 pub use meta::SpaceUsage;
 pub use meta::{
-    read_label, read_superblock, AssembleOptions, CreateOptions, Label, DEFAULT_STRIPE_UNIT,
+    read_copies, read_label, read_superblock, repair_labels, AssembleOptions, CopyReport,
+    CopyState, CreateOptions, Label, LabelRepair, SuperblockCopies, DEFAULT_STRIPE_UNIT,
 };
 pub use ondisk::metadata::MemberState;
 #[cfg(feature = "test-util")]

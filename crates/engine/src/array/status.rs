@@ -48,6 +48,10 @@ pub struct MemberStatus {
     /// Its requests: in flight, latency, slow reads, timeouts, errors by kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io: Option<MemberIo>,
+    /// Its front superblock copies were damaged when the array was assembled (it was found
+    /// by the copies near its end): `damocles repair --labels` rewrites them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub front_labels_damaged: bool,
 }
 
 /// Error counters since the array was opened.
@@ -195,8 +199,13 @@ impl Array {
         let m = &st.meta;
         let t = m.template;
         let slots = self.set.slots();
-        let members = member_statuses(m, &slots, &members_now);
+        let mut members = member_statuses(m, &slots, &members_now);
         drop(slots);
+        for &i in &self.front_labels_damaged {
+            if let Some(ms) = members.get_mut(i) {
+                ms.front_labels_damaged = true;
+            }
+        }
         let tolerance = m.map.allocated().map(|(_, c)| c.profile.tolerance()).fold(
             m.templates()
                 .iter()
@@ -305,6 +314,7 @@ fn member_statuses(m: &ArrayMeta, slots: &[MemberSlot], members_now: &Usable) ->
             reason: slot.failed.clone(),
             replaces: info.replaces.map(|r| r as usize),
             io: slot.dev.as_ref().and_then(|d| d.guard()).map(|g| g.io()),
+            front_labels_damaged: false,
         })
         .collect()
 }

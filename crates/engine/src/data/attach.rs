@@ -5,10 +5,9 @@
 use super::Data;
 use crate::error::{Error, Result};
 use crate::events::EventKind;
-use crate::member::{flush, read, write, zero, Dev};
-use crate::ondisk::format::{self, Superblock, SB_OFFSETS};
+use crate::member::{flush, write, zero, Dev};
+use crate::ondisk::format::{self, Superblock};
 use crate::ondisk::metadata::{MemberInfo, MemberState};
-use crate::ondisk::probe;
 
 impl Data {
     /// Adds a member as a hot spare (or, with `replaces`, as the replacement of that
@@ -63,7 +62,7 @@ impl Data {
         }
         let dev = self.set.guarded(dev);
         let sb0 = &self.sb_layout;
-        if dev.size() < sb0.data_offset + (4 << 20) {
+        if format::usable_end(dev.size()) < sb0.data_offset + (4 << 20) {
             return Err(Error::Invalid(format!(
                 "{} is too small: {} bytes, a member needs more than {} bytes",
                 dev.name(),
@@ -77,9 +76,7 @@ impl Data {
                 dev.name()
             )));
         }
-        let mut head = vec![0u8; probe::PROBE_LEN.min(dev.size() as usize)];
-        read(dev.as_ref(), &mut head, 0)?;
-        if let Some(found) = probe::describe_content(&head) {
+        if let Some(found) = crate::meta::describe_device(dev.as_ref())? {
             if !force {
                 return Err(Error::NotEmpty {
                     member: dev.name().to_string(),
@@ -92,9 +89,11 @@ impl Data {
         if index >= u16::MAX as usize {
             return Err(Error::Invalid("too many members".into()));
         }
+        // The data (and checksum) area ends where the tail superblock copies begin.
+        let end = format::usable_end(dev.size());
         let size = match &self.csums {
-            Some(_) => crate::ondisk::csum::data_end(dev.size(), sb0.data_offset),
-            None => dev.size() / 4096 * 4096,
+            Some(_) => crate::ondisk::csum::data_end(end, sb0.data_offset),
+            None => end,
         };
         let info = MemberInfo {
             uuid: *uuid::Uuid::new_v4().as_bytes(),
@@ -113,6 +112,7 @@ impl Data {
             member_index: index as u32,
             member_size: dev.size(),
             sb_generation: 1,
+            tail_offset: format::tail_offset_for(dev.size()).unwrap_or(0),
             ..sb0.clone()
         };
         let zeros = vec![0u8; 4096];
@@ -135,11 +135,7 @@ impl Data {
             )?;
         }
         flush(dev.as_ref())?;
-        let block = sb.encode();
-        for off in SB_OFFSETS {
-            write(dev.as_ref(), &block, off)?;
-        }
-        flush(dev.as_ref())?;
+        crate::meta::write_superblock(dev.as_ref(), &sb)?;
         let mut meta = st.meta.clone();
         meta.members.push(info);
         if let Some(c) = &self.csums {

@@ -3,7 +3,7 @@
 //! any member holds taken as the truth, each device put in its member slot, and the journal
 //! located. Writes nothing: replaying the journal is the commit layer's job.
 
-use super::labels::{read_best_slot, read_superblock};
+use super::labels::{not_a_member, read_best_slot, read_copies};
 use super::JournalArea;
 use crate::error::{Error, Result};
 use crate::member::{Dev, Guarded, MemberSlot, DEFAULT_FAIL, DEFAULT_SLOW};
@@ -45,6 +45,8 @@ pub(crate) struct Assembled {
     pub journal: Option<JournalArea>,
     pub checksums: bool,
     pub notes: Vec<String>,
+    /// Member indexes whose front superblock copies are damaged (found by the tail copies).
+    pub front_labels_damaged: Vec<usize>,
     /// The member requests' (slow, fail) limits.
     pub limits: (Duration, Duration),
 }
@@ -53,7 +55,7 @@ pub(crate) fn assemble(devs: Vec<Dev>, opts: &AssembleOptions) -> Result<Assembl
     let limits = opts.limits();
     let devs = devs.into_iter().map(|d| Guarded::wrap(d, limits)).collect();
     let mut notes = Vec::new();
-    let (devs, sbs, journal_dev) = read_labels(devs, &mut notes)?;
+    let (devs, sbs, journal_dev, damaged) = read_labels(devs, &mut notes)?;
     let uuid = sbs[0].array_uuid;
     check_one_array(&devs, &sbs)?;
     let (newest, meta, found) = newest_meta(&devs, &sbs, &mut notes)?;
@@ -69,11 +71,22 @@ pub(crate) fn assemble(devs: Vec<Dev>, opts: &AssembleOptions) -> Result<Assembl
         usable,
         journal,
         notes,
+        front_labels_damaged: damaged
+            .iter()
+            .map(|&i| sbs[i].member_index as usize)
+            .collect(),
         limits,
     })
 }
 
-type Labels = (Vec<Dev>, Vec<Superblock>, Option<(Dev, Superblock)>);
+/// Members, their superblocks, the journal device, and which members (positions in the
+/// first two) were found only by their tail superblock copies.
+type Labels = (
+    Vec<Dev>,
+    Vec<Superblock>,
+    Option<(Dev, Superblock)>,
+    Vec<usize>,
+);
 
 /// Every device's superblock; the journal device apart from the members. A device that
 /// does not answer within the fail limit is left out (the array assembles without it).
@@ -84,8 +97,9 @@ fn read_labels(devs: Vec<Dev>, notes: &mut Vec<String>) -> Result<Labels> {
     let mut sbs = Vec::with_capacity(devs.len());
     let mut journal_dev: Option<(Dev, Superblock)> = None;
     let mut members_only = Vec::with_capacity(devs.len());
+    let mut damaged = Vec::new();
     for d in devs {
-        let sb = match read_superblock(d.as_ref()) {
+        let found = match read_copies(d.as_ref()) {
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::TimedOut => {
                 let why = format!(
                     "{} did not answer ({source}): assembled without it",
@@ -97,6 +111,21 @@ fn read_labels(devs: Vec<Dev>, notes: &mut Vec<String>) -> Result<Labels> {
             }
             r => r?,
         };
+        let Some(sb) = found.best.clone() else {
+            return not_a_member(d.as_ref(), &found);
+        };
+        if found.from_tail {
+            let why = format!(
+                "{}: its front superblock copies are damaged (found by the copies near its \
+                 end); `damocles repair --labels` rewrites them",
+                d.name()
+            );
+            tracing::warn!("{why}");
+            notes.push(why);
+            if !sb.is_journal_device() {
+                damaged.push(sbs.len());
+            }
+        }
         if sb.is_journal_device() {
             if let Some((other, _)) = &journal_dev {
                 return Err(Error::Members(format!(
@@ -117,7 +146,7 @@ fn read_labels(devs: Vec<Dev>, notes: &mut Vec<String>) -> Result<Labels> {
             "no members given (only a journal device)".into(),
         ));
     }
-    Ok((devs, sbs, journal_dev))
+    Ok((devs, sbs, journal_dev, damaged))
 }
 
 /// All of one array, each member once, all laid out alike.
@@ -236,6 +265,16 @@ fn place_members(
                 d.size(),
                 meta.members[idx].size
             )));
+        }
+        let mut end = meta.members[idx].size;
+        if sb.flags & format::SB_FLAG_CHECKSUMS != 0 {
+            end += crate::ondisk::csum::area_len(end.saturating_sub(sb.data_offset));
+        }
+        if sb.tail_offset != 0 && end > sb.tail_offset {
+            return Err(Error::format(
+                d.name(),
+                "the data area recorded runs into the superblock copies near the end",
+            ));
         }
     }
     let avail: Vec<Option<Dev>> = slots

@@ -3,15 +3,15 @@
 //! and flushed on every member (and the journal device). The caller assembles the result.
 
 use super::health::member_spaces;
+use super::labels::{describe_device, write_superblock};
 use crate::error::{Error, Result};
 use crate::layout::chunkmap::{Allocator, ChunkMap, Template};
 use crate::layout::profile::{Level, Profile};
 use crate::layout::volumes::{name_for_array, Volume};
-use crate::member::{flush, read, write, zero, Dev, Guarded, DEFAULT_FAIL, DEFAULT_SLOW};
+use crate::member::{flush, write, zero, Dev, Guarded, DEFAULT_FAIL, DEFAULT_SLOW};
 use crate::ondisk::csum;
-use crate::ondisk::format::{self, Superblock, SB_OFFSETS};
+use crate::ondisk::format::{self, Superblock};
 use crate::ondisk::metadata::{ArrayMeta, MemberInfo, MemberState, MAX_NAME, PAYLOAD_VERSION};
-use crate::ondisk::probe;
 use crate::units::now;
 
 pub const DEFAULT_STRIPE_UNIT: u64 = 64 << 10;
@@ -149,9 +149,7 @@ fn check(devs: &[Dev], opts: &CreateOptions) -> Result<Template> {
     }
     // Look at every member before writing to any of them.
     for d in devs {
-        let mut head = vec![0u8; probe::PROBE_LEN.min(d.size() as usize)];
-        read(d.as_ref(), &mut head, 0)?;
-        if let Some(found) = probe::describe_content(&head) {
+        if let Some(found) = describe_device(d.as_ref())? {
             if !opts.force {
                 return Err(Error::NotEmpty {
                     member: d.name().to_string(),
@@ -164,9 +162,7 @@ fn check(devs: &[Dev], opts: &CreateOptions) -> Result<Template> {
         if !opts.journal {
             return Err(Error::Invalid("a journal device needs the journal".into()));
         }
-        let mut head = vec![0u8; probe::PROBE_LEN.min(j.size() as usize)];
-        read(j.as_ref(), &mut head, 0)?;
-        if let Some(found) = probe::describe_content(&head) {
+        if let Some(found) = describe_device(j.as_ref())? {
             if !opts.force {
                 return Err(Error::NotEmpty {
                     member: j.name().to_string(),
@@ -206,7 +202,7 @@ fn plan(devs: &[Dev], opts: &CreateOptions, template: Template) -> Result<Plan> 
     };
     let (slot_offset, journal_offset, data_offset) = format::member_layout(slot_size, journal_size);
     for d in devs {
-        if d.size() < data_offset + 4 * opts.stripe_unit {
+        if format::usable_end(d.size()) < data_offset + 4 * opts.stripe_unit {
             return Err(Error::Invalid(format!(
                 "{} is too small: {} bytes, a member needs more than {} bytes of metadata area",
                 d.name(),
@@ -219,11 +215,13 @@ fn plan(devs: &[Dev], opts: &CreateOptions, template: Template) -> Result<Plan> 
     let created = now();
     // Checksums ride on the journal (their updates must be atomic with the data's).
     let checksums = opts.journal;
+    // The data (and checksum) area ends where the tail superblock copies begin.
     let data_end = |d: &Dev| {
+        let end = format::usable_end(d.size());
         if checksums {
-            csum::data_end(d.size(), data_offset)
+            csum::data_end(end, data_offset)
         } else {
-            d.size() / 4096 * 4096
+            end
         }
     };
     let members: Vec<MemberInfo> = devs
@@ -345,6 +343,7 @@ fn write_labels(devs: &[Dev], plan: &Plan) -> Result<()> {
             sb_generation: 1,
             journal_offset,
             journal_size,
+            tail_offset: format::tail_offset_for(d.size()).unwrap_or(0),
         };
         let [s0, s1] = sb.slot_offsets();
         write(d.as_ref(), &zero_hdr, s0)?;
@@ -359,11 +358,7 @@ fn write_labels(devs: &[Dev], plan: &Plan) -> Result<()> {
             zero(d.as_ref(), end, csum::area_len(end - data_offset))?;
         }
         flush(d.as_ref())?;
-        let block = sb.encode();
-        for off in SB_OFFSETS {
-            write(d.as_ref(), &block, off)?;
-            flush(d.as_ref())?;
-        }
+        write_superblock(d.as_ref(), &sb)?;
     }
     Ok(())
 }
@@ -372,7 +367,7 @@ fn write_labels(devs: &[Dev], plan: &Plan) -> Result<()> {
 fn write_journal_device(j: &Dev, juuid: [u8; 16], plan: &Plan) -> Result<()> {
     let (array_uuid, created, zero_hdr) = (plan.array_uuid, plan.created, vec![0u8; 4096]);
     // At most 1 GiB of journal, in two halves, after the first MiB.
-    let room = (j.size() - format::SLOT_AREA_OFFSET).min(1 << 30);
+    let room = (format::usable_end(j.size()) - format::SLOT_AREA_OFFSET).min(1 << 30);
     let journal_size = room / (2 * 4096) * (2 * 4096);
     let sb = Superblock {
         array_uuid,
@@ -387,13 +382,10 @@ fn write_journal_device(j: &Dev, juuid: [u8; 16], plan: &Plan) -> Result<()> {
         sb_generation: 1,
         journal_offset: format::SLOT_AREA_OFFSET,
         journal_size,
+        tail_offset: format::tail_offset_for(j.size()).unwrap_or(0),
     };
     write(j.as_ref(), &zero_hdr, sb.journal_offset)?;
     write(j.as_ref(), &zero_hdr, sb.journal_offset + journal_size / 2)?;
     flush(j.as_ref())?;
-    for off in SB_OFFSETS {
-        write(j.as_ref(), &sb.encode(), off)?;
-        flush(j.as_ref())?;
-    }
-    Ok(())
+    write_superblock(j.as_ref(), &sb)
 }

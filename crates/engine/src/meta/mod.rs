@@ -18,6 +18,7 @@ mod health;
 mod labels;
 mod membership;
 mod probe;
+mod relabel;
 mod space;
 
 pub use assemble::AssembleOptions;
@@ -30,9 +31,11 @@ pub(crate) use health::{
     alloc_candidates, candidates_for, chunk_intact, member_spaces, spare_failures,
     template_tolerance, unreadable_ranges,
 };
-pub use labels::read_superblock;
+pub(crate) use labels::{describe_device, write_superblock};
+pub use labels::{read_copies, read_superblock, CopyState, SuperblockCopies};
 pub(crate) use membership::is_no_space;
 pub use probe::{read_label, Label};
+pub use relabel::{repair_labels, CopyReport, LabelRepair};
 pub use space::SpaceUsage;
 pub(crate) use space::{raw_per_chunk, room_for, unwritten_reserved};
 
@@ -143,6 +146,8 @@ pub struct Meta {
     pub(crate) set: MemberSet,
     pub(crate) store: MetaStore,
     pub(crate) tel: Telemetry,
+    /// Members found at assembly by their tail superblock copies only (front ones damaged).
+    pub(crate) front_labels_damaged: Vec<usize>,
     rebuild_hook: RwLock<Option<Hook>>,
     /// The highest space threshold (80, 90, 100 %) an event was sent for.
     pub(crate) space_alarm: std::sync::atomic::AtomicU8,
@@ -158,6 +163,7 @@ impl Meta {
             set: MemberSet::new(a.slots, a.usable, a.limits),
             store: MetaStore::new(a.meta, a.generation),
             tel: Telemetry::new(a.notes),
+            front_labels_damaged: a.front_labels_damaged,
             rebuild_hook: RwLock::new(None),
             space_alarm: std::sync::atomic::AtomicU8::new(0),
         }

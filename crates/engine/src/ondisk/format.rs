@@ -1,4 +1,4 @@
-//! On-disk format v1: superblocks and metadata slots. Byte offsets are documented in
+//! On-disk format: superblocks (version 2: four copies, two at each end) and metadata slots. Byte offsets are documented in
 //! `docs/format.md`; every structure is little-endian, fixed-size and CRC-32C checked.
 
 use crate::error::{Error, Result};
@@ -9,12 +9,21 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Version of the metadata slot this code writes: 2 adds the volume table to the payload.
 /// Version 1 slots are still read (an array opened for writing is upgraded at once).
 pub const META_VERSION: u32 = 2;
+/// Superblock version 2: as version 1, plus `tail_offset` (copies C and D near the end).
+pub const SB_VERSION: u32 = 2;
+/// Superblocks without tail copies (written before version 2) are still read.
+pub const SB_VERSION_V1: u32 = 1;
 pub const SB_MAGIC: [u8; 8] = *b"DAMOCLSB";
 pub const SLOT_MAGIC: [u8; 8] = *b"DAMOCLMD";
 /// Each superblock copy owns one 4 KiB block.
 pub const SB_BLOCK: u64 = 4096;
 /// The two superblock copies: a torn write can damage at most one.
 pub const SB_OFFSETS: [u64; 2] = [0, SB_BLOCK];
+/// The tail region at the end of a member: copy C at its start, copy D 4 KiB later, the
+/// rest unused, so the last 64 KiB (where a GPT keeps its backup) stay clear.
+pub const TAIL_RESERVE: u64 = 128 << 10;
+/// The bytes at the end of a device no superblock copy may touch.
+pub const TAIL_GUARD: u64 = 64 << 10;
 /// Metadata slot 0 starts here; slot 1 follows it.
 pub const SLOT_AREA_OFFSET: u64 = 1 << 20;
 pub const MIN_SLOT_SIZE: u64 = 64 << 10;
@@ -52,7 +61,9 @@ pub struct SuperblockRaw {
     pub sb_generation: U64,
     pub journal_offset: U64,
     pub journal_size: U64,
-    pub reserved: [u8; 132],
+    /// Version 2: offset of copy C (copy D follows it); 0 = no tail copies.
+    pub tail_offset: U64,
+    pub reserved: [u8; 124],
     pub crc: U32,
 }
 
@@ -176,13 +187,33 @@ pub struct Superblock {
     /// Write journal area (two halves); size 0 means the array runs without a journal.
     pub journal_offset: u64,
     pub journal_size: u64,
+    /// Where copy C is (copy D follows it); 0: a version-1 superblock, no tail copies.
+    pub tail_offset: u64,
+}
+
+/// Where the tail copies go on a device of `size` bytes: 128 KiB before its end rounded
+/// down to 4 KiB. `None` when the device is too small to have them.
+pub fn tail_offset_for(size: u64) -> Option<u64> {
+    (size / SB_BLOCK * SB_BLOCK)
+        .checked_sub(TAIL_RESERVE)
+        .filter(|&t| t >= 2 * SB_BLOCK)
+}
+
+/// The end of what the data area (and checksum area) of a new member of `size` bytes may
+/// use: the start of its tail region.
+pub fn usable_end(size: u64) -> u64 {
+    tail_offset_for(size).unwrap_or(size / SB_BLOCK * SB_BLOCK)
 }
 
 impl Superblock {
     pub fn encode(&self) -> Vec<u8> {
         let mut raw = SuperblockRaw::new_zeroed();
         raw.magic = SB_MAGIC;
-        raw.version.set(FORMAT_VERSION);
+        raw.version.set(if self.tail_offset == 0 {
+            SB_VERSION_V1
+        } else {
+            SB_VERSION
+        });
         raw.sb_len.set(size_of::<SuperblockRaw>() as u32);
         raw.array_uuid = self.array_uuid;
         raw.member_uuid = self.member_uuid;
@@ -196,6 +227,7 @@ impl Superblock {
         raw.sb_generation.set(self.sb_generation);
         raw.journal_offset.set(self.journal_offset);
         raw.journal_size.set(self.journal_size);
+        raw.tail_offset.set(self.tail_offset);
         let crc = crc32c(&raw.as_bytes()[..size_of::<SuperblockRaw>() - 4]);
         raw.crc.set(crc);
         let mut block = vec![0u8; SB_BLOCK as usize];
@@ -211,13 +243,13 @@ impl Superblock {
         if raw.magic != SB_MAGIC {
             return Ok(None);
         }
-        if raw.version.get() != FORMAT_VERSION {
+        let version = raw.version.get();
+        if version != SB_VERSION && version != SB_VERSION_V1 {
             return Err(Error::format(
                 member,
                 format!(
-                    "superblock format version {} is not supported (this damocles reads version {})",
-                    raw.version.get(),
-                    FORMAT_VERSION
+                    "superblock format version {version} is not supported (this damocles reads \
+                     versions {SB_VERSION_V1} and {SB_VERSION})"
                 ),
             ));
         }
@@ -238,7 +270,19 @@ impl Superblock {
             sb_generation: raw.sb_generation.get(),
             journal_offset: raw.journal_offset.get(),
             journal_size: raw.journal_size.get(),
+            // Version 1 had no tail copies (those bytes were reserved).
+            tail_offset: if version == SB_VERSION_V1 {
+                0
+            } else {
+                raw.tail_offset.get()
+            },
         };
+        if version == SB_VERSION && sb.tail_offset == 0 {
+            return Err(Error::format(
+                member,
+                "version 2 superblock without tail copies",
+            ));
+        }
         sb.check(member)?;
         Ok(Some(sb))
     }
@@ -261,7 +305,8 @@ impl Superblock {
                 && self
                     .journal_offset
                     .checked_add(self.journal_size)
-                    .is_some_and(|e| e <= self.member_size);
+                    .is_some_and(|e| e <= self.member_size)
+                && self.tail_ok(self.journal_offset + self.journal_size);
             return if ok {
                 Ok(())
             } else {
@@ -287,12 +332,34 @@ impl Superblock {
             && slots_end.is_some_and(|e| e <= self.data_offset)
             && journal_ok
             && self.data_offset <= self.member_size
-            && self.data_offset.is_multiple_of(4096);
+            && self.data_offset.is_multiple_of(4096)
+            && self.tail_ok(self.data_offset);
         if ok {
             Ok(())
         } else {
             Err(Error::format(member, "superblock has an impossible layout"))
         }
+    }
+
+    /// The tail copies, if any: 4 KiB aligned, after `area_end` (what precedes them), both
+    /// within the recorded device size and at least [`TAIL_GUARD`] before its end.
+    fn tail_ok(&self, area_end: u64) -> bool {
+        let t = self.tail_offset;
+        t == 0
+            || (t.is_multiple_of(SB_BLOCK)
+                && t >= area_end
+                && t >= 2 * SB_BLOCK
+                && t.checked_add(2 * SB_BLOCK + TAIL_GUARD)
+                    .is_some_and(|e| e <= self.member_size))
+    }
+
+    /// Every copy's offset: A and B at the front, then C and D when it has tail copies.
+    pub fn copy_offsets(&self) -> Vec<u64> {
+        let mut v = SB_OFFSETS.to_vec();
+        if self.tail_offset != 0 {
+            v.extend([self.tail_offset, self.tail_offset + SB_BLOCK]);
+        }
+        v
     }
 
     pub fn slot_offsets(&self) -> [u64; 2] {
@@ -420,6 +487,7 @@ mod tests {
             sb_generation: 1,
             journal_offset: SLOT_AREA_OFFSET + 2 * MIN_SLOT_SIZE,
             journal_size: 0,
+            tail_offset: (64 << 20) - TAIL_RESERVE,
         }
     }
 
@@ -444,6 +512,50 @@ mod tests {
         }
         assert_eq!(Superblock::decode("m", &[0u8; 4096]).unwrap(), None);
         assert!(Superblock::decode("m", &good[..10]).is_err());
+    }
+
+    #[test]
+    fn version_1_superblocks_are_read_and_tail_offsets_checked() {
+        let v1 = Superblock {
+            tail_offset: 0,
+            ..sb()
+        };
+        let b = v1.encode();
+        assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), 1);
+        assert_eq!(Superblock::decode("m", &b).unwrap(), Some(v1.clone()));
+        assert_eq!(v1.copy_offsets(), vec![0, 4096]);
+        let v2 = sb().encode();
+        assert_eq!(u32::from_le_bytes(v2[8..12].try_into().unwrap()), 2);
+        assert_eq!(sb().copy_offsets().len(), 4);
+        let size = sb().member_size;
+        for bad in [
+            size - TAIL_RESERVE + 1,        // unaligned
+            size - TAIL_GUARD,              // into the last 64 KiB
+            size,                           // beyond the device
+            sb().data_offset - SB_BLOCK,    // inside the metadata area
+            u64::MAX / SB_BLOCK * SB_BLOCK, // overflows
+        ] {
+            let s = Superblock {
+                tail_offset: bad,
+                ..sb()
+            };
+            assert!(
+                Superblock::decode("m", &s.encode()).is_err(),
+                "tail_offset {bad} accepted"
+            );
+        }
+        // Version 2 must have tail copies: a v2 header with the field zero is refused.
+        let mut raw = v1.encode();
+        raw[8] = 2;
+        let crc = crc32c(&raw[..252]);
+        raw[252..256].copy_from_slice(&crc.to_le_bytes());
+        assert!(Superblock::decode("m", &raw).is_err());
+        assert_eq!(tail_offset_for(64 << 20), Some((64 << 20) - TAIL_RESERVE));
+        assert_eq!(
+            tail_offset_for((64 << 20) + 100),
+            Some((64 << 20) - TAIL_RESERVE)
+        );
+        assert_eq!(tail_offset_for(100 << 10), None);
     }
 
     #[test]
