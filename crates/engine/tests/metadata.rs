@@ -129,6 +129,21 @@ fn one_damaged_superblock_copy_is_survived_two_are_an_error() {
     sb1[20] ^= 1;
     rig.members[1].write_at(&sb1, 4096).unwrap();
     rig.members[1].write_at(b"DAMOCLSB", 0).unwrap();
+    // Both front copies damaged: the tail copies (C, D) still find the member.
+    let a = rig.assemble(&[]);
+    assert_eq!(a.health(), Health::Ok);
+    assert!(a.status().members[1].front_labels_damaged);
+    drop(a);
+    // All four damaged: refused.
+    let size = rig.members[1].size();
+    let t = (size / 4096 * 4096) - (128 << 10);
+    for off in [t, t + 4096] {
+        let mut b = vec![0u8; 4096];
+        rig.members[1].read_at(&mut b, off).unwrap();
+        assert_eq!(&b[..8], b"DAMOCLSB");
+        b[20] ^= 1;
+        rig.members[1].write_at(&b, off).unwrap();
+    }
     let e = Array::assemble(rig.devs(&[]), AssembleOptions::default()).unwrap_err();
     assert!(e.to_string().contains("damaged"), "{e}");
     // Random bytes where every superblock and slot sits never panic.
