@@ -5,6 +5,7 @@
 //! the background flusher and jobs that start by themselves.
 
 mod io;
+mod labels;
 mod status;
 mod volio;
 mod volumes;

@@ -201,7 +201,7 @@ impl Array {
         let slots = self.set.slots();
         let mut members = member_statuses(m, &slots, &members_now);
         drop(slots);
-        for &i in &self.front_labels_damaged {
+        for &i in self.front_labels_damaged.lock().iter() {
             if let Some(ms) = members.get_mut(i) {
                 ms.front_labels_damaged = true;
             }

@@ -147,7 +147,7 @@ pub struct Meta {
     pub(crate) store: MetaStore,
     pub(crate) tel: Telemetry,
     /// Members found at assembly by their tail superblock copies only (front ones damaged).
-    pub(crate) front_labels_damaged: Vec<usize>,
+    pub(crate) front_labels_damaged: Mutex<Vec<usize>>,
     rebuild_hook: RwLock<Option<Hook>>,
     /// The highest space threshold (80, 90, 100 %) an event was sent for.
     pub(crate) space_alarm: std::sync::atomic::AtomicU8,
@@ -163,7 +163,7 @@ impl Meta {
             set: MemberSet::new(a.slots, a.usable, a.limits),
             store: MetaStore::new(a.meta, a.generation),
             tel: Telemetry::new(a.notes),
-            front_labels_damaged: a.front_labels_damaged,
+            front_labels_damaged: Mutex::new(a.front_labels_damaged),
             rebuild_hook: RwLock::new(None),
             space_alarm: std::sync::atomic::AtomicU8::new(0),
         }

@@ -8,6 +8,16 @@ pub const PROBE_LEN: usize = 1 << 20;
 
 /// Describes what the first MiB of a device holds, or `None` when it is all zeros.
 pub fn describe_content(head: &[u8]) -> Option<String> {
+    signature(head).or_else(|| {
+        head.iter()
+            .position(|&b| b != 0)
+            .map(|i| format!("non-zero data at byte {i}"))
+    })
+}
+
+/// What the first MiB of a device holds when it is something known (a damocles superblock,
+/// a filesystem, a partition table, ...), not merely non-zero bytes.
+pub fn signature(head: &[u8]) -> Option<String> {
     let at = |off: usize, sig: &[u8]| head.get(off..off + sig.len()) == Some(sig);
     for off in SB_OFFSETS {
         if at(off as usize, &super::format::SB_MAGIC) {
@@ -46,9 +56,7 @@ pub fn describe_content(head: &[u8]) -> Option<String> {
     if at(510, &[0x55, 0xAA]) {
         return Some("an MBR partition table or boot sector".into());
     }
-    head.iter()
-        .position(|&b| b != 0)
-        .map(|i| format!("non-zero data at byte {i}"))
+    None
 }
 
 #[cfg(test)]
