@@ -61,6 +61,7 @@ enum Command {
     Convert(cmd::reshape::ConvertArgs),
     Balance(cmd::reshape::BalanceArgs),
     Grow(cmd::grow::Args),
+    Repair(cmd::repair::Args),
     #[command(subcommand)]
     Plan(cmd::reshape::PlanArgs),
     Demo(cmd::demo::Args),
@@ -128,6 +129,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::reshape::convert(a),
         Command::Balance(a) => cmd::reshape::balance(a),
         Command::Grow(a) => cmd::grow::run(a),
+        Command::Repair(a) => cmd::repair::run(a, false),
         Command::Plan(p) => cmd::reshape::plan(p),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Scan(a) => cmd::scan::run(a),

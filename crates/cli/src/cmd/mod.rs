@@ -8,6 +8,7 @@ pub mod job;
 pub mod member;
 pub mod metadata;
 pub mod rawio;
+pub mod repair;
 pub mod reshape;
 pub mod scan;
 pub mod serve;

@@ -93,6 +93,8 @@ pub enum PlanArgs {
     /// Plan a volume: the raw space it takes at its level and what remains.
     #[command(subcommand)]
     Volume(PlanVolume),
+    /// Plan a repair (as `damocles repair`): which superblock copies would be rewritten.
+    Repair(crate::cmd::repair::Args),
 }
 
 #[derive(clap::Subcommand)]
@@ -150,6 +152,7 @@ pub fn plan(p: PlanArgs) -> Result<()> {
             balance(a)
         }
         PlanArgs::Volume(PlanVolume::Create(a)) => crate::cmd::volume::create(a, true),
+        PlanArgs::Repair(a) => crate::cmd::repair::run(a, true),
         PlanArgs::Remove(a) => {
             let spec = ChangeSpec {
                 remove: vec![member_spec(&a.member)?],

@@ -234,6 +234,13 @@ fn member_lines(st: &Status) -> Vec<String> {
         if let Some(r) = &m.reason {
             lines.push(format!("      reason: {r}"));
         }
+        if m.front_labels_damaged {
+            lines.push(
+                "      front labels damaged (found by its copies near the end): \
+                 `damocles repair --labels` rewrites them"
+                    .to_string(),
+            );
+        }
     }
     lines.extend(member_io_lines(st));
     lines

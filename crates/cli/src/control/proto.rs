@@ -85,6 +85,14 @@ pub enum Request {
     Volume {
         op: VolumeOp,
     },
+    /// Checks every member's superblock copies and rewrites the damaged ones (`dry_run`:
+    /// only says which); `force` also overwrites a known signature over the front copies.
+    RepairLabels {
+        #[serde(default)]
+        dry_run: bool,
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 /// What `damocles volume` asks for.
@@ -214,6 +222,9 @@ pub struct Response {
     /// `volume list`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<damocles_engine::VolumeStatus>>,
+    /// What `repair --labels` found and did (or would do), per device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<damocles_engine::LabelRepair>>,
 }
 
 impl Response {

@@ -463,6 +463,10 @@ pub fn apply_with(array: &Array, req: Request, direct: DirectIo) -> Result<Respo
             }
         }
         Request::Volume { op } => super::volume::apply_volume(array, op)?,
+        Request::RepairLabels { dry_run, force } => Response {
+            labels: Some(array.repair_labels(dry_run, force)?),
+            ..Response::ok()
+        },
         other => bail!("{other:?} needs a served array"),
     })
 }
