@@ -297,8 +297,10 @@ fn convert_takes_hot_spares_when_the_new_layout_needs_them() {
     let model = common::pattern(7, a.size() as usize);
     a.write_at(&model, 0).unwrap();
     a.flush().unwrap();
+    // Spares a little larger than the members: the moves need room to work in beside the
+    // full raid0 (each member also keeps its tail superblock copies).
     for _ in 0..2 {
-        let d = Arc::new(MemMember::new(format!("m{}", m.len()), 12 * MIB));
+        let d = Arc::new(MemMember::new(format!("m{}", m.len()), 13 * MIB));
         m.push(d.clone());
         a.add_member(d as Dev, false).unwrap();
     }
