@@ -116,3 +116,38 @@ fn vms_raid5_and_media_single_lose_only_medias_chunks_on_the_failed_member() {
     );
     assert_eq!(listed(&vol(&a, "media")), gone);
 }
+
+/// A raid0 volume's new chunks, written while a member is missing, go on the members that
+/// are there (narrower) instead of over the missing one, where they could not be read.
+#[test]
+fn new_raid0_chunks_on_a_degraded_array_avoid_the_missing_member() {
+    let rig = Rig::sized(&[32 * MIB, 32 * MIB, 32 * MIB, 32 * MIB]);
+    let mut o = CreateOptions::new(Level::Raid5);
+    o.chunk_size = Some(CHUNK);
+    o.name = "tank".into();
+    o.no_volume = true;
+    let a = Array::create(rig.devs(&[]), &o).expect("create");
+    a.create_volume(&spec("vms", Level::Raid5, VolumeSize::Bytes(16 * MIB)))
+        .unwrap();
+    let mut scratch = spec("scratch", Level::Raid0, VolumeSize::Bytes(24 * MIB));
+    scratch.thin = true;
+    a.create_volume(&scratch).unwrap();
+    let (vms, scratch) = (vol(&a, "vms"), vol(&a, "scratch"));
+    let vms_model = fill(&a, vms.id, vms.size, 5);
+    drop(a);
+    // Member 3 gone: vms is degraded, scratch holds nothing yet.
+    let a = Array::assemble(rig.devs(&[3]), Default::default()).expect("assemble degraded");
+    let held = a.status().members[3].used;
+    let model = fill(&a, scratch.id, scratch.size, 6);
+    assert!(failing(&a, scratch.id, &model, "scratch, member 3 missing").is_empty());
+    assert!(failing(&a, vms.id, &vms_model, "vms, member 3 missing").is_empty());
+    assert_eq!(
+        a.status().members[3].used,
+        held,
+        "a scratch chunk went on member 3"
+    );
+    drop(a);
+    // And after a restart with the member still away.
+    let a = Array::assemble(rig.devs(&[3]), Default::default()).expect("assemble again");
+    assert!(failing(&a, scratch.id, &model, "scratch, after a restart").is_empty());
+}

@@ -106,9 +106,10 @@ pub(crate) fn alloc_candidates(meta: &ArrayMeta) -> Vec<u16> {
         .collect()
 }
 
-/// The members of `candidates` a new chunk of template `t` goes on. A `single` chunk has
-/// no redundancy to be born degraded with: only active members that are there (in
-/// `members`) take it; the space of a failed one is gone with it.
+/// The members of `candidates` a new chunk of template `t` goes on. A chunk without
+/// redundancy (`single`, `raid0`) has none to be born degraded with: only active members
+/// that are there (in `members`) take it, so it is laid out narrower rather than over a
+/// member that is missing or failed (where it could not be read back).
 pub(crate) fn candidates_for(
     t: &Template,
     candidates: &[u16],
@@ -116,7 +117,7 @@ pub(crate) fn candidates_for(
     members: &[Option<Dev>],
 ) -> Vec<u16> {
     let mut c = candidates.to_vec();
-    if t.level == Level::Single {
+    if t.level == Level::Single || template_tolerance(t) == 0 {
         c.retain(|&i| {
             meta.members[i as usize].state == MemberState::Active
                 && members.get(i as usize).is_some_and(Option::is_some)
