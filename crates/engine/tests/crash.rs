@@ -20,6 +20,8 @@
 //! no longer replays exactly).
 
 mod common;
+#[path = "crash/pending.rs"]
+mod pending;
 #[path = "crash/volumes.rs"]
 mod volumes;
 
