@@ -147,6 +147,7 @@ impl Array {
             return;
         }
         let weak: Weak<Array> = Arc::downgrade(self);
+        self.defer_in_place(true);
         std::thread::Builder::new()
             .name("damocles-apply".into())
             .spawn(move || loop {

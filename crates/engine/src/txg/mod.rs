@@ -133,6 +133,9 @@ pub struct Txg {
     /// stay in the committing set (readers see them) until it is; whoever takes the commit
     /// lock next writes it first ([`Txg::commit_lock`]).
     pending: Mutex<Option<Journaled>>,
+    /// Whether a commit may leave its last txg's in-place writes pending: set when an
+    /// applier thread runs ([`Txg::defer_in_place`]); otherwise a commit applies at once.
+    defer: AtomicBool,
 }
 
 /// A txg durable in the journal: its rows `(chunk, row, writes)` and checksum entries, to
@@ -158,6 +161,7 @@ impl Txg {
             poisoned: AtomicBool::new(false),
             wlog: std::sync::OnceLock::new(),
             pending: Mutex::new(None),
+            defer: AtomicBool::new(false),
         }
     }
 
@@ -337,6 +341,13 @@ impl Txg {
         Ok(())
     }
 
+    /// Lets commits leave their last txg's in-place writes pending (answered FLUSH first),
+    /// for whoever takes the commit lock next: the applier thread of
+    /// `Array::spawn_flusher`, which sets this, or a test that wants the window reached.
+    pub fn defer_in_place(&self, on: bool) {
+        self.defer.store(on, Ordering::Relaxed);
+    }
+
     /// Takes the commit lock, which every commit, rebuild or reshape group, allocation and
     /// journal retire holds, and first writes in place what the last commit left pending:
     /// whoever holds the lock sees the members as every txg so far left them, as before.
@@ -491,7 +502,7 @@ impl Txg {
         // may retire the journal, which needs everything in place first) or ranges are
         // recorded lost.
         if let Some(j) = self.journal_txg(&mut txg, next)? {
-            if redirected.is_empty() && unwritten.is_empty() {
+            if self.defer.load(Ordering::Relaxed) && redirected.is_empty() && unwritten.is_empty() {
                 *self.pending.lock() = Some(j);
             } else {
                 self.apply_rows(j.rows, j.csums)?;

@@ -36,6 +36,7 @@ fn a_cut_between_the_journal_and_the_in_place_writes_loses_nothing() {
             .map(|(i, img)| grid.member(format!("m{i}"), img.clone()) as Dev)
             .collect();
         let a = assemble(devs, 1 << 20).unwrap();
+        a.defer_in_place(true);
         let size = a.size() as usize;
         // (offset, first round's byte, second round's byte); blocks apart.
         let blocks: Vec<usize> = (0..24)
