@@ -20,6 +20,8 @@
 //! no longer replays exactly).
 
 mod common;
+#[path = "crash/pending.rs"]
+mod pending;
 #[path = "crash/volumes.rs"]
 mod volumes;
 
@@ -493,6 +495,8 @@ fn crash_point(
         .map(wrap)
         .collect();
     let a = assemble(devs, budget).map_err(|e| format!("first assemble: {e}"))?;
+    // As served: a FLUSH is answered before its in-place writes (the next commit does them).
+    a.defer_in_place(true);
     let before = grid.io_count();
     if let Some(n) = total_ios {
         grid.cut_at_io(before + rng.below(n.max(1)));

@@ -140,11 +140,28 @@ impl Array {
 
     /// Starts the background committer: it commits when the open set passes a quarter of
     /// the dirty budget (writes go on into a fresh set meanwhile) and at least every
-    /// `interval`. It ends with the array (it looks at least once a second).
+    /// `interval`. It ends with the array (it looks at least once a second). Also starts
+    /// the applier, which writes in place what a commit left pending once its journal was
+    /// durable, so the client's next writes overlap it and the next FLUSH need not.
     pub fn spawn_flusher(self: &Arc<Self>, interval: Duration) {
         if self.journal.is_none() || self.read_only {
             return;
         }
+        let weak: Weak<Array> = Arc::downgrade(self);
+        self.defer_in_place(true);
+        std::thread::Builder::new()
+            .name("damocles-apply".into())
+            .spawn(move || loop {
+                let kick = {
+                    let Some(a) = weak.upgrade() else { return };
+                    a.cache.apply_kick.clone()
+                };
+                if kick.wait(Duration::from_secs(1)) {
+                    let Some(a) = weak.upgrade() else { return };
+                    drop(a.commit_lock());
+                }
+            })
+            .ok();
         let weak: Weak<Array> = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("damocles-txg".into())

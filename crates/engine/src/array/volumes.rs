@@ -87,7 +87,7 @@ impl Array {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        let _commit = self.cache.next_txg.lock();
+        let _commit = self.commit_lock();
         let mut st = self.store.lock();
         let f = self.volume_forecast(&st.meta, spec, None)?;
         if let Some(r) = f.refusals.first() {
@@ -278,7 +278,7 @@ impl Array {
             return self.shrink_volume(&v, want).map(|n| (v.size, n));
         }
         self.zero_tail(&v, want)?;
-        let _commit = self.cache.next_txg.lock();
+        let _commit = self.commit_lock();
         let mut st = self.store.lock();
         let k = st
             .meta

@@ -131,7 +131,7 @@ impl Jobs {
         }
         let want = (f.size_after / self.chunk_size) as usize;
         // As `chunk_for_write`: commit lock, then the metadata state.
-        let _commit = self.cache.next_txg.lock();
+        let _commit = self.commit_lock();
         let mut st = self.store.lock();
         // Checked again under the lock: writes may have allocated chunks meanwhile.
         if want > self.chunk_limit(&st.meta, &st.meta.map) {

@@ -397,7 +397,7 @@ impl Jobs {
                 f.tolerance_after, f.tolerance_before
             )));
         }
-        let _commit = self.cache.next_txg.lock();
+        let _commit = self.commit_lock();
         let mut st = self.store.lock();
         let next = self.with_change(&st.meta, change)?;
         self.commit_meta(&mut st, next)?;
@@ -452,7 +452,7 @@ impl Jobs {
         let mut staged = HashSet::new();
         while !ctl.is_cancelled() {
             // As a rebuild does: commits and journal-less writes wait while a group moves.
-            let commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
+            let commits = self.journal.as_ref().map(|_| self.commit_lock());
             let next_txg = commits.as_ref().map(|g| **g);
             let _direct = self.chunk_gate.write();
             // Planned on a copy, off the state lock that reads take (a group under a balance
@@ -522,7 +522,7 @@ impl Jobs {
     /// The goal is reached: leaving members that hold nothing are removed, the balance flag
     /// is cleared. Returns the chunks that still want a move.
     fn finish_reshape(&self) -> Result<usize> {
-        let _commit = self.cache.next_txg.lock();
+        let _commit = self.commit_lock();
         let mut st = self.store.lock();
         let stuck = self.planner(&st.meta).count_wanting(&st.meta.map);
         let mut meta = st.meta.clone();

@@ -271,7 +271,7 @@ impl Jobs {
         }
         // Rewriting parity changes checksums outside the journal: take the commit lock
         // first (lock order: commit, then row), then look again.
-        let _commit = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
+        let _commit = self.journal.as_ref().map(|_| self.commit_lock());
         let _g = self.locks.lock(idx as u32, row);
         // A commit may have moved the chunk to fresh slices meanwhile (redirect-on-write)
         // and its old ones may hold another chunk by now: repair only what the map names.

@@ -478,6 +478,32 @@ impl MemberDevice for Guarded {
             Err(e) => (Err(e), None),
         }
     }
+    fn write_many(&self, writes: Vec<(u64, Vec<u8>)>) -> Result<(), (u64, io::Error)> {
+        let Some(&(first, _)) = writes.first() else {
+            return Ok(());
+        };
+        if self.shared.dev.write_behind() {
+            for (off, b) in &writes {
+                self.write_behind(b, *off).map_err(|e| (*off, e))?;
+            }
+            return Ok(());
+        }
+        let sh = self.shared.clone();
+        // One hand-off for the list; the worker counts each write as it lands.
+        match self.call(Op::Write, first, false, move |dev| {
+            for (off, b) in &writes {
+                if let Err(e) = dev.write_at(b, *off) {
+                    return (Err(e), Some(*off));
+                }
+                sh.stats.count_write(b.len());
+            }
+            (Ok(()), None)
+        }) {
+            Ok((Ok(()), _)) => Ok(()),
+            Ok((Err(e), at)) => Err((at.unwrap_or(first), e)),
+            Err(e) => Err((first, e)),
+        }
+    }
     fn write_behind(&self) -> bool {
         // Its own writes are answered early already; the layers above need not know.
         false

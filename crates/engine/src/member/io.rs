@@ -80,7 +80,7 @@ pub(crate) fn execute(members: &[Option<Dev>], plan: &[MemberWrite]) -> Result<(
 }
 
 /// One member's writes: (offset, bytes).
-type OwnedWrites = Vec<(u64, Vec<u8>)>;
+pub(crate) type OwnedWrites = Vec<(u64, Vec<u8>)>;
 
 /// Writes owned buffers, `(member, offset, bytes)`, each member's in the order given, all
 /// members at once (one thread per member beyond the first). Skips members no longer
@@ -135,6 +135,35 @@ pub(crate) fn write_parallel(
             };
         }
         acc
+    })
+}
+
+/// Each member's list of writes `(offset, bytes)` with [`MemberDevice::write_many`] (one
+/// hand-off per member), all members at once. Returns every member's result (an error
+/// names the offset of the write that met it), in the order given. Serial, in that order,
+/// under [`SERIAL_FLUSHES`].
+pub(crate) fn write_many_parallel(lists: Vec<(u16, Dev, OwnedWrites)>) -> Vec<(u16, Result<()>)> {
+    let run = |d: &Dev, list: OwnedWrites| -> Result<()> {
+        d.write_many(list)
+            .map_err(|(off, e)| io_err(Op::Write, d.as_ref(), off, e))
+    };
+    if serial_writes() || lists.len() < 2 {
+        return lists.into_iter().map(|(m, d, l)| (m, run(&d, l))).collect();
+    }
+    std::thread::scope(|s| {
+        let mut it = lists.into_iter();
+        let (m0, d0, l0) = it.next().expect("two members or more");
+        let others: Vec<_> = it
+            .map(|(m, d, l)| (m, s.spawn(move || run(&d, l))))
+            .collect();
+        let mut out = vec![(m0, run(&d0, l0))];
+        for (m, h) in others {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("a write thread panicked".into())));
+            out.push((m, r));
+        }
+        out
     })
 }
 

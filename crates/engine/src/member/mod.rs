@@ -22,8 +22,8 @@ pub use guard::{is_slow, Guarded, Limits, DEFAULT_FAIL, DEFAULT_SLOW};
 #[cfg(feature = "test-util")]
 pub use io::SERIAL_FLUSHES;
 pub(crate) use io::{
-    execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write, write_owned,
-    write_parallel, zero,
+    execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write,
+    write_many_parallel, write_owned, write_parallel, zero, OwnedWrites,
 };
 pub use mem::MemMember;
 pub(crate) use overlay::Overlay;
@@ -77,6 +77,16 @@ pub trait MemberDevice: Send + Sync {
     fn write_owned(&self, buf: Vec<u8>, offset: u64) -> WriteOwned {
         let r = self.write_at(&buf, offset);
         (r, Some(buf))
+    }
+    /// Several writes `(offset, bytes)`, done in the order given; stops at the first error
+    /// and returns it with the offset of the write that met it. A guarded member hands the
+    /// whole list to one worker (one hand-off, not one per write). The default writes them
+    /// one by one.
+    fn write_many(&self, writes: Vec<(u64, Vec<u8>)>) -> Result<(), (u64, stdio::Error)> {
+        for (off, b) in &writes {
+            self.write_at(b, *off).map_err(|e| (*off, e))?;
+        }
+        Ok(())
     }
     /// Whether the guard should answer this member's writes once a worker has them,
     /// without waiting for the device (see `behind.rs`): for members whose writes wait
@@ -157,6 +167,9 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     }
     fn write_behind(&self) -> bool {
         (**self).write_behind()
+    }
+    fn write_many(&self, writes: Vec<(u64, Vec<u8>)>) -> Result<(), (u64, stdio::Error)> {
+        (**self).write_many(writes)
     }
     fn flush(&self) -> stdio::Result<()> {
         (**self).flush()

@@ -5,6 +5,9 @@
 //! (`redirect.rs`); for the rest it plans every touched stripe row (data and fresh parity,
 //! `plan.rs`), journals each member's share, flushes, and only then writes in place — so a
 //! crash at any instant leaves every row either as it was or replayable from the journal.
+//! The last txg's in-place writes may wait until after the FLUSH is answered (the journal
+//! holds them durably): the applier thread, or whoever takes the commit lock next
+//! ([`Txg::commit_lock`]), writes them first.
 
 mod dirty;
 mod plan;
@@ -18,7 +21,7 @@ use crate::data::{Data, Seg};
 use crate::error::{Error, Result};
 use crate::layout::chunkmap::Chunk;
 use crate::layout::stripe::for_rows;
-use crate::member::{flush_all, read, write, Dev};
+use crate::member::{flush_all, read, write, write_many_parallel, Dev, OwnedWrites};
 use crate::meta::{is_no_space, JournalArea};
 use crate::ondisk::journal::{self, SubRecord};
 use crate::units::{MemberWrite, BLOCK};
@@ -43,6 +46,9 @@ pub(crate) struct Cache {
     /// Rung when the open set passes a quarter of the budget; the background committer
     /// (`Array::spawn_flusher`) waits on it and commits then, while writes go on.
     pub kick: Arc<Kick>,
+    /// Rung when a commit leaves its in-place writes pending (see [`Txg::commit_lock`]);
+    /// the applier thread (`Array::spawn_flusher`) then writes them.
+    pub apply_kick: Arc<Kick>,
     /// Times a commit took the open set away; changed only under the `open` lock. A
     /// partial-block write that read a block's other bytes checks it did not change (see
     /// `Txg::buffer_write`).
@@ -84,6 +90,7 @@ impl Cache {
             budget,
             committing_bytes: AtomicU64::new(0),
             kick: Arc::default(),
+            apply_kick: Arc::default(),
             swaps: AtomicU64::new(0),
         }
     }
@@ -122,6 +129,20 @@ pub struct Txg {
     pub(crate) poisoned: AtomicBool,
     /// Writes acknowledged but not committed, outside the process (see `wlog.rs`).
     pub(crate) wlog: std::sync::OnceLock<wlog::WriteLog>,
+    /// The last commit's txg: durable in the journal, not yet written in place. Its blocks
+    /// stay in the committing set (readers see them) until it is; whoever takes the commit
+    /// lock next writes it first ([`Txg::commit_lock`]).
+    pending: Mutex<Option<Journaled>>,
+    /// Whether a commit may leave its last txg's in-place writes pending: set when an
+    /// applier thread runs ([`Txg::defer_in_place`]); otherwise a commit applies at once.
+    defer: AtomicBool,
+}
+
+/// A txg durable in the journal: its rows `(chunk, row, writes)` and checksum entries, to
+/// be written in place.
+struct Journaled {
+    rows: Vec<(u32, u64, Vec<MemberWrite>)>,
+    csums: Vec<MemberWrite>,
 }
 
 impl Deref for Txg {
@@ -139,6 +160,8 @@ impl Txg {
             cache: Cache::new(1, budget),
             poisoned: AtomicBool::new(false),
             wlog: std::sync::OnceLock::new(),
+            pending: Mutex::new(None),
+            defer: AtomicBool::new(false),
         }
     }
 
@@ -159,8 +182,7 @@ impl Txg {
         // Zeroing checksums writes checksum blocks outside the journal: no commit may be
         // writing them meanwhile (lock order: commit lock, then metadata state). A rebuild
         // holds the commit lock while it places slices the map does not show yet.
-        let _commit =
-            (self.csums.is_some() || self.journal.is_some()).then(|| self.cache.next_txg.lock());
+        let _commit = (self.csums.is_some() || self.journal.is_some()).then(|| self.commit_lock());
         self.chunk_for_write_locked(idx)
     }
 
@@ -319,9 +341,60 @@ impl Txg {
         Ok(())
     }
 
-    /// Makes every write so far durable: journal, flush, then in place.
+    /// Lets commits leave their last txg's in-place writes pending (answered FLUSH first),
+    /// for whoever takes the commit lock next: the applier thread of
+    /// `Array::spawn_flusher`, which sets this, or a test that wants the window reached.
+    pub fn defer_in_place(&self, on: bool) {
+        self.defer.store(on, Ordering::Relaxed);
+    }
+
+    /// Takes the commit lock, which every commit, rebuild or reshape group, allocation and
+    /// journal retire holds, and first writes in place what the last commit left pending:
+    /// whoever holds the lock sees the members as every txg so far left them, as before.
+    pub(crate) fn commit_lock(&self) -> parking_lot::MutexGuard<'_, u64> {
+        let g = self.cache.next_txg.lock();
+        self.apply_pending();
+        g
+    }
+
+    /// Writes the pending txg in place (the caller holds the commit lock), then lets its
+    /// blocks leave the committing set. A failure does what a failed commit does: its
+    /// blocks go back under the open set, so the next commit journals and applies them
+    /// again (and until then the journal, which holds them durably, replays them at a
+    /// restart); a member error that cannot be absorbed has poisoned the array.
+    fn apply_pending(&self) {
+        let Some(p) = self.pending.lock().take() else {
+            return;
+        };
+        let result = self.apply_rows(p.rows, p.csums);
+        if let Err(e) = &result {
+            tracing::error!("writing a journaled txg in place failed: {e}");
+        }
+        self.end_commit(result.is_err());
+    }
+
+    /// Empties the committing set (its blocks put back under the open set if `failed`).
+    fn end_commit(&self, failed: bool) {
+        let done = {
+            let mut c = self.cache.committing.write();
+            if failed {
+                // Keep what could not be committed: blocks written since stay newer.
+                let mut open = self.cache.open.lock();
+                for (s, d) in c.extents() {
+                    open.insert_under(s, d);
+                }
+            }
+            self.cache.committing_bytes.store(0, Ordering::Release);
+            std::mem::take(&mut *c)
+        };
+        // Its buffers are freed outside the lock.
+        drop(done);
+    }
+
+    /// Makes every write so far durable: journal and flush. The last txg's in-place writes
+    /// may be left pending (see [`Txg::commit_lock`]): the journal holds them durably.
     pub(crate) fn commit(&self) -> Result<()> {
-        let mut next = self.cache.next_txg.lock();
+        let mut next = self.commit_lock();
         let rotated;
         {
             let mut log = self.wlog.get().map(|l| l.lock());
@@ -342,20 +415,13 @@ impl Txg {
             // Durable now: the log's records of this set are not needed any more.
             l.covered(k);
         }
-        let done = {
-            let mut c = self.cache.committing.write();
-            if result.is_err() {
-                // Keep what could not be committed: blocks written since stay newer.
-                let mut open = self.cache.open.lock();
-                for (s, d) in c.extents() {
-                    open.insert_under(s, d);
-                }
-            }
-            self.cache.committing_bytes.store(0, Ordering::Release);
-            std::mem::take(&mut *c)
-        };
-        // Its buffers are freed outside the lock.
-        drop(done);
+        if result.is_ok() && self.pending.lock().is_some() {
+            // The committing set stays until the applier (or the next holder of the commit
+            // lock) has written it in place.
+            self.cache.apply_kick.ring();
+        } else {
+            self.end_commit(result.is_err());
+        }
         result
     }
 
@@ -431,15 +497,35 @@ impl Txg {
             }
             i = j;
         }
-        self.journal_and_apply(&mut txg, next)?;
+        // The last txg's in-place writes wait for the applier: the client's FLUSH is answered
+        // once the journal is durable. Not when the map changes in this commit (a switch
+        // may retire the journal, which needs everything in place first) or ranges are
+        // recorded lost.
+        if let Some(j) = self.journal_txg(&mut txg, next)? {
+            if self.defer.load(Ordering::Relaxed) && redirected.is_empty() && unwritten.is_empty() {
+                *self.pending.lock() = Some(j);
+            } else {
+                self.apply_rows(j.rows, j.csums)?;
+            }
+        }
         // A journal flush after the redirected writes made them durable too.
         self.switch_redirected(redirected, *next > first_txg, *next)?;
         self.record_unwritten(unwritten)
     }
 
     fn journal_and_apply(&self, txg: &mut TxgPlan, next: &mut u64) -> Result<()> {
+        match self.journal_txg(txg, next)? {
+            Some(j) => self.apply_rows(j.rows, j.csums),
+            None => Ok(()),
+        }
+    }
+
+    /// Journals the rows planned in `txg` as txg `next` (then advanced) and flushes every
+    /// member: from its return the txg is durable. Gives back what is to be written in
+    /// place (`None` when `txg` held nothing).
+    fn journal_txg(&self, txg: &mut TxgPlan, next: &mut u64) -> Result<Option<Journaled>> {
         if txg.rows.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let area = self.journal.clone().expect("journal");
         let number = *next;
@@ -474,6 +560,8 @@ impl Txg {
             }
         }
         let participants: Vec<u16> = shares.keys().copied().collect();
+        // Each member's record, all written at once.
+        let mut records = Vec::new();
         for (m, writes) in shares {
             let d = match &area.device {
                 Some(dev) => dev.clone(),
@@ -488,11 +576,10 @@ impl Txg {
                 participants: participants.clone(),
                 writes,
             };
-            let r = write(
-                d.as_ref(),
-                &journal::encode(self.uuid, &rec),
-                area.half_offset(number),
-            );
+            let bytes = journal::encode(self.uuid, &rec);
+            records.push((m, d, vec![(area.half_offset(number), bytes)]));
+        }
+        for (_, r) in write_many_parallel(records) {
             if let Err(e) = r {
                 // A member that fails now is recorded faulty before the journal flush, so
                 // its missing share is never needed.
@@ -514,40 +601,68 @@ impl Txg {
         }
         // From here the txg is durable in the journal: a failure must not leave the rows
         // half applied in memory's view, so members that fail are dropped and the rest go on.
-        for (idx, row, writes) in txg.rows.drain(..) {
-            let _g = self.locks.lock(idx, row);
-            self.apply_in_place(&writes)?;
-            // Checksums change with their blocks, under the same row lock readers take.
-            if let Some(c) = &self.csums {
-                c.note_written(&writes, &self.members());
-            }
-        }
-        self.apply_in_place(&csum_writes)?;
         txg.bytes.clear();
-        Ok(())
+        Ok(Some(Journaled {
+            rows: std::mem::take(&mut txg.rows),
+            csums: csum_writes,
+        }))
     }
 
-    /// Writes journaled writes in place; a member that fails is dropped, the rest go on.
-    fn apply_in_place(&self, writes: &[MemberWrite]) -> Result<()> {
-        for w in writes {
-            let Some(d) = self.members()[w.member as usize].clone() else {
-                continue;
-            };
-            if let Err(e) = write(d.as_ref(), &w.data, w.offset) {
-                if matches!(&e, Error::Io { source, .. } if is_no_space(source)) {
-                    // The journal holds this txg and its blocks go back to the open set:
-                    // the next commit journals and applies them again (restart replays).
-                    tracing::warn!("{e}: the commit is retried with the next flush");
-                    return Err(e);
-                }
-                if !self.absorb(&e) {
-                    self.poisoned
-                        .store(true, std::sync::atomic::Ordering::Release);
-                    return Err(e);
-                }
+    /// Writes a journaled txg in place: every row locked (in ascending order, as every
+    /// taker of several row locks does), the checksums noted in the cache, then each
+    /// member's writes handed to it as one list, all members at once. A reader that takes
+    /// a row lock (a degraded read reconstructing from parity) sees each row either wholly
+    /// before or wholly after; the data blocks themselves stay overlaid by the committing
+    /// set until the commit ends.
+    fn apply_rows(
+        &self,
+        rows: Vec<(u32, u64, Vec<MemberWrite>)>,
+        csum_writes: Vec<MemberWrite>,
+    ) -> Result<()> {
+        let mut keys: Vec<(u32, u64)> = rows.iter().map(|(i, r, _)| (*i, *r)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let _guards: Vec<_> = keys.iter().map(|&(i, r)| self.locks.lock(i, r)).collect();
+        let members = self.members();
+        if let Some(c) = &self.csums {
+            // The cache says so before the entries reach the member (see `note_written`).
+            for (_, _, writes) in &rows {
+                c.note_written(writes, &members);
             }
         }
-        Ok(())
+        let all = rows.into_iter().flat_map(|(_, _, w)| w).chain(csum_writes);
+        self.apply_in_place(all)
+    }
+
+    /// Writes journaled writes in place, each member's as one list, all members at once; a
+    /// member that fails is dropped, the rest go on.
+    fn apply_in_place(&self, writes: impl IntoIterator<Item = MemberWrite>) -> Result<()> {
+        let members = self.members();
+        let mut lists: Vec<(u16, Dev, OwnedWrites)> = Vec::new();
+        for w in writes {
+            let Some(d) = members[w.member as usize].clone() else {
+                continue;
+            };
+            match lists.iter_mut().find(|(m, ..)| *m == w.member) {
+                Some((.., l)) => l.push((w.offset, w.data)),
+                None => lists.push((w.member, d, vec![(w.offset, w.data)])),
+            }
+        }
+        let mut first_err = None;
+        for (_, r) in write_many_parallel(lists) {
+            let Err(e) = r else { continue };
+            if matches!(&e, Error::Io { source, .. } if is_no_space(source)) {
+                // The journal holds this txg and its blocks go back to the open set:
+                // the next commit journals and applies them again (restart replays).
+                tracing::warn!("{e}: the commit is retried with the next flush");
+                first_err.get_or_insert(e);
+            } else if !self.absorb(&e) {
+                self.poisoned
+                    .store(true, std::sync::atomic::Ordering::Release);
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Replays the journal on assemble (see [`journal::select_replay`]); returns the next txg.
@@ -620,7 +735,7 @@ impl Txg {
     /// are durable — or it incomplete and every older record gone, which replays nothing
     /// (see `journal::select_replay`).
     pub(crate) fn retire_journal(&self) -> Result<()> {
-        let next = *self.cache.next_txg.lock();
+        let next = *self.commit_lock();
         self.retire_journal_at(next)
     }
 

@@ -24,7 +24,7 @@ impl Txg {
         // What is buffered goes in place first, so the journal's records are all durable
         // in place before the retire below.
         self.commit()?;
-        let next = self.cache.next_txg.lock();
+        let next = self.commit_lock();
         let _gate = self.chunk_gate.write();
         let mut st = self.store.lock();
         let mut meta = st.meta.clone();

@@ -228,7 +228,7 @@ impl Jobs {
     /// map, so the failed member holds nothing any more and can leave the array. Returns the
     /// ranges.
     fn drop_unrebuildable(&self) -> Result<Vec<(u64, u64)>> {
-        let _commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
+        let _commits = self.journal.as_ref().map(|_| self.commit_lock());
         let _direct = self.chunk_gate.write();
         let gone = self.unrebuildable();
         if gone.is_empty() {
@@ -421,7 +421,7 @@ impl Jobs {
         ctl: &Arc<JobControl>,
         report: &mut RebuildReport,
     ) -> Result<()> {
-        let commits = self.journal.as_ref().map(|_| self.cache.next_txg.lock());
+        let commits = self.journal.as_ref().map(|_| self.commit_lock());
         let next_txg = commits.as_ref().map(|g| **g);
         let _direct = self.chunk_gate.write();
         let mut group = Group {
