@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # What the metrics cost: one raid5 (4 file members) served in turn with `serve --metrics`
-# (per-request counters and latency histogram on, scraped with curl every SCRAPE seconds,
-# as Prometheus would) and without, through fio's nbd engine (1 job, iodepth 16) over a
-# Unix socket. The server is restarted for every run, so both serve the same members from
-# the same page cache; rounds interleaved (order rotated); medians of MB/s and of the
-# server's CPU µs per I/O; ratio metrics/plain per workload.
+# (the exports' per-request counters and latency histogram on, scraped with curl every
+# SCRAPE seconds, as Prometheus would) and without, through fio's nbd engine (1 job,
+# iodepth 16) over a Unix socket. The members' and volumes' I/O counters (relaxed atomics,
+# no lock per request) count in both runs, so their cost is in both columns; the scrapes
+# (array status, every volume's and member's figures) are in the metrics one. The server
+# is restarted for every run, so both serve the same members from the same page cache;
+# rounds interleaved (order rotated); medians of MB/s and of the server's CPU µs per I/O;
+# ratio metrics/plain per workload.
 #
 # Usage: bench/metrics-overhead.sh     QUICK=1 (1 round of 3 s)
 #        ROUNDS RUNTIME RAMP IODEPTH MEMBER_SIZE TEST_SIZE SCRAPE BENCH_TMPDIR DAMOCLES KEEP

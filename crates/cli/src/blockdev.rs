@@ -1,20 +1,27 @@
 //! A volume of an array as an NBD block device.
 
-use damocles_engine::{Array, Volume};
+use damocles_engine::{Array, Volume, VolumeIo};
 use damocles_nbd::{BlockDevice, Extent};
 use std::io;
 use std::sync::Arc;
 
 /// One volume, by its id (stable across renames). Requests after the volume is deleted
-/// fail with EINVAL; the server stops exporting it first.
+/// fail with EINVAL; the server stops exporting it first. Reads and writes done are
+/// counted in the volume's counters (the metrics' per-volume figures).
 pub struct VolumeDevice {
     pub array: Arc<Array>,
     pub id: u32,
+    io: Arc<VolumeIo>,
 }
 
 impl VolumeDevice {
     pub fn new(array: Arc<Array>, v: &Volume) -> VolumeDevice {
-        VolumeDevice { array, id: v.id }
+        let io = array.volume_io(v.id);
+        VolumeDevice {
+            array,
+            id: v.id,
+            io,
+        }
     }
 
     /// The array's only volume; an error naming them when it has none or several.
@@ -68,11 +75,14 @@ impl BlockDevice for VolumeDevice {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        Ok(self.array.volume_read(self.id, buf, offset)?)
+        self.array.volume_read(self.id, buf, offset)?;
+        self.io.count_read(buf.len() as u64);
+        Ok(())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         self.array.volume_write(self.id, buf, offset)?;
+        self.io.count_write(buf.len() as u64);
         if fua {
             self.array.flush()?;
         }
@@ -80,7 +90,9 @@ impl BlockDevice for VolumeDevice {
     }
 
     fn write_owned(&self, buf: Vec<u8>, offset: u64, fua: bool) -> io::Result<Vec<Vec<u8>>> {
+        let n = buf.len() as u64;
         let spare = self.array.volume_write_owned(self.id, buf, offset)?;
+        self.io.count_write(n);
         if fua {
             self.array.flush()?;
         }
@@ -100,6 +112,7 @@ impl BlockDevice for VolumeDevice {
         const PIECE: u64 = 1 << 20;
         let zeros = vec![0u8; PIECE.min(len) as usize];
         let mut off = offset;
+        let mut written = 0;
         for (run, allocated) in self.array.volume_allocation_runs(self.id, offset, len) {
             if allocated {
                 let mut done = 0;
@@ -109,9 +122,12 @@ impl BlockDevice for VolumeDevice {
                         .volume_write(self.id, &zeros[..n as usize], off + done)?;
                     done += n;
                 }
+                written += run;
             }
             off += run;
         }
+        // One write request, of the zeros really written.
+        self.io.count_write(written);
         if fua {
             self.array.flush()?;
         }

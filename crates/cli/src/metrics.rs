@@ -1,16 +1,18 @@
 //! The Prometheus endpoint (`serve --metrics`, the daemon's `[metrics] listen`): text
 //! format at `/metrics`, names prefixed `damocles_`, figures taken at each scrape from the
-//! arrays' status, the control servers' job state and the exports' NBD counters.
+//! arrays' status, the control servers' job state, the volumes' I/O counters and the
+//! exports' NBD counters.
 
 use crate::control::proto::JobKind;
 use crate::control::server::Shared;
 use anyhow::{Context, Result};
-use damocles_engine::{Array, Health, MemberHealth, Status};
+use damocles_engine::{Array, Health, MemberHealth, Status, VolumeIoCounts};
 use damocles_nbd::{ExportStats, LATENCY_BUCKETS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -99,12 +101,15 @@ impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut fams = ArrayFamilies::new();
+        let mut vols = VolumeFamilies::new();
         for a in &s.arrays {
             if let Some(arr) = a.array.upgrade() {
-                fams.array(&a.key, &arr.status(), &a.shared);
+                let st = arr.status();
+                fams.array(&a.key, &st, &a.shared);
+                vols.array(&a.key, &st, &arr.volume_io_counts());
             }
         }
-        for f in fams.all() {
+        for f in fams.all().into_iter().chain(vols.all()) {
             f.encode(&mut enc)?;
         }
         export_families(&s.exports, &mut enc)
@@ -143,8 +148,8 @@ impl ArrayFamilies {
         use MetricType::{Counter as C, Gauge as G};
         ArrayFamilies {
             health: fam("array_health", "1 for the array's health (ok, degraded, failed), else 0", G),
-            size: fam("array_size_bytes", "Size of the array's volume", G),
-            used: fam("array_used_bytes", "Volume space allocated (chunks holding data)", G),
+            size: fam("array_size_bytes", "Size of the array's virtual disk (every volume's chunks)", G),
+            used: fam("array_used_bytes", "Virtual bytes in chunks allocated (holding data), every volume", G),
             dirty: fam("array_dirty_bytes", "Bytes written but not yet committed", G),
             degraded: fam("array_chunks_degraded", "Chunks with a slice on a member that is gone", G),
             lost: fam("array_lost_bytes", "Volume bytes whose data is lost", G),
@@ -311,6 +316,143 @@ impl ArrayFamilies {
             ("no_space", io.no_space),
         ] {
             self.m_errors.add(with(&[("kind", kind)]), v as f64);
+        }
+    }
+}
+
+/// Per volume (labels `array`, `uuid`, `volume`) and the array's raw space.
+struct VolumeFamilies {
+    raw: Family,
+    allocated: Family,
+    reserved: Family,
+    free: Family,
+    size: Family,
+    v_allocated: Family,
+    thin: Family,
+    health: Family,
+    tolerance: Family,
+    can_lose: Family,
+    lost: Family,
+    requests: Family,
+    bytes: Family,
+}
+
+impl VolumeFamilies {
+    fn new() -> VolumeFamilies {
+        use MetricType::{Counter as C, Gauge as G};
+        VolumeFamilies {
+            raw: fam(
+                "array_raw_bytes",
+                "Raw space of the members' data areas new chunks may use",
+                G,
+            ),
+            allocated: fam(
+                "array_allocated_bytes",
+                "Raw space taken by allocated chunks (data and redundancy)",
+                G,
+            ),
+            reserved: fam(
+                "array_reserved_bytes",
+                "Raw space promised to reserved volumes for chunks not written yet",
+                G,
+            ),
+            free: fam(
+                "array_free_bytes",
+                "Raw space neither allocated nor reserved",
+                G,
+            ),
+            size: fam("volume_size_bytes", "Size of the volume", G),
+            v_allocated: fam(
+                "volume_allocated_bytes",
+                "Volume bytes in chunks allocated (written at least once)",
+                G,
+            ),
+            thin: fam(
+                "volume_thin",
+                "1 for a thin volume (takes space as written), 0 for a reserved one",
+                G,
+            ),
+            health: fam(
+                "volume_health",
+                "1 for the volume's health (ok, degraded, failed), else 0",
+                G,
+            ),
+            tolerance: fam(
+                "volume_tolerance",
+                "Member failures the volume's layout survives",
+                G,
+            ),
+            can_lose: fam(
+                "volume_can_lose",
+                "Further member failures the volume survives now, with the members present",
+                G,
+            ),
+            lost: fam(
+                "volume_lost_bytes",
+                "Volume bytes that cannot be read (lost, or on members gone beyond its redundancy)",
+                G,
+            ),
+            requests: fam(
+                "volume_requests",
+                "Reads and writes done through the volume's exports, by op",
+                C,
+            ),
+            bytes: fam(
+                "volume_bytes",
+                "Bytes read and written through the volume's exports, by op",
+                C,
+            ),
+        }
+    }
+
+    fn all(&self) -> [&Family; 13] {
+        [
+            &self.raw,
+            &self.allocated,
+            &self.reserved,
+            &self.free,
+            &self.size,
+            &self.v_allocated,
+            &self.thin,
+            &self.health,
+            &self.tolerance,
+            &self.can_lose,
+            &self.lost,
+            &self.requests,
+            &self.bytes,
+        ]
+    }
+
+    fn array(&mut self, key: &str, st: &Status, io: &HashMap<u32, VolumeIoCounts>) {
+        let base = l(&[("array", key), ("uuid", &st.uuid)]);
+        let sp = &st.space;
+        self.raw.add(base.clone(), sp.raw as f64);
+        self.allocated.add(base.clone(), sp.allocated as f64);
+        self.reserved.add(base.clone(), sp.reserved as f64);
+        self.free.add(base.clone(), sp.free as f64);
+        for v in &st.volumes {
+            let mut vl = base.clone();
+            vl.extend(l(&[("volume", &v.name)]));
+            let with = |k: &str, val: &str| {
+                let mut b = vl.clone();
+                b.push((k.to_string(), val.to_string()));
+                b
+            };
+            self.size.add(vl.clone(), v.size as f64);
+            self.v_allocated.add(vl.clone(), v.allocated as f64);
+            self.thin.add(vl.clone(), u8::from(v.thin));
+            for h in ["ok", "degraded", "failed"] {
+                self.health.add(with("health", h), u8::from(v.health == h));
+            }
+            self.tolerance.add(vl.clone(), v.tolerance as f64);
+            self.can_lose.add(vl.clone(), v.can_lose as f64);
+            self.lost
+                .add(vl.clone(), v.lost.iter().map(|r| r.len).sum::<u64>() as f64);
+            let c = io.get(&v.id).copied().unwrap_or_default();
+            self.requests.add(with("op", "read"), c.reads as f64);
+            self.requests.add(with("op", "write"), c.writes as f64);
+            self.bytes.add(with("op", "read"), c.read_bytes as f64);
+            self.bytes.add(with("op", "write"), c.written_bytes as f64);
         }
     }
 }

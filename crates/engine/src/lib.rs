@@ -32,7 +32,7 @@ pub mod units;
 
 pub use array::{
     Array, ErrorCounts, Health, JobStatus, LostRange, MemberHealth, MemberStatus, ScrubStatus,
-    Status, VolumeForecast, VolumeSize, VolumeSpec, VolumeStatus,
+    Status, VolumeForecast, VolumeIo, VolumeIoCounts, VolumeSize, VolumeSpec, VolumeStatus,
 };
 pub use error::{Error, JobKind, Op, Result};
 pub use events::{Event, EventKind, EventSink};

@@ -7,9 +7,10 @@ mod common;
 
 use common::{downgrade_to_format_1, pattern, Rig, MIB};
 use damocles_engine::{
-    read_label, Array, AssembleOptions, Change, CreateOptions, Error, Level, MemberDevice,
-    Template, VolumeSize, VolumeSpec,
+    read_label, Array, AssembleOptions, Change, CreateOptions, Dev, Error, JobControl, Level,
+    MemMember, MemberDevice, Template, VolumeSize, VolumeSpec,
 };
+use std::sync::Arc;
 
 const CHUNK: u64 = 4 * MIB;
 
@@ -417,4 +418,81 @@ fn growing_after_a_shrink_inside_a_chunk_reads_zeros_past_the_old_end() {
     drop(a);
     let a = rig.assemble(&[]);
     check(&a, id, &want, "grown again, after a restart");
+}
+
+/// Where the rebuilt slices of volume `name` sit on member `member` (per chunk of the
+/// volume, in volume order), from that member's newest metadata.
+fn offsets_on(dev: &dyn MemberDevice, name: &str, member: u16) -> Vec<u64> {
+    let (_, meta) = read_label(dev).unwrap().newest.unwrap();
+    let v = meta.volumes.iter().find(|v| v.name == name).unwrap();
+    v.chunk_indexes()
+        .map(|i| {
+            let c = meta.map.chunks[i].as_ref().expect("chunk written");
+            c.slices
+                .iter()
+                .find(|s| s.member == member)
+                .unwrap_or_else(|| panic!("chunk {i} of {name} has no slice on the spare"))
+                .offset
+        })
+        .collect()
+}
+
+#[test]
+fn a_rebuild_restores_the_volume_with_the_least_redundancy_left_first() {
+    // raid6 made first: its chunks have the lower indexes, so an order by index alone
+    // would rebuild it first. With one member failed, raid6 can still lose one and raid5
+    // none: every raid5 chunk must be rebuilt before any raid6 chunk.
+    let rig = Rig::new(4, 64 * MIB);
+    let mut o = CreateOptions::new(Level::Raid5);
+    o.chunk_size = Some(CHUNK);
+    o.name = "tank".into();
+    o.no_volume = true;
+    let a = Array::create(rig.devs(&[]), &o).expect("create");
+    let size = 40 * MIB;
+    for (name, level) in [("safer", Level::Raid6), ("weaker", Level::Raid5)] {
+        a.create_volume(&spec(name, level, VolumeSize::Bytes(size), false))
+            .unwrap();
+    }
+    let (safer, weaker) = (id_of(&a, "safer"), id_of(&a, "weaker"));
+    let first_weaker = a.volume_by_id(weaker).unwrap().extents[0].0;
+    assert!(
+        a.volume_by_id(safer).unwrap().extents[0].0 < first_weaker,
+        "the raid6 volume's chunks come first in the map"
+    );
+    let m_safer = fill(&a, safer, size, 1);
+    let m_weaker = fill(&a, weaker, size, 2);
+
+    a.fail_member(1, "test", false).unwrap();
+    let by_name = |n: &str| {
+        a.status()
+            .volumes
+            .into_iter()
+            .find(|v| v.name == n)
+            .unwrap()
+    };
+    assert_eq!(
+        (by_name("safer").can_lose, by_name("weaker").can_lose),
+        (1, 0)
+    );
+    let spare = Arc::new(MemMember::new("spare", 64 * MIB));
+    let si = a.add_member(spare.clone() as Dev, false).unwrap();
+    let r = a.rebuild(Arc::new(JobControl::new(0))).unwrap();
+    let chunks = (size / CHUNK) as usize;
+    assert_eq!(r.chunks_rebuilt, 2 * chunks, "{r:?}");
+
+    // The spare was empty and takes slices lowest offset first, in the order the rebuild
+    // placed them: that order is the order of the offsets.
+    let dev = spare.as_ref() as &dyn MemberDevice;
+    let weak_at = offsets_on(dev, "weaker", si as u16);
+    let safe_at = offsets_on(dev, "safer", si as u16);
+    let last_weak = *weak_at.iter().max().unwrap();
+    let first_safe = *safe_at.iter().min().unwrap();
+    assert!(
+        last_weak < first_safe,
+        "a raid6 chunk was rebuilt before a raid5 one: raid5 at {weak_at:?}, raid6 at {safe_at:?}"
+    );
+    assert_eq!(by_name("weaker").can_lose, 1);
+    assert_eq!(by_name("safer").can_lose, 2);
+    check(&a, safer, &m_safer, "raid6 after the rebuild");
+    check(&a, weaker, &m_weaker, "raid5 after the rebuild");
 }

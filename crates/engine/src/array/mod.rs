@@ -13,7 +13,7 @@ mod volumes;
 pub use status::{
     ErrorCounts, Health, JobStatus, LostRange, MemberHealth, MemberStatus, ScrubStatus, Status,
 };
-pub use volio::VolumeStatus;
+pub use volio::{VolumeIo, VolumeIoCounts, VolumeStatus};
 pub use volumes::{VolumeForecast, VolumeSize, VolumeSpec};
 
 use crate::data::Data;
@@ -30,6 +30,7 @@ use std::time::Duration;
 /// volume I/O here, jobs, commits, data and metadata below.
 pub struct Array {
     inner: Jobs,
+    volume_io: volio::VolumeIoTable,
 }
 
 impl Deref for Array {
@@ -56,6 +57,7 @@ impl Array {
         let data = Data::new(Meta::new(found, opts.read_only), checksums);
         let array = Array {
             inner: Jobs::new(Txg::new(data, journal, budget)),
+            volume_io: Default::default(),
         };
         let (next_txg, replay) = array.replay_journal()?;
         *array.cache.next_txg.lock() = next_txg;

@@ -9,6 +9,56 @@ use crate::layout::volumes::Volume;
 use crate::layout::Level;
 use crate::meta::{spare_failures, template_tolerance};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Requests and bytes read and written through one volume's device (its NBD export),
+/// counted with relaxed atomics by whoever does the I/O; the device takes its counters
+/// once ([`Array::volume_io`]), so counting takes no lock per request.
+#[derive(Debug, Default)]
+pub struct VolumeIo {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    read_bytes: AtomicU64,
+    written_bytes: AtomicU64,
+}
+
+/// What a [`VolumeIo`] has counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeIoCounts {
+    pub reads: u64,
+    pub writes: u64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+}
+
+impl VolumeIo {
+    /// One read of `bytes` answered.
+    pub fn count_read(&self, bytes: u64) {
+        self.reads.fetch_add(1, Relaxed);
+        self.read_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// One write of `bytes` done.
+    pub fn count_write(&self, bytes: u64) {
+        self.writes.fetch_add(1, Relaxed);
+        self.written_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    pub fn counts(&self) -> VolumeIoCounts {
+        VolumeIoCounts {
+            reads: self.reads.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+            read_bytes: self.read_bytes.load(Relaxed),
+            written_bytes: self.written_bytes.load(Relaxed),
+        }
+    }
+}
+
+/// Every volume's counters by id, made when a device first asks for them.
+#[derive(Default)]
+pub(super) struct VolumeIoTable(parking_lot::Mutex<HashMap<u32, Arc<VolumeIo>>>);
 
 /// What `volume list` and `status` show of one volume.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +86,25 @@ pub struct VolumeStatus {
 }
 
 impl Array {
+    /// Volume `id`'s I/O counters, shared by every device of the volume (taken once per
+    /// device, not per request). They live as long as the array is open, or until the
+    /// volume is deleted.
+    pub fn volume_io(&self, id: u32) -> Arc<VolumeIo> {
+        self.volume_io.0.lock().entry(id).or_default().clone()
+    }
+
+    /// What each volume's devices have counted, by volume id (volumes no device has
+    /// served yet are not there).
+    pub fn volume_io_counts(&self) -> HashMap<u32, VolumeIoCounts> {
+        let t = self.volume_io.0.lock();
+        t.iter().map(|(&id, io)| (id, io.counts())).collect()
+    }
+
+    /// Forgets a deleted volume's counters.
+    pub(super) fn drop_volume_io(&self, id: u32) {
+        self.volume_io.0.lock().remove(&id);
+    }
+
     /// The array byte ranges for volume bytes `[offset, offset+len)` of volume `id`.
     fn volume_pieces(&self, id: u32, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
         // Per request: looked up in the committed table, not cloned.

@@ -393,6 +393,7 @@ impl Array {
             let gone = meta.volumes.remove(k);
             Ok(gone.chunk_indexes().collect())
         })?;
+        self.drop_volume_io(id);
         self.emit(
             EventKind::VolumeDeleted,
             None,
