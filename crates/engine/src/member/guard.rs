@@ -26,6 +26,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 /// The default slow limit: a read that takes longer is answered from the other members.
 pub const DEFAULT_SLOW: Duration = Duration::from_secs(2);
@@ -219,6 +220,21 @@ impl Guarded {
         slow: bool,
         f: impl FnOnce(&dyn MemberDevice) -> (io::Result<()>, R) + Send + 'static,
     ) -> Result<(io::Result<()>, R), io::Error> {
+        self.call_inner(op, offset, slow, None, f)
+    }
+
+    /// [`Self::call`]; with `progress`, a request made of pieces (a list of writes): `f`
+    /// stores the time each piece ends there and takes an in-flight ticket per piece, so
+    /// the limit applies to each piece, not to the whole list (a slow member stays slow,
+    /// not failed, however long the list).
+    fn call_inner<R: Send + 'static>(
+        &self,
+        op: Op,
+        offset: u64,
+        slow: bool,
+        progress: Option<Arc<Mutex<Instant>>>,
+        f: impl FnOnce(&dyn MemberDevice) -> (io::Result<()>, R) + Send + 'static,
+    ) -> Result<(io::Result<()>, R), io::Error> {
         let fail = self.shared.limits.fail();
         if let Some(p) = self.oldest().filter(|p| p.age > fail) {
             // The member has not answered for longer than the fail limit: do not queue
@@ -238,12 +254,16 @@ impl Guarded {
             value: Mutex::new(None),
             ready: Condvar::new(),
         });
-        let ticket = self.shared.stats.begin(op, offset);
-        let start = ticket.1;
+        let ticket = progress
+            .is_none()
+            .then(|| self.shared.stats.begin(op, offset));
+        let start = ticket.map_or_else(Instant::now, |t| t.1);
         let (a, sh) = (answer.clone(), self.shared.clone());
         self.submit(Box::new(move |dev| {
             let out = f(dev);
-            sh.stats.end(ticket, op, out.0.as_ref().err());
+            if let Some(t) = ticket {
+                sh.stats.end(t, op, out.0.as_ref().err());
+            }
             *a.value.lock() = Some(out);
             a.ready.notify_one();
         }));
@@ -253,9 +273,16 @@ impl Guarded {
             fail
         };
         let mut v = answer.value.lock();
-        let deadline = start + patience;
+        let mut deadline = start + patience;
         while v.is_none() {
             if answer.ready.wait_until(&mut v, deadline).timed_out() && v.is_none() {
+                // A piece ended since: the next one has the whole limit from then.
+                if let Some(last) = progress.as_ref().map(|p| *p.lock() + patience) {
+                    if last > deadline {
+                        deadline = last;
+                        continue;
+                    }
+                }
                 drop(v);
                 return Err(if slow {
                     self.shared.stats.slow.fetch_add(1, Ordering::Relaxed);
@@ -489,10 +516,17 @@ impl MemberDevice for Guarded {
             return Ok(());
         }
         let sh = self.shared.clone();
-        // One hand-off for the list; the worker counts each write as it lands.
-        match self.call(Op::Write, first, false, move |dev| {
+        let progress = Arc::new(Mutex::new(Instant::now()));
+        let done = progress.clone();
+        // One hand-off for the list; each write is its own request to the limits and the
+        // figures (a ticket each, its end noted as progress).
+        match self.call_inner(Op::Write, first, false, Some(progress), move |dev| {
             for (off, b) in &writes {
-                if let Err(e) = dev.write_at(b, *off) {
+                *done.lock() = Instant::now();
+                let ticket = sh.stats.begin(Op::Write, *off);
+                let r = dev.write_at(b, *off);
+                sh.stats.end(ticket, Op::Write, r.as_ref().err());
+                if let Err(e) = r {
                     return (Err(e), Some(*off));
                 }
                 sh.stats.count_write(b.len());
