@@ -196,6 +196,14 @@ fn assemble_maybe(
     }
 }
 
+/// A member on `grid` for each image of `base`, named m0, m1, ...
+fn grid_members(grid: &Arc<PowerGrid>, base: &[Vec<u8>]) -> Vec<Dev> {
+    base.iter()
+        .enumerate()
+        .map(|(i, img)| grid.member(format!("m{i}"), img.clone()) as Dev)
+        .collect()
+}
+
 fn assemble(devs: Vec<Dev>, budget: u64) -> damocles_engine::Result<Array> {
     Array::assemble(
         devs,
@@ -458,11 +466,7 @@ fn crash_point(
     };
     damocles_engine::SERIAL_FLUSHES.store(flush_order, std::sync::atomic::Ordering::Relaxed);
     let grid = PowerGrid::new();
-    let sims: Vec<Dev> = base
-        .iter()
-        .enumerate()
-        .map(|(i, img)| grid.member(format!("m{i}"), img.clone()) as Dev)
-        .collect();
+    let sims = grid_members(&grid, base);
     let missing = if case.degraded {
         Some(rng.below(case.members as u64) as usize)
     } else {
@@ -1062,11 +1066,7 @@ fn retiring_the_journal_never_revives_an_older_txg() {
     for k in 0..40 {
         for seed in 0..16 {
             let grid = PowerGrid::new();
-            let devs: Vec<Dev> = base
-                .iter()
-                .enumerate()
-                .map(|(i, img)| grid.member(format!("m{i}"), img.clone()) as Dev)
-                .collect();
+            let devs = grid_members(&grid, &base);
             let a = assemble(devs, 1 << 20).unwrap();
             for (off, fill) in [(0, 1u8), (x, 2), (x, 3), (0, 4)] {
                 a.write_at(&[fill; BLOCK], off).unwrap();
@@ -1129,11 +1129,7 @@ fn a_hung_member_then_a_power_cut_loses_nothing_flushed() {
     for k in (0..40).step_by(3) {
         let seed = k * 7 + 1;
         let grid = PowerGrid::new();
-        let sims: Vec<Dev> = base
-            .iter()
-            .enumerate()
-            .map(|(i, img)| grid.member(format!("m{i}"), img.clone()) as Dev)
-            .collect();
+        let sims = grid_members(&grid, &base);
         let hung = FaultMember::new(sims[2].clone());
         let devs: Vec<Dev> = (0..4)
             .map(|i| {

@@ -3,7 +3,7 @@
 //! window — before any in-place write, or at any I/O while they land and the next commit
 //! runs — must lose nothing flushed and damage nothing, also with a member gone at restart.
 
-use super::{assemble, BLOCK, CHUNK, MIB};
+use super::{assemble, grid_members, BLOCK, CHUNK, MIB};
 use damocles_engine::powercut::{PowerGrid, Rng};
 use damocles_engine::{Array, AssembleOptions, CreateOptions, Dev, Level, MemMember};
 use std::sync::Arc;
@@ -30,11 +30,7 @@ fn a_cut_between_the_journal_and_the_in_place_writes_loses_nothing() {
         // The same workload every time; only the cut moves (and how it tears).
         let mut rng = Rng::new(0x5eed);
         let grid = PowerGrid::new();
-        let devs: Vec<Dev> = base
-            .iter()
-            .enumerate()
-            .map(|(i, img)| grid.member(format!("m{i}"), img.clone()) as Dev)
-            .collect();
+        let devs = grid_members(&grid, &base);
         let a = assemble(devs, 1 << 20).unwrap();
         a.defer_in_place(true);
         let size = a.size() as usize;
