@@ -87,7 +87,10 @@ impl Array {
                  committed when it stopped"
             );
         }
-        match crate::txg::wlog::WriteLog::create(dir, &self.uuid) {
+        // A file grows by about what a commit takes (the committer starts one at a quarter
+        // of the budget); it keeps that much memory for the next round.
+        let retain = (self.cache.budget / 4).clamp(1 << 20, 256 << 20);
+        match crate::txg::wlog::WriteLog::create(dir, &self.uuid, retain) {
             Ok(log) => {
                 let _ = self.wlog.set(log);
             }
