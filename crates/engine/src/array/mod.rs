@@ -184,6 +184,11 @@ impl Array {
                     if let Err(e) = a.commit() {
                         tracing::error!("background commit failed: {e}");
                     }
+                    if !asked {
+                        // After a whole period without a write, memory kept for writes
+                        // goes back.
+                        a.idle();
+                    }
                 }
             })
             .ok();

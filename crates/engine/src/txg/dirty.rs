@@ -34,6 +34,11 @@ impl DirtySet {
         self.map.iter().map(|(&s, d)| (s, d.as_slice()))
     }
 
+    /// The buffers held, given up.
+    pub fn into_buffers(self) -> impl Iterator<Item = Vec<u8>> {
+        self.map.into_values()
+    }
+
     /// Whether the block starting at volume offset `off` (block-aligned) is held.
     pub fn contains(&self, off: u64) -> bool {
         self.map

@@ -12,6 +12,7 @@
 mod dirty;
 mod plan;
 mod read;
+mod recycle;
 mod redirect;
 mod release;
 mod unwritable;
@@ -53,6 +54,11 @@ pub(crate) struct Cache {
     /// partial-block write that read a block's other bytes checks it did not change (see
     /// `Txg::buffer_write`).
     pub swaps: AtomicU64,
+    /// Buffers of ended commits, for the next writes (`recycle.rs`).
+    bin: recycle::Bin,
+    /// Writes buffered so far, and that count at the last [`Txg::idle`].
+    writes: AtomicU64,
+    writes_seen: AtomicU64,
 }
 
 /// A doorbell for the background committer (shared without keeping the array alive).
@@ -92,6 +98,9 @@ impl Cache {
             kick: Arc::default(),
             apply_kick: Arc::default(),
             swaps: AtomicU64::new(0),
+            bin: recycle::Bin::new(budget / 4),
+            writes: AtomicU64::new(0),
+            writes_seen: AtomicU64::new(0),
         }
     }
 }
@@ -197,7 +206,13 @@ impl Txg {
     ) -> Result<Vec<Vec<u8>>> {
         let mut spare = Vec::new();
         if payload.is_some() {
+            let owned = matches!(payload, Some(Payload::Owned(_)));
+            self.cache.writes.fetch_add(1, Ordering::Relaxed);
             self.buffer_write(payload, offset, &mut spare)?;
+            if owned && spare.is_empty() {
+                // The caller reuses what it gets back: let it have an earlier commit's buffer.
+                self.cache.bin.take(1, &mut spare);
+            }
         }
         // The budget bounds what the open and the committing sets hold together: past it a
         // writer commits itself (after the commit in progress). Past a quarter of it in the
@@ -387,8 +402,21 @@ impl Txg {
             self.cache.committing_bytes.store(0, Ordering::Release);
             std::mem::take(&mut *c)
         };
-        // Its buffers are freed outside the lock.
-        drop(done);
+        // Its buffers are kept for later writes or freed, outside the lock.
+        self.cache.bin.put(done.into_buffers());
+    }
+
+    /// Gives back memory kept for writes (the recycled buffers, the write log's retained
+    /// tmpfs memory) once nothing was written since the last call: the background
+    /// committer calls it every period.
+    pub fn idle(&self) {
+        let n = self.cache.writes.load(Ordering::Relaxed);
+        if self.cache.writes_seen.swap(n, Ordering::Relaxed) == n && self.dirty_bytes() == 0 {
+            self.cache.bin.clear();
+            if let Some(l) = self.wlog.get() {
+                l.shrink();
+            }
+        }
     }
 
     /// Makes every write so far durable: journal and flush. The last txg's in-place writes

@@ -232,6 +232,20 @@ impl WriteLog {
         st.end[k] = HEADER;
     }
 
+    /// Gives back the memory of files that hold no record (nothing is being written).
+    pub fn shrink(&self) {
+        let st = self.state.lock();
+        if st.off {
+            return;
+        }
+        for k in 0..2 {
+            if st.end[k] == HEADER {
+                // Failing to shrink loses nothing: the file keeps its memory a while longer.
+                let _ = st.files[k].set_len(HEADER);
+            }
+        }
+    }
+
     /// Removes the log (the array closed cleanly: everything is committed).
     pub fn remove(&self) {
         for p in &self.paths {
