@@ -6,30 +6,31 @@
 use super::Data;
 use crate::layout::chunkmap::Chunk;
 use crate::layout::profile::Level;
-use std::ops::Range;
+use std::ops::{DerefMut, Range};
 
 impl Data {
     /// Lays out rows `rows` of chunk `c` (holding `chunk_size` virtual bytes) into `bufs`,
-    /// one buffer per slice position, each `rows.len() × stripe unit` bytes: the bytes slice
+    /// one buffer per slice position, each at least `rows.len() × stripe unit` bytes (the
+    /// first that many are written): the bytes slice
     /// `pos` holds from offset `rows.start × stripe unit` on. `fill(co, dst)` copies the
     /// chunk's bytes at chunk offset `co` into `dst`; rows past the chunk's end (the last
     /// row's unused part) are zeros, so parity covers exactly what the slices hold. Every
     /// byte of `bufs` is written; their old contents do not matter.
-    pub(crate) fn lay_out_rows(
+    pub(crate) fn lay_out_rows<B: DerefMut<Target = [u8]> + Default>(
         &self,
         c: &Chunk,
         chunk_size: u64,
         rows: Range<u64>,
-        bufs: &mut Vec<Vec<u8>>,
+        bufs: &mut [B],
         fill: &mut dyn FnMut(u64, &mut [u8]),
     ) {
         let p = &c.profile;
         let su = p.stripe_unit as usize;
         let n = (rows.end - rows.start) as usize;
-        bufs.resize_with(p.width, Vec::new);
-        for b in bufs.iter_mut() {
-            b.resize(n * su, 0);
-        }
+        assert!(
+            bufs.len() == p.width && bufs.iter().all(|b| b.len() >= n * su),
+            "a buffer per slice position, each of the rows' length"
+        );
         let row_bytes = p.row_bytes();
         for (k, row) in rows.clone().enumerate() {
             let at = k * su..(k + 1) * su;

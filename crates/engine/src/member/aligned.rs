@@ -44,6 +44,13 @@ impl AlignedBuf {
     }
 }
 
+impl Default for AlignedBuf {
+    /// An empty buffer (no allocation).
+    fn default() -> AlignedBuf {
+        AlignedBuf::zeroed(0)
+    }
+}
+
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         if self.len > 0 {

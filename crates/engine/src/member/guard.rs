@@ -315,9 +315,18 @@ impl Guarded {
         std::time::Instant::now() + self.shared.limits.fail()
     }
 
-    /// A write answered once a worker has it (see `behind.rs`).
+    /// A write answered once a worker has it (see `behind.rs`): `buf` copied into one of
+    /// the workers' aligned buffers.
     fn write_behind(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let len = buf.len();
+        self.check_answering()?;
+        let mut b = self.buffer(len);
+        b[..len].copy_from_slice(buf);
+        self.hand_behind(b, len, offset)
+    }
+
+    /// Fails at once when the oldest request has gone unanswered past the fail limit.
+    fn check_answering(&self) -> io::Result<()> {
         let sh = &self.shared;
         if let Some(p) = self.oldest().filter(|p| p.age > sh.limits.fail()) {
             sh.stats.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -330,9 +339,13 @@ impl Guarded {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Hands the first `len` bytes of `b` to a worker and answers (see `behind.rs`).
+    fn hand_behind(&self, b: AlignedBuf, len: usize, offset: u64) -> io::Result<()> {
+        let sh = &self.shared;
         let id = sh.behind.begin(offset, len as u64, self.fail_deadline())?;
-        let mut b = self.buffer(len);
-        b[..len].copy_from_slice(buf);
         let ticket = sh.stats.begin(Op::Write, offset);
         let me = sh.clone();
         self.submit(Box::new(move |dev| {
@@ -504,6 +517,23 @@ impl MemberDevice for Guarded {
             }
             Err(e) => (Err(e), None),
         }
+    }
+    fn aligned_buffer(&self, len: usize) -> AlignedBuf {
+        self.buffer(len)
+    }
+    fn write_aligned(&self, buf: AlignedBuf, len: usize, offset: u64) -> io::Result<()> {
+        if self.shared.dev.write_behind() {
+            self.check_answering()?;
+            return self.hand_behind(buf, len, offset);
+        }
+        let (r, b) = self.call(Op::Write, offset, false, move |dev| {
+            (dev.write_at(&buf[..len], offset), buf)
+        })?;
+        self.give_back(b);
+        if r.is_ok() {
+            self.shared.stats.count_write(len);
+        }
+        r
     }
     fn write_many(&self, writes: Vec<(u64, Vec<u8>)>) -> Result<(), (u64, io::Error)> {
         let Some(&(first, _)) = writes.first() else {

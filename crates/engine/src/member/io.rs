@@ -1,7 +1,7 @@
 //! Positioned I/O on members with errors that say what failed (operation, device, offset),
 //! planned writes, and flushes of several members at once.
 
-use super::{Dev, MemberDevice};
+use super::{AlignedBuf, Dev, MemberDevice};
 use crate::error::{Error, Op, Result};
 use crate::units::MemberWrite;
 use std::sync::Arc;
@@ -82,16 +82,38 @@ pub(crate) fn execute(members: &[Option<Dev>], plan: &[MemberWrite]) -> Result<(
 /// One member's writes: (offset, bytes).
 pub(crate) type OwnedWrites = Vec<(u64, Vec<u8>)>;
 
+/// A buffer a member write takes, handed back when the member returns it.
+pub(crate) trait OwnedBuf: Send + Sized {
+    fn write_to(self, dev: &dyn MemberDevice, off: u64) -> (Result<()>, Option<Self>);
+}
+
+impl OwnedBuf for Vec<u8> {
+    fn write_to(self, dev: &dyn MemberDevice, off: u64) -> (Result<()>, Option<Self>) {
+        write_owned(dev, self, off)
+    }
+}
+
+/// The first `.1` bytes of an aligned buffer the member lent
+/// ([`MemberDevice::aligned_buffer`]); it goes back to the member, not to the caller.
+pub(crate) struct Lent(pub AlignedBuf, pub usize);
+
+impl OwnedBuf for Lent {
+    fn write_to(self, dev: &dyn MemberDevice, off: u64) -> (Result<()>, Option<Self>) {
+        let r = dev.write_aligned(self.0, self.1, off);
+        (r.map_err(|e| io_err(Op::Write, dev, off, e)), None)
+    }
+}
+
 /// Writes owned buffers, `(member, offset, bytes)`, each member's in the order given, all
 /// members at once (one thread per member beyond the first). Skips members no longer
 /// present. Returns the buffers that came back (for reuse) or the first error, once every
 /// member is done. Under [`SERIAL_FLUSHES`] everything is written on this thread, in order,
 /// so a simulated power cut at the N-th I/O replays exactly.
-pub(crate) fn write_parallel(
+pub(crate) fn write_parallel<B: OwnedBuf>(
     members: &[Option<Dev>],
-    writes: Vec<(u16, u64, Vec<u8>)>,
-) -> Result<Vec<Vec<u8>>> {
-    let mut by_member: Vec<(Dev, OwnedWrites)> = Vec::new();
+    writes: Vec<(u16, u64, B)>,
+) -> Result<Vec<B>> {
+    let mut by_member: Vec<(Dev, Vec<(u64, B)>)> = Vec::new();
     for (m, off, b) in writes {
         let Some(d) = members.get(m as usize).cloned().flatten() else {
             continue;
@@ -101,10 +123,10 @@ pub(crate) fn write_parallel(
             None => by_member.push((d, vec![(off, b)])),
         }
     }
-    let run = |d: &Dev, list: OwnedWrites| -> Result<Vec<Vec<u8>>> {
+    let run = |d: &Dev, list: Vec<(u64, B)>| -> Result<Vec<B>> {
         let mut back = Vec::with_capacity(list.len());
         for (off, b) in list {
-            let (r, b) = write_owned(d.as_ref(), b, off);
+            let (r, b) = b.write_to(d.as_ref(), off);
             r?;
             back.extend(b);
         }

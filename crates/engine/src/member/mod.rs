@@ -23,7 +23,7 @@ pub use guard::{is_slow, Guarded, Limits, DEFAULT_FAIL, DEFAULT_SLOW};
 pub use io::SERIAL_FLUSHES;
 pub(crate) use io::{
     execute, flush, flush_all, flush_some, read, read_hedged, read_vectored, write,
-    write_many_parallel, write_owned, write_parallel, zero, OwnedWrites,
+    write_many_parallel, write_owned, write_parallel, zero, Lent, OwnedWrites,
 };
 pub use mem::MemMember;
 pub(crate) use overlay::Overlay;
@@ -77,6 +77,17 @@ pub trait MemberDevice: Send + Sync {
     fn write_owned(&self, buf: Vec<u8>, offset: u64) -> WriteOwned {
         let r = self.write_at(&buf, offset);
         (r, Some(buf))
+    }
+    /// A buffer of at least `len` bytes for [`MemberDevice::write_aligned`] (contents
+    /// unspecified). A guarded member lends one its workers gave back.
+    fn aligned_buffer(&self, len: usize) -> AlignedBuf {
+        AlignedBuf::zeroed(len)
+    }
+    /// Writes the first `len` bytes of `buf` at `offset`, taking the buffer: a guarded
+    /// member hands it to its worker with no copy, and keeps it for a later
+    /// [`MemberDevice::aligned_buffer`].
+    fn write_aligned(&self, buf: AlignedBuf, len: usize, offset: u64) -> stdio::Result<()> {
+        self.write_at(&buf[..len], offset)
     }
     /// Several writes `(offset, bytes)`, done in the order given; stops at the first error
     /// and returns it with the offset of the write that met it. A guarded member hands the
@@ -167,6 +178,12 @@ impl<T: MemberDevice + ?Sized> MemberDevice for std::sync::Arc<T> {
     }
     fn write_behind(&self) -> bool {
         (**self).write_behind()
+    }
+    fn aligned_buffer(&self, len: usize) -> AlignedBuf {
+        (**self).aligned_buffer(len)
+    }
+    fn write_aligned(&self, buf: AlignedBuf, len: usize, offset: u64) -> stdio::Result<()> {
+        (**self).write_aligned(buf, len, offset)
     }
     fn write_many(&self, writes: Vec<(u64, Vec<u8>)>) -> Result<(), (u64, stdio::Error)> {
         (**self).write_many(writes)

@@ -32,7 +32,7 @@ use super::dirty::DirtySet;
 use super::Txg;
 use crate::error::{Error, Result};
 use crate::layout::chunkmap::{Allocator, Chunk, Template};
-use crate::member::{flush_all, write_parallel};
+use crate::member::{flush_all, write_parallel, AlignedBuf, Lent};
 use crate::meta::{alloc_candidates, is_no_space, member_spaces};
 use crate::ondisk::metadata::MemberState;
 use std::collections::BTreeMap;
@@ -83,11 +83,10 @@ impl Txg {
         }
         let planned = self.place_fresh(whole);
         let members = self.members();
-        let mut pool: Vec<Vec<u8>> = Vec::new();
         let mut touched: BTreeMap<u16, Vec<u64>> = BTreeMap::new();
         let mut result = Ok(());
         for r in &planned {
-            result = self.write_fresh(r, frozen, &members, &mut pool, &mut touched);
+            result = self.write_fresh(r, frozen, &members, &mut touched);
             if result.is_err() {
                 break;
             }
@@ -176,7 +175,6 @@ impl Txg {
         r: &Redirected,
         frozen: &DirtySet,
         members: &[Option<crate::member::Dev>],
-        pool: &mut Vec<Vec<u8>>,
         touched: &mut BTreeMap<u16, Vec<u64>>,
     ) -> Result<()> {
         let c = &r.new;
@@ -193,14 +191,22 @@ impl Txg {
         let mut row = 0;
         while row < rows {
             let end = (row + step_rows).min(rows);
-            let mut bufs: Vec<Vec<u8>> = (0..c.profile.width)
-                .map(|_| pool.pop().unwrap_or_default())
+            let need = ((end - row) * su) as usize;
+            // Each member lends the buffer its slice is laid out in and takes it back with
+            // the write: no copy on the way to its worker (O_DIRECT wants aligned memory).
+            let mut bufs: Vec<AlignedBuf> = c
+                .slices
+                .iter()
+                .map(|s| match &members[s.member as usize] {
+                    Some(d) => d.aligned_buffer(need),
+                    None => AlignedBuf::zeroed(need),
+                })
                 .collect();
             self.lay_out_rows(c, self.chunk_size, row..end, &mut bufs, &mut fill);
             if let Some(cs) = &self.csums {
                 for (s, b) in c.slices.iter().zip(&bufs) {
                     if let Some(d) = &members[s.member as usize] {
-                        let cbs = cs.record(s.member, d, s.offset + row * su, b);
+                        let cbs = cs.record(s.member, d, s.offset + row * su, &b[..need]);
                         touched.entry(s.member).or_default().extend(cbs);
                     }
                 }
@@ -209,9 +215,9 @@ impl Txg {
                 .slices
                 .iter()
                 .zip(bufs)
-                .map(|(s, b)| (s.member, s.offset + row * su, b))
+                .map(|(s, b)| (s.member, s.offset + row * su, Lent(b, need)))
                 .collect();
-            pool.extend(write_parallel(members, writes)?);
+            write_parallel(members, writes)?;
             // Start writing these back now, as a rebuild does: the flush before the switch
             // then finds most of them on the disk already.
             for s in &c.slices {
