@@ -10,7 +10,10 @@
 #               writes (--fsync=32), and a flush at the end
 #
 # Each round starts from a settled cache: `sync` and an unmeasured flush of each server.
-# Usage: bench/sustained-write.sh   (~5 min)   Env: ROUNDS SIZE RSIZE MEMBER DAMOCLES KEEP
+# DAMOCLES_B=PATH adds damocles-b: another build serving a raid5 of its own four alike
+# members, in the same rounds (an A/B of a change).
+#
+# Usage: bench/sustained-write.sh   (~5 min)   Env: ROUNDS SIZE RSIZE MEMBER DAMOCLES DAMOCLES_B KEEP
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}; SIZE=${SIZE:-2G}; RSIZE=${RSIZE:-256M}; MEMBER=${MEMBER:-1G}
@@ -42,6 +45,14 @@ wait_pidfile qemu-nbd "$!" "$T/qemu-nbd.pid"
 URI[qemu-nbd]="nbd+unix:///?socket=$T/qemu-nbd.sock"
 start_damocles damocles-raid5 "$T/m"{1..4}
 SERVERS=(nbdkit qemu-nbd damocles-raid5)
+if [ -n "${DAMOCLES_B:-}" ]; then
+    DAMOCLES_B=$(realpath "$DAMOCLES_B")
+    for i in 5 6 7 8; do truncate -s "$MEMBER" "$T/m$i"; done
+    "$DAMOCLES_B" create --sparse --level raid5 "$T/m"{5..8} >"$T/create-b.out" 2>&1 \
+        || { cat "$T/create-b.out" >&2; exit 1; }
+    A=$DAMOCLES; DAMOCLES=$DAMOCLES_B; start_damocles damocles-b "$T/m"{5..8}; DAMOCLES=$A
+    SERVERS+=(damocles-b)
+fi
 
 echo "## $(nproc) cores, $T ($fstype); raid5 of 4 x $MEMBER = $R5 B; plain file $R5 B"
 echo "## seqwrite $SIZE (1M, QD16, end flush); randwrite $RSIZE (4k, QD16, flush/32); best of $ROUNDS"
@@ -70,10 +81,10 @@ for r in $(seq "$ROUNDS"); do
 done
 check_alive
 
-python3 - "$T/res" "$ROUNDS" "$(numfmt --from=iec "$SIZE")" "$(numfmt --from=iec "$RSIZE")" <<'PY'
+python3 - "$T/res" "$ROUNDS" "$(numfmt --from=iec "$SIZE")" "$(numfmt --from=iec "$RSIZE")" "${SERVERS[@]}" <<'PY'
 import os, sys
 res, rounds, size, rsize = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-servers = ["nbdkit", "qemu-nbd", "damocles-raid5"]
+servers = sys.argv[5:]
 best = {}
 for w, n in (("seq", size), ("rand", rsize)):
     for s in servers:
@@ -86,4 +97,11 @@ print("|---|---:|---:|---:|---:|")
 for w, label in (("seq", "1 MiB sequential, QD16, end flush"), ("rand", "4 KiB random, QD16, flush every 32")):
     k, q, d = best[w, "nbdkit"], best[w, "qemu-nbd"], best[w, "damocles-raid5"]
     print(f"| {label} | {k:.0f} | {q:.0f} | {d:.0f} | {d / k if k else 0:.2f} |")
+if "damocles-b" in servers:
+    print()
+    print("| damocles-b (DAMOCLES_B) | MB/s | / nbdkit | / damocles-raid5 |")
+    print("|---|---:|---:|---:|")
+    for w, label in (("seq", "1 MiB sequential"), ("rand", "4 KiB random, flush every 32")):
+        k, d, b = best[w, "nbdkit"], best[w, "damocles-raid5"], best[w, "damocles-b"]
+        print(f"| {label} | {b:.0f} | {b / k if k else 0:.2f} | {b / d if d else 0:.2f} |")
 PY

@@ -1,7 +1,7 @@
 //! Positioned I/O on members with errors that say what failed (operation, device, offset),
 //! planned writes, and flushes of several members at once.
 
-use super::{AlignedBuf, Dev, MemberDevice};
+use super::{fanout, AlignedBuf, Dev, MemberDevice};
 use crate::error::{Error, Op, Result};
 use crate::units::MemberWrite;
 use std::sync::Arc;
@@ -105,11 +105,11 @@ impl OwnedBuf for Lent {
 }
 
 /// Writes owned buffers, `(member, offset, bytes)`, each member's in the order given, all
-/// members at once (one thread per member beyond the first). Skips members no longer
+/// members at once (a pool thread per member beyond the first: `fanout.rs`). Skips members no longer
 /// present. Returns the buffers that came back (for reuse) or the first error, once every
 /// member is done. Under [`SERIAL_FLUSHES`] everything is written on this thread, in order,
 /// so a simulated power cut at the N-th I/O replays exactly.
-pub(crate) fn write_parallel<B: OwnedBuf>(
+pub(crate) fn write_parallel<B: OwnedBuf + 'static>(
     members: &[Option<Dev>],
     writes: Vec<(u16, u64, B)>,
 ) -> Result<Vec<B>> {
@@ -139,25 +139,23 @@ pub(crate) fn write_parallel<B: OwnedBuf>(
         }
         return Ok(back);
     }
-    std::thread::scope(|s| {
-        let mut it = by_member.into_iter();
-        let (d0, l0) = it.next().expect("two members or more");
-        let others: Vec<_> = it.map(|(d, l)| s.spawn(move || run(&d, l))).collect();
-        let mut acc = run(&d0, l0);
-        for h in others {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(Error::Internal("a write thread panicked".into())));
-            acc = match (acc, r) {
-                (Ok(mut a), Ok(b)) => {
-                    a.extend(b);
-                    Ok(a)
-                }
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            };
-        }
-        acc
-    })
+    let mut it = by_member.into_iter();
+    let (d0, l0) = it.next().expect("two members or more");
+    let others: Vec<_> = it.map(|(d, l)| fanout::spawn(move || run(&d, l))).collect();
+    let mut acc = run(&d0, l0);
+    for h in others {
+        let r = h
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("a write thread panicked".into())));
+        acc = match (acc, r) {
+            (Ok(mut a), Ok(b)) => {
+                a.extend(b);
+                Ok(a)
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+    }
+    acc
 }
 
 /// Each member's list of writes `(offset, bytes)` with [`MemberDevice::write_many`] (one
@@ -172,21 +170,19 @@ pub(crate) fn write_many_parallel(lists: Vec<(u16, Dev, OwnedWrites)>) -> Vec<(u
     if serial_writes() || lists.len() < 2 {
         return lists.into_iter().map(|(m, d, l)| (m, run(&d, l))).collect();
     }
-    std::thread::scope(|s| {
-        let mut it = lists.into_iter();
-        let (m0, d0, l0) = it.next().expect("two members or more");
-        let others: Vec<_> = it
-            .map(|(m, d, l)| (m, s.spawn(move || run(&d, l))))
-            .collect();
-        let mut out = vec![(m0, run(&d0, l0))];
-        for (m, h) in others {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(Error::Internal("a write thread panicked".into())));
-            out.push((m, r));
-        }
-        out
-    })
+    let mut it = lists.into_iter();
+    let (m0, d0, l0) = it.next().expect("two members or more");
+    let others: Vec<_> = it
+        .map(|(m, d, l)| (m, fanout::spawn(move || run(&d, l))))
+        .collect();
+    let mut out = vec![(m0, run(&d0, l0))];
+    for (m, h) in others {
+        let r = h
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("a write thread panicked".into())));
+        out.push((m, r));
+    }
+    out
 }
 
 #[cfg(feature = "test-util")]
@@ -251,10 +247,13 @@ pub(crate) fn flush_all(members: &[Option<Dev>]) -> Result<()> {
     match devs.as_slice() {
         [] => Ok(()),
         [one] => flush(one.as_ref()),
-        [first, rest @ ..] => std::thread::scope(|s| {
+        [first, rest @ ..] => {
             let others: Vec<_> = rest
                 .iter()
-                .map(|d| s.spawn(move || flush(d.as_ref())))
+                .map(|&d| {
+                    let d = d.clone();
+                    fanout::spawn(move || flush(d.as_ref()))
+                })
                 .collect();
             let mine = flush(first.as_ref());
             others
@@ -264,6 +263,6 @@ pub(crate) fn flush_all(members: &[Option<Dev>]) -> Result<()> {
                         .unwrap_or_else(|_| Err(Error::Internal("a flush thread panicked".into())))
                 })
                 .fold(mine, |acc, r| acc.and(r))
-        }),
+        }
     }
 }

@@ -8,6 +8,7 @@
 mod aligned;
 mod behind;
 mod direct;
+mod fanout;
 mod file;
 mod guard;
 mod io;

@@ -416,6 +416,13 @@ mod tests {
         small.covered(k);
         let q = &paths(dir.path(), &[5u8; 16])[0];
         assert_eq!(std::fs::metadata(q).unwrap().len(), 8192);
+        // Idle: files without records give their memory back; one with records keeps it.
+        small.lock().append(0, &[2u8; 4096]);
+        small.shrink();
+        assert_eq!(std::fs::metadata(q).unwrap().len(), HEADER);
+        let q1 = &paths(dir.path(), &[5u8; 16])[1];
+        assert!(std::fs::metadata(q1).unwrap().len() > HEADER);
+        assert_eq!(recover(dir.path(), &[5u8; 16]), vec![(0, vec![2u8; 4096])]);
         small.remove();
         log.remove();
     }
