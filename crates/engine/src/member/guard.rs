@@ -315,16 +315,6 @@ impl Guarded {
         std::time::Instant::now() + self.shared.limits.fail()
     }
 
-    /// A write answered once a worker has it (see `behind.rs`): `buf` copied into one of
-    /// the workers' aligned buffers.
-    fn write_behind(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let len = buf.len();
-        self.check_answering()?;
-        let mut b = self.buffer(len);
-        b[..len].copy_from_slice(buf);
-        self.hand_behind(b, len, offset)
-    }
-
     /// Fails at once when the oldest request has gone unanswered past the fail limit.
     fn check_answering(&self) -> io::Result<()> {
         let sh = &self.shared;
@@ -484,25 +474,15 @@ impl MemberDevice for Guarded {
         self.read_within(bufs, offset, true)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.shared.dev.write_behind() {
-            return self.write_behind(buf, offset);
-        }
+        // Copied into one of the workers' buffers: a worker may outlive this call.
         let mut b = self.buffer(buf.len());
-        let len = buf.len();
-        b[..len].copy_from_slice(buf);
-        let (r, b) = self.call(Op::Write, offset, false, move |dev| {
-            (dev.write_at(&b[..len], offset), b)
-        })?;
-        self.give_back(b);
-        if r.is_ok() {
-            self.shared.stats.count_write(len);
-        }
-        r
+        b[..buf.len()].copy_from_slice(buf);
+        self.write_aligned(b, buf.len(), offset)
     }
     fn write_owned(&self, buf: Vec<u8>, offset: u64) -> super::WriteOwned {
         if self.shared.dev.write_behind() {
             // Copied into an aligned buffer (O_DIRECT needs one): the caller's is free now.
-            let r = self.write_behind(&buf, offset);
+            let r = self.write_at(&buf, offset);
             return (r, Some(buf));
         }
         let len = buf.len();
@@ -541,7 +521,7 @@ impl MemberDevice for Guarded {
         };
         if self.shared.dev.write_behind() {
             for (off, b) in &writes {
-                self.write_behind(b, *off).map_err(|e| (*off, e))?;
+                self.write_at(b, *off).map_err(|e| (*off, e))?;
             }
             return Ok(());
         }
