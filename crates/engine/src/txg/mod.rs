@@ -12,12 +12,15 @@
 
 mod apply;
 mod dirty;
+mod errseq;
 mod plan;
 mod read;
 mod redirect;
 mod release;
 mod unwritable;
 pub mod wlog;
+
+pub use errseq::FlushToken;
 
 use crate::data::{Data, Seg};
 use crate::error::{Error, Result};
@@ -139,6 +142,9 @@ pub struct Txg {
     /// Whether a commit may leave its last txg's in-place writes pending: set when an
     /// applier thread runs ([`Txg::defer_in_place`]); otherwise a commit applies at once.
     defer: AtomicBool,
+    /// Each volume's write-back error sequence, bumped when a commit drops its data
+    /// (`errseq.rs`).
+    pub(crate) errseq: errseq::ErrSeqs,
 }
 
 impl Deref for Txg {
@@ -158,6 +164,7 @@ impl Txg {
             wlog: std::sync::OnceLock::new(),
             pending: Mutex::new(None),
             defer: AtomicBool::new(false),
+            errseq: Default::default(),
         }
     }
 
@@ -391,6 +398,8 @@ impl Txg {
             }
         }
         let unwritten = self.drop_unwritable(&mut pieces, &members);
+        let mut written: Vec<usize> = pieces.iter().map(|p| p.0).collect();
+        written.dedup();
         // Chunks held whole go to fresh slices (redirect.rs); the others take the journal.
         // Those never written are placed first, so the fresh slices are chosen from a map
         // that already has them.
@@ -456,6 +465,7 @@ impl Txg {
         }
         // A journal flush after the redirected writes made them durable too.
         self.switch_redirected(redirected, *next > first_txg, *next)?;
+        self.check_written(&written);
         self.record_unwritten(unwritten)
     }
 
