@@ -1,6 +1,6 @@
 //! A volume of an array as an NBD block device.
 
-use damocles_engine::{Array, Volume, VolumeIo};
+use damocles_engine::{Array, FlushToken, Volume, VolumeIo};
 use damocles_nbd::{BlockDevice, Extent};
 use std::io;
 use std::sync::Arc;
@@ -8,10 +8,18 @@ use std::sync::Arc;
 /// One volume, by its id (stable across renames). Requests after the volume is deleted
 /// fail with EINVAL; the server stops exporting it first. Reads and writes done are
 /// counted in the volume's counters (the metrics' per-volume figures).
+///
+/// Each NBD connection is served by a handle of its own ([`BlockDevice::for_connection`])
+/// holding a [`FlushToken`] taken as it connects: a FLUSH (or FUA write) on it fails with
+/// EIO, once, when a commit since dropped writes of the volume (their chunk's only member
+/// failed before they were committed; see `Array::flush_with`).
 pub struct VolumeDevice {
     pub array: Arc<Array>,
     pub id: u32,
     io: Arc<VolumeIo>,
+    /// The connection's observer of the volume's write-back errors; `None` for the
+    /// export's own device (the server's flush at shutdown), which flushes plainly.
+    token: Option<FlushToken>,
 }
 
 impl VolumeDevice {
@@ -21,6 +29,16 @@ impl VolumeDevice {
             array,
             id: v.id,
             io,
+            token: None,
+        }
+    }
+
+    /// Makes every completed write durable; for a connection's handle, fails once after
+    /// writes were lost (see the type's docs).
+    fn flush_all(&self) -> io::Result<()> {
+        match &self.token {
+            Some(t) => Ok(self.array.flush_with(t)?),
+            None => Ok(self.array.flush()?),
         }
     }
 
@@ -84,7 +102,7 @@ impl BlockDevice for VolumeDevice {
         self.array.volume_write(self.id, buf, offset)?;
         self.io.count_write(buf.len() as u64);
         if fua {
-            self.array.flush()?;
+            self.flush_all()?;
         }
         Ok(())
     }
@@ -94,13 +112,22 @@ impl BlockDevice for VolumeDevice {
         let spare = self.array.volume_write_owned(self.id, buf, offset)?;
         self.io.count_write(n);
         if fua {
-            self.array.flush()?;
+            self.flush_all()?;
         }
         Ok(spare)
     }
 
     fn flush(&self) -> io::Result<()> {
-        Ok(self.array.flush()?)
+        self.flush_all()
+    }
+
+    fn for_connection(&self) -> Option<Arc<dyn BlockDevice>> {
+        Some(Arc::new(VolumeDevice {
+            array: self.array.clone(),
+            id: self.id,
+            io: self.io.clone(),
+            token: Some(self.array.flush_token(self.id)),
+        }))
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -129,7 +156,7 @@ impl BlockDevice for VolumeDevice {
         // One write request, of the zeros really written.
         self.io.count_write(written);
         if fua {
-            self.array.flush()?;
+            self.flush_all()?;
         }
         Ok(())
     }

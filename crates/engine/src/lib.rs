@@ -56,4 +56,5 @@ pub use meta::{
 pub use ondisk::metadata::MemberState;
 #[cfg(feature = "test-util")]
 pub use testing::{fault, powercut, FaultMember, SERIAL_FLUSHES};
+pub use txg::FlushToken;
 pub use units::MemberWrite;

@@ -7,8 +7,8 @@ mod common;
 use common::*;
 
 use damocles_engine::{
-    Array, AssembleOptions, Change, CreateOptions, Error, Health, JobControl, Level, LostRange,
-    MemberDevice, MemberHealth, Template,
+    Array, AssembleOptions, Change, CreateOptions, Dev, Error, FaultMember, Health, JobControl,
+    Level, LostRange, MemberDevice, MemberHealth, Template, VolumeSize, VolumeSpec,
 };
 use std::sync::Arc;
 
@@ -383,4 +383,163 @@ fn dirty_blocks_of_a_chunk_whose_member_fails_are_lost_not_stale() {
     // The neighbours of y's write are as they were.
     a.read_at(&mut buf[..4096], y).unwrap();
     assert!(buf[..4096] == model[y as usize..y as usize + 4096]);
+}
+
+/// Two single volumes on two members, each filled with a pattern of its own; returns the
+/// array, the volumes' ids, a volume offset of the first whose chunk is on member 0 and
+/// one of the second whose chunk is on member 1.
+fn two_volumes(rig: &Rig) -> (Arc<Array>, u32, u32, u64, u64) {
+    two_volumes_on(rig, rig.devs(&[]))
+}
+
+/// [`two_volumes`] on `devs` (the rig's members, wrapped).
+fn two_volumes_on(rig: &Rig, devs: Vec<Dev>) -> (Arc<Array>, u32, u32, u64, u64) {
+    let mut o = CreateOptions::new(Level::Single);
+    o.chunk_size = Some(CHUNK);
+    o.name = "tank".into();
+    o.no_volume = true;
+    let a = Array::create(devs, &o).expect("create");
+    let spec = |name: &str| VolumeSpec {
+        name: name.into(),
+        template: Template {
+            level: Level::Single,
+            copies: 1,
+            stripe_unit: 64 << 10,
+        },
+        size: VolumeSize::Bytes(8 * MIB),
+        thin: false,
+    };
+    a.create_volume(&spec("a")).unwrap();
+    a.create_volume(&spec("b")).unwrap();
+    let ids: Vec<u32> = a.volume_list().iter().map(|v| v.id).collect();
+    let models: Vec<Vec<u8>> = (0..2).map(|k| pattern(51 + k, 8 * MIB as usize)).collect();
+    for (&id, model) in ids.iter().zip(&models) {
+        a.volume_write(id, model, 0).unwrap();
+    }
+    a.flush().unwrap();
+    let on = |m: usize, model: &[u8]| {
+        let snap = rig.members[m].snapshot();
+        let heads: std::collections::HashSet<&[u8]> = snap.chunks(4096).collect();
+        (0..8 * MIB / CHUNK)
+            .map(|i| i * CHUNK)
+            .find(|&o| heads.contains(&model[o as usize..o as usize + 4096]))
+            .expect("a chunk of the volume on the member")
+    };
+    let (x, y) = (on(0, &models[0]), on(1, &models[1]));
+    (Arc::new(a), ids[0], ids[1], x, y)
+}
+
+/// A FLUSH must not answer success when a commit dropped writes it covers (their chunk's
+/// only member failed after they were taken): each observer's next flush fails once —
+/// whether that flush's commit dropped them or an earlier one did — an observer that came
+/// after the loss is not told of it, another volume's observers are not either, and the
+/// range reads as EIO.
+#[test]
+fn a_flush_fails_once_per_observer_after_a_commit_dropped_its_writes() {
+    let rig = Rig::sized(&[24 * MIB, 24 * MIB]);
+    let (a, va, vb, x, y) = two_volumes(&rig);
+    let (conn, other_conn, b_conn) = (a.flush_token(va), a.flush_token(va), a.flush_token(vb));
+    a.volume_write(va, &[3u8; 8192], x + 4096).unwrap();
+    a.volume_write(vb, &[4u8; 8192], y + 4096).unwrap();
+    a.fail_member(0, "test", true).unwrap();
+    let e = a
+        .flush_with(&conn)
+        .expect_err("the flush that dropped the writes");
+    assert!(matches!(e, Error::Lost(_)), "{e}");
+    a.flush_with(&conn).expect("told once");
+    a.flush_with(&a.flush_token(va)).expect("a later observer");
+    assert!(
+        matches!(a.flush_with(&other_conn), Err(Error::Lost(_))),
+        "another observer there at the loss is told too"
+    );
+    a.flush_with(&other_conn).unwrap();
+    a.flush_with(&b_conn).expect("volume b lost nothing");
+    let mut buf = vec![0u8; 8192];
+    assert!(matches!(
+        a.volume_read(va, &mut buf, x + 4096),
+        Err(Error::Lost(_))
+    ));
+    a.volume_read(vb, &mut buf, y + 4096).unwrap();
+    assert!(buf.iter().all(|&b| b == 4));
+}
+
+/// A commit of the background committer (no FLUSH asked for it) that drops writes makes
+/// the next flush of each observer fail.
+#[test]
+fn a_background_commit_that_drops_writes_fails_the_next_flush() {
+    let rig = Rig::sized(&[24 * MIB, 24 * MIB]);
+    let (a, va, _, x, _) = two_volumes(&rig);
+    let conn = a.flush_token(va);
+    a.spawn_flusher(std::time::Duration::from_millis(20));
+    a.volume_write(va, &[3u8; 8192], x + 4096).unwrap();
+    a.fail_member(0, "test", true).unwrap();
+    let t = std::time::Instant::now();
+    while a.status().lost.is_empty() {
+        assert!(t.elapsed().as_secs() < 20, "no background commit");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(matches!(a.flush_with(&conn), Err(Error::Lost(_))));
+    a.flush_with(&conn).unwrap();
+    let mut buf = vec![0u8; 8192];
+    assert!(matches!(
+        a.volume_read(va, &mut buf, x + 4096),
+        Err(Error::Lost(_))
+    ));
+}
+
+/// Writes buffered for a chunk whose member fails and that a rebuild then gives up (before
+/// any commit took them) are lost with it: the next flush of each observer fails, the
+/// range reads as EIO, and no fresh chunk is allocated for them.
+#[test]
+fn a_rebuild_giving_up_a_chunk_with_buffered_writes_fails_the_next_flush() {
+    let rig = Rig::sized(&[24 * MIB, 24 * MIB]);
+    let (a, va, vb, x, _) = two_volumes(&rig);
+    let (conn, b_conn) = (a.flush_token(va), a.flush_token(vb));
+    a.volume_write(va, &[3u8; 8192], x + 4096).unwrap();
+    a.fail_member(0, "test", true).unwrap();
+    let chunks = a.status().chunks_allocated;
+    let report = a.rebuild(Arc::new(JobControl::new(0))).unwrap();
+    assert!(!report.lost.is_empty());
+    assert!(matches!(a.flush_with(&conn), Err(Error::Lost(_))));
+    a.flush_with(&conn).unwrap();
+    // b's chunks on member 0 were given up too, but nothing written to b was buffered.
+    a.flush_with(&b_conn).expect("nothing of b's was dropped");
+    let st = a.status();
+    assert!(st.chunks_allocated < chunks, "given-up chunks left the map");
+    let mut buf = vec![0u8; 8192];
+    assert!(matches!(
+        a.volume_read(va, &mut buf, x + 4096),
+        Err(Error::Lost(_))
+    ));
+    assert_eq!(
+        a.status().chunks_allocated,
+        st.chunks_allocated,
+        "no fresh chunk for the dropped writes"
+    );
+}
+
+/// A member failed (`fail --force`) while a commit writes to it, a `single` chunk's only
+/// member: what the commit wrote there is lost with the chunk, so the flush fails although
+/// the commit went through.
+#[test]
+fn a_member_failed_during_the_commit_fails_the_flush() {
+    let rig = Rig::sized(&[24 * MIB, 24 * MIB]);
+    let faults: Vec<Arc<FaultMember>> = rig.devs(&[]).into_iter().map(FaultMember::new).collect();
+    let devs = faults.iter().map(|f| f.clone() as Dev).collect();
+    let (a, va, _, x, _) = two_volumes_on(&rig, devs);
+    let conn = a.flush_token(va);
+    a.volume_write(va, &[3u8; 8192], x + 4096).unwrap();
+    // Each request to member 0 takes a second: the failure lands inside the commit.
+    faults[0].set_delay(std::time::Duration::from_secs(1));
+    let flush = {
+        let a = a.clone();
+        std::thread::spawn(move || a.flush_with(&conn).map(|()| conn))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    a.fail_member(0, "test", true).unwrap();
+    faults[0].set_delay(std::time::Duration::ZERO);
+    let r = flush.join().unwrap();
+    assert!(matches!(r, Err(Error::Lost(_))), "{r:?}");
+    let mut buf = vec![0u8; 8192];
+    assert!(a.volume_read(va, &mut buf, x + 4096).is_err());
 }

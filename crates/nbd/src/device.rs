@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// One run of the `base:allocation` status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,11 @@ pub struct Extent {
 /// server always advertises): once `flush` returns `Ok`, every write, trim
 /// and write-zeroes that had *completed* (returned) before `flush` was called
 /// — on any connection — is durable. Likewise a write with `fua = true` must
-/// be durable when it returns.
+/// be durable when it returns. A write that completed but could not be made
+/// durable (the device lost it) must make `flush` fail — once for each
+/// connection that was there when it was lost (Linux's `fsync` after writeback
+/// errors is the model): a device that tells connections apart gives each its
+/// own handle ([`BlockDevice::for_connection`]) that remembers what it told.
 ///
 /// The server validates ranges against [`BlockDevice::size`] before calling,
 /// so implementations only see in-bounds requests. `size`, `read_only` and
@@ -50,6 +54,15 @@ pub trait BlockDevice: Send + Sync + 'static {
 
     /// Make all completed writes durable (see the trait docs).
     fn flush(&self) -> io::Result<()>;
+
+    /// The device one new connection is served with, for a device that keeps
+    /// state per client — which write-back errors its flushes have reported (see
+    /// the trait docs). Called once per connection, as it enters transmission,
+    /// on an async thread: must not block. Default: `None`, the export's device
+    /// itself serves every connection.
+    fn for_connection(&self) -> Option<Arc<dyn BlockDevice>> {
+        None
+    }
 
     /// Discard hint; the data afterwards is unspecified. Default: no-op.
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {

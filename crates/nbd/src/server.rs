@@ -171,7 +171,14 @@ where
             _ = removed => tracing::info!("export removed: closing its connection"),
         }
     };
-    let dev = claim.0.export.device.clone();
+    // A device that keeps state per client (which write-back errors it was told of)
+    // gives this connection a handle of its own.
+    let dev = claim
+        .0
+        .export
+        .device
+        .for_connection()
+        .unwrap_or_else(|| claim.0.export.device.clone());
     let stats = claim.0.export.stats.clone();
     let r = match conn {
         Upgraded::Plain(Plain::Tcp(s)) => {

@@ -35,7 +35,7 @@ macro_rules! both_pipes {
     )*};
 }
 
-both_pipes!(tokio::test: simple_replies_all_commands, simple_reply_errors_keep_connection_alive, structured_replies, block_status, block_status_needs_meta_context, read_only_export, device_errors_are_mapped, panicking_device_yields_eio, replies_out_of_order, bounded_in_flight_requests, bad_magic_drops_only_that_connection, disc_answers_in_flight_requests_first, multi_conn_flush_covers_other_connections, oversized_write_then_hang_up, truncated_payload_ends_only_that_connection);
+both_pipes!(tokio::test: simple_replies_all_commands, simple_reply_errors_keep_connection_alive, structured_replies, block_status, block_status_needs_meta_context, read_only_export, device_errors_are_mapped, panicking_device_yields_eio, replies_out_of_order, bounded_in_flight_requests, bad_magic_drops_only_that_connection, disc_answers_in_flight_requests_first, multi_conn_flush_covers_other_connections, each_connection_is_served_by_its_own_handle, oversized_write_then_hang_up, truncated_payload_ends_only_that_connection);
 both_pipes!(tokio::test(flavor = "multi_thread", worker_threads = 2): many_connections, stuck_client_stalls_only_itself);
 
 async fn connect(p: Pipe, dev: Arc<dyn BlockDevice>, structured: bool, meta: bool) -> Client {
@@ -382,6 +382,69 @@ async fn multi_conn_flush_covers_other_connections(p: Pipe) {
         .unwrap()
         .iter()
         .any(|(o, d)| *o == 100 && d == b"fua"));
+}
+
+/// A device with per-connection state: each connection gets a handle of its own, whose
+/// flushes say which handle answered (the first flush of each handle fails, as a flush
+/// after a write-back error does once per connection).
+struct PerConnection {
+    mem: Arc<MemDevice>,
+    handles: Arc<std::sync::atomic::AtomicUsize>,
+    /// `None` for the export's own device; a handle's number otherwise.
+    id: Option<usize>,
+    flushes: Arc<std::sync::Mutex<Vec<Option<usize>>>>,
+}
+
+impl BlockDevice for PerConnection {
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.mem.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> std::io::Result<()> {
+        self.mem.write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        let mut f = self.flushes.lock().unwrap();
+        let first = !f.contains(&self.id);
+        f.push(self.id);
+        if first && self.id.is_some() {
+            return Err(std::io::Error::other("lost writes"));
+        }
+        Ok(())
+    }
+    fn for_connection(&self) -> Option<Arc<dyn BlockDevice>> {
+        Some(Arc::new(PerConnection {
+            mem: self.mem.clone(),
+            handles: self.handles.clone(),
+            id: Some(self.handles.fetch_add(1, Ordering::SeqCst)),
+            flushes: self.flushes.clone(),
+        }))
+    }
+}
+
+async fn each_connection_is_served_by_its_own_handle(p: Pipe) {
+    let dev = Arc::new(PerConnection {
+        mem: Arc::new(MemDevice::new(MIB)),
+        handles: Default::default(),
+        id: None,
+        flushes: Default::default(),
+    });
+    let mut a = connect(p, dev.clone(), false, false).await;
+    let mut b = connect(p, dev.clone(), true, false).await;
+    assert_eq!(dev.handles.load(Ordering::SeqCst), 2);
+    assert_eq!(a.call(CMD_FLUSH, 0, 0, 0, &[]).await.error, EIO);
+    assert_eq!(a.call(CMD_FLUSH, 0, 0, 0, &[]).await.error, 0);
+    assert_eq!(b.call(CMD_FLUSH, 0, 0, 0, &[]).await.error, EIO);
+    assert_eq!(b.call(CMD_FLUSH, 0, 0, 0, &[]).await.error, 0);
+    let f = dev.flushes.lock().unwrap().clone();
+    assert_eq!(f.len(), 4);
+    assert!(
+        f.iter().all(Option::is_some),
+        "the export's own device never flushed: {f:?}"
+    );
+    assert_ne!(f[0], f[2], "two connections, two handles: {f:?}");
 }
 
 /// A WRITE header claiming 4 GiB, then the client hangs up: the server refuses

@@ -7,7 +7,7 @@ use super::Array;
 use crate::error::{Error, Result};
 use crate::layout::stripe::pieces;
 use crate::member::flush_all;
-use crate::txg::Payload;
+use crate::txg::{FlushToken, Payload};
 
 impl Array {
     /// Writes the virtual disk. With a journal the write is buffered until the next commit
@@ -104,13 +104,44 @@ impl Array {
         Ok(n)
     }
 
-    /// Makes every completed write durable.
+    /// Makes every completed write durable — those a commit had to drop (their chunk's
+    /// only member failed first; recorded lost) excepted: this says nothing of them. A
+    /// flush answered to a client is [`Array::flush_with`].
     pub fn flush(&self) -> Result<()> {
         if self.journal.is_some() && !self.read_only {
             self.check_usable()?;
             return self.commit();
         }
         self.with_failover(|| flush_all(&self.members()))
+    }
+
+    /// A new observer of volume `id`'s write-back errors, for [`Array::flush_with`]: one
+    /// per client (an NBD connection), taken when it connects. Losses before it was taken
+    /// are not its own.
+    pub fn flush_token(&self, id: u32) -> FlushToken {
+        self.errseq.token(id)
+    }
+
+    /// [`Array::flush`] for the observer `token`: fails (with [`Error::Lost`], EIO) when a
+    /// commit since the token last looked — this flush's own or an earlier one — dropped
+    /// data of its volume; then the token has seen it, and its next flush succeeds. A
+    /// FLUSH so fails on every connection that was there when the data was lost, once.
+    pub fn flush_with(&self, token: &FlushToken) -> Result<()> {
+        let flushed = self.flush();
+        // Looked at after the flush (which waited for any commit under way), and taken
+        // even when the flush failed: its error covers the loss too.
+        let dropped = token.take_errors();
+        flushed?;
+        if dropped > 0 {
+            let name = self
+                .volume_by_id(token.volume())
+                .map_or_else(|| format!("id {}", token.volume()), |v| v.name);
+            return Err(Error::Lost(format!(
+                "writes to volume {name} were lost before they could be committed (their \
+                 chunk's only member failed); status lists the lost ranges, which read as EIO"
+            )));
+        }
+        Ok(())
     }
 
     /// Whole 4 KiB blocks written over a lost range hold good data again.

@@ -394,6 +394,7 @@ impl Array {
             Ok(gone.chunk_indexes().collect())
         })?;
         self.drop_volume_io(id);
+        self.errseq.forget(id);
         self.emit(
             EventKind::VolumeDeleted,
             None,

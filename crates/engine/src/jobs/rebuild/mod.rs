@@ -243,8 +243,17 @@ impl Jobs {
         }
         meta.health.lost.extend(lost.iter().copied());
         meta.health.lost = merge_ranges(std::mem::take(&mut meta.health.lost));
-        self.commit_meta(&mut st, meta)?;
+        self.commit_meta(&mut st, meta.clone())?;
         drop(st);
+        // Writes buffered for them will never be read back: clients are told at their
+        // next flush (`txg/unwritable.rs`).
+        let dirty = self.drop_dirty_of(&gone, &meta);
+        if dirty > 0 {
+            tracing::warn!(
+                "{dirty} bytes written to given-up single chunks were not yet committed: lost \
+                 with them (the next flush of each client connected gets EIO once)"
+            );
+        }
         let lost = merge_ranges(lost);
         for &(o, l) in &lost {
             self.emit(
