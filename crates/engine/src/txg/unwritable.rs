@@ -62,9 +62,7 @@ impl Txg {
         drop(st);
         // Only once the loss is recorded: a commit that fails before puts the blocks back
         // in the open set, and the next commit drops (and reports) them again.
-        for v in volumes {
-            self.errseq.bump(v);
-        }
+        self.bump_volumes(&volumes);
         self.emit(
             EventKind::Unrecoverable,
             None,
@@ -84,22 +82,20 @@ impl Txg {
     /// bumped as for blocks left out.
     pub(super) fn check_written(&self, chunks: &[usize]) {
         let members = self.members();
+        let map = self.store.chunks();
         let gone: Vec<usize> = chunks
             .iter()
             .copied()
             .filter(|&i| {
-                self.store
-                    .chunk(i)
-                    .is_some_and(|c| !chunk_intact(&c, &members))
+                map.get(i)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|c| !chunk_intact(c, &members))
             })
             .collect();
         if gone.is_empty() {
             return;
         }
-        let volumes = volumes_of(&self.store.lock().meta, &gone);
-        for v in volumes {
-            self.errseq.bump(v);
-        }
+        self.bump_volumes(&volumes_of(&self.store.lock().meta, &gone));
         tracing::warn!(
             "a member failed while a commit wrote chunks {gone:?} (their only member): what \
              it wrote there is lost, the next flush of each client connected gets EIO once"
@@ -127,10 +123,15 @@ impl Txg {
                 }
             }
         }
-        for v in volumes_of(meta, &dropped) {
+        self.bump_volumes(&volumes_of(meta, &dropped));
+        bytes
+    }
+
+    /// Bumps the error sequence of each of `volumes` (see `errseq.rs`).
+    fn bump_volumes(&self, volumes: &[u32]) {
+        for &v in volumes {
             self.errseq.bump(v);
         }
-        bytes
     }
 }
 
