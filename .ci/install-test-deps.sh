@@ -111,8 +111,23 @@ all=()
 for d in "${deps[@]}"; do all+=("${d#*:}"); done
 pkgs=$(printf '%s\n' "${missing[@]}" "${all[@]}" | sort -u | tr '\n' ' ')
 "${sudo[@]}" apt-get update
+# A qemu-utils from another suite (backports: 10.x) than the lists' qemu-system-x86 (7.2)
+# breaks it ("qemu-utils : Breaks: qemu-system-common (< ...)"), and apt never downgrades
+# by itself: pin both to qemu-system-x86's candidate, so the set installs from the lists
+# the machine has.
+downgrade=()
+qsys=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+qutils=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1 && [ -n "$qsys" ] && [ "$qsys" != "(none)" ] \
+    && [ -n "$qutils" ] && [ "$qutils" != "$qsys" ]; then
+    echo "qemu-utils $qutils does not match qemu-system-x86 $qsys: installing both at $qsys"
+    pkgs=$(printf '%s\n' $pkgs | sed -e "s/^qemu-utils\$/qemu-utils=$qsys/" \
+        -e "s/^qemu-system-x86\$/qemu-system-x86=$qsys/" | tr '\n' ' ')
+    downgrade=(--allow-downgrades)
+fi
 # shellcheck disable=SC2086
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+    "${downgrade[@]}" $pkgs
 
 for d in "${deps[@]}"; do
     tool=${d%%:*}
