@@ -41,7 +41,8 @@
 #
 # Knobs (environment): SIZE_MIB (256) ROUNDS (3) RUNTIME (8 s) RAMP (1 s) CONNS (4)
 # GROW_MIB (3/4 of the raid0) MEM (2048) CACHE (auto) ACCEL (auto: KVM when a probe boot
-# works within 20 s, else TCG; or kvm / tcg) LIMIT (guest time limit, 5400 s) KEEP=1 keeps
+# works within 20 s, else TCG; or kvm / tcg) CPU (the guest's -cpu: host under KVM,
+# QEMU's default qemu64 under TCG) LIMIT (guest time limit, 5400 s) KEEP=1 keeps
 # the tmpdir. DAMOCLES=path skips `cargo build --release -p damocles`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -122,6 +123,15 @@ if [ "$ACCEL" = auto ]; then
         grep -q 'DAMOCLES-VM: BOOTED' "$T/probe.serial" 2>/dev/null && ACCEL=kvm
     fi
     echo "## accelerator: $ACCEL (probe: KVM $([ "$ACCEL" = kvm ] && echo booted || echo 'unavailable or no boot within 20 s'))" >&2
+fi
+# The guest's CPU model: under KVM the host's own (what a hypervisor host gives its VMs);
+# under TCG QEMU's default, qemu64 (SSE2, no SSE4.2 or SSSE3), so md and damocles both run
+# their plain x86-64 paths. `CPU=max` gives the guest all TCG emulates (SSE4.2, PCLMUL,
+# AVX2), and every instruction of those is emulated by a helper: damocles' CRC-32C and
+# parity kernels then ran slower than its table and scalar paths (bench/README.md).
+if [ -z "${CPU:-}" ]; then
+    CPU=qemu64
+    [ "$ACCEL" = kvm ] && CPU=host
 fi
 
 mkdir -p "$T/scn/bin"
@@ -256,8 +266,8 @@ for i in $(seq 0 9); do
     drives+=(-drive "file=$T/d$i.img,format=raw,if=none,id=d$i,cache=$CACHE,aio=$AIO"
         -device "virtio-blk-pci,drive=d$i,serial=d$i")
 done
-echo "## guest: $ACCEL, 10 x ${SIZE_MIB} MiB disks (cache=$CACHE), $ROUNDS rounds of ${RUNTIME}+${RAMP} s" >&2
-qemu-system-x86_64 -accel "$ACCEL" -m "$MEM" -smp 2 -nic none -display none -monitor none \
+echo "## guest: $ACCEL, -cpu $CPU, 10 x ${SIZE_MIB} MiB disks (cache=$CACHE), $ROUNDS rounds of ${RUNTIME}+${RAMP} s" >&2
+qemu-system-x86_64 -accel "$ACCEL" -cpu "$CPU" -m "$MEM" -smp 2 -nic none -display none -monitor none \
     -no-reboot -kernel "$IMG/vmlinuz" -initrd "$T/initrd.img" \
     -append "console=ttyS0 quiet panic=-1" -serial "file:$T/serial" "${drives[@]}" \
     2>"$T/qemu.stderr" &
@@ -290,7 +300,7 @@ QPID=""
 grep -E '^(status|mdstat): ' "$T/serial" >&2 || true
 
 # RESULT TEST TARGET ROUND VALUE IOPS -> one row per test: medians, ratio damocles/md.
-grep '^RESULT ' "$T/serial" | awk -v accel="$ACCEL" -v cache="$CACHE" -v size="$SIZE_MIB" \
+grep '^RESULT ' "$T/serial" | awk -v accel="$ACCEL" -v cpu="$CPU" -v cache="$CACHE" -v size="$SIZE_MIB" \
     -v rounds="$ROUNDS" -v conns="$CONNS" -v grow="$GROW_MIB" '
 function median(key,   n, i, j, t, v) {
     n = split(vals[key], v, " ")
@@ -302,7 +312,7 @@ function median(key,   n, i, j, t, v) {
 function cell(m, fmt) { return sprintf(fmt " (" fmt "-" fmt ")", m, lo, hi) }
 { vals[$2 " " $3] = vals[$2 " " $3] " " $5; iops[$2 " " $3] = iops[$2 " " $3] " " $6 }
 END {
-    printf "guest: %s, 2 vCPUs, 4 x %d MiB virtio disks per array (cache=%s), nbd-client -C %d\n\n", toupper(accel), size, cache, conns
+    printf "guest: %s, -cpu %s, 2 vCPUs, 4 x %d MiB virtio disks per array (cache=%s), nbd-client -C %d\n\n", toupper(accel), cpu, size, cache, conns
     print "| test | md raid5 | damocles raid5 | damocles / md |"
     print "|---|---|---|---|"
     n = split("seqread seqwrite randread randwrite", ws, " ")
