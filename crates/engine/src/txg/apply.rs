@@ -72,8 +72,14 @@ impl Txg {
             self.cache.committing_bytes.store(0, Ordering::Release);
             std::mem::take(&mut *c)
         };
-        // Its buffers are kept for later writes or freed, outside the lock.
-        self.cache.bin.put(done.into_buffers());
+        // Its buffers are kept for later writes (what fits in the budget beside the open
+        // set) or freed, outside the lock.
+        let open = self.cache.open.lock().bytes();
+        let room = self.cache.budget.saturating_sub(open);
+        self.cache.bin.put(
+            done.into_buffers(),
+            usize::try_from(room).unwrap_or(usize::MAX),
+        );
     }
 
     /// Writes a journaled txg in place: every row locked (in ascending order, as every

@@ -65,7 +65,15 @@ pub(crate) struct Cache {
     /// Writes buffered so far, and that count at the last [`Txg::idle`].
     writes: AtomicU64,
     writes_seen: AtomicU64,
+    /// When [`Txg::idle`] first saw no write and nothing dirty, since the last write.
+    quiet_since: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long an array goes without writes before the memory kept for them goes back.
+/// Longer than the background committer's period, so a client's pause between two large
+/// writes (a VM's bursts, a benchmark's rounds) does not start the next one on fresh
+/// memory, which the kernel zero-fills and faults in page by page.
+pub const KEEP_WHILE_QUIET: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A doorbell for the background committer (shared without keeping the array alive).
 #[derive(Default)]
@@ -104,9 +112,10 @@ impl Cache {
             kick: Arc::default(),
             apply_kick: Arc::default(),
             swaps: AtomicU64::new(0),
-            bin: recycle::Bin::new(budget / 4),
+            bin: recycle::Bin::new(budget),
             writes: AtomicU64::new(0),
             writes_seen: AtomicU64::new(0),
+            quiet_since: Mutex::new(None),
         }
     }
 }
@@ -223,6 +232,11 @@ impl Txg {
         // flowing into a fresh open set and a FLUSH finds little left to do.
         let open = self.cache.open.lock().bytes();
         let committing = self.cache.committing_bytes.load(Ordering::Acquire);
+        // Kept buffers count against the budget too (`recycle.rs`).
+        let room = self.cache.budget.saturating_sub(open + committing);
+        self.cache
+            .bin
+            .trim_to(usize::try_from(room).unwrap_or(usize::MAX));
         if open + committing > self.cache.budget {
             self.commit()?;
         } else if open > self.cache.budget / 4 {
@@ -360,11 +374,21 @@ impl Txg {
     }
 
     /// Gives back memory kept for writes (the recycled buffers, the write log's retained
-    /// tmpfs memory) once nothing was written since the last call: the background
+    /// tmpfs memory) once nothing was written for [`KEEP_WHILE_QUIET`]: the background
     /// committer calls it every period.
     pub fn idle(&self) {
+        self.idle_after(KEEP_WHILE_QUIET);
+    }
+
+    fn idle_after(&self, quiet: std::time::Duration) {
         let n = self.cache.writes.load(Ordering::Relaxed);
-        if self.cache.writes_seen.swap(n, Ordering::Relaxed) == n && self.dirty_bytes() == 0 {
+        let wrote = self.cache.writes_seen.swap(n, Ordering::Relaxed) != n;
+        let mut since = self.cache.quiet_since.lock();
+        if wrote || self.dirty_bytes() != 0 {
+            *since = None;
+            return;
+        }
+        if since.get_or_insert_with(std::time::Instant::now).elapsed() >= quiet {
             self.cache.bin.clear();
             if let Some(l) = self.wlog.get() {
                 l.shrink();
