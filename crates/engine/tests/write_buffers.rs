@@ -43,7 +43,11 @@ fn kept_buffers_come_back_to_writers_and_count_against_the_dirty_budget() {
     }
     // None is left: the seventh finds the bin empty (and commits, past the budget).
     let back = a.write_owned(pattern(46, BUF), at(46)).unwrap();
-    assert!(back.is_empty(), "kept buffers beyond the budget: {}", back.len());
+    assert!(
+        back.is_empty(),
+        "kept buffers beyond the budget: {}",
+        back.len()
+    );
     a.flush().unwrap();
     let mut got = vec![0u8; BUF];
     for i in (0..12).chain(20..30).chain(40..47) {
